@@ -1,0 +1,259 @@
+//! A folder of photos, one sub-folder per class, and the tutorial's train/test split.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::split::PyRandom;
+use crate::error::{Error, IoContext, Result};
+
+/// The seed the tutorial uses for its split (`RANDOM_SEED = 2018`).
+pub const TUTORIAL_SEED: u64 = 2018;
+/// The tutorial's share of each class that goes to training (`TRAIN_FRACTION = 0.8`).
+pub const TUTORIAL_TRAIN_FRACTION: f64 = 0.8;
+
+/// File endings read as images (compared without regard to case).
+const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// One labelled photo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Example {
+    /// The photo's full path.
+    pub path: PathBuf,
+    /// Index into the class list.
+    pub label: usize,
+}
+
+/// A photo folder: `root/<class>/<photo>`, classes in sorted order, photos sorted per class.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    root: PathBuf,
+    classes: Vec<String>,
+    /// Per class, the sorted file names of its photos.
+    files: Vec<Vec<String>>,
+    skipped: Vec<PathBuf>,
+}
+
+impl Dataset {
+    /// Reads the folder structure (no image is decoded).
+    ///
+    /// Classes are the sorted names of the sub-folders (hidden ones excluded) and a photo's
+    /// label is its class's index. Files that are not JPEG or PNG (LICENSE.txt, .DS_Store…)
+    /// are skipped and listed by [`Dataset::skipped`]. A folder with no class, or a class with
+    /// no photo, is an error.
+    pub fn open(root: impl AsRef<Path>) -> Result<Dataset> {
+        let root = root.as_ref().to_path_buf();
+        let bad = |path: &Path, reason: String| Error::Dataset {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !root.is_dir() {
+            return Err(bad(&root, "not a folder".into()));
+        }
+        let mut classes = Vec::new();
+        let mut skipped = Vec::new();
+        for (name, path, is_dir) in list_dir(&root)? {
+            if is_dir && !name.starts_with('.') {
+                classes.push(name);
+            } else {
+                skipped.push(path);
+            }
+        }
+        if classes.is_empty() {
+            return Err(bad(
+                &root,
+                "no class folders found (expected <root>/<class>/<photo>.jpg)".into(),
+            ));
+        }
+        let mut files = Vec::with_capacity(classes.len());
+        for class in &classes {
+            let dir = root.join(class);
+            let mut photos = Vec::new();
+            for (name, path, is_dir) in list_dir(&dir)? {
+                if !is_dir && is_image_name(&name) {
+                    photos.push(name);
+                } else {
+                    skipped.push(path);
+                }
+            }
+            if photos.is_empty() {
+                return Err(bad(
+                    &dir,
+                    format!("class '{class}' has no JPEG or PNG photos"),
+                ));
+            }
+            files.push(photos);
+        }
+        if let Some(first) = skipped.first() {
+            eprintln!(
+                "note: {}: skipped {} entr{} that are not photos or classes (e.g. {})",
+                root.display(),
+                skipped.len(),
+                if skipped.len() == 1 { "y" } else { "ies" },
+                first.display()
+            );
+        }
+        Ok(Dataset {
+            root,
+            classes,
+            files,
+            skipped,
+        })
+    }
+
+    /// The folder the dataset was read from.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Class names in label order.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// How many photos there are in all.
+    pub fn len(&self) -> usize {
+        self.files.iter().map(Vec::len).sum()
+    }
+
+    /// True when there are no photos (never the case for an opened dataset).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Photos per class, in label order.
+    pub fn class_counts(&self) -> Vec<usize> {
+        self.files.iter().map(Vec::len).collect()
+    }
+
+    /// Files and folders that were not taken as photos or classes.
+    pub fn skipped(&self) -> &[PathBuf] {
+        &self.skipped
+    }
+
+    /// Every photo with its label, class by class in sorted order.
+    pub fn examples(&self) -> Vec<Example> {
+        let mut out = Vec::with_capacity(self.len());
+        for (label, names) in self.files.iter().enumerate() {
+            let dir = self.root.join(&self.classes[label]);
+            out.extend(names.iter().map(|n| Example {
+                path: dir.join(n),
+                label,
+            }));
+        }
+        out
+    }
+
+    /// Splits exactly as the tutorial's `make_train_and_test_sets` does.
+    ///
+    /// One `random.Random(seed)` is shared by all classes, visited in sorted order. Each
+    /// class's sorted file names are shuffled and the first `int(n * train_fraction)` go to
+    /// training, the rest to test. Finally the train list, then the test list, are shuffled
+    /// with the same generator. The result equals the Python original's, list for list.
+    ///
+    /// ```no_run
+    /// # fn main() -> flowers_kit::Result<()> {
+    /// let photos = flowers_kit::data::Dataset::open("flower_photos")?;
+    /// let split = photos.split(0.8, 2018)?;
+    /// println!("{} train, {} test", split.train.len(), split.test.len());
+    /// # Ok(()) }
+    /// ```
+    pub fn split(&self, train_fraction: f64, seed: u64) -> Result<Split> {
+        if !(train_fraction > 0.0 && train_fraction <= 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "train fraction must be in (0, 1], got {train_fraction}"
+            )));
+        }
+        let mut rng = PyRandom::new(seed);
+        let mut train = Vec::new();
+        let mut test = Vec::new();
+        for (label, names) in self.files.iter().enumerate() {
+            let mut names = names.clone();
+            rng.shuffle(&mut names);
+            // Python's int() truncates the float product.
+            let num_train = (names.len() as f64 * train_fraction) as usize;
+            let dir = self.root.join(&self.classes[label]);
+            for (i, name) in names.iter().enumerate() {
+                let example = Example {
+                    path: dir.join(name),
+                    label,
+                };
+                if i < num_train {
+                    train.push(example);
+                } else {
+                    test.push(example);
+                }
+            }
+        }
+        rng.shuffle(&mut train);
+        rng.shuffle(&mut test);
+        Ok(Split {
+            root: self.root.clone(),
+            classes: self.classes.clone(),
+            train,
+            test,
+        })
+    }
+}
+
+/// Train and test examples and the class names they index.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Split {
+    /// The dataset folder the paths are under.
+    pub root: PathBuf,
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// Training examples, in the tutorial's shuffled order.
+    pub train: Vec<Example>,
+    /// Test examples, in the tutorial's shuffled order.
+    pub test: Vec<Example>,
+}
+
+impl Split {
+    /// Class names in label order.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// `path` relative to the dataset root, with `/` separators (`"roses/123.jpg"`).
+    pub fn relative_path(&self, example: &Example) -> String {
+        let relative = example
+            .path
+            .strip_prefix(&self.root)
+            .unwrap_or(&example.path);
+        relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+/// True for names ending in .jpg, .jpeg or .png, in any case.
+pub fn is_image_name(name: &str) -> bool {
+    name.rsplit_once('.')
+        .is_some_and(|(_, ext)| IMAGE_EXTENSIONS.iter().any(|e| ext.eq_ignore_ascii_case(e)))
+}
+
+/// Sorted (name, path, is_dir) for the entries of `dir`. Names must be UTF-8.
+fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let path = entry.path();
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|_| Error::Dataset {
+                path: path.clone(),
+                reason: "file name is not valid UTF-8".into(),
+            })?;
+        // Follow symlinks, as Python's os.walk does for files.
+        let is_dir = path.is_dir();
+        out.push((name, path, is_dir));
+    }
+    // Byte order of UTF-8 equals code-point order, which is what Python's sorted() uses.
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}

@@ -1,0 +1,82 @@
+//! The flower photos: download, safe extraction, the class folders, the split, and images.
+
+pub mod archive;
+pub mod dataset;
+pub mod fetch;
+pub mod image;
+pub mod split;
+
+use std::path::{Path, PathBuf};
+
+pub use dataset::{Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTION};
+pub use fetch::FetchOptions;
+pub use split::PyRandom;
+
+use crate::error::Result;
+
+/// The archive the tutorial downloads: 3,670 photos of 5 classes.
+pub const FLOWERS_URL: &str = "http://download.tensorflow.org/example_images/flower_photos.tgz";
+
+/// The cache root: `$FLOWERS_KIT_HOME`, or the platform cache folder + `flowers_kit`.
+pub fn cache_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("FLOWERS_KIT_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(home);
+    }
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("flowers_kit")
+}
+
+/// The dataset URL: `$FLOWERS_DATA_URL`, or [`FLOWERS_URL`].
+pub fn flowers_url() -> String {
+    std::env::var("FLOWERS_DATA_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| FLOWERS_URL.to_string())
+}
+
+/// Downloads and extracts the flower photos unless they are already in the cache, then opens
+/// them. URL and cache come from the environment (see [`flowers_url`], [`cache_home`]).
+///
+/// ```no_run
+/// # fn main() -> flowers_kit::Result<()> {
+/// let photos = flowers_kit::data::download_flowers()?;
+/// println!("{} photos of {:?}", photos.len(), photos.classes());
+/// # Ok(()) }
+/// ```
+pub fn download_flowers() -> Result<Dataset> {
+    let dir = download_dataset(&flowers_url(), &cache_home(), &FetchOptions::default())?;
+    Dataset::open(dir)
+}
+
+/// Makes sure the `.tgz` at `url` is extracted under `home/datasets`, returning its folder.
+///
+/// With the folder already there, nothing touches the network. Otherwise the archive is
+/// fetched into `home/downloads` (resuming a partial download), extracted atomically, and
+/// deleted. An archive that turns out corrupt is deleted too, so the next call downloads it
+/// afresh instead of failing the same way forever.
+pub fn download_dataset(url: &str, home: &Path, options: &FetchOptions) -> Result<PathBuf> {
+    let file_name = url
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("dataset.tgz");
+    let expected = home.join("datasets").join(archive_stem(file_name));
+    if expected.is_dir() {
+        return Ok(expected);
+    }
+    let archive_path = home.join("downloads").join(file_name);
+    fetch::fetch(url, &archive_path, options)?;
+    let extracted = archive::extract_tgz(&archive_path, &expected);
+    // Once extracted the archive is dead weight; if it was corrupt, keeping it would make
+    // every later call fail the same way instead of downloading it again.
+    let _ = std::fs::remove_file(&archive_path);
+    extracted.map(|()| expected)
+}
+
+fn archive_stem(file_name: &str) -> &str {
+    [".tar.gz", ".tgz", ".gz", ".tar"]
+        .iter()
+        .find_map(|ext| file_name.strip_suffix(ext))
+        .unwrap_or(file_name)
+}

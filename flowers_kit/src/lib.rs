@@ -1,0 +1,33 @@
+//! # flowers_kit
+//!
+//! TensorFlow's tutorial "Classify flowers with transfer learning", in Rust: download the
+//! flower photos, split them exactly as the tutorial does, extract features with an
+//! ImageNet-pretrained MobileNet V2, and train a small classifier on top — from evcxr
+//! notebooks or the `flowers` command line.
+//!
+//! ```no_run
+//! use flowers_kit::prelude::*;
+//!
+//! # fn main() -> flowers_kit::Result<()> {
+//! let photos = download_flowers()?;          // cached after the first time
+//! let split = photos.split(TUTORIAL_TRAIN_FRACTION, TUTORIAL_SEED)?;
+//! println!("The dataset has {} label classes: {:?}", split.classes().len(), split.classes());
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod error;
+pub mod progress;
+
+pub use error::{Error, Result};
+
+/// What a notebook needs in one `use`.
+pub mod prelude {
+    pub use crate::data::image::{Image, Resize};
+    pub use crate::data::{
+        download_flowers, Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTION,
+    };
+    pub use crate::error::{Error, Result};
+}

@@ -1,0 +1,101 @@
+//! Shared test helpers: the real sample data from `../shared`, a .tgz packer and a local
+//! HTTP server with the failure modes downloads must survive.
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// `../shared` from the repository root (tests run in the crate folder).
+pub fn shared() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("..")
+        .join("shared");
+    assert!(
+        root.is_dir(),
+        "the shared data folder {} is missing",
+        root.display()
+    );
+    root
+}
+
+/// The 750 real flower photos, 150 per class.
+pub fn sample_dir() -> PathBuf {
+    shared().join("data").join("flower_photos_sample")
+}
+
+/// The golden outputs computed with TensorFlow.
+pub fn golden() -> PathBuf {
+    shared().join("golden")
+}
+
+/// `flower_photos_sample` packed like the real `flower_photos.tgz`: a `flower_photos/` top
+/// folder with the class folders and a LICENSE.txt. Built once per test binary.
+pub fn sample_tgz() -> &'static [u8] {
+    static TGZ: OnceLock<Vec<u8>> = OnceLock::new();
+    TGZ.get_or_init(|| {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        tar.append_dir_all("flower_photos", sample_dir()).unwrap();
+        let license = b"All images are licensed under CC-BY 2.0 by their Flickr authors.\n";
+        let mut header = tar::Header::new_gnu();
+        header.set_size(license.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "flower_photos/LICENSE.txt", &license[..])
+            .unwrap();
+        tar.into_inner().unwrap().finish().unwrap()
+    })
+}
+
+/// Path to the built `flowers` binary.
+pub fn flowers_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flowers"))
+}
+
+/// The 8 golden image stems, in the order of the golden feature rows.
+pub const GOLDEN_IMAGES: [&str; 8] = [
+    "00_daisy",
+    "01_daisy",
+    "02_dandelion",
+    "03_roses",
+    "04_roses",
+    "05_sunflowers",
+    "06_tulips",
+    "07_tulips",
+];
+
+/// A tensor from a safetensors file: its shape and raw little-endian bytes.
+pub fn tensor_bytes(path: &Path, name: &str) -> (Vec<usize>, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = file
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{name} in {}: {e}", path.display()));
+    (view.shape().to_vec(), view.data().to_vec())
+}
+
+/// An f32 tensor from a safetensors file.
+pub fn tensor_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let (shape, raw) = tensor_bytes(path, name);
+    let values = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (shape, values)
+}
+
+/// max |a - b| and mean |a - b|.
+pub fn max_mean_abs_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len());
+    let mut max = 0f32;
+    let mut sum = 0f64;
+    for (x, y) in a.iter().zip(b) {
+        let d = (x - y).abs();
+        max = max.max(d);
+        sum += f64::from(d);
+    }
+    (max, (sum / a.len() as f64) as f32)
+}
