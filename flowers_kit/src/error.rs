@@ -56,6 +56,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The compute device failed (out of GPU memory, no CUDA device, a kernel error…).
+    #[error("compute backend: {0}")]
+    Backend(String),
     /// A parameter is out of range or unknown (a model name, a fraction, an optimizer…).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -17,9 +17,12 @@
 
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod data;
 pub mod error;
+pub mod models;
 pub mod progress;
+pub mod weights;
 
 pub use error::{Error, Result};
 
@@ -30,4 +33,5 @@ pub mod prelude {
         download_flowers, Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTION,
     };
     pub use crate::error::{Error, Result};
+    pub use crate::models::MobileNetV2;
 }

@@ -1,0 +1,362 @@
+//! MobileNet V2 (Sandler et al., 2018) exactly as Keras Applications builds it.
+//!
+//! A width multiplier α and an input resolution give a flat list of [`Op`]s whose layer
+//! names are the Keras ones, so weights are looked up by name.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// Width multipliers with published ImageNet weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alpha {
+    /// α = 0.35 (the tutorial's).
+    A035,
+    /// α = 0.5.
+    A050,
+    /// α = 0.75.
+    A075,
+    /// α = 1.0.
+    A100,
+    /// α = 1.3 (224 only).
+    A130,
+    /// α = 1.4 (224 only).
+    A140,
+}
+
+impl Alpha {
+    /// Every published width, narrowest first.
+    pub const ALL: [Alpha; 6] = [
+        Alpha::A035,
+        Alpha::A050,
+        Alpha::A075,
+        Alpha::A100,
+        Alpha::A130,
+        Alpha::A140,
+    ];
+
+    /// The multiplier as a number.
+    pub fn value(self) -> f64 {
+        match self {
+            Alpha::A035 => 0.35,
+            Alpha::A050 => 0.5,
+            Alpha::A075 => 0.75,
+            Alpha::A100 => 1.0,
+            Alpha::A130 => 1.3,
+            Alpha::A140 => 1.4,
+        }
+    }
+
+    /// As Keras writes it in file names (`str(alpha)`): "0.35", "0.5", "1.0"…
+    pub fn keras_name(self) -> &'static str {
+        match self {
+            Alpha::A035 => "0.35",
+            Alpha::A050 => "0.5",
+            Alpha::A075 => "0.75",
+            Alpha::A100 => "1.0",
+            Alpha::A130 => "1.3",
+            Alpha::A140 => "1.4",
+        }
+    }
+
+    /// As TF-Hub writes it in handles: "035", "050", "100"…
+    pub fn hub_name(self) -> &'static str {
+        match self {
+            Alpha::A035 => "035",
+            Alpha::A050 => "050",
+            Alpha::A075 => "075",
+            Alpha::A100 => "100",
+            Alpha::A130 => "130",
+            Alpha::A140 => "140",
+        }
+    }
+
+    /// The resolutions Keras publishes weights for at this width.
+    pub fn resolutions(self) -> &'static [usize] {
+        match self {
+            Alpha::A130 | Alpha::A140 => &[224],
+            _ => &[96, 128, 160, 192, 224],
+        }
+    }
+
+    fn parse(text: &str) -> Option<Alpha> {
+        Alpha::ALL
+            .into_iter()
+            .find(|a| text == a.keras_name() || text == a.hub_name())
+    }
+}
+
+/// One step of the network, in execution order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// The stem: 3×3 convolution over the RGB input, TF "SAME" padding, batch norm, ReLU6.
+    Stem {
+        /// Keras conv layer name (`Conv1`).
+        conv: String,
+        /// Keras batch-norm layer name (`bn_Conv1`).
+        bn: String,
+        /// Output channels.
+        channels: usize,
+        /// Stride (2).
+        stride: usize,
+    },
+    /// A 1×1 convolution + batch norm, with ReLU6 or linear (a block's projection).
+    Pointwise {
+        /// Keras conv layer name.
+        conv: String,
+        /// Keras batch-norm layer name.
+        bn: String,
+        /// Input channels.
+        cin: usize,
+        /// Output channels.
+        cout: usize,
+        /// Whether ReLU6 follows.
+        relu6: bool,
+    },
+    /// A 3×3 depthwise convolution + batch norm + ReLU6, TF "SAME" padding.
+    Depthwise {
+        /// Keras conv layer name.
+        conv: String,
+        /// Keras batch-norm layer name.
+        bn: String,
+        /// Channels (in = out).
+        channels: usize,
+        /// 1 or 2.
+        stride: usize,
+    },
+    /// Remember the current activation as the input of a residual block.
+    SaveResidual,
+    /// Add the remembered activation (a block whose input and output shapes agree).
+    AddResidual,
+}
+
+/// A MobileNet V2 variant: width multiplier and input resolution.
+///
+/// ```
+/// use flowers_kit::models::MobileNetV2;
+/// let tutorial = MobileNetV2::parse(
+///     "https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/feature_vector/2")?;
+/// assert_eq!(tutorial.name(), "mobilenet_v2_0.35_128");
+/// assert_eq!(tutorial.feature_dim(), 1280);
+/// assert_eq!(MobileNetV2::parse("mobilenet_v2_1.4_224")?.feature_dim(), 1792);
+/// # Ok::<(), flowers_kit::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MobileNetV2 {
+    /// Width multiplier.
+    pub alpha: Alpha,
+    /// Input height and width in pixels.
+    pub resolution: usize,
+}
+
+/// The inverted-residual blocks: (output filters before α, stride, expansion).
+const BLOCKS: [(usize, usize, usize); 17] = [
+    (16, 1, 1),
+    (24, 2, 6),
+    (24, 1, 6),
+    (32, 2, 6),
+    (32, 1, 6),
+    (32, 1, 6),
+    (64, 2, 6),
+    (64, 1, 6),
+    (64, 1, 6),
+    (64, 1, 6),
+    (96, 1, 6),
+    (96, 1, 6),
+    (96, 1, 6),
+    (160, 2, 6),
+    (160, 1, 6),
+    (160, 1, 6),
+    (320, 1, 6),
+];
+
+/// Keras' `_make_divisible`: round to the nearest multiple of `divisor`, never below it and
+/// never more than 10 % down.
+pub fn make_divisible(value: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    let mut rounded = ((value + d / 2.0) as usize / divisor * divisor).max(divisor);
+    if (rounded as f64) < 0.9 * value {
+        rounded += divisor;
+    }
+    rounded
+}
+
+impl MobileNetV2 {
+    /// A published variant; others are an error listing what exists.
+    pub fn new(alpha: Alpha, resolution: usize) -> Result<MobileNetV2> {
+        if alpha.resolutions().contains(&resolution) {
+            Ok(MobileNetV2 { alpha, resolution })
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "no published MobileNet V2 weights for alpha {} at {resolution} px; {}",
+                alpha.keras_name(),
+                Self::published_list()
+            )))
+        }
+    }
+
+    /// Every variant with published ImageNet weights (22 of them).
+    pub fn published() -> Vec<MobileNetV2> {
+        Alpha::ALL
+            .into_iter()
+            .flat_map(|alpha| {
+                alpha
+                    .resolutions()
+                    .iter()
+                    .map(move |&resolution| MobileNetV2 { alpha, resolution })
+            })
+            .collect()
+    }
+
+    fn published_list() -> String {
+        "published: alpha 0.35, 0.5, 0.75, 1.0 at 96/128/160/192/224 and 1.3, 1.4 at 224".into()
+    }
+
+    /// Parses `mobilenet_v2_0.35_128`, or a TF-Hub handle such as
+    /// `https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/feature_vector/2`.
+    pub fn parse(text: &str) -> Result<MobileNetV2> {
+        let unknown = || {
+            Error::InvalidArgument(format!(
+                "unknown model '{text}': expected mobilenet_v2_<alpha>_<resolution> (e.g. \
+                 mobilenet_v2_0.35_128) or a TF-Hub handle like \
+                 https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/feature_vector/2"
+            ))
+        };
+        let start = text.find("mobilenet_v2_").ok_or_else(unknown)?;
+        let rest = &text[start + "mobilenet_v2_".len()..];
+        let mut parts = rest.split(['_', '/']);
+        let alpha = parts.next().and_then(Alpha::parse).ok_or_else(unknown)?;
+        let resolution = parts
+            .next()
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(unknown)?;
+        MobileNetV2::new(alpha, resolution)
+    }
+
+    /// `mobilenet_v2_{alpha}_{resolution}`, alpha as Keras writes it.
+    pub fn name(&self) -> String {
+        format!(
+            "mobilenet_v2_{}_{}",
+            self.alpha.keras_name(),
+            self.resolution
+        )
+    }
+
+    /// The TF-Hub feature-vector handle of this variant.
+    pub fn hub_handle(&self) -> String {
+        format!(
+            "https://tfhub.dev/google/imagenet/mobilenet_v2_{}_{}/feature_vector/4",
+            self.alpha.hub_name(),
+            self.resolution
+        )
+    }
+
+    /// The Keras Applications weight file name (the `no_top` feature extractor).
+    pub fn weights_file_name(&self) -> String {
+        format!(
+            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{}_{}_no_top.h5",
+            self.alpha.keras_name(),
+            self.resolution
+        )
+    }
+
+    /// Channels of the stem.
+    pub fn stem_channels(&self) -> usize {
+        make_divisible(32.0 * self.alpha.value(), 8)
+    }
+
+    /// Length of the feature vector: 1280, or `make_divisible(1280·α, 8)` when α > 1.
+    pub fn feature_dim(&self) -> usize {
+        if self.alpha.value() > 1.0 {
+            make_divisible(1280.0 * self.alpha.value(), 8)
+        } else {
+            1280
+        }
+    }
+
+    /// The whole network as a list of operations, followed by global average pooling.
+    pub fn ops(&self) -> Vec<Op> {
+        let alpha = self.alpha.value();
+        let mut ops = vec![Op::Stem {
+            conv: "Conv1".into(),
+            bn: "bn_Conv1".into(),
+            channels: self.stem_channels(),
+            stride: 2,
+        }];
+        let mut channels = self.stem_channels();
+        for (id, &(filters, stride, expansion)) in BLOCKS.iter().enumerate() {
+            // Keras truncates filters·α before rounding.
+            let out = make_divisible((filters as f64 * alpha).trunc(), 8);
+            let prefix = if id == 0 {
+                "expanded_conv_".to_string()
+            } else {
+                format!("block_{id}_")
+            };
+            let residual = channels == out && stride == 1;
+            if residual {
+                ops.push(Op::SaveResidual);
+            }
+            let mut inner = channels;
+            if id > 0 {
+                inner = channels * expansion;
+                ops.push(Op::Pointwise {
+                    conv: format!("{prefix}expand"),
+                    bn: format!("{prefix}expand_BN"),
+                    cin: channels,
+                    cout: inner,
+                    relu6: true,
+                });
+            }
+            ops.push(Op::Depthwise {
+                conv: format!("{prefix}depthwise"),
+                bn: format!("{prefix}depthwise_BN"),
+                channels: inner,
+                stride,
+            });
+            ops.push(Op::Pointwise {
+                conv: format!("{prefix}project"),
+                bn: format!("{prefix}project_BN"),
+                cin: inner,
+                cout: out,
+                relu6: false,
+            });
+            if residual {
+                ops.push(Op::AddResidual);
+            }
+            channels = out;
+        }
+        ops.push(Op::Pointwise {
+            conv: "Conv_1".into(),
+            bn: "Conv_1_bn".into(),
+            cin: channels,
+            cout: self.feature_dim(),
+            relu6: true,
+        });
+        ops
+    }
+}
+
+impl fmt::Display for MobileNetV2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl std::str::FromStr for MobileNetV2 {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        MobileNetV2::parse(s)
+    }
+}
+
+/// Output size of a TF "SAME" convolution.
+pub fn same_output(input: usize, stride: usize) -> usize {
+    input.div_ceil(stride)
+}
+
+/// Padding before (top/left) of a TF "SAME" 3×3 convolution; the rest goes after.
+pub fn same_pad_before(input: usize, stride: usize) -> usize {
+    let out = same_output(input, stride);
+    let total = ((out - 1) * stride + 3).saturating_sub(input);
+    total / 2
+}

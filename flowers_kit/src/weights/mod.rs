@@ -1,0 +1,55 @@
+//! Pretrained weights: reading Keras HDF5 files and fetching them into the cache.
+
+pub mod keras_h5;
+
+pub use keras_h5::{KerasWeights, NamedTensor};
+
+use std::path::{Path, PathBuf};
+
+use crate::data::{cache_home, fetch, FetchOptions};
+use crate::error::Result;
+use crate::models::MobileNetV2;
+
+/// Where Keras Applications publishes the MobileNet V2 files.
+pub const KERAS_WEIGHTS_BASE: &str =
+    "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/";
+
+/// The base URL or folder for weight files: `$FLOWERS_WEIGHTS_URL`, else [`KERAS_WEIGHTS_BASE`].
+pub fn weights_base() -> String {
+    std::env::var("FLOWERS_WEIGHTS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| KERAS_WEIGHTS_BASE.to_string())
+}
+
+/// Makes sure the weights of `model` are on disk and returns their path.
+///
+/// `source` is a weight file (path or URL), or `None` for the published file under
+/// [`weights_base`]. Remote files are downloaded once into `<cache>/weights/` (resumable,
+/// atomic); local files are used where they are.
+pub fn fetch_weights(model: &MobileNetV2, source: Option<&str>) -> Result<PathBuf> {
+    let file_name = model.weights_file_name();
+    let source = match source {
+        Some(s) => s.to_string(),
+        None => {
+            let base = weights_base();
+            if base.ends_with('/') {
+                format!("{base}{file_name}")
+            } else {
+                format!("{base}/{file_name}")
+            }
+        }
+    };
+    if let Some(local) = fetch::local_source(&source) {
+        // Local weights need no copy; reading them checks them.
+        return Ok(local);
+    }
+    let name = source.rsplit('/').next().unwrap_or(&file_name);
+    let dest = cache_home().join("weights").join(name);
+    fetch::fetch(&source, &dest, &FetchOptions::default())
+}
+
+/// True when `path` looks like a weights file this crate reads (by its HDF5 signature).
+pub fn is_hdf5(path: &Path) -> bool {
+    hdf5_pure::is_hdf5(path).unwrap_or(false)
+}
