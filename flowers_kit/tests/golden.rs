@@ -2,7 +2,7 @@
 
 mod support;
 
-use dfdx::tensor::{AsArray, Cpu};
+use dfdx::tensor::Cpu;
 use flowers_kit::backend::dfdx::DfdxNetwork;
 use flowers_kit::backend::Network;
 use flowers_kit::data::image::{self, Resize};

@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 
 type Matrix<D> = Tensor<(usize, usize), f32, D>;
 type Vector<D> = Tensor<(usize,), f32, D>;
+/// `[pixels, 9 taps, channels]`.
+type Taps<D> = Tensor<(usize, usize, usize), f32, D>;
 
 /// A dfdx device this backend can run on.
 pub trait DfdxDevice: Device<f32> + Clone {}
@@ -213,7 +215,7 @@ impl<D: DfdxDevice> DfdxNetwork<D> {
         h: usize,
         w: usize,
         stride: usize,
-    ) -> Result<(Tensor<(usize, usize, usize), f32, D>, usize, usize)> {
+    ) -> Result<(Taps<D>, usize, usize)> {
         let (ho, wo, idx) = tap_indices(n, h, w, stride);
         let c = x.shape().1;
         let zero_row: Matrix<D> = self.device.try_zeros_like(&(1, c)).map_err(backend_error)?;

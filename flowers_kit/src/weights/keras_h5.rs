@@ -45,7 +45,7 @@ impl KerasWeights {
         let file = hdf5_pure::File::from_bytes(bytes)
             .map_err(|e| bad(format!("cannot read HDF5 (truncated or damaged?): {e}")))?;
         let mut tensors = HashMap::new();
-        collect(&file.root(), "", &mut tensors).map_err(|e| bad(e))?;
+        collect(&file.root(), "", &mut tensors).map_err(&bad)?;
         if tensors.is_empty() {
             return Err(bad("the file holds no weight tensors".into()));
         }
