@@ -19,7 +19,9 @@
 
 pub mod backend;
 pub mod data;
+mod digest;
 pub mod error;
+pub mod features;
 pub mod models;
 pub mod progress;
 pub mod weights;
@@ -33,5 +35,6 @@ pub mod prelude {
         download_flowers, Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTION,
     };
     pub use crate::error::{Error, Result};
+    pub use crate::features::{DeviceKind, FeatureExtractor, Features};
     pub use crate::models::MobileNetV2;
 }

@@ -152,7 +152,17 @@ pub fn load(path: &Path) -> Result<Image> {
 
 /// Decodes a photo and resizes it to `size × size`: the model's input.
 pub fn load_resized(path: &Path, size: usize, method: Resize) -> Result<Image> {
-    Ok(load(path)?.resize(size, size, method))
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    load_resized_bytes(&bytes, path, size, method)
+}
+
+/// [`load_resized`] on bytes already read; `path` only names the source in errors.
+pub fn load_resized_bytes(bytes: &[u8], path: &Path, size: usize, method: Resize) -> Result<Image> {
+    let rgb = decode_rgb8_bytes(bytes, path)?;
+    Ok(
+        Image::from_rgb8(rgb.height() as usize, rgb.width() as usize, rgb.as_raw())
+            .resize(size, size, method),
+    )
 }
 
 /// Photos decoded and resized for a forward pass.

@@ -8,8 +8,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{Error, Result};
 
 /// One tensor: its shape and values in row-major order.
@@ -34,7 +32,7 @@ impl KerasWeights {
     pub fn open(path: impl AsRef<Path>) -> Result<KerasWeights> {
         let path = path.as_ref().to_path_buf();
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let digest = hex(&Sha256::digest(&bytes));
+        let digest = crate::digest::sha256_hex(&bytes);
         let bad = |reason: String| Error::Tensors {
             path: path.clone(),
             reason,
@@ -149,8 +147,4 @@ fn collect(
         collect(&child, &format!("{prefix}/{name}"), out)?;
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

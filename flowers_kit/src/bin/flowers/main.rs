@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use flowers_kit::data::{self, Dataset, FetchOptions};
+use flowers_kit::features::{DeviceKind, FeatureExtractor};
+use flowers_kit::models::MobileNetV2;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +45,53 @@ enum Command {
         /// Print the lists as JSON: {"classes":[..],"train":[["class/file",label],..],"test":[..]}.
         #[arg(long)]
         json: bool,
+    },
+    /// Extract MobileNet V2 features of photos into a safetensors file (tensor `features`).
+    Features {
+        /// Model name (mobilenet_v2_0.35_128) or TF-Hub handle.
+        #[arg(long)]
+        model: String,
+        /// Keras no_top weight file, path or URL [default: the published one].
+        #[arg(long)]
+        weights: Option<String>,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Output file; only a file written by this command is ever overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        /// Photos, in the order of the output rows.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Measure images/s: forward pass and decode+resize separately, or cold/warm extraction.
+    Bench {
+        /// Model name or TF-Hub handle.
+        #[arg(long, default_value = "mobilenet_v2_0.35_128")]
+        model: String,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Seconds to run each measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Weights to use [default: seeded random weights; speed does not depend on values].
+        #[arg(long)]
+        weights: Option<String>,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Photo folder (class sub-folders) for the decode and extraction measurements
+        /// [default: the downloaded flower photos].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Instead: extract features of every photo in --data twice, with a fresh cache, and
+        /// report the cold and the warm (cached) run.
+        #[arg(long)]
+        extract: bool,
     },
 }
 
@@ -105,5 +154,49 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             }
             Ok(())
         }
+        Command::Features {
+            model,
+            weights,
+            device,
+            batch,
+            out,
+            images,
+        } => {
+            let extractor =
+                FeatureExtractor::with_weights(MobileNetV2::parse(&model)?, weights.as_deref())?
+                    .on(device.parse::<DeviceKind>()?)?
+                    .batch_size(batch);
+            bench::write_features(&extractor, &images, &out)
+        }
+        Command::Bench {
+            model,
+            batch,
+            seconds,
+            weights,
+            device,
+            data,
+            extract,
+        } => {
+            let model = MobileNetV2::parse(&model)?;
+            let extractor = match weights.as_deref() {
+                Some(w) => FeatureExtractor::with_weights(model, Some(w))?,
+                None => {
+                    FeatureExtractor::from_network(flowers_kit::backend::Network::random(model, 0))?
+                }
+            }
+            .on(device.parse::<DeviceKind>()?)?
+            .batch_size(batch);
+            let photos = match data {
+                Some(dir) => Dataset::open(dir)?,
+                None => data::download_flowers()?,
+            };
+            if extract {
+                bench::cold_and_warm(extractor, &photos)
+            } else {
+                bench::throughput(&extractor, &photos, seconds)
+            }
+        }
     }
 }
+
+mod bench;

@@ -1,0 +1,155 @@
+//! The `features` writer and the `bench` measurements.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use flowers_kit::data::image::load_resized;
+use flowers_kit::data::Dataset;
+use flowers_kit::features::FeatureExtractor;
+use flowers_kit::{Error, Result};
+use rayon::prelude::*;
+
+/// Marks files written by `flowers features`, the only ones it will overwrite.
+const PRODUCER: &str = "flowers features";
+
+/// Writes tensor `features` [N, F] for `images`, in order, atomically.
+pub fn write_features(extractor: &FeatureExtractor, images: &[PathBuf], out: &Path) -> Result<()> {
+    refuse_foreign(out)?;
+    let extracted = extractor.extract_paths(images)?;
+    if let Some((path, e)) = extracted.skipped.into_iter().next() {
+        // Rows must line up with the arguments, so a bad photo fails the command.
+        return Err(Error::Image {
+            path,
+            reason: format!("cannot extract features: {e}"),
+        });
+    }
+    let n = extracted.kept.len();
+    let bytes: Vec<u8> = extracted
+        .values
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![n, extracted.dim],
+        &bytes,
+    )
+    .map_err(|e| Error::Backend(format!("cannot build the features tensor: {e}")))?;
+    let network = extractor.network();
+    let metadata = [
+        ("producer".to_string(), PRODUCER.to_string()),
+        ("model".to_string(), network.model.name()),
+        ("weights".to_string(), network.weights_id.clone()),
+        (
+            "images".to_string(),
+            serde_json::to_string(images).unwrap_or_default(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let serialized = safetensors::serialize([("features", view)], &Some(metadata))
+        .map_err(|e| Error::Backend(format!("cannot serialise features: {e}")))?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    std::io::Write::write_all(&mut tmp, &serialized).map_err(|e| Error::io(out, e))?;
+    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
+    println!(
+        "wrote features [{n}, {}] of {} to {}",
+        extracted.dim,
+        network.model.name(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// An existing `out` must be a safetensors file that this command wrote.
+fn refuse_foreign(out: &Path) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    let ours = std::fs::read(out).ok().is_some_and(|bytes| {
+        safetensors::SafeTensors::read_metadata(&bytes)
+            .ok()
+            .and_then(|(_, meta)| meta.metadata().clone())
+            .is_some_and(|m| m.get("producer").map(String::as_str) == Some(PRODUCER))
+    });
+    if ours {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "refusing to overwrite {}: it was not written by `flowers features`",
+            out.display()
+        )))
+    }
+}
+
+/// Forward-only and decode+resize images/s, each for about `seconds`.
+pub fn throughput(extractor: &FeatureExtractor, photos: &Dataset, seconds: f64) -> Result<()> {
+    let model = extractor.model();
+    let batch = extractor.batch();
+    let per_image = model.resolution * model.resolution * 3;
+    let pixels: Vec<f32> = (0..batch * per_image)
+        .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+        .collect();
+    extractor.forward(&pixels, batch)?; // warm-up
+    let start = Instant::now();
+    let mut images = 0usize;
+    while start.elapsed().as_secs_f64() < seconds {
+        extractor.forward(&pixels, batch)?;
+        images += batch;
+    }
+    let forward = images as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "{model} forward, batch {batch}, {} threads: {forward:.1} images/s",
+        rayon::current_num_threads()
+    );
+
+    let paths: Vec<PathBuf> = photos.examples().into_iter().map(|e| e.path).collect();
+    let resize = extractor.resize_method();
+    let start = Instant::now();
+    let mut decoded = 0usize;
+    'outer: loop {
+        for chunk in paths.chunks(64) {
+            chunk
+                .par_iter()
+                .map(|p| load_resized(p, model.resolution, resize).map(|_| ()))
+                .collect::<Result<Vec<()>>>()?;
+            decoded += chunk.len();
+            if start.elapsed().as_secs_f64() >= seconds {
+                break 'outer;
+            }
+        }
+    }
+    let decode = decoded as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "decode+resize to {0}x{0}, {1} threads: {decode:.1} images/s",
+        model.resolution,
+        rayon::current_num_threads()
+    );
+    Ok(())
+}
+
+/// Extraction over every photo twice with a fresh cache: cold, then warm.
+pub fn cold_and_warm(extractor: FeatureExtractor, photos: &Dataset) -> Result<()> {
+    let cache = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let extractor = extractor.cache_dir(cache.path());
+    let paths: Vec<PathBuf> = photos.examples().into_iter().map(|e| e.path).collect();
+    let mut times = Vec::new();
+    for run in ["cold", "warm"] {
+        let start = Instant::now();
+        let out = extractor.extract_paths(&paths)?;
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{run}: {} photos in {secs:.2} s ({:.1} images/s, {} from cache)",
+            paths.len(),
+            paths.len() as f64 / secs,
+            out.cache_hits
+        );
+        times.push(secs);
+    }
+    println!("warm run is {:.1}x faster", times[0] / times[1]);
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! The feature extractor end to end: weights (files, errors, download), the cache, the CLI,
+//! and a linear probe on real features of the 750 sample photos.
+
+mod support;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use flowers_kit::backend::Network;
+use flowers_kit::data::Dataset;
+use flowers_kit::features::FeatureExtractor;
+use flowers_kit::models::MobileNetV2;
+use flowers_kit::weights::KerasWeights;
+use flowers_kit::Error;
+use sha2::Digest;
+use support::http::{Behaviour, Server};
+
+fn golden_h5(variant: &str) -> PathBuf {
+    support::golden().join(format!("mobilenet_v2_{variant}_no_top.h5"))
+}
+
+fn golden_pngs() -> Vec<PathBuf> {
+    support::GOLDEN_IMAGES
+        .iter()
+        .map(|s| support::golden().join("images").join(format!("{s}.png")))
+        .collect()
+}
+
+fn extractor(variant: &str, cache: &Path) -> FeatureExtractor {
+    let model = MobileNetV2::parse(&format!("mobilenet_v2_{variant}")).unwrap();
+    FeatureExtractor::with_weights(model, Some(golden_h5(variant).to_str().unwrap()))
+        .unwrap()
+        .cache_dir(cache)
+}
+
+#[test]
+fn teachable_machine_whole_model_file_holds_the_same_weights() {
+    // The golden 0.35/224 weights were taken from this export, so both files must give
+    // identical features, although one is a Keras 2.4 whole-model file.
+    let model = MobileNetV2::parse("mobilenet_v2_0.35_224").unwrap();
+    let tm = KerasWeights::open(support::shared().join("weights/teachable_machine_keras_model.h5"))
+        .unwrap();
+    let keras = KerasWeights::open(golden_h5("0.35_224")).unwrap();
+    assert!(
+        tm.names().contains(&"dense_Dense1/kernel"),
+        "the head is read too"
+    );
+    let a = Network::from_keras(model, &tm).unwrap();
+    let b = Network::from_keras(model, &keras).unwrap();
+    assert_eq!(a.layers, b.layers);
+}
+
+#[test]
+fn wrong_or_damaged_weights_are_clear_errors() {
+    let model = MobileNetV2::parse("mobilenet_v2_0.35_128").unwrap();
+    // Another width's file: shapes disagree, and the message names tensor and file.
+    let other = KerasWeights::open(golden_h5("1.0_224")).unwrap();
+    let err = Network::from_keras(model, &other).unwrap_err().to_string();
+    assert!(
+        err.contains("bn_Conv1/gamma") && err.contains("1.0_224_no_top.h5"),
+        "{err}"
+    );
+    assert!(err.contains("shape [32], expected [16]"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = fs::read(golden_h5("0.35_128")).unwrap();
+    let truncated = dir.path().join("truncated.h5");
+    fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = KerasWeights::open(&truncated).unwrap_err();
+    assert!(matches!(err, Error::Tensors { .. }), "{err}");
+    assert!(err.to_string().contains("truncated.h5"), "{err}");
+
+    let text = dir.path().join("weights.h5");
+    fs::write(&text, "<html>404</html>").unwrap();
+    let err = KerasWeights::open(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("weights.h5") && err.contains("not an HDF5 file"),
+        "{err}"
+    );
+
+    // A Keras file without the MobileNet tensors: the head-less names are missing.
+    let err = FeatureExtractor::with_weights(model, Some("/nonexistent/w.h5")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/w.h5"), "{err}");
+}
+
+#[test]
+fn unknown_models_are_rejected_with_the_choices() {
+    for bad in [
+        "resnet50",
+        "mobilenet_v2_0.35_100",
+        "mobilenet_v2_1.4_128",
+        "mobilenet_v2_2.0_224",
+    ] {
+        let err = MobileNetV2::parse(bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{bad}: {err}");
+    }
+    assert_eq!(MobileNetV2::published().len(), 22);
+    let hub = MobileNetV2::parse(
+        "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/4",
+    )
+    .unwrap();
+    assert_eq!(hub.name(), "mobilenet_v2_1.0_224");
+    assert_eq!(MobileNetV2::parse(&hub.hub_handle()).unwrap(), hub);
+    assert_eq!(
+        MobileNetV2::parse("mobilenet_v2_0.5_96")
+            .unwrap()
+            .weights_file_name(),
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_96_no_top.h5"
+    );
+}
+
+#[test]
+fn cache_serves_reruns_and_recomputes_what_changed() {
+    let cache = tempfile::tempdir().unwrap();
+    let photos = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = golden_pngs()
+        .iter()
+        .take(4)
+        .map(|p| {
+            let dest = photos.path().join(p.file_name().unwrap());
+            fs::copy(p, &dest).unwrap();
+            dest
+        })
+        .collect();
+    let ex = extractor("0.75_96", cache.path());
+    let first = ex.extract_paths(&paths).unwrap();
+    assert_eq!((first.cache_hits, first.kept.len()), (0, 4));
+
+    let second = ex.extract_paths(&paths).unwrap();
+    assert_eq!(second.cache_hits, 4);
+    assert_eq!(second.values, first.values);
+
+    // A changed photo is recomputed; the others still come from the cache.
+    fs::copy(golden_pngs()[7].clone(), &paths[1]).unwrap();
+    let third = ex.extract_paths(&paths).unwrap();
+    assert_eq!(third.cache_hits, 3);
+    assert_ne!(third.values[1280..2560], first.values[1280..2560]);
+
+    // A damaged or partial cache file is detected and rewritten.
+    let files: Vec<PathBuf> = walk(cache.path());
+    assert_eq!(files.len(), 5);
+    // Cache files are named by the SHA-256 of the photo's content.
+    let key: String = sha2::Sha256::digest(fs::read(&paths[0]).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let victim = files
+        .iter()
+        .find(|f| f.file_stem().unwrap().to_str().unwrap() == key)
+        .expect("the cache file of the first photo");
+    let good = fs::read(victim).unwrap();
+    fs::write(victim, &good[..good.len() / 2]).unwrap();
+    let fourth = ex.extract_paths(&paths).unwrap();
+    assert_eq!(fourth.cache_hits, 3);
+    assert_eq!(fs::read(victim).unwrap(), good);
+    let mut flipped = good.clone();
+    flipped[100] ^= 1;
+    fs::write(victim, &flipped).unwrap();
+    assert_eq!(ex.extract_paths(&paths).unwrap().cache_hits, 3);
+
+    // Other weights (same variant) get their own cache entries.
+    let random = FeatureExtractor::from_network(Network::random(ex.model(), 3))
+        .unwrap()
+        .cache_dir(cache.path());
+    assert_eq!(random.extract_paths(&paths).unwrap().cache_hits, 0);
+    // No temp files are left behind by the atomic writes.
+    assert!(walk(cache.path())
+        .iter()
+        .all(|p| p.extension().unwrap() == "f32"));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn unreadable_photos_are_skipped_not_fatal() {
+    let cache = tempfile::tempdir().unwrap();
+    let bad = cache.path().join("bad.jpg");
+    fs::write(&bad, "garbage").unwrap();
+    let mut paths = golden_pngs()[..2].to_vec();
+    paths.insert(1, bad.clone());
+    let out = extractor("0.35_128", cache.path())
+        .extract_paths(&paths)
+        .unwrap();
+    assert_eq!(out.kept, vec![0, 2]);
+    assert_eq!(out.values.len(), 2 * 1280);
+    assert_eq!(out.skipped[0].0, bad);
+}
+
+/// Serves the golden weight files under their Keras Applications names.
+fn weights_server() -> Server {
+    let mut files = HashMap::new();
+    for variant in ["0.35_128", "0.35_224"] {
+        let (alpha, rows) = variant.split_once('_').unwrap();
+        files.insert(
+            format!("/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5"),
+            Arc::new(fs::read(golden_h5(variant)).unwrap()),
+        );
+    }
+    Server::start(files, Behaviour::Normal)
+}
+
+fn flowers(home: &Path, server: &Server, args: &[&str], extra: &[PathBuf]) -> std::process::Output {
+    Command::new(support::flowers_bin())
+        .args(args)
+        .args(extra)
+        .env("FLOWERS_KIT_HOME", home)
+        .env("FLOWERS_WEIGHTS_URL", format!("{}/", server.base))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_downloads_weights_once_and_writes_golden_features() {
+    let home = tempfile::tempdir().unwrap();
+    let server = weights_server();
+    let out_file = home.path().join("features.safetensors");
+    let handle = "https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/feature_vector/2";
+    let args = [
+        "features",
+        "--model",
+        handle,
+        "--out",
+        out_file.to_str().unwrap(),
+    ];
+    let run = flowers(home.path(), &server, &args, &golden_pngs());
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let cached = home
+        .path()
+        .join("weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_128_no_top.h5");
+    assert_eq!(
+        fs::read(&cached).unwrap(),
+        fs::read(golden_h5("0.35_128")).unwrap()
+    );
+
+    let (shape, ours) = support::tensor_f32(&out_file, "features");
+    let (_, golden) = support::tensor_f32(
+        &support::golden().join("mobilenet_v2_0.35_128.safetensors"),
+        "features",
+    );
+    assert_eq!(shape, [8, 1280]);
+    assert!(support::max_mean_abs_diff(&ours, &golden).0 <= 1e-4);
+
+    // Again: weights and features both come from the cache; its own output is overwritten.
+    let requests = server.seen().len();
+    let again = flowers(home.path(), &server, &args, &golden_pngs());
+    assert!(again.status.success());
+    assert_eq!(server.seen().len(), requests);
+    assert_eq!(support::tensor_f32(&out_file, "features").1, ours);
+
+    // Input order is output order.
+    let mut reversed = golden_pngs();
+    reversed.reverse();
+    let rev = flowers(home.path(), &server, &args, &reversed);
+    assert!(rev.status.success());
+    let (_, rows) = support::tensor_f32(&out_file, "features");
+    assert_eq!(rows[..1280], ours[7 * 1280..]);
+}
+
+#[test]
+fn cli_features_refuses_foreign_files_and_bad_photos() {
+    let home = tempfile::tempdir().unwrap();
+    let server = weights_server();
+    let foreign = home.path().join("notes.safetensors");
+    fs::write(&foreign, "my precious notes").unwrap();
+    let args = [
+        "features",
+        "--model",
+        "mobilenet_v2_0.35_128",
+        "--out",
+        foreign.to_str().unwrap(),
+    ];
+    let run = flowers(home.path(), &server, &args, &golden_pngs()[..1]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("refusing to overwrite"));
+    assert_eq!(fs::read(&foreign).unwrap(), b"my precious notes");
+
+    let bad = home.path().join("broken.jpg");
+    fs::write(&bad, "nope").unwrap();
+    let out = home.path().join("f.safetensors");
+    let args = [
+        "features",
+        "--model",
+        "mobilenet_v2_0.35_128",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = flowers(
+        home.path(),
+        &server,
+        &args,
+        &[golden_pngs()[0].clone(), bad],
+    );
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("broken.jpg"), "{stderr}");
+    assert!(!out.exists());
+
+    let args = [
+        "features",
+        "--model",
+        "mobilenet_v2_0.35_128",
+        "--device",
+        "tpu",
+        "--out",
+        "x",
+    ];
+    let run = flowers(home.path(), &server, &args, &golden_pngs()[..1]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("unknown device 'tpu'"));
+}
+
+/// Multinomial logistic regression by full-batch gradient descent: a plain linear probe.
+fn linear_probe(x: &[f32], y: &[usize], dim: usize, classes: usize) -> Vec<f32> {
+    let n = y.len();
+    let mut w = vec![0f32; (dim + 1) * classes];
+    for _ in 0..300 {
+        let mut grad = vec![0f32; w.len()];
+        for i in 0..n {
+            let row = &x[i * dim..][..dim];
+            let mut logits: Vec<f32> = (0..classes)
+                .map(|c| {
+                    w[dim * classes + c]
+                        + row
+                            .iter()
+                            .enumerate()
+                            .map(|(j, v)| v * w[j * classes + c])
+                            .sum::<f32>()
+                })
+                .collect();
+            let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+            let total: f32 = logits
+                .iter_mut()
+                .map(|l| {
+                    *l = (*l - max).exp();
+                    *l
+                })
+                .sum();
+            for c in 0..classes {
+                let g = logits[c] / total - if y[i] == c { 1.0 } else { 0.0 };
+                for (j, v) in row.iter().enumerate() {
+                    grad[j * classes + c] += g * v;
+                }
+                grad[dim * classes + c] += g;
+            }
+        }
+        for (wi, gi) in w.iter_mut().zip(&grad) {
+            *wi -= 0.5 * gi / n as f32;
+        }
+    }
+    w
+}
+
+fn predict(w: &[f32], row: &[f32], dim: usize, classes: usize) -> usize {
+    (0..classes)
+        .map(|c| {
+            w[dim * classes + c]
+                + row
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| v * w[j * classes + c])
+                    .sum::<f32>()
+        })
+        .enumerate()
+        .fold(
+            (0, f32::MIN),
+            |best, (c, s)| if s > best.1 { (c, s) } else { best },
+        )
+        .0
+}
+
+#[test]
+fn linear_probe_on_real_features_of_the_sample_beats_75_percent() {
+    let cache = tempfile::tempdir().unwrap();
+    let split = Dataset::open(support::sample_dir())
+        .unwrap()
+        .split(0.8, 2018)
+        .unwrap();
+    let features = extractor("0.35_224", cache.path())
+        .batch_size(32)
+        .extract(&split)
+        .unwrap();
+    assert_eq!((features.train.len(), features.test.len()), (600, 150));
+    let (dim, classes) = (features.dim, features.classes.len());
+    let w = linear_probe(
+        &features.train.x.as_vec(),
+        &features.train.labels,
+        dim,
+        classes,
+    );
+    let test = features.test.x.as_vec();
+    let correct = (0..features.test.len())
+        .filter(|&i| predict(&w, &test[i * dim..][..dim], dim, classes) == features.test.labels[i])
+        .count();
+    let accuracy = correct as f64 / features.test.len() as f64;
+    println!("linear probe test accuracy: {:.1}%", accuracy * 100.0);
+    assert!(accuracy >= 0.75, "accuracy {accuracy}");
+}
