@@ -86,8 +86,8 @@ fn refuse_foreign(out: &Path) -> Result<()> {
     }
 }
 
-/// Forward-only and decode+resize images/s, each for about `seconds`.
-pub fn throughput(extractor: &FeatureExtractor, photos: &Dataset, seconds: f64) -> Result<()> {
+/// Forward-pass images/s over about `seconds`.
+pub fn forward(extractor: &FeatureExtractor, seconds: f64) -> Result<()> {
     let model = extractor.model();
     let batch = extractor.batch();
     let per_image = model.resolution * model.resolution * 3;
@@ -106,7 +106,12 @@ pub fn throughput(extractor: &FeatureExtractor, photos: &Dataset, seconds: f64) 
         "{model} forward, batch {batch}, {} threads: {forward:.1} images/s",
         rayon::current_num_threads()
     );
+    Ok(())
+}
 
+/// Decode+resize images/s over the photos, in parallel, for about `seconds`.
+pub fn decode(extractor: &FeatureExtractor, photos: &Dataset, seconds: f64) -> Result<()> {
+    let model = extractor.model();
     let paths: Vec<PathBuf> = photos.examples().into_iter().map(|e| e.path).collect();
     let resize = extractor.resize_method();
     let start = Instant::now();

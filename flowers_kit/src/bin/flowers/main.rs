@@ -88,6 +88,9 @@ enum Command {
         /// [default: the downloaded flower photos].
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Only measure the forward pass (needs no photos).
+        #[arg(long, conflicts_with = "extract")]
+        forward_only: bool,
         /// Instead: extract features of every photo in --data twice, with a fresh cache, and
         /// report the cold and the warm (cached) run.
         #[arg(long)]
@@ -175,6 +178,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             weights,
             device,
             data,
+            forward_only,
             extract,
         } => {
             let model = MobileNetV2::parse(&model)?;
@@ -186,6 +190,10 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             }
             .on(device.parse::<DeviceKind>()?)?
             .batch_size(batch);
+            bench::forward(&extractor, seconds)?;
+            if forward_only {
+                return Ok(());
+            }
             let photos = match data {
                 Some(dir) => Dataset::open(dir)?,
                 None => data::download_flowers()?,
@@ -193,7 +201,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             if extract {
                 bench::cold_and_warm(extractor, &photos)
             } else {
-                bench::throughput(&extractor, &photos, seconds)
+                bench::decode(&extractor, &photos, seconds)
             }
         }
     }
