@@ -2,7 +2,6 @@
 //! that makes re-running a notebook after a hyperparameter edit instant.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -137,6 +136,36 @@ pub struct FeatureSet {
 }
 
 impl FeatureSet {
+    /// A feature set from `labels.len()` rows of `dim` values (e.g. features computed
+    /// elsewhere); `paths` may be empty.
+    pub fn new(
+        values: Vec<f32>,
+        dim: usize,
+        labels: Vec<usize>,
+        paths: Vec<PathBuf>,
+    ) -> Result<FeatureSet> {
+        if dim == 0 || values.len() != labels.len() * dim {
+            return Err(Error::InvalidArgument(format!(
+                "{} values are not {} rows of {dim} features",
+                values.len(),
+                labels.len()
+            )));
+        }
+        if !paths.is_empty() && paths.len() != labels.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} paths for {} examples",
+                paths.len(),
+                labels.len()
+            )));
+        }
+        let n = labels.len();
+        Ok(FeatureSet {
+            x: Cpu::default().tensor((values, (n, dim))),
+            labels,
+            paths,
+        })
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -155,6 +184,12 @@ pub struct Features {
     pub classes: Vec<String>,
     /// The extractor's model name, e.g. `mobilenet_v2_0.35_128`.
     pub model: String,
+    /// Identifies the extractor's weights (see [`Network::weights_id`]).
+    pub weights_id: String,
+    /// The extractor's weight file, if it came from one.
+    pub weights_path: Option<PathBuf>,
+    /// The preprocessing resize.
+    pub resize: Resize,
     /// Length of each feature vector.
     pub dim: usize,
     /// Training examples.
@@ -382,6 +417,9 @@ impl FeatureExtractor {
         Ok(Features {
             classes: split.classes.clone(),
             model: self.network.model.name(),
+            weights_id: self.network.weights_id.clone(),
+            weights_path: self.network.weights_path.clone(),
+            resize: self.resize,
             dim: self.feature_dim(),
             train: side(&split.train)?,
             test: side(&split.test)?,
@@ -439,8 +477,6 @@ fn read_cached(dir: &Path, key: &str, dim: usize) -> Option<Vec<f32>> {
 
 fn write_cached(dir: &Path, key: &str, row: &[f32]) -> Result<()> {
     let path = cache_file(dir, key);
-    let folder = path.parent().unwrap_or(dir);
-    fs::create_dir_all(folder).at(folder)?;
     let mut body = Vec::with_capacity(16 + row.len() * 4);
     body.extend_from_slice(MAGIC);
     body.extend_from_slice(&(row.len() as u32).to_le_bytes());
@@ -449,8 +485,5 @@ fn write_cached(dir: &Path, key: &str, row: &[f32]) -> Result<()> {
     }
     let check = Sha256::digest(&body);
     body.extend_from_slice(&check[..8]);
-    let mut tmp = tempfile::NamedTempFile::new_in(folder).at(folder)?;
-    tmp.write_all(&body).at(&path)?;
-    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    Ok(())
+    crate::files::write_atomically(&path, &body)
 }

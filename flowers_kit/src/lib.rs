@@ -20,10 +20,14 @@
 pub mod backend;
 pub mod data;
 mod digest;
+pub mod display;
 pub mod error;
 pub mod features;
+pub mod files;
 pub mod models;
+pub mod plot;
 pub mod progress;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
@@ -37,4 +41,8 @@ pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::features::{DeviceKind, FeatureExtractor, Features};
     pub use crate::models::MobileNetV2;
+    pub use crate::plot::{Chart, Picture, Series};
+    pub use crate::train::{
+        train, Activation, Classifier, History, Metrics, Optimizer, TrainConfig,
+    };
 }

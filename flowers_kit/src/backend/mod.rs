@@ -69,6 +69,8 @@ pub struct Network {
     pub layers: Vec<Layer>,
     /// Identifies the weights (SHA-256 of the file, or a description of random weights).
     pub weights_id: String,
+    /// The weight file the network was read from, if any.
+    pub weights_path: Option<std::path::PathBuf>,
 }
 
 impl Network {
@@ -147,6 +149,7 @@ impl Network {
             model,
             layers,
             weights_id: weights.digest().to_string(),
+            weights_path: Some(weights.path().to_path_buf()),
         })
     }
 
@@ -193,6 +196,7 @@ impl Network {
             model,
             layers,
             weights_id: format!("random-seed-{seed}"),
+            weights_path: None,
         }
     }
 

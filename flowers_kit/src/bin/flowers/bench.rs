@@ -49,13 +49,7 @@ pub fn write_features(extractor: &FeatureExtractor, images: &[PathBuf], out: &Pa
     .collect();
     let serialized = safetensors::serialize([("features", view)], &Some(metadata))
         .map_err(|e| Error::Backend(format!("cannot serialise features: {e}")))?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    std::io::Write::write_all(&mut tmp, &serialized).map_err(|e| Error::io(out, e))?;
-    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
+    flowers_kit::files::write_atomically(out, &serialized)?;
     println!(
         "wrote features [{n}, {}] of {} to {}",
         extracted.dim,

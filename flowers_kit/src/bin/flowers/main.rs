@@ -67,6 +67,66 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Train a classifier on MobileNet V2 features, as the tutorial does, and write its results.
+    Train {
+        /// Dataset folder [default: the downloaded flower photos].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Model name or TF-Hub handle.
+        #[arg(long, default_value = "mobilenet_v2_0.35_128")]
+        model: String,
+        /// Keras no_top weight file, path or URL [default: the published one].
+        #[arg(long)]
+        weights: Option<String>,
+        /// NUM_TRAIN_STEPS.
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        /// TRAIN_BATCH_SIZE, or "full" for the whole training set each step.
+        #[arg(long, default_value = "10")]
+        batch: String,
+        /// LEARNING_RATE.
+        #[arg(long, default_value_t = 0.01)]
+        lr: f32,
+        /// sgd, momentum, nesterov, adagrad, adam or rmsprop.
+        #[arg(long, default_value = "sgd")]
+        optimizer: String,
+        /// EVAL_EVERY.
+        #[arg(long, default_value_t = 10)]
+        eval_every: usize,
+        /// Hidden layer sizes, e.g. 100,50 [default: none, the linear classifier].
+        #[arg(long, value_delimiter = ',')]
+        hidden: Vec<usize>,
+        /// relu or none, between hidden layers.
+        #[arg(long, default_value = "relu")]
+        activation: String,
+        /// L2 weight decay.
+        #[arg(long, default_value_t = 0.0)]
+        weight_decay: f32,
+        /// Seed of the initial weights and the batches.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Classify photos with a saved classifier.
+    Predict {
+        /// A classifier.safetensors written by `flowers train`.
+        #[arg(long)]
+        classifier: PathBuf,
+        /// How many classes to print per photo.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+        /// Keras weight file, if not the one used in training.
+        #[arg(long)]
+        weights: Option<String>,
+        /// Photos to classify.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Measure images/s: forward pass and decode+resize separately, or cold/warm extraction.
     Bench {
         /// Model name or TF-Hub handle.
@@ -171,6 +231,56 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                     .batch_size(batch);
             bench::write_features(&extractor, &images, &out)
         }
+        Command::Train {
+            data,
+            model,
+            weights,
+            steps,
+            batch,
+            lr,
+            optimizer,
+            eval_every,
+            hidden,
+            activation,
+            weight_decay,
+            seed,
+            device,
+            out,
+        } => {
+            let batch_size = match batch.as_str() {
+                "full" | "all" | "none" => None,
+                n => Some(n.parse::<usize>().map_err(|_| {
+                    flowers_kit::Error::InvalidArgument(format!(
+                        "--batch takes a number or 'full', not '{n}'"
+                    ))
+                })?),
+            };
+            train_cmd::run_train(train_cmd::TrainArgs {
+                data,
+                model,
+                weights,
+                device: device.parse()?,
+                config: flowers_kit::train::TrainConfig {
+                    steps,
+                    batch_size,
+                    learning_rate: lr,
+                    eval_every,
+                    optimizer: optimizer.parse()?,
+                    hidden,
+                    activation: activation.parse()?,
+                    weight_decay,
+                    seed,
+                    ..Default::default()
+                },
+                out,
+            })
+        }
+        Command::Predict {
+            classifier,
+            top,
+            weights,
+            images,
+        } => train_cmd::run_predict(&classifier, &images, top, weights.as_deref()),
         Command::Bench {
             model,
             batch,
@@ -208,3 +318,4 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
 }
 
 mod bench;
+mod train_cmd;

@@ -1,0 +1,110 @@
+//! `flowers train` and `flowers predict`.
+
+use std::path::{Path, PathBuf};
+
+use flowers_kit::data::{self, Dataset};
+use flowers_kit::display::write_atomically;
+use flowers_kit::features::{DeviceKind, FeatureExtractor};
+use flowers_kit::models::MobileNetV2;
+use flowers_kit::plot::{self, Picture};
+use flowers_kit::train::{train, Classifier, TrainConfig};
+use flowers_kit::{Error, Result};
+
+/// Everything `flowers train` needs.
+pub struct TrainArgs {
+    pub data: Option<PathBuf>,
+    pub model: String,
+    pub weights: Option<String>,
+    pub device: DeviceKind,
+    pub config: TrainConfig,
+    pub out: PathBuf,
+}
+
+/// Split, extract (cached), train, evaluate, and write the results to `out`.
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let photos = match &args.data {
+        Some(dir) => Dataset::open(dir)?,
+        None => data::download_flowers()?,
+    };
+    let split = photos.split(data::TUTORIAL_TRAIN_FRACTION, data::TUTORIAL_SEED)?;
+    println!(
+        "The dataset has {} label classes: {:?}",
+        split.classes.len(),
+        split.classes
+    );
+    println!(
+        "There are {} training images and {} test images",
+        split.train.len(),
+        split.test.len()
+    );
+    let extractor =
+        FeatureExtractor::with_weights(MobileNetV2::parse(&args.model)?, args.weights.as_deref())?
+            .on(args.device)?;
+    let features = extractor.extract(&split)?;
+    let config = TrainConfig {
+        device: args.device,
+        ..args.config
+    };
+    let (classifier, history) = train(&features, &config)?;
+    let metrics = classifier.evaluate(&features.test)?;
+    println!("Final test accuracy: {:.2}%", metrics.accuracy * 100.0);
+
+    let out = &args.out;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let report = serde_json::json!({
+        "model": features.model,
+        "config": config,
+        "final_test_accuracy": metrics.accuracy,
+        "test_loss": metrics.loss,
+        "confusion": metrics.confusion,
+        "confusion_normalized": metrics.confusion_normalized(),
+        "per_class": metrics.per_class,
+        "misclassified": metrics.misclassified,
+        "history": history,
+    });
+    let json = serde_json::to_vec_pretty(&report)
+        .map_err(|e| Error::Backend(format!("cannot write metrics: {e}")))?;
+    write_atomically(&out.join("metrics.json"), &json)?;
+    plot::curves(&history).save(out.join("curves.svg"))?;
+    plot::confusion(&metrics)?.save(out.join("confusion.svg"))?;
+    match Picture::mistakes(&metrics, 20, 5) {
+        Ok(gallery) => gallery.save(out.join("misclassified.png"))?,
+        Err(_) => println!("No misclassified test photos: nothing to show in misclassified.png"),
+    }
+    classifier.save(out.join("classifier.safetensors"))?;
+    println!("Wrote metrics.json, curves.svg, confusion.svg, misclassified.png and classifier.safetensors to {}", out.display());
+    Ok(())
+}
+
+/// Prints the top-k classes of each photo.
+pub fn run_predict(
+    classifier_path: &Path,
+    images: &[PathBuf],
+    top: usize,
+    weights: Option<&str>,
+) -> Result<()> {
+    let classifier = Classifier::load(classifier_path)?;
+    // The weights used in training, unless told otherwise; the digest check below makes sure
+    // they are the same weights.
+    let source = weights.map(str::to_string).or_else(|| {
+        classifier
+            .weights_path
+            .as_ref()
+            .filter(|p| p.is_file())
+            .map(|p| p.display().to_string())
+    });
+    let extractor =
+        FeatureExtractor::with_weights(MobileNetV2::parse(&classifier.model)?, source.as_deref())?
+            .resize(classifier.resize)
+            .without_cache();
+    classifier.check_extractor(&extractor)?;
+    for image in images {
+        let ranked = classifier.predict(&extractor, image, top)?;
+        let answers: Vec<String> = ranked
+            .iter()
+            .map(|p| format!("{} {:.4}", p.class, p.probability))
+            .collect();
+        println!("{}: {}", image.display(), answers.join(", "));
+    }
+    Ok(())
+}

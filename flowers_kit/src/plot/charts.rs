@@ -1,0 +1,506 @@
+//! Charts as data, drawn on demand to SVG (inline display) or PNG (files).
+
+use std::path::Path;
+
+use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::{ensure_fonts, plot_error};
+use crate::display::{emit, extension, write_atomically};
+use crate::error::{Error, Result};
+
+/// A named line: (x, y) points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Legend entry.
+    pub name: String,
+    /// Points in x order.
+    pub points: Vec<(f64, f64)>,
+}
+
+impl Series {
+    /// A series from a name and points.
+    pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series {
+            name: name.into(),
+            points,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Lines {
+        title: String,
+        x_label: String,
+        y_label: String,
+        series: Vec<Series>,
+    },
+    Heatmap {
+        title: String,
+        x_label: String,
+        y_label: String,
+        columns: Vec<String>,
+        rows: Vec<String>,
+        values: Vec<Vec<f64>>,
+    },
+    Bars {
+        title: String,
+        value_label: String,
+        items: Vec<(String, f64)>,
+    },
+    SideBySide(Vec<Chart>),
+}
+
+/// A chart: displays inline in evcxr (SVG) and saves as `.svg` or `.png`.
+///
+/// ```
+/// use flowers_kit::plot::{Chart, Series};
+/// let chart = Chart::lines("Accuracy", "step", "accuracy",
+///     vec![Series::new("lr 0.01", vec![(0.0, 0.2), (10.0, 0.6), (20.0, 0.8)])]);
+/// assert!(chart.svg()?.starts_with("<svg"));
+/// # Ok::<(), flowers_kit::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chart {
+    kind: Kind,
+    width: u32,
+    height: u32,
+}
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+impl Chart {
+    /// Several curves on one pair of axes (training curves, sweeps, optimizers).
+    pub fn lines(title: &str, x_label: &str, y_label: &str, series: Vec<Series>) -> Chart {
+        Chart {
+            kind: Kind::Lines {
+                title: title.into(),
+                x_label: x_label.into(),
+                y_label: y_label.into(),
+                series,
+            },
+            width: 640,
+            height: 420,
+        }
+    }
+
+    /// A grid of values with row and column names, each cell annotated (confusion matrix,
+    /// learning rate × batch size accuracy).
+    pub fn heatmap(
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        columns: Vec<String>,
+        rows: Vec<String>,
+        values: Vec<Vec<f64>>,
+    ) -> Result<Chart> {
+        if values.len() != rows.len() || values.iter().any(|r| r.len() != columns.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "heatmap values must be {} rows of {} columns",
+                rows.len(),
+                columns.len()
+            )));
+        }
+        let size = 160 + 70 * columns.len().max(rows.len()) as u32;
+        Ok(Chart {
+            kind: Kind::Heatmap {
+                title: title.into(),
+                x_label: x_label.into(),
+                y_label: y_label.into(),
+                columns,
+                rows,
+                values,
+            },
+            width: size.max(420) + 60,
+            height: size.max(420),
+        })
+    }
+
+    /// Horizontal bars, one per item, largest first as given (top-k probabilities, results).
+    pub fn bars(title: &str, value_label: &str, items: Vec<(String, f64)>) -> Chart {
+        let height = 110 + 44 * items.len() as u32;
+        Chart {
+            kind: Kind::Bars {
+                title: title.into(),
+                value_label: value_label.into(),
+                items,
+            },
+            width: 560,
+            height,
+        }
+    }
+
+    /// Charts next to each other in one figure.
+    pub fn side_by_side(charts: Vec<Chart>) -> Chart {
+        let width = charts.iter().map(|c| c.width).sum();
+        let height = charts.iter().map(|c| c.height).max().unwrap_or(400);
+        Chart {
+            kind: Kind::SideBySide(charts),
+            width,
+            height,
+        }
+    }
+
+    /// Width and height in pixels.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// Sets the size in pixels.
+    pub fn with_size(mut self, width: u32, height: u32) -> Chart {
+        self.width = width.max(100);
+        self.height = height.max(100);
+        self
+    }
+
+    /// The chart as an SVG document.
+    pub fn svg(&self) -> Result<String> {
+        ensure_fonts();
+        let mut out = String::new();
+        {
+            let root =
+                SVGBackend::with_string(&mut out, (self.width, self.height)).into_drawing_area();
+            self.draw(&root)?;
+            root.present().map_err(plot_error)?;
+        }
+        Ok(out)
+    }
+
+    /// The chart as PNG bytes.
+    pub fn png(&self) -> Result<Vec<u8>> {
+        ensure_fonts();
+        let (w, h) = (self.width, self.height);
+        let mut buffer = vec![255u8; (w * h * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
+            self.draw(&root)?;
+            root.present().map_err(plot_error)?;
+        }
+        super::pictures::encode_png(w, h, buffer)
+    }
+
+    /// Saves as SVG or PNG, by the file's extension.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let bytes = match extension(path).as_str() {
+            "svg" => self.svg()?.into_bytes(),
+            "png" => self.png()?,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot save a chart as '.{other}' ({}): use .svg or .png",
+                    path.display()
+                )))
+            }
+        };
+        write_atomically(path, &bytes)
+    }
+
+    /// Shows the chart inline in an evcxr notebook (SVG).
+    pub fn evcxr_display(&self) {
+        match self.svg() {
+            Ok(svg) => emit("image/svg+xml", &svg),
+            Err(e) => println!("Error: {e}"),
+        }
+    }
+
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
+        area.fill(&WHITE).map_err(plot_error)?;
+        match &self.kind {
+            Kind::Lines {
+                title,
+                x_label,
+                y_label,
+                series,
+            } => draw_lines(area, title, x_label, y_label, series),
+            Kind::Heatmap {
+                title,
+                x_label,
+                y_label,
+                columns,
+                rows,
+                values,
+            } => draw_heatmap(area, title, x_label, y_label, columns, rows, values),
+            Kind::Bars {
+                title,
+                value_label,
+                items,
+            } => draw_bars(area, title, value_label, items),
+            Kind::SideBySide(charts) => {
+                let mut rest = area.clone();
+                for chart in charts {
+                    let (left, right) = rest.split_horizontally(chart.width);
+                    chart.draw(&left)?;
+                    rest = right;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `n` segments: plotters' `(0..m).into_segmented()` has `m + 1` of them.
+fn segments(
+    n: i32,
+) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordi32> {
+    (0..(n - 1).max(0)).into_segmented()
+}
+
+fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if !lo.is_finite() || !hi.is_finite() {
+        return (0.0, 1.0);
+    }
+    if (hi - lo).abs() < 1e-12 {
+        return (lo - 0.5, hi + 0.5);
+    }
+    let pad = (hi - lo) * 0.05;
+    (lo - pad, hi + pad)
+}
+
+fn draw_lines<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let (x0, x1) = span(
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().filter(finite).map(|p| p.0)),
+    );
+    let (y0, y1) = span(
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().filter(finite).map(|p| p.1)),
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(plot_error)?;
+    // Steps and batch sizes are whole numbers: no "10.0" on their axis.
+    let whole = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .all(|p| p.0.fract() == 0.0);
+    let x_tick = |v: &f64| {
+        if whole {
+            format!("{v:.0}")
+        } else {
+            format!("{v}")
+        }
+    };
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .x_label_formatter(&x_tick)
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(plot_error)?;
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(f64, f64)> = s.points.iter().filter(finite).copied().collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(plot_error)?
+            .label(s.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        if points.len() <= 30 {
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(plot_error)?;
+        }
+    }
+    if series.iter().any(|s| !s.name.is_empty()) {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(200, 200, 200))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(plot_error)?;
+    }
+    Ok(())
+}
+
+/// White → blue, like seaborn's "Blues".
+fn blues(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * t) as u8;
+    RGBColor(lerp(247.0, 8.0), lerp(251.0, 48.0), lerp(255.0, 107.0))
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    columns: &[String],
+    rows: &[String],
+    values: &[Vec<f64>],
+) -> Result<()> {
+    let (nx, ny) = (columns.len() as i32, rows.len() as i32);
+    let (lo, hi) = values
+        .iter()
+        .flatten()
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let scale = |v: f64| if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(50)
+        .y_label_area_size(100)
+        .build_cartesian_2d(segments(nx), segments(ny))
+        .map_err(plot_error)?;
+    let column_name = |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(i) => columns.get(*i as usize).cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    // Row 0 at the top, as in a printed matrix.
+    let row_name = |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(i) => rows
+            .get((ny - 1 - *i) as usize)
+            .cloned()
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .x_labels(columns.len())
+        .y_labels(rows.len())
+        .x_label_formatter(&column_name)
+        .y_label_formatter(&row_name)
+        .draw()
+        .map_err(plot_error)?;
+    for (r, row) in values.iter().enumerate() {
+        let y = ny - 1 - r as i32;
+        for (c, &v) in row.iter().enumerate() {
+            let x = c as i32;
+            let fill = if v.is_finite() {
+                blues(scale(v))
+            } else {
+                RGBColor(220, 220, 220)
+            };
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [
+                        (SegmentValue::Exact(x), SegmentValue::Exact(y)),
+                        (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
+                    ],
+                    fill.filled(),
+                )))
+                .map_err(plot_error)?;
+            let ink = if scale(v) > 0.55 { WHITE } else { BLACK };
+            let text = if v.is_finite() {
+                format!("{v:.2}")
+            } else {
+                "–".into()
+            };
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    text,
+                    (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y)),
+                    ("sans-serif", 15).into_font().color(&ink).pos(
+                        plotters::style::text_anchor::Pos::new(
+                            plotters::style::text_anchor::HPos::Center,
+                            plotters::style::text_anchor::VPos::Center,
+                        ),
+                    ),
+                )))
+                .map_err(plot_error)?;
+        }
+    }
+    Ok(())
+}
+
+fn draw_bars<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    value_label: &str,
+    items: &[(String, f64)],
+) -> Result<()> {
+    let n = items.len() as i32;
+    let max = items
+        .iter()
+        .map(|i| i.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let top = if max <= 1.0 { 1.0 } else { max * 1.15 };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(130)
+        .build_cartesian_2d(0.0..top, segments(n))
+        .map_err(plot_error)?;
+    let name = |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(i) => items
+            .get((n - 1 - *i) as usize)
+            .map(|i| i.0.clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc(value_label)
+        .y_labels(items.len())
+        .y_label_formatter(&name)
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(plot_error)?;
+    for (k, (_, v)) in items.iter().enumerate() {
+        let y = n - 1 - k as i32;
+        let v = if v.is_finite() { *v } else { 0.0 };
+        let mut bar = Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(y)),
+                (v, SegmentValue::Exact(y + 1)),
+            ],
+            COLORS[0].mix(if k == 0 { 1.0 } else { 0.6 }).filled(),
+        );
+        bar.set_margin(6, 6, 0, 0);
+        chart
+            .draw_series(std::iter::once(bar))
+            .map_err(plot_error)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!(" {v:.3}"),
+                (v, SegmentValue::CenterOf(y)),
+                ("sans-serif", 14).into_font().color(&BLACK).pos(
+                    plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Left,
+                        plotters::style::text_anchor::VPos::Center,
+                    ),
+                ),
+            )))
+            .map_err(plot_error)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Photo figures: the tutorial's labelled grid and the gallery of wrong predictions.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::{ensure_fonts, plot_error};
+use crate::data::image::decode_rgb8;
+use crate::data::Example;
+use crate::display::{emit_png, extension, write_atomically};
+use crate::error::{Error, Result};
+use crate::train::Metrics;
+
+/// A raster figure of photos with captions: displays inline in evcxr (PNG), saves as `.png`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Picture {
+    width: u32,
+    height: u32,
+    /// RGB, row-major.
+    pixels: Vec<u8>,
+}
+
+/// One photo with its caption lines.
+#[derive(Debug, Clone)]
+pub struct Tile {
+    /// The photo file.
+    pub path: PathBuf,
+    /// Caption lines under the photo.
+    pub caption: Vec<String>,
+}
+
+const TILE: u32 = 150;
+const LINE: u32 = 18;
+const GAP: u32 = 10;
+/// Cells are wider than photos so that two-line captions fit.
+const CELL_W: u32 = 190;
+
+impl Picture {
+    /// Photos in a grid of `columns`, each scaled to fit a square tile, captions below.
+    /// A photo that cannot be decoded becomes a grey tile saying so.
+    pub fn grid(tiles: &[Tile], columns: usize) -> Result<Picture> {
+        ensure_fonts();
+        if tiles.is_empty() {
+            return Err(Error::InvalidArgument("no photos to show".into()));
+        }
+        let columns = columns.clamp(1, tiles.len()) as u32;
+        let rows = (tiles.len() as u32).div_ceil(columns);
+        let lines = tiles.iter().map(|t| t.caption.len()).max().unwrap_or(0) as u32;
+        let cell_w = CELL_W;
+        let cell_h = TILE + lines * LINE + GAP;
+        let (width, height) = (columns * cell_w + GAP, rows * cell_h + GAP);
+        let mut pixels = vec![255u8; (width * height * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
+            for (i, tile) in tiles.iter().enumerate() {
+                let (col, row) = (i as u32 % columns, i as u32 / columns);
+                let (x, y) = (
+                    GAP + col * cell_w + (CELL_W - GAP - TILE) / 2,
+                    GAP + row * cell_h,
+                );
+                match thumbnail(&tile.path) {
+                    Ok((w, h, rgb)) => {
+                        let (dx, dy) = ((TILE - w) / 2, (TILE - h) / 2);
+                        let element = BitMapElement::<_>::with_owned_buffer(
+                            ((x + dx) as i32, (y + dy) as i32),
+                            (w, h),
+                            rgb,
+                        )
+                        .ok_or_else(|| Error::Backend("thumbnail buffer too small".into()))?;
+                        root.draw(&element).map_err(plot_error)?;
+                    }
+                    Err(_) => {
+                        root.draw(&Rectangle::new(
+                            [(x as i32, y as i32), ((x + TILE) as i32, (y + TILE) as i32)],
+                            RGBColor(220, 220, 220).filled(),
+                        ))
+                        .map_err(plot_error)?;
+                        root.draw(&Text::new(
+                            "(unreadable)",
+                            ((x + TILE / 2) as i32, (y + TILE / 2) as i32),
+                            ("sans-serif", 14)
+                                .into_font()
+                                .color(&BLACK)
+                                .pos(Pos::new(HPos::Center, VPos::Center)),
+                        ))
+                        .map_err(plot_error)?;
+                    }
+                }
+                for (l, line) in tile.caption.iter().enumerate() {
+                    root.draw(&Text::new(
+                        line.clone(),
+                        (
+                            (x + TILE / 2) as i32,
+                            (y + TILE + 3 + l as u32 * LINE) as i32,
+                        ),
+                        ("sans-serif", 13)
+                            .into_font()
+                            .color(&BLACK)
+                            .pos(Pos::new(HPos::Center, VPos::Top)),
+                    ))
+                    .map_err(plot_error)?;
+                }
+            }
+            root.present().map_err(plot_error)?;
+        }
+        Ok(Picture {
+            width,
+            height,
+            pixels,
+        })
+    }
+
+    /// The tutorial's "some labelled images": photos captioned with their class.
+    pub fn labelled(examples: &[Example], classes: &[String], columns: usize) -> Result<Picture> {
+        let tiles: Vec<Tile> = examples
+            .iter()
+            .map(|e| Tile {
+                path: e.path.clone(),
+                caption: vec![classes.get(e.label).cloned().unwrap_or_default()],
+            })
+            .collect();
+        Picture::grid(&tiles, columns)
+    }
+
+    /// The wrong predictions, captioned "prediction: X" / "label: Y" (at most `max`).
+    pub fn mistakes(metrics: &Metrics, max: usize, columns: usize) -> Result<Picture> {
+        let name = |i: usize| metrics.classes.get(i).cloned().unwrap_or_default();
+        let tiles: Vec<Tile> = metrics
+            .misclassified
+            .iter()
+            .take(max)
+            .map(|m| Tile {
+                path: m.path.clone(),
+                caption: vec![
+                    format!(
+                        "prediction: {} ({:.0}%)",
+                        name(m.prediction),
+                        m.probability * 100.0
+                    ),
+                    format!("label: {}", name(m.label)),
+                ],
+            })
+            .collect();
+        if tiles.is_empty() {
+            return Err(Error::InvalidArgument(
+                "no misclassified photos to show: every prediction was right".into(),
+            ));
+        }
+        Picture::grid(&tiles, columns)
+    }
+
+    /// Width and height in pixels.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// PNG bytes.
+    pub fn png(&self) -> Result<Vec<u8>> {
+        encode_png(self.width, self.height, self.pixels.clone())
+    }
+
+    /// Saves as PNG (the only format for photos).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        if extension(path) != "png" {
+            return Err(Error::InvalidArgument(format!(
+                "photo figures are saved as .png, not {}",
+                path.display()
+            )));
+        }
+        write_atomically(path, &self.png()?)
+    }
+
+    /// Shows the picture inline in an evcxr notebook (PNG).
+    pub fn evcxr_display(&self) {
+        match self.png() {
+            Ok(png) => emit_png(&png),
+            Err(e) => println!("Error: {e}"),
+        }
+    }
+}
+
+/// The photo scaled to fit a `TILE` square: (width, height, RGB bytes).
+fn thumbnail(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
+    let rgb = decode_rgb8(path)?;
+    let (w, h) = rgb.dimensions();
+    let scale = TILE as f32 / w.max(h) as f32;
+    let (tw, th) = (
+        ((w as f32 * scale).round() as u32).clamp(1, TILE),
+        ((h as f32 * scale).round() as u32).clamp(1, TILE),
+    );
+    let small = image::imageops::resize(&rgb, tw, th, image::imageops::FilterType::Triangle);
+    Ok((tw, th, small.into_raw()))
+}
+
+/// Encodes RGB pixels as PNG.
+pub(crate) fn encode_png(width: u32, height: u32, pixels: Vec<u8>) -> Result<Vec<u8>> {
+    let image = image::RgbImage::from_raw(width, height, pixels)
+        .ok_or_else(|| Error::Backend("image buffer has the wrong size".into()))?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| Error::Backend(format!("cannot encode PNG: {e}")))?;
+    Ok(out.into_inner())
+}

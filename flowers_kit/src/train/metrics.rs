@@ -1,0 +1,150 @@
+//! Accuracy, confusion matrix, per-class precision/recall/F1 and the misclassified photos.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// Precision, recall and F1 of one class.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassMetrics {
+    /// Class name.
+    pub class: String,
+    /// Of the photos predicted as this class, the share that are.
+    pub precision: f32,
+    /// Of the photos of this class, the share predicted as it.
+    pub recall: f32,
+    /// Harmonic mean of precision and recall.
+    pub f1: f32,
+    /// Photos of this class.
+    pub support: usize,
+}
+
+/// A photo the classifier got wrong.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mistake {
+    /// The photo.
+    pub path: PathBuf,
+    /// Its true label.
+    pub label: usize,
+    /// The predicted label.
+    pub prediction: usize,
+    /// The probability given to the prediction.
+    pub probability: f32,
+}
+
+/// How a classifier did on a set of examples.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metrics {
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// Share of correct predictions.
+    pub accuracy: f32,
+    /// Mean cross-entropy.
+    pub loss: f32,
+    /// `confusion[label][prediction]` counts.
+    pub confusion: Vec<Vec<usize>>,
+    /// Per class, in label order.
+    pub per_class: Vec<ClassMetrics>,
+    /// Every wrong prediction, in example order.
+    pub misclassified: Vec<Mistake>,
+}
+
+impl Metrics {
+    /// Computes everything from class probabilities `[n, classes]` (rows sum to 1).
+    pub fn from_probabilities(
+        classes: &[String],
+        labels: &[usize],
+        probabilities: &[f32],
+        paths: &[PathBuf],
+    ) -> Metrics {
+        let k = classes.len();
+        let n = labels.len();
+        let mut confusion = vec![vec![0usize; k]; k];
+        let mut misclassified = Vec::new();
+        let mut loss = 0f64;
+        for (i, &label) in labels.iter().enumerate() {
+            let row = &probabilities[i * k..][..k];
+            let (prediction, &probability) =
+                row.iter()
+                    .enumerate()
+                    .fold((0, &f32::NEG_INFINITY), |best, (c, p)| {
+                        if *p > *best.1 {
+                            (c, p)
+                        } else {
+                            best
+                        }
+                    });
+            confusion[label][prediction] += 1;
+            loss -= f64::from(row[label].max(1e-12)).ln();
+            if prediction != label {
+                misclassified.push(Mistake {
+                    path: paths.get(i).cloned().unwrap_or_default(),
+                    label,
+                    prediction,
+                    probability,
+                });
+            }
+        }
+        let correct: usize = (0..k).map(|c| confusion[c][c]).sum();
+        let per_class = (0..k)
+            .map(|c| {
+                let support: usize = confusion[c].iter().sum();
+                let predicted: usize = (0..k).map(|r| confusion[r][c]).sum();
+                let hits = confusion[c][c] as f32;
+                let precision = if predicted > 0 {
+                    hits / predicted as f32
+                } else {
+                    0.0
+                };
+                let recall = if support > 0 {
+                    hits / support as f32
+                } else {
+                    0.0
+                };
+                let f1 = if precision + recall > 0.0 {
+                    2.0 * precision * recall / (precision + recall)
+                } else {
+                    0.0
+                };
+                ClassMetrics {
+                    class: classes[c].clone(),
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
+            })
+            .collect();
+        Metrics {
+            classes: classes.to_vec(),
+            accuracy: if n > 0 {
+                correct as f32 / n as f32
+            } else {
+                0.0
+            },
+            loss: if n > 0 { (loss / n as f64) as f32 } else { 0.0 },
+            confusion,
+            per_class,
+            misclassified,
+        }
+    }
+
+    /// The confusion matrix with each row divided by its total (the tutorial's heat map).
+    pub fn confusion_normalized(&self) -> Vec<Vec<f32>> {
+        self.confusion
+            .iter()
+            .map(|row| {
+                let total: usize = row.iter().sum();
+                row.iter()
+                    .map(|&c| {
+                        if total > 0 {
+                            c as f32 / total as f32
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}

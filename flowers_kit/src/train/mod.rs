@@ -1,0 +1,13 @@
+//! Training a classifier head on cached features: the second half of the tutorial.
+
+pub mod classifier;
+pub mod head;
+pub mod metrics;
+pub mod optim;
+pub mod trainer;
+
+pub use classifier::{Classifier, Prediction};
+pub use head::{Activation, Head};
+pub use metrics::{ClassMetrics, Metrics, Mistake};
+pub use optim::Optimizer;
+pub use trainer::{train, History, TrainConfig};

@@ -1,0 +1,306 @@
+//! The five optimizers of the tutorial's exercise, with TensorFlow/Keras update rules and
+//! defaults, written as element-wise updates on dfdx tensors so they run on any device.
+
+use std::str::FromStr;
+
+use dfdx::shapes::{HasShape, Shape};
+use dfdx::tensor::Tensor;
+use dfdx::tensor_ops::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::dfdx::DfdxDevice;
+use crate::error::{Error, Result};
+
+/// An optimizer and its hyperparameters (the learning rate lives in the training config).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Optimizer {
+    /// Plain gradient descent: `w -= lr·g` (the tutorial's).
+    Sgd,
+    /// `a = momentum·a + g; w -= lr·a`, or with Nesterov `w -= lr·(g + momentum·a)`
+    /// (`tf.compat.v1.train.MomentumOptimizer`).
+    Momentum {
+        /// Decay of the velocity (0.9).
+        momentum: f32,
+        /// Use Nesterov's look-ahead gradient.
+        nesterov: bool,
+    },
+    /// `acc += g²; w -= lr·g / (√acc + ε)` (Keras Adagrad; TF starts `acc` at 0.1).
+    Adagrad {
+        /// Starting value of the accumulator (0.1).
+        initial_accumulator: f32,
+        /// ε (1e-7).
+        epsilon: f32,
+    },
+    /// Adam with TF's bias-corrected step size `lr·√(1−β₂ᵗ)/(1−β₁ᵗ)`.
+    Adam {
+        /// β₁ (0.9).
+        beta1: f32,
+        /// β₂ (0.999).
+        beta2: f32,
+        /// ε (1e-7).
+        epsilon: f32,
+    },
+    /// RMSprop: `ms = ρ·ms + (1−ρ)·g²; w -= lr·g / (√ms + ε)`, with optional momentum.
+    RmsProp {
+        /// ρ, the decay of the squared-gradient average (0.9).
+        rho: f32,
+        /// Momentum (0.0).
+        momentum: f32,
+        /// ε (1e-7).
+        epsilon: f32,
+    },
+}
+
+impl Optimizer {
+    /// Every optimizer with its default hyperparameters, in the exercise's order.
+    pub fn all() -> [Optimizer; 5] {
+        [
+            Optimizer::Sgd,
+            Optimizer::momentum(),
+            Optimizer::adagrad(),
+            Optimizer::adam(),
+            Optimizer::rmsprop(),
+        ]
+    }
+
+    /// Momentum with TF-like defaults (0.9, no Nesterov).
+    pub fn momentum() -> Optimizer {
+        Optimizer::Momentum {
+            momentum: 0.9,
+            nesterov: false,
+        }
+    }
+
+    /// Adagrad with TF's defaults.
+    pub fn adagrad() -> Optimizer {
+        Optimizer::Adagrad {
+            initial_accumulator: 0.1,
+            epsilon: 1e-7,
+        }
+    }
+
+    /// Adam with Keras' defaults.
+    pub fn adam() -> Optimizer {
+        Optimizer::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+        }
+    }
+
+    /// RMSprop with Keras' defaults.
+    pub fn rmsprop() -> Optimizer {
+        Optimizer::RmsProp {
+            rho: 0.9,
+            momentum: 0.0,
+            epsilon: 1e-7,
+        }
+    }
+
+    /// Short name: sgd, momentum, adagrad, adam, rmsprop.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Optimizer::Sgd => "sgd",
+            Optimizer::Momentum { .. } => "momentum",
+            Optimizer::Adagrad { .. } => "adagrad",
+            Optimizer::Adam { .. } => "adam",
+            Optimizer::RmsProp { .. } => "rmsprop",
+        }
+    }
+}
+
+impl FromStr for Optimizer {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "sgd" | "gradientdescent" => Ok(Optimizer::Sgd),
+            "momentum" => Ok(Optimizer::momentum()),
+            "nesterov" => Ok(Optimizer::Momentum {
+                momentum: 0.9,
+                nesterov: true,
+            }),
+            "adagrad" => Ok(Optimizer::adagrad()),
+            "adam" => Ok(Optimizer::adam()),
+            "rmsprop" => Ok(Optimizer::rmsprop()),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown optimizer '{other}': use sgd, momentum, nesterov, adagrad, adam or rmsprop"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Per-parameter optimizer state ("slots" in TF): up to two running averages, created on
+/// the first step.
+pub struct Slots<S: Shape, D: DfdxDevice> {
+    first: Option<Tensor<S, f32, D>>,
+    second: Option<Tensor<S, f32, D>>,
+}
+
+impl<S: Shape, D: DfdxDevice> Default for Slots<S, D> {
+    fn default() -> Self {
+        Slots::new()
+    }
+}
+
+impl<S: Shape, D: DfdxDevice> Slots<S, D> {
+    /// Empty state, before the first step.
+    pub fn new() -> Self {
+        Slots {
+            first: None,
+            second: None,
+        }
+    }
+}
+
+fn backend(e: impl std::fmt::Debug) -> Error {
+    Error::Backend(format!("{e:?}"))
+}
+
+/// One update of `param` by `grad` at step `t` (1-based), returning the new parameter.
+///
+/// ```
+/// use dfdx::prelude::*;
+/// use flowers_kit::train::optim::{update, Optimizer, Slots};
+/// let dev = Cpu::default();
+/// let w = dev.tensor((vec![1.0f32, 2.0], (2usize,)));
+/// let g = dev.tensor((vec![0.5f32, -1.0], (2usize,)));
+/// let w = update(&Optimizer::Sgd, w, g, &mut Slots::new(), 0.1, 0.0, 1)?;
+/// assert_eq!(w.as_vec(), vec![0.95, 2.1]);
+/// # Ok::<(), flowers_kit::Error>(())
+/// ```
+pub fn update<S: Shape, D: DfdxDevice>(
+    optimizer: &Optimizer,
+    param: Tensor<S, f32, D>,
+    grad: Tensor<S, f32, D>,
+    slots: &mut Slots<S, D>,
+    lr: f32,
+    weight_decay: f32,
+    t: i32,
+) -> Result<Tensor<S, f32, D>> {
+    let dev = param.device().clone();
+    let shape = *param.shape();
+    let zeros = || dev.try_zeros_like(&shape).map_err(backend);
+    let grad = if weight_decay > 0.0 {
+        grad.try_add(param.clone().try_mul(weight_decay).map_err(backend)?)
+            .map_err(backend)?
+    } else {
+        grad
+    };
+    let step = match *optimizer {
+        Optimizer::Sgd => grad.try_mul(lr).map_err(backend)?,
+        Optimizer::Momentum { momentum, nesterov } => {
+            let old = match slots.first.take() {
+                Some(a) => a,
+                None => zeros()?,
+            };
+            let accum = old
+                .try_mul(momentum)
+                .and_then(|a| a.try_add(grad.clone()))
+                .map_err(backend)?;
+            slots.first = Some(accum.clone());
+            let direction = if nesterov {
+                grad.try_add(accum.try_mul(momentum).map_err(backend)?)
+                    .map_err(backend)?
+            } else {
+                accum
+            };
+            direction.try_mul(lr).map_err(backend)?
+        }
+        Optimizer::Adagrad {
+            initial_accumulator,
+            epsilon,
+        } => {
+            let old = match slots.first.take() {
+                Some(a) => a,
+                None => zeros()?.try_add(initial_accumulator).map_err(backend)?,
+            };
+            let accum = old
+                .try_add(grad.clone().try_square().map_err(backend)?)
+                .map_err(backend)?;
+            slots.first = Some(accum.clone());
+            let denom = accum
+                .try_sqrt()
+                .and_then(|d| d.try_add(epsilon))
+                .map_err(backend)?;
+            grad.try_div(denom)
+                .and_then(|s| s.try_mul(lr))
+                .map_err(backend)?
+        }
+        Optimizer::Adam {
+            beta1,
+            beta2,
+            epsilon,
+        } => {
+            let m_old = match slots.first.take() {
+                Some(m) => m,
+                None => zeros()?,
+            };
+            let v_old = match slots.second.take() {
+                Some(v) => v,
+                None => zeros()?,
+            };
+            let m = m_old
+                .try_mul(beta1)
+                .and_then(|m| m.try_add(grad.clone().try_mul(1.0 - beta1)?))
+                .map_err(backend)?;
+            let v = v_old
+                .try_mul(beta2)
+                .and_then(|v| v.try_add(grad.try_square()?.try_mul(1.0 - beta2)?))
+                .map_err(backend)?;
+            slots.first = Some(m.clone());
+            slots.second = Some(v.clone());
+            let lr_t = lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t));
+            let denom = v
+                .try_sqrt()
+                .and_then(|d| d.try_add(epsilon))
+                .map_err(backend)?;
+            m.try_div(denom)
+                .and_then(|s| s.try_mul(lr_t))
+                .map_err(backend)?
+        }
+        Optimizer::RmsProp {
+            rho,
+            momentum,
+            epsilon,
+        } => {
+            let ms_old = match slots.first.take() {
+                Some(ms) => ms,
+                None => zeros()?,
+            };
+            let ms = ms_old
+                .try_mul(rho)
+                .and_then(|ms| ms.try_add(grad.clone().try_square()?.try_mul(1.0 - rho)?))
+                .map_err(backend)?;
+            slots.first = Some(ms.clone());
+            let denom = ms
+                .try_sqrt()
+                .and_then(|d| d.try_add(epsilon))
+                .map_err(backend)?;
+            let step = grad
+                .try_div(denom)
+                .and_then(|s| s.try_mul(lr))
+                .map_err(backend)?;
+            if momentum > 0.0 {
+                let old = match slots.second.take() {
+                    Some(m) => m,
+                    None => zeros()?,
+                };
+                let mom = old
+                    .try_mul(momentum)
+                    .and_then(|m| m.try_add(step))
+                    .map_err(backend)?;
+                slots.second = Some(mom.clone());
+                mom
+            } else {
+                step
+            }
+        }
+    };
+    param.try_sub(step).map_err(backend)
+}

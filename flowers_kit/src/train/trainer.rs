@@ -1,0 +1,365 @@
+//! The tutorial's training loop.
+
+use dfdx::prelude::{Axis, HasShape};
+use dfdx::tensor::{Cpu, Gradients, Tensor, TensorFrom, Trace};
+use dfdx::tensor_ops::*;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use super::classifier::Classifier;
+use super::head::{logits_t, transpose_to_device, Activation, DeviceParams, Head};
+use super::optim::{update, Optimizer, Slots};
+use crate::backend::dfdx::DfdxDevice;
+use crate::error::{Error, Result};
+use crate::features::{DeviceKind, FeatureSet, Features};
+
+/// Hyperparameters, named after the tutorial's constants where it has them.
+///
+/// ```
+/// use flowers_kit::train::{Optimizer, TrainConfig};
+/// let config = TrainConfig { steps: 300, optimizer: Optimizer::adam(), learning_rate: 0.001,
+///                            ..Default::default() };
+/// assert_eq!(config.batch_size, Some(10));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainConfig {
+    /// `NUM_TRAIN_STEPS` (100).
+    pub steps: usize,
+    /// `TRAIN_BATCH_SIZE` (10): a random batch per step; `None` trains on the full set.
+    pub batch_size: Option<usize>,
+    /// `LEARNING_RATE` (0.01).
+    pub learning_rate: f32,
+    /// `EVAL_EVERY` (10): test accuracy is computed and printed at step 0, every
+    /// `eval_every` steps, and at the last step.
+    pub eval_every: usize,
+    /// The optimizer (SGD, as in the tutorial).
+    pub optimizer: Optimizer,
+    /// Hidden layer sizes; empty for the tutorial's linear classifier.
+    pub hidden: Vec<usize>,
+    /// Between hidden layers.
+    pub activation: Activation,
+    /// L2 weight decay added to the gradients (0: none).
+    pub weight_decay: f32,
+    /// Seeds the initial weights and the batches: same seed, same history.
+    pub seed: u64,
+    /// Where to train.
+    #[serde(skip)]
+    pub device: DeviceKind,
+    /// Print the tutorial's `Test accuracy at step N` lines.
+    pub verbose: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 100,
+            batch_size: Some(10),
+            learning_rate: 0.01,
+            eval_every: 10,
+            optimizer: Optimizer::Sgd,
+            hidden: Vec::new(),
+            activation: Activation::Relu,
+            weight_decay: 0.0,
+            seed: 0,
+            device: DeviceKind::Cpu,
+            verbose: true,
+        }
+    }
+}
+
+/// Metrics over training, one entry per evaluation step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct History {
+    /// The steps at which the entries were taken.
+    pub step: Vec<usize>,
+    /// Loss of the step's training batch (before its update, like the tutorial's `sess.run`).
+    pub train_loss: Vec<f32>,
+    /// Accuracy on the step's training batch.
+    pub train_accuracy: Vec<f32>,
+    /// Loss on the whole test set after the step.
+    pub test_loss: Vec<f32>,
+    /// Accuracy on the whole test set after the step.
+    pub test_accuracy: Vec<f32>,
+}
+
+impl History {
+    /// The last test accuracy, if any evaluation ran.
+    pub fn final_test_accuracy(&self) -> Option<f32> {
+        self.test_accuracy.last().copied()
+    }
+}
+
+fn backend(e: impl std::fmt::Debug) -> Error {
+    Error::Backend(format!("{e:?}"))
+}
+
+/// Checks the features and the config before any work is done.
+fn validate(features: &Features, config: &TrainConfig) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    if features.train.is_empty() || features.test.is_empty() {
+        return bad(format!(
+            "empty split: {} training and {} test examples (both are needed)",
+            features.train.len(),
+            features.test.len()
+        ));
+    }
+    for (name, set) in [("train", &features.train), ("test", &features.test)] {
+        let (rows, cols) = *set.x.shape();
+        if cols != features.dim || rows != set.labels.len() {
+            return bad(format!(
+                "{name} features are [{rows}, {cols}] for {} labels, but the feature dimension \
+                 is {}",
+                set.labels.len(),
+                features.dim
+            ));
+        }
+        if let Some(&label) = set.labels.iter().find(|&&l| l >= features.classes.len()) {
+            return bad(format!(
+                "{name} label {label} is out of range for {} classes",
+                features.classes.len()
+            ));
+        }
+        let values = set.x.as_vec();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return bad(format!(
+                "{name} features contain a non-finite value (NaN or infinity) in row {}, from {}",
+                i / cols,
+                set.paths
+                    .get(i / cols)
+                    .map_or("?".into(), |p| p.display().to_string())
+            ));
+        }
+    }
+    if config.steps == 0 || config.eval_every == 0 || config.batch_size == Some(0) {
+        return bad("steps, eval_every and batch_size must be at least 1".into());
+    }
+    if !(config.learning_rate.is_finite() && config.learning_rate > 0.0) {
+        return bad(format!(
+            "the learning rate must be positive, got {}",
+            config.learning_rate
+        ));
+    }
+    if !(config.weight_decay.is_finite() && config.weight_decay >= 0.0) {
+        return bad(format!(
+            "weight decay must be zero or positive, got {}",
+            config.weight_decay
+        ));
+    }
+    Ok(())
+}
+
+/// Trains a head on `features.train`, evaluating on `features.test` as the tutorial does.
+///
+/// ```no_run
+/// # use flowers_kit::prelude::*;
+/// # fn main() -> flowers_kit::Result<()> {
+/// # let features: Features = unimplemented!();
+/// let config = TrainConfig::default();                 // the tutorial's settings
+/// let (classifier, history) = train(&features, &config)?;
+/// println!("final test accuracy {:?}", history.final_test_accuracy());
+/// # Ok(()) }
+/// ```
+pub fn train(features: &Features, config: &TrainConfig) -> Result<(Classifier, History)> {
+    validate(features, config)?;
+    let head = Head::new(
+        features.dim,
+        &config.hidden,
+        features.classes.len(),
+        config.activation,
+        config.seed,
+    )?;
+    let head = match config.device {
+        DeviceKind::Cpu => train_on(Cpu::default(), head, features, config)?,
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            let cuda = dfdx::tensor::Cuda::try_build(0, config.seed)
+                .map_err(|e| Error::Backend(format!("cannot open CUDA device 0: {e:?}")))?;
+            train_on(cuda, head, features, config)?
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => {
+            return Err(Error::InvalidArgument(
+                "this build has no CUDA support: rebuild flowers_kit with `--features cuda`".into(),
+            ))
+        }
+    };
+    let (head, history) = head;
+    Ok((Classifier::new(head, features), history))
+}
+
+/// Host copies of a feature set, and its one-hot targets transposed to `[classes, n]`.
+struct HostSet {
+    rows: Vec<f32>,
+    labels: Vec<usize>,
+}
+
+impl HostSet {
+    fn new(set: &FeatureSet) -> HostSet {
+        HostSet {
+            rows: set.x.as_vec(),
+            labels: set.labels.clone(),
+        }
+    }
+}
+
+fn one_hot_t<D: DfdxDevice>(
+    dev: &D,
+    labels: &[usize],
+    classes: usize,
+) -> Tensor<(usize, usize), f32, D> {
+    let n = labels.len();
+    let mut t = vec![0f32; classes * n];
+    for (i, &l) in labels.iter().enumerate() {
+        t[l * n + i] = 1.0;
+    }
+    dev.tensor((t, (classes, n)))
+}
+
+/// Accuracy of `[classes, n]` logits against `labels`.
+fn accuracy(logits_t: &[f32], labels: &[usize], classes: usize) -> f32 {
+    let n = labels.len();
+    let correct = labels
+        .iter()
+        .enumerate()
+        .filter(|&(i, &label)| {
+            let best = (0..classes)
+                .max_by(|&a, &b| logits_t[a * n + i].total_cmp(&logits_t[b * n + i]))
+                .unwrap_or(0);
+            best == label
+        })
+        .count();
+    correct as f32 / n as f32
+}
+
+fn train_on<D: DfdxDevice>(
+    dev: D,
+    mut head: Head,
+    features: &Features,
+    config: &TrainConfig,
+) -> Result<(Head, History)> {
+    let classes = features.classes.len();
+    let dim = features.dim;
+    let train = HostSet::new(&features.train);
+    let test = HostSet::new(&features.test);
+    let n_train = train.labels.len();
+    let batch = config.batch_size.map(|b| b.min(n_train));
+
+    // Full sets are uploaded once; random batches are gathered on the host (small).
+    let full_xt = transpose_to_device(&dev, &train.rows, n_train, dim);
+    let full_targets = one_hot_t(&dev, &train.labels, classes);
+    let test_xt = transpose_to_device(&dev, &test.rows, test.labels.len(), dim);
+    let test_targets = one_hot_t(&dev, &test.labels, classes);
+
+    let mut params = DeviceParams::upload(&head, &dev)?;
+    let mut w_slots: Vec<Slots<(usize, usize), D>> =
+        params.w.iter().map(|_| Slots::new()).collect();
+    let mut b_slots: Vec<Slots<(usize,), D>> = params.b.iter().map(|_| Slots::new()).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let mut history = History::default();
+
+    for step in 0..config.steps {
+        let (xt, targets, labels) = match batch {
+            None => (full_xt.clone(), full_targets.clone(), train.labels.clone()),
+            Some(b) => {
+                let picked = rand::seq::index::sample(&mut rng, n_train, b).into_vec();
+                let mut rows = Vec::with_capacity(b * dim);
+                let mut labels = Vec::with_capacity(b);
+                for &i in &picked {
+                    rows.extend_from_slice(&train.rows[i * dim..][..dim]);
+                    labels.push(train.labels[i]);
+                }
+                (
+                    transpose_to_device(&dev, &rows, b, dim),
+                    one_hot_t(&dev, &labels, classes),
+                    labels,
+                )
+            }
+        };
+        let n = labels.len();
+        let w_traced: Vec<_> = params.w.iter().map(|w| w.leaky_trace()).collect();
+        let b_traced: Vec<_> = params.b.iter().map(|b| b.leaky_trace()).collect();
+        let logits = logits_t(w_traced, b_traced, xt, config.activation)?;
+        let logits_values = logits.as_vec();
+        let loss = cross_entropy_t(logits, targets, n)?;
+        let loss_value = loss.as_vec()[0];
+        if !loss_value.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "training diverged at step {step} (loss {loss_value}): lower the learning rate \
+                 (now {})",
+                config.learning_rate
+            )));
+        }
+        let grads: Gradients<f32, D> = loss.backward();
+        let t = step as i32 + 1;
+        for (w, slots) in params.w.iter_mut().zip(&mut w_slots) {
+            let g = grads.get(&*w);
+            *w = update(
+                &config.optimizer,
+                w.clone(),
+                g,
+                slots,
+                config.learning_rate,
+                config.weight_decay,
+                t,
+            )?;
+        }
+        for (b, slots) in params.b.iter_mut().zip(&mut b_slots) {
+            let g = grads.get(&*b);
+            *b = update(
+                &config.optimizer,
+                b.clone(),
+                g,
+                slots,
+                config.learning_rate,
+                0.0,
+                t,
+            )?;
+        }
+
+        let is_final = step + 1 == config.steps;
+        if step % config.eval_every == 0 || is_final {
+            let test_logits = logits_t(
+                params.w.clone(),
+                params.b.clone(),
+                test_xt.clone(),
+                config.activation,
+            )?;
+            let test_values = test_logits.as_vec();
+            let test_loss =
+                cross_entropy_t(test_logits, test_targets.clone(), test.labels.len())?.as_vec()[0];
+            let test_accuracy = accuracy(&test_values, &test.labels, classes);
+            history.step.push(step);
+            history.train_loss.push(loss_value);
+            history
+                .train_accuracy
+                .push(accuracy(&logits_values, &labels, classes));
+            history.test_loss.push(test_loss);
+            history.test_accuracy.push(test_accuracy);
+            if config.verbose {
+                println!(
+                    "Test accuracy at step {step}: {:.2}%",
+                    test_accuracy * 100.0
+                );
+            }
+        }
+    }
+    params.download(&mut head);
+    Ok((head, history))
+}
+
+/// Mean softmax cross-entropy of `[classes, n]` logits against one-hot `[classes, n]` targets.
+fn cross_entropy_t<D: DfdxDevice, T>(
+    logits_t: Tensor<(usize, usize), f32, D, T>,
+    targets_t: Tensor<(usize, usize), f32, D>,
+    n: usize,
+) -> Result<Tensor<(), f32, D, T>>
+where
+    T: dfdx::prelude::Tape<f32, D> + dfdx::prelude::Merge<dfdx::prelude::NoneTape>,
+{
+    logits_t
+        .try_log_softmax::<Axis<0>>()
+        .and_then(|l| l.try_mul(targets_t))
+        .and_then(|l| l.try_sum::<(), _>())
+        .and_then(|l| l.try_mul(-1.0 / n as f32))
+        .map_err(backend)
+}
