@@ -125,7 +125,7 @@ impl Classifier {
         for (i, layer) in self.head.layers.iter().enumerate() {
             tensors.push((
                 format!("layer{i}.weight"),
-                vec![layer.outputs, layer.inputs],
+                vec![layer.inputs, layer.outputs],
                 bytes(&layer.weights),
             ));
             tensors.push((
@@ -219,11 +219,12 @@ impl Classifier {
             };
             let (wshape, weights) = get(format!("layer{i}.weight"))?;
             let (bshape, bias) = get(format!("layer{i}.bias"))?;
+            // Weights are [inputs, outputs], as in Keras.
             let consistent = wshape.len() == 2
-                && bshape == [wshape[0]]
+                && bshape == [wshape[1]]
                 && layers
                     .last()
-                    .is_none_or(|prev: &Dense| prev.outputs == wshape[1]);
+                    .is_none_or(|prev: &Dense| prev.outputs == wshape[0]);
             if !consistent {
                 return Err(bad(format!(
                     "layer {i} has inconsistent shapes {wshape:?} and {bshape:?}"
@@ -232,8 +233,8 @@ impl Classifier {
             layers.push(Dense {
                 weights,
                 bias,
-                inputs: wshape[1],
-                outputs: wshape[0],
+                inputs: wshape[0],
+                outputs: wshape[1],
             });
         }
         if layers.last().map(|l| l.outputs) != Some(classes.len()) {

@@ -1,9 +1,8 @@
 //! Classifier heads on top of the features: the tutorial's linear layer, or an MLP.
 //!
 //! Sizes are run-time values, so changing the hidden layers in a notebook cell never makes
-//! evcxr recompile generic network code. Layers store weights as `[out, in]` and compute
-//! `W·Xᵀ`: the trainable tensor is always the left operand, which is where dfdx's autodiff
-//! wants the tape, and the features never need a gradient.
+//! evcxr recompile generic network code. Weights are `[inputs, outputs]`, as in Keras'
+//! Dense, and a layer computes `x·W + b` on rows of features.
 
 use dfdx::prelude::{Axis, HasShape, Merge, NoneTape, Tape};
 use dfdx::tensor::{Cpu, Tensor, TensorFrom};
@@ -40,7 +39,7 @@ impl std::str::FromStr for Activation {
 /// One fully connected layer, `y = W x + b`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dense {
-    /// `[outputs, inputs]`, row-major.
+    /// `[inputs, outputs]`, row-major.
     pub weights: Vec<f32>,
     /// `[outputs]`.
     pub bias: Vec<f32>,
@@ -128,40 +127,29 @@ impl Head {
         }
         let dev = Cpu::default();
         let params = DeviceParams::upload(self, &dev)?;
-        let xt = transpose_to_device(&dev, features, n, self.inputs());
-        let logits_t = logits_t(params.w, params.b, xt, self.activation)?;
-        softmax_columns(logits_t.as_vec(), self.classes(), n)
+        let x = dev.tensor((features.to_vec(), (n, self.inputs())));
+        let first = x.try_matmul(params.w[0].clone()).map_err(backend)?;
+        let logits = forward_from_first(first, params.b, params.w[1..].to_vec(), self.activation)?;
+        let classes = self.classes();
+        let mut out = logits.as_vec();
+        for row in out.chunks_exact_mut(classes) {
+            softmax_in_place(row);
+        }
+        Ok(out)
     }
 }
 
-/// Column-wise softmax of `[classes, n]` logits, returned as `[n, classes]` rows.
-pub(crate) fn softmax_columns(logits_t: Vec<f32>, classes: usize, n: usize) -> Result<Vec<f32>> {
-    let mut out = vec![0f32; n * classes];
-    for i in 0..n {
-        let column = (0..classes).map(|c| logits_t[c * n + i]);
-        let max = column.clone().fold(f32::NEG_INFINITY, f32::max);
-        let total: f32 = column.clone().map(|v| (v - max).exp()).sum();
-        for (c, v) in column.enumerate() {
-            out[i * classes + c] = (v - max).exp() / total;
-        }
+/// Replaces logits by their softmax.
+pub(crate) fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        total += *v;
     }
-    Ok(out)
-}
-
-/// `[inputs, n]` on `dev` from `n` rows of `inputs` values.
-pub(crate) fn transpose_to_device<D: DfdxDevice>(
-    dev: &D,
-    rows: &[f32],
-    n: usize,
-    inputs: usize,
-) -> Tensor<(usize, usize), f32, D> {
-    let mut t = vec![0f32; rows.len()];
-    for (i, row) in rows.chunks_exact(inputs).enumerate() {
-        for (j, v) in row.iter().enumerate() {
-            t[j * n + i] = *v;
-        }
+    for v in row.iter_mut() {
+        *v /= total;
     }
-    dev.tensor((t, (inputs, n)))
 }
 
 fn backend(e: impl std::fmt::Debug) -> Error {
@@ -180,7 +168,7 @@ impl<D: DfdxDevice> DeviceParams<D> {
             w: head
                 .layers
                 .iter()
-                .map(|l| dev.tensor((l.weights.clone(), (l.outputs, l.inputs))))
+                .map(|l| dev.tensor((l.weights.clone(), (l.inputs, l.outputs))))
                 .collect(),
             b: head
                 .layers
@@ -199,33 +187,41 @@ impl<D: DfdxDevice> DeviceParams<D> {
     }
 }
 
-/// Logits `[classes, n]` for features `xt` `[inputs, n]`; `w`/`b` carry tape `T` (a gradient
-/// tape while training, none for inference).
-pub(crate) fn logits_t<D: DfdxDevice, T>(
-    w: Vec<Tensor<(usize, usize), f32, D, T>>,
-    b: Vec<Tensor<(usize,), f32, D, T>>,
-    xt: Tensor<(usize, usize), f32, D>,
+/// Logits `[n, classes]` given the first layer's product `x·W₁` (`first`, `[n, out₁]`), all
+/// biases, and the weights of the layers after the first; the tensors carry tape `T`.
+///
+/// Training starts the tape at `first` rather than at `W₁`: dfdx's matmul backward always
+/// computes the gradient of both operands, and for the first layer the other operand is the
+/// `[n, 1280]` feature matrix, whose gradient is never needed and tripled the step time.
+/// The trainer applies `dW₁ = xᵀ·dfirst` itself.
+pub(crate) fn forward_from_first<D: DfdxDevice, T>(
+    first: Tensor<(usize, usize), f32, D, T>,
+    biases: Vec<Tensor<(usize,), f32, D, T>>,
+    weights: Vec<Tensor<(usize, usize), f32, D, T>>,
     activation: Activation,
 ) -> Result<Tensor<(usize, usize), f32, D, T>>
 where
     T: Tape<f32, D> + Merge<T> + Merge<NoneTape>,
 {
-    let last = w.len() - 1;
-    let mut h: Option<Tensor<(usize, usize), f32, D, T>> = None;
-    for (i, (wi, bi)) in w.into_iter().zip(b).enumerate() {
-        let z = match h.take() {
-            None => wi.try_matmul(xt.clone()).map_err(backend)?,
-            Some(prev) => wi.try_matmul(prev).map_err(backend)?,
-        };
+    let layers = biases.len();
+    let mut weights = weights.into_iter();
+    let mut z = first;
+    for (i, b) in biases.into_iter().enumerate() {
         let shape = *z.shape();
-        let bias = bi
-            .try_broadcast_like::<_, Axis<1>>(&shape)
+        let bias = b
+            .try_broadcast_like::<_, Axis<0>>(&shape)
             .map_err(backend)?;
-        let mut z = z.try_add(bias).map_err(backend)?;
-        if i < last && activation == Activation::Relu {
-            z = z.try_relu().map_err(backend)?;
+        let mut h = z.try_add(bias).map_err(backend)?;
+        if i + 1 == layers {
+            return Ok(h);
         }
-        h = Some(z);
+        if activation == Activation::Relu {
+            h = h.try_relu().map_err(backend)?;
+        }
+        let w = weights
+            .next()
+            .ok_or_else(|| Error::Backend("a head with fewer weights than biases".into()))?;
+        z = h.try_matmul(w).map_err(backend)?;
     }
-    h.ok_or_else(|| Error::Backend("a head without layers".into()))
+    Err(Error::Backend("a head without layers".into()))
 }

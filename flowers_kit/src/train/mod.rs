@@ -1,6 +1,7 @@
 //! Training a classifier head on cached features: the second half of the tutorial.
 
 pub mod classifier;
+mod denormals;
 pub mod head;
 pub mod metrics;
 pub mod optim;

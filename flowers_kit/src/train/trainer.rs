@@ -7,11 +7,11 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use super::classifier::Classifier;
-use super::head::{logits_t, transpose_to_device, Activation, DeviceParams, Head};
+use super::head::{forward_from_first, Activation, DeviceParams, Head};
 use super::optim::{update, Optimizer, Slots};
 use crate::backend::dfdx::DfdxDevice;
 use crate::error::{Error, Result};
-use crate::features::{DeviceKind, FeatureSet, Features};
+use crate::features::{DeviceKind, Features};
 
 /// Hyperparameters, named after the tutorial's constants where it has them.
 ///
@@ -169,7 +169,10 @@ pub fn train(features: &Features, config: &TrainConfig) -> Result<(Classifier, H
         config.seed,
     )?;
     let head = match config.device {
-        DeviceKind::Cpu => train_on(Cpu::default(), head, features, config)?,
+        DeviceKind::Cpu => {
+            let _flush = super::denormals::FlushDenormals::new();
+            train_on(Cpu::default(), head, features, config)?
+        }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
             let cuda = dfdx::tensor::Cuda::try_build(0, config.seed)
@@ -187,48 +190,83 @@ pub fn train(features: &Features, config: &TrainConfig) -> Result<(Classifier, H
     Ok((Classifier::new(head, features), history))
 }
 
-/// Host copies of a feature set, and its one-hot targets transposed to `[classes, n]`.
-struct HostSet {
-    rows: Vec<f32>,
+/// A batch on the device: features `[n, dim]`, the same transposed, one-hot targets.
+struct Batch<D: DfdxDevice> {
+    x: Tensor<(usize, usize), f32, D>,
+    xt: Tensor<(usize, usize), f32, D>,
+    targets: Tensor<(usize, usize), f32, D>,
     labels: Vec<usize>,
 }
 
-impl HostSet {
-    fn new(set: &FeatureSet) -> HostSet {
-        HostSet {
-            rows: set.x.as_vec(),
-            labels: set.labels.clone(),
+impl<D: DfdxDevice> Batch<D> {
+    /// Uploads the rows of `rows` (`dim` values each) picked by `picked`, or all of them.
+    fn new(
+        dev: &D,
+        rows: &[f32],
+        labels: &[usize],
+        dim: usize,
+        classes: usize,
+        picked: Option<&[usize]>,
+    ) -> Self {
+        let (values, labels): (Vec<f32>, Vec<usize>) = match picked {
+            None => (rows.to_vec(), labels.to_vec()),
+            Some(idx) => (
+                idx.iter()
+                    .flat_map(|&i| rows[i * dim..][..dim].iter().copied())
+                    .collect(),
+                idx.iter().map(|&i| labels[i]).collect(),
+            ),
+        };
+        let n = labels.len();
+        let mut transposed = vec![0f32; values.len()];
+        for (i, row) in values.chunks_exact(dim).enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                transposed[j * n + i] = *v;
+            }
+        }
+        let mut one_hot = vec![0f32; n * classes];
+        for (i, &l) in labels.iter().enumerate() {
+            one_hot[i * classes + l] = 1.0;
+        }
+        Batch {
+            x: dev.tensor((values, (n, dim))),
+            xt: dev.tensor((transposed, (dim, n))),
+            targets: dev.tensor((one_hot, (n, classes))),
+            labels,
         }
     }
 }
 
-fn one_hot_t<D: DfdxDevice>(
-    dev: &D,
-    labels: &[usize],
-    classes: usize,
-) -> Tensor<(usize, usize), f32, D> {
-    let n = labels.len();
-    let mut t = vec![0f32; classes * n];
-    for (i, &l) in labels.iter().enumerate() {
-        t[l * n + i] = 1.0;
-    }
-    dev.tensor((t, (classes, n)))
-}
-
-/// Accuracy of `[classes, n]` logits against `labels`.
-fn accuracy(logits_t: &[f32], labels: &[usize], classes: usize) -> f32 {
-    let n = labels.len();
+/// Share of rows of `[n, classes]` logits whose largest entry is the label.
+fn accuracy(logits: &[f32], labels: &[usize], classes: usize) -> f32 {
     let correct = labels
         .iter()
-        .enumerate()
-        .filter(|&(i, &label)| {
+        .zip(logits.chunks_exact(classes))
+        .filter(|(&label, row)| {
             let best = (0..classes)
-                .max_by(|&a, &b| logits_t[a * n + i].total_cmp(&logits_t[b * n + i]))
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
                 .unwrap_or(0);
             best == label
         })
         .count();
-    correct as f32 / n as f32
+    correct as f32 / labels.len() as f32
+}
+
+/// Loss and logits of the head on a batch, without recording gradients.
+fn evaluate<D: DfdxDevice>(
+    params: &DeviceParams<D>,
+    batch: &Batch<D>,
+    activation: Activation,
+) -> Result<(f32, Vec<f32>)> {
+    let first = batch
+        .x
+        .clone()
+        .try_matmul(params.w[0].clone())
+        .map_err(backend)?;
+    let logits = forward_from_first(first, params.b.clone(), params.w[1..].to_vec(), activation)?;
+    let values = logits.as_vec();
+    let loss = cross_entropy(logits, batch.targets.clone(), batch.labels.len())?.as_vec()[0];
+    Ok((loss, values))
 }
 
 fn train_on<D: DfdxDevice>(
@@ -239,16 +277,19 @@ fn train_on<D: DfdxDevice>(
 ) -> Result<(Head, History)> {
     let classes = features.classes.len();
     let dim = features.dim;
-    let train = HostSet::new(&features.train);
-    let test = HostSet::new(&features.test);
-    let n_train = train.labels.len();
-    let batch = config.batch_size.map(|b| b.min(n_train));
-
-    // Full sets are uploaded once; random batches are gathered on the host (small).
-    let full_xt = transpose_to_device(&dev, &train.rows, n_train, dim);
-    let full_targets = one_hot_t(&dev, &train.labels, classes);
-    let test_xt = transpose_to_device(&dev, &test.rows, test.labels.len(), dim);
-    let test_targets = one_hot_t(&dev, &test.labels, classes);
+    let (train_rows, train_labels) = (features.train.x.as_vec(), &features.train.labels);
+    let n_train = train_labels.len();
+    let batch_size = config.batch_size.map(|b| b.min(n_train));
+    // The full sets are uploaded once; random batches are gathered on the host (they are small).
+    let full = Batch::new(&dev, &train_rows, train_labels, dim, classes, None);
+    let test = Batch::new(
+        &dev,
+        &features.test.x.as_vec(),
+        &features.test.labels,
+        dim,
+        classes,
+        None,
+    );
 
     let mut params = DeviceParams::upload(&head, &dev)?;
     let mut w_slots: Vec<Slots<(usize, usize), D>> =
@@ -258,29 +299,28 @@ fn train_on<D: DfdxDevice>(
     let mut history = History::default();
 
     for step in 0..config.steps {
-        let (xt, targets, labels) = match batch {
-            None => (full_xt.clone(), full_targets.clone(), train.labels.clone()),
+        let sampled;
+        let batch = match batch_size {
+            None => &full,
             Some(b) => {
                 let picked = rand::seq::index::sample(&mut rng, n_train, b).into_vec();
-                let mut rows = Vec::with_capacity(b * dim);
-                let mut labels = Vec::with_capacity(b);
-                for &i in &picked {
-                    rows.extend_from_slice(&train.rows[i * dim..][..dim]);
-                    labels.push(train.labels[i]);
-                }
-                (
-                    transpose_to_device(&dev, &rows, b, dim),
-                    one_hot_t(&dev, &labels, classes),
-                    labels,
-                )
+                sampled = Batch::new(&dev, &train_rows, train_labels, dim, classes, Some(&picked));
+                &sampled
             }
         };
-        let n = labels.len();
-        let w_traced: Vec<_> = params.w.iter().map(|w| w.leaky_trace()).collect();
+        let n = batch.labels.len();
+        // The tape starts at x·W₁ (see `forward_from_first`); dW₁ = xᵀ·d(x·W₁) is applied below.
+        let first = batch
+            .x
+            .clone()
+            .try_matmul(params.w[0].clone())
+            .map_err(backend)?;
+        let first_traced = first.leaky_trace();
         let b_traced: Vec<_> = params.b.iter().map(|b| b.leaky_trace()).collect();
-        let logits = logits_t(w_traced, b_traced, xt, config.activation)?;
+        let w_traced: Vec<_> = params.w[1..].iter().map(|w| w.leaky_trace()).collect();
+        let logits = forward_from_first(first_traced, b_traced, w_traced, config.activation)?;
         let logits_values = logits.as_vec();
-        let loss = cross_entropy_t(logits, targets, n)?;
+        let loss = cross_entropy(logits, batch.targets.clone(), n)?;
         let loss_value = loss.as_vec()[0];
         if !loss_value.is_finite() {
             return Err(Error::InvalidArgument(format!(
@@ -291,48 +331,40 @@ fn train_on<D: DfdxDevice>(
         }
         let grads: Gradients<f32, D> = loss.backward();
         let t = step as i32 + 1;
-        for (w, slots) in params.w.iter_mut().zip(&mut w_slots) {
-            let g = grads.get(&*w);
+        let lr = config.learning_rate;
+        for (i, (w, slots)) in params.w.iter_mut().zip(&mut w_slots).enumerate() {
+            let g = if i == 0 {
+                batch
+                    .xt
+                    .clone()
+                    .try_matmul(grads.get(&first))
+                    .map_err(backend)?
+            } else {
+                grads.get(&*w)
+            };
             *w = update(
                 &config.optimizer,
                 w.clone(),
                 g,
                 slots,
-                config.learning_rate,
+                lr,
                 config.weight_decay,
                 t,
             )?;
         }
         for (b, slots) in params.b.iter_mut().zip(&mut b_slots) {
             let g = grads.get(&*b);
-            *b = update(
-                &config.optimizer,
-                b.clone(),
-                g,
-                slots,
-                config.learning_rate,
-                0.0,
-                t,
-            )?;
+            *b = update(&config.optimizer, b.clone(), g, slots, lr, 0.0, t)?;
         }
 
-        let is_final = step + 1 == config.steps;
-        if step % config.eval_every == 0 || is_final {
-            let test_logits = logits_t(
-                params.w.clone(),
-                params.b.clone(),
-                test_xt.clone(),
-                config.activation,
-            )?;
-            let test_values = test_logits.as_vec();
-            let test_loss =
-                cross_entropy_t(test_logits, test_targets.clone(), test.labels.len())?.as_vec()[0];
-            let test_accuracy = accuracy(&test_values, &test.labels, classes);
+        if step % config.eval_every == 0 || step + 1 == config.steps {
+            let (test_loss, test_logits) = evaluate(&params, &test, config.activation)?;
+            let test_accuracy = accuracy(&test_logits, &test.labels, classes);
             history.step.push(step);
             history.train_loss.push(loss_value);
             history
                 .train_accuracy
-                .push(accuracy(&logits_values, &labels, classes));
+                .push(accuracy(&logits_values, &batch.labels, classes));
             history.test_loss.push(test_loss);
             history.test_accuracy.push(test_accuracy);
             if config.verbose {
@@ -347,18 +379,18 @@ fn train_on<D: DfdxDevice>(
     Ok((head, history))
 }
 
-/// Mean softmax cross-entropy of `[classes, n]` logits against one-hot `[classes, n]` targets.
-fn cross_entropy_t<D: DfdxDevice, T>(
-    logits_t: Tensor<(usize, usize), f32, D, T>,
-    targets_t: Tensor<(usize, usize), f32, D>,
+/// Mean softmax cross-entropy of `[n, classes]` logits against one-hot targets.
+fn cross_entropy<D: DfdxDevice, T>(
+    logits: Tensor<(usize, usize), f32, D, T>,
+    targets: Tensor<(usize, usize), f32, D>,
     n: usize,
 ) -> Result<Tensor<(), f32, D, T>>
 where
     T: dfdx::prelude::Tape<f32, D> + dfdx::prelude::Merge<dfdx::prelude::NoneTape>,
 {
-    logits_t
-        .try_log_softmax::<Axis<0>>()
-        .and_then(|l| l.try_mul(targets_t))
+    logits
+        .try_log_softmax::<Axis<1>>()
+        .and_then(|l| l.try_mul(targets))
         .and_then(|l| l.try_sum::<(), _>())
         .and_then(|l| l.try_mul(-1.0 / n as f32))
         .map_err(backend)

@@ -99,3 +99,9 @@ pub fn max_mean_abs_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     }
     (max, (sum / a.len() as f64) as f32)
 }
+
+/// A cache home shared by the test binaries of this build (features are keyed by content,
+/// so sharing is safe): real features of the 750 photos are extracted once, not per test.
+pub fn shared_home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("flowers_kit_home")
+}

@@ -152,3 +152,42 @@ pub fn cold_and_warm(extractor: FeatureExtractor, photos: &Dataset) -> Result<()
     println!("warm run is {:.1}x faster", times[0] / times[1]);
     Ok(())
 }
+
+/// 1000 full-batch SGD steps of the linear head over 2934 random feature rows.
+pub fn train_steps(dim: usize, device: &flowers_kit::features::DeviceKind) -> Result<()> {
+    use flowers_kit::features::{FeatureSet, Features};
+    use flowers_kit::train::{train, TrainConfig};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut set = |n: usize| -> Result<FeatureSet> {
+        let values = (0..n * dim).map(|_| rng.gen_range(0.0f32..6.0)).collect();
+        let labels = (0..n).map(|i| i % 5).collect();
+        FeatureSet::new(values, dim, labels, vec![])
+    };
+    let features = Features {
+        classes: (0..5).map(|c| format!("class{c}")).collect(),
+        model: "random".into(),
+        weights_id: "random".into(),
+        weights_path: None,
+        resize: Default::default(),
+        dim,
+        train: set(2934)?,
+        test: set(736)?,
+    };
+    let config = TrainConfig {
+        steps: 1000,
+        batch_size: None,
+        eval_every: 1000,
+        verbose: false,
+        device: *device,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    train(&features, &config)?;
+    println!(
+        "1000 full-batch steps, linear head, 2934x{dim} features, {} threads: {:.2} s",
+        rayon::current_num_threads(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -151,6 +151,10 @@ enum Command {
         /// Only measure the forward pass (needs no photos).
         #[arg(long, conflicts_with = "extract")]
         forward_only: bool,
+        /// Instead: time 1000 full-batch steps of the linear head on 2934×F random features
+        /// (the full dataset's training split) with 5 classes.
+        #[arg(long, conflicts_with_all = ["extract", "forward_only"])]
+        train: bool,
         /// Instead: extract features of every photo in --data twice, with a fresh cache, and
         /// report the cold and the warm (cached) run.
         #[arg(long)]
@@ -289,9 +293,13 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             device,
             data,
             forward_only,
+            train,
             extract,
         } => {
             let model = MobileNetV2::parse(&model)?;
+            if train {
+                return bench::train_steps(model.feature_dim(), &device.parse::<DeviceKind>()?);
+            }
             let extractor = match weights.as_deref() {
                 Some(w) => FeatureExtractor::with_weights(model, Some(w))?,
                 None => {

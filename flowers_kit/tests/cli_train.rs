@@ -1,0 +1,213 @@
+//! `flowers train` and `flowers predict` on the real sample with the real 0.35/224 weights.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use flowers_kit::train::Classifier;
+
+fn weights() -> PathBuf {
+    support::golden().join("mobilenet_v2_0.35_224_no_top.h5")
+}
+
+fn flowers(args: &[&str]) -> Output {
+    let out = Command::new(support::flowers_bin())
+        .args(args)
+        .env("FLOWERS_KIT_HOME", support::shared_home())
+        .output()
+        .unwrap();
+    out
+}
+
+fn train(out: &Path, extra: &[&str]) -> String {
+    let data = support::sample_dir();
+    let weights = weights();
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "mobilenet_v2_0.35_224",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let run = flowers(&args);
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    stdout
+}
+
+fn final_accuracy(dir: &Path) -> f64 {
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+    metrics["final_test_accuracy"].as_f64().unwrap()
+}
+
+#[test]
+fn train_writes_results_and_reaches_80_percent_when_converged() {
+    let dir = tempfile::tempdir().unwrap();
+    // The tutorial's own setting: 100 SGD steps, batch 10, lr 0.01.
+    let tutorial = dir.path().join("tutorial");
+    let stdout = train(&tutorial, &[]);
+    assert!(
+        stdout.contains("The dataset has 5 label classes"),
+        "{stdout}"
+    );
+    for step in [0, 10, 50, 90, 99] {
+        assert!(
+            stdout.contains(&format!("Test accuracy at step {step}: ")),
+            "{stdout}"
+        );
+    }
+    println!(
+        "tutorial setting: {:.2}%",
+        final_accuracy(&tutorial) * 100.0
+    );
+    for file in [
+        "metrics.json",
+        "curves.svg",
+        "confusion.svg",
+        "misclassified.png",
+        "classifier.safetensors",
+    ] {
+        assert!(tutorial.join(file).is_file(), "{file} missing");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tutorial.join("metrics.json")).unwrap()).unwrap();
+    let confusion = metrics["confusion"].as_array().unwrap();
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 150);
+    assert_eq!(metrics["per_class"].as_array().unwrap().len(), 5);
+    assert_eq!(metrics["history"]["step"].as_array().unwrap().len(), 11);
+
+    // A converged setting: full-batch gradient descent.
+    let converged = dir.path().join("converged");
+    train(
+        &converged,
+        &[
+            "--steps",
+            "1000",
+            "--batch",
+            "full",
+            "--lr",
+            "0.1",
+            "--eval-every",
+            "100",
+        ],
+    );
+    let accuracy = final_accuracy(&converged);
+    println!("converged setting: {:.2}%", accuracy * 100.0);
+    assert!(accuracy >= 0.80, "accuracy {accuracy}");
+}
+
+#[test]
+fn predict_in_a_fresh_process_reproduces_the_trained_classifier() {
+    let dir = tempfile::tempdir().unwrap();
+    train(
+        dir.path(),
+        &[
+            "--steps",
+            "50",
+            "--hidden",
+            "32",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.001",
+        ],
+    );
+    let classifier_path = dir.path().join("classifier.safetensors");
+    let photos: Vec<PathBuf> = ["00_daisy.jpg", "03_roses.jpg", "06_tulips.jpg"]
+        .iter()
+        .map(|n| support::golden().join("images").join(n))
+        .collect();
+    let mut args = vec![
+        "predict",
+        "--classifier",
+        classifier_path.to_str().unwrap(),
+        "--top",
+        "2",
+    ];
+    args.extend(photos.iter().map(|p| p.to_str().unwrap()));
+    let first = flowers(&args);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let lines = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+    assert!(lines
+        .lines()
+        .next()
+        .unwrap()
+        .starts_with(photos[0].to_str().unwrap()));
+    assert_eq!(lines.lines().next().unwrap().matches(", ").count(), 1);
+    // The same answers again, and the same as this process computes from the saved file.
+    assert_eq!(flowers(&args).stdout, first.stdout);
+    let classifier = Classifier::load(&classifier_path).unwrap();
+    let extractor = flowers_kit::features::FeatureExtractor::with_weights(
+        flowers_kit::models::MobileNetV2::parse(&classifier.model).unwrap(),
+        Some(weights().to_str().unwrap()),
+    )
+    .unwrap()
+    .without_cache();
+    let ours = classifier.predict(&extractor, &photos[1], 2).unwrap();
+    let expected = format!(
+        "{}: {} {:.4}, {} {:.4}",
+        photos[1].display(),
+        ours[0].class,
+        ours[0].probability,
+        ours[1].class,
+        ours[1].probability
+    );
+    assert_eq!(lines.lines().nth(1).unwrap(), expected);
+
+    // Another variant's weights: a clear error, not wrong answers.
+    let other = support::golden().join("mobilenet_v2_0.35_128_no_top.h5");
+    let mut wrong = args.clone();
+    wrong.extend(["--weights", other.to_str().unwrap()]);
+    let run = flowers(&wrong);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("Error:"));
+}
+
+#[test]
+fn train_rejects_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::sample_dir();
+    for (flag, value, message) in [
+        ("--optimizer", "adamw", "unknown optimizer 'adamw'"),
+        ("--batch", "lots", "--batch takes a number"),
+        ("--activation", "tanh", "unknown activation"),
+    ] {
+        let run = flowers(&[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--weights",
+            weights().to_str().unwrap(),
+            "--model",
+            "mobilenet_v2_0.35_224",
+            flag,
+            value,
+            "--out",
+            dir.path().to_str().unwrap(),
+        ]);
+        assert!(!run.status.success());
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains(message), "{stderr}");
+    }
+}

@@ -1,0 +1,178 @@
+//! Every figure kind renders to a valid PNG or SVG of the expected size.
+
+mod support;
+
+use flowers_kit::data::{Dataset, Example};
+use flowers_kit::plot::{self, Chart, Picture, Series};
+use flowers_kit::train::{History, Metrics, Prediction};
+use flowers_kit::Error;
+
+fn decode_png(bytes: &[u8]) -> image::RgbImage {
+    image::load_from_memory_with_format(bytes, image::ImageFormat::Png)
+        .expect("a valid PNG")
+        .to_rgb8()
+}
+
+/// The SVG's declared size, and that it is a whole document.
+fn svg_size(svg: &str) -> (u32, u32) {
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    let attr = |name: &str| -> u32 {
+        let start = svg.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        svg[start..].split('"').next().unwrap().parse().unwrap()
+    };
+    (attr("width"), attr("height"))
+}
+
+fn history() -> History {
+    History {
+        step: vec![0, 10, 20],
+        train_loss: vec![1.6, 0.9, 0.5],
+        train_accuracy: vec![0.2, 0.6, 0.9],
+        test_loss: vec![1.7, 1.0, 0.7],
+        test_accuracy: vec![0.2, 0.55, 0.8],
+    }
+}
+
+fn metrics() -> Metrics {
+    let classes: Vec<String> = ["daisy", "roses", "tulips"].map(String::from).to_vec();
+    let photos = support::golden().join("images");
+    let paths = vec![
+        photos.join("00_daisy.jpg"),
+        photos.join("03_roses.jpg"),
+        photos.join("06_tulips.jpg"),
+    ];
+    let probabilities = vec![0.7, 0.2, 0.1, 0.6, 0.3, 0.1, 0.1, 0.2, 0.7];
+    Metrics::from_probabilities(&classes, &[0, 1, 2], &probabilities, &paths)
+}
+
+fn check_chart(chart: &Chart, dir: &std::path::Path, name: &str) {
+    let (w, h) = chart.size();
+    assert_eq!(svg_size(&chart.svg().unwrap()), (w, h), "{name}");
+    let png = decode_png(&chart.png().unwrap());
+    assert_eq!(png.dimensions(), (w, h), "{name}");
+    // Something was drawn: not a blank canvas.
+    assert!(png.pixels().filter(|p| p.0 != [255, 255, 255]).count() > (w * h / 100) as usize);
+    chart.save(dir.join(format!("{name}.svg"))).unwrap();
+    chart.save(dir.join(format!("{name}.png"))).unwrap();
+    assert_eq!(
+        decode_png(&std::fs::read(dir.join(format!("{name}.png"))).unwrap()).dimensions(),
+        (w, h)
+    );
+    assert!(std::fs::read_to_string(dir.join(format!("{name}.svg")))
+        .unwrap()
+        .contains("<text"));
+}
+
+#[test]
+fn every_chart_kind_renders_as_svg_and_png() {
+    let dir = tempfile::tempdir().unwrap();
+    check_chart(&plot::curves(&history()), dir.path(), "curves");
+    let confusion = plot::confusion(&metrics()).unwrap();
+    assert!(confusion.svg().unwrap().contains("tulips"));
+    check_chart(&confusion, dir.path(), "confusion");
+    let predictions = vec![
+        Prediction {
+            class: "roses".into(),
+            label: 1,
+            probability: 0.8,
+        },
+        Prediction {
+            class: "tulips".into(),
+            label: 2,
+            probability: 0.15,
+        },
+    ];
+    check_chart(&plot::top_k(&predictions), dir.path(), "top_k");
+    let sweep = Chart::lines(
+        "Optimizers",
+        "step",
+        "test accuracy",
+        vec![
+            Series::new("sgd", vec![(0.0, 0.2), (10.0, 0.5)]),
+            Series::new("adam", vec![(0.0, 0.2), (10.0, 0.8)]),
+        ],
+    );
+    assert!(sweep.svg().unwrap().contains("adam"));
+    check_chart(&sweep, dir.path(), "sweep");
+    let heatmap = Chart::heatmap(
+        "lr × batch",
+        "batch size",
+        "learning rate",
+        vec!["10".into(), "100".into()],
+        vec!["0.01".into(), "0.1".into(), "1".into()],
+        vec![vec![0.7, 0.8], vec![0.75, 0.85], vec![0.5, f64::NAN]],
+    )
+    .unwrap();
+    check_chart(&heatmap, dir.path(), "heatmap");
+    check_chart(
+        &Chart::bars("Results", "accuracy", vec![("linear".into(), 0.8)]),
+        dir.path(),
+        "bars",
+    );
+}
+
+#[test]
+fn photo_figures_are_pngs_with_the_photos_in_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = Dataset::open(support::sample_dir())
+        .unwrap()
+        .split(0.8, 2018)
+        .unwrap();
+    let grid = Picture::labelled(&split.train[..7], split.classes(), 4).unwrap();
+    let (w, h) = grid.size();
+    let png = decode_png(&grid.png().unwrap());
+    assert_eq!(png.dimensions(), (w, h));
+    assert_eq!(w, 4 * 190 + 10);
+    // Colourful photo pixels, not only white and black text.
+    let colourful = png.pixels().filter(|p| {
+        let [r, g, b] = p.0;
+        r.max(g).max(b) - r.min(g).min(b) > 40
+    });
+    assert!(colourful.count() > (w * h / 10) as usize);
+    grid.save(dir.path().join("grid.png")).unwrap();
+    assert!(dir.path().join("grid.png").is_file());
+
+    let gallery = Picture::mistakes(&metrics(), 10, 5).unwrap();
+    let png = decode_png(&gallery.png().unwrap());
+    assert_eq!(png.dimensions(), gallery.size());
+    // One mistake (roses predicted as daisy): one cell wide.
+    assert_eq!(gallery.size().0, 190 + 10);
+}
+
+#[test]
+fn bad_figure_requests_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = plot::curves(&history())
+        .save(dir.path().join("c.jpg"))
+        .unwrap_err();
+    assert!(err.to_string().contains("c.jpg"), "{err}");
+    let err = Chart::heatmap(
+        "x",
+        "a",
+        "b",
+        vec!["1".into()],
+        vec!["1".into()],
+        vec![vec![1.0, 2.0]],
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)));
+    assert!(Picture::labelled(&[], &[], 3).is_err());
+    let all_right = Metrics::from_probabilities(&["a".into(), "b".into()], &[0], &[0.9, 0.1], &[]);
+    assert!(Picture::mistakes(&all_right, 5, 5)
+        .unwrap_err()
+        .to_string()
+        .contains("every prediction was right"));
+    // An unreadable photo becomes a grey tile rather than failing the whole grid.
+    let bad = dir.path().join("bad.jpg");
+    std::fs::write(&bad, "nope").unwrap();
+    let grid = Picture::labelled(
+        &[Example {
+            path: bad,
+            label: 0,
+        }],
+        &["a".into()],
+        1,
+    )
+    .unwrap();
+    assert_eq!(decode_png(&grid.png().unwrap()).dimensions(), grid.size());
+}
