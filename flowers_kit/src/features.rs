@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::backend::dfdx::DfdxNetwork;
+use crate::backend::native::NativeNetwork;
 use crate::backend::Network;
 use crate::data::image::{load_resized, load_resized_bytes, Image, Resize};
 use crate::data::{cache_home, Split};
@@ -45,24 +46,54 @@ impl FromStr for DeviceKind {
     }
 }
 
+/// Which implementation runs the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// The native NHWC kernels (CPU only): the fast default.
+    #[default]
+    Native,
+    /// dfdx tensors: the reference implementation, and the CUDA path.
+    Dfdx,
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "native" => Ok(BackendKind::Native),
+            "dfdx" => Ok(BackendKind::Dfdx),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown backend '{other}': use native or dfdx"
+            ))),
+        }
+    }
+}
+
 enum Engine {
+    Native(NativeNetwork),
     Cpu(DfdxNetwork<Cpu>),
     #[cfg(feature = "cuda")]
     Cuda(DfdxNetwork<dfdx::tensor::Cuda>),
 }
 
 impl Engine {
-    fn new(network: &Network, device: DeviceKind) -> Result<Engine> {
-        match device {
-            DeviceKind::Cpu => Ok(Engine::Cpu(DfdxNetwork::new(network, Cpu::default())?)),
+    fn new(network: &Network, device: DeviceKind, backend: BackendKind) -> Result<Engine> {
+        match (device, backend) {
+            (DeviceKind::Cpu, BackendKind::Native) => {
+                Ok(Engine::Native(NativeNetwork::new(network)?))
+            }
+            (DeviceKind::Cpu, BackendKind::Dfdx) => {
+                Ok(Engine::Cpu(DfdxNetwork::new(network, Cpu::default())?))
+            }
+            // The GPU always runs the dfdx implementation.
             #[cfg(feature = "cuda")]
-            DeviceKind::Cuda => {
+            (DeviceKind::Cuda, _) => {
                 let cuda = dfdx::tensor::Cuda::try_build(0, 0)
                     .map_err(|e| Error::Backend(format!("cannot open CUDA device 0: {e:?}")))?;
                 Ok(Engine::Cuda(DfdxNetwork::new(network, cuda)?))
             }
             #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda => Err(Error::InvalidArgument(
+            (DeviceKind::Cuda, _) => Err(Error::InvalidArgument(
                 "this build has no CUDA support: rebuild flowers_kit with `--features cuda`".into(),
             )),
         }
@@ -70,6 +101,7 @@ impl Engine {
 
     fn forward(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
         match self {
+            Engine::Native(net) => net.forward(pixels, n),
             Engine::Cpu(net) => Ok(net.forward(pixels, n)?.as_vec()),
             #[cfg(feature = "cuda")]
             Engine::Cuda(net) => Ok(net.forward(pixels, n)?.as_vec()),
@@ -93,6 +125,7 @@ pub struct FeatureExtractor {
     network: Network,
     engine: Engine,
     device: DeviceKind,
+    backend: BackendKind,
     resize: Resize,
     batch_size: usize,
     cache: Option<PathBuf>,
@@ -103,6 +136,7 @@ impl std::fmt::Debug for FeatureExtractor {
         f.debug_struct("FeatureExtractor")
             .field("model", &self.network.model.name())
             .field("device", &self.device)
+            .field("backend", &self.backend)
             .field("resize", &self.resize)
             .field("batch_size", &self.batch_size)
             .finish()
@@ -218,26 +252,44 @@ impl FeatureExtractor {
         FeatureExtractor::from_network(Network::from_keras(model, &weights)?)
     }
 
-    /// An extractor running a prepared network on the CPU.
+    /// An extractor running a prepared network on the CPU with the native backend.
     pub fn from_network(network: Network) -> Result<FeatureExtractor> {
-        let engine = Engine::new(&network, DeviceKind::Cpu)?;
+        let engine = Engine::new(&network, DeviceKind::Cpu, BackendKind::Native)?;
         Ok(FeatureExtractor {
             network,
             engine,
             device: DeviceKind::Cpu,
+            backend: BackendKind::Native,
             resize: Resize::TfV1Bilinear,
             batch_size: 16,
             cache: Some(cache_home().join("features")),
         })
     }
 
-    /// Runs on `device` instead.
+    /// Runs on `device` instead (CUDA always uses the dfdx backend).
     pub fn on(mut self, device: DeviceKind) -> Result<FeatureExtractor> {
         if device != self.device {
-            self.engine = Engine::new(&self.network, device)?;
+            self.engine = Engine::new(&self.network, device, self.backend)?;
             self.device = device;
         }
         Ok(self)
+    }
+
+    /// Uses another implementation on the CPU: [`BackendKind::Dfdx`] is the reference.
+    pub fn with_backend(mut self, backend: BackendKind) -> Result<FeatureExtractor> {
+        if backend != self.backend {
+            self.engine = Engine::new(&self.network, self.device, backend)?;
+            self.backend = backend;
+        }
+        Ok(self)
+    }
+
+    /// The implementation running the network.
+    pub fn backend(&self) -> BackendKind {
+        match self.device {
+            DeviceKind::Cuda => BackendKind::Dfdx,
+            DeviceKind::Cpu => self.backend,
+        }
     }
 
     /// Images per forward pass (default 16).
@@ -310,6 +362,24 @@ impl FeatureExtractor {
             out.extend(self.engine.forward(chunk, chunk.len() / per_image)?);
         }
         Ok(out)
+    }
+
+    /// Forward-pass throughput in images/s, measured for about `seconds` on synthetic input
+    /// (speed does not depend on the pixels).
+    pub fn throughput(&self, seconds: f64) -> Result<f64> {
+        let model = self.network.model;
+        let per_image = model.resolution * model.resolution * 3;
+        let pixels: Vec<f32> = (0..self.batch_size * per_image)
+            .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+            .collect();
+        self.forward(&pixels, self.batch_size)?; // warm-up
+        let start = std::time::Instant::now();
+        let mut images = 0usize;
+        while images == 0 || start.elapsed().as_secs_f64() < seconds {
+            self.forward(&pixels, self.batch_size)?;
+            images += self.batch_size;
+        }
+        Ok(images as f64 / start.elapsed().as_secs_f64())
     }
 
     /// Decodes and resizes one photo as this extractor's input.

@@ -34,14 +34,15 @@ pub use error::{Error, Result};
 
 /// What a notebook needs in one `use`.
 pub mod prelude {
+    pub use crate::data::cache_home;
     pub use crate::data::image::{Image, Resize};
     pub use crate::data::{
         download_flowers, Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTION,
     };
     pub use crate::error::{Error, Result};
-    pub use crate::features::{DeviceKind, FeatureExtractor, Features};
+    pub use crate::features::{BackendKind, DeviceKind, FeatureExtractor, Features};
     pub use crate::models::MobileNetV2;
-    pub use crate::plot::{Chart, Picture, Series};
+    pub use crate::plot::{self, Chart, Picture, Series};
     pub use crate::train::{
         train, Activation, Classifier, History, Metrics, Optimizer, TrainConfig,
     };

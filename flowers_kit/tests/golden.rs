@@ -4,6 +4,7 @@ mod support;
 
 use dfdx::tensor::Cpu;
 use flowers_kit::backend::dfdx::DfdxNetwork;
+use flowers_kit::backend::native::NativeNetwork;
 use flowers_kit::backend::Network;
 use flowers_kit::data::image::{self, Resize};
 use flowers_kit::models::MobileNetV2;
@@ -30,26 +31,54 @@ fn golden_pixels(size: usize) -> Vec<f32> {
         .collect()
 }
 
+fn network(name: &str) -> Network {
+    let model = MobileNetV2::parse(name).unwrap();
+    let stem = name.trim_start_matches("mobilenet_v2_");
+    let weights =
+        KerasWeights::open(support::golden().join(format!("mobilenet_v2_{stem}_no_top.h5")))
+            .unwrap();
+    Network::from_keras(model, &weights).unwrap()
+}
+
 #[test]
 fn dfdx_cpu_matches_tensorflow_for_every_variant() {
     for name in GOLDEN_VARIANTS {
-        let model = MobileNetV2::parse(name).unwrap();
-        let stem = name.trim_start_matches("mobilenet_v2_");
-        let weights =
-            KerasWeights::open(support::golden().join(format!("mobilenet_v2_{stem}_no_top.h5")))
-                .unwrap();
-        let network = Network::from_keras(model, &weights).unwrap();
+        let network = network(name);
         let dfdx = DfdxNetwork::new(&network, Cpu::default()).unwrap();
-        let features = dfdx.forward(&golden_pixels(model.resolution), 8).unwrap();
-        let ours: Vec<f32> = features.as_vec();
-        let (shape, expected) = support::tensor_f32(
-            &support::golden().join(format!("{name}.safetensors")),
-            "features",
-        );
-        assert_eq!(shape, [8, model.feature_dim()]);
-        let (max, mean) = support::max_mean_abs_diff(&ours, &expected);
-        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-        println!("{name}: max |Δ| {max:.2e}, mean {mean:.2e}, max |feature| {scale:.2}");
-        assert!(max <= 1e-4, "{name}: max |Δ| = {max}");
+        let features = dfdx
+            .forward(&golden_pixels(network.model.resolution), 8)
+            .unwrap();
+        compare(name, &features.as_vec(), network.model.feature_dim());
     }
+}
+
+/// Batch 8 runs images in parallel; batch 1 runs each image with parallel layers: both paths.
+#[test]
+fn native_matches_tensorflow_for_every_variant_in_both_threading_modes() {
+    for name in GOLDEN_VARIANTS {
+        let network = network(name);
+        let native = NativeNetwork::new(&network).unwrap();
+        let pixels = golden_pixels(network.model.resolution);
+        let batched = native.forward(&pixels, 8).unwrap();
+        compare(name, &batched, network.model.feature_dim());
+        let per_image = pixels.len() / 8;
+        let one_by_one: Vec<f32> = pixels
+            .chunks(per_image)
+            .flat_map(|image| native.forward(image, 1).unwrap())
+            .collect();
+        compare(name, &one_by_one, network.model.feature_dim());
+    }
+}
+
+/// Features of the 8 golden images against TensorFlow's, max |Δ| ≤ 1e-4.
+fn compare(name: &str, ours: &[f32], dim: usize) {
+    let (shape, expected) = support::tensor_f32(
+        &support::golden().join(format!("{name}.safetensors")),
+        "features",
+    );
+    assert_eq!(shape, [8, dim]);
+    let (max, mean) = support::max_mean_abs_diff(ours, &expected);
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    println!("{name}: max |Δ| {max:.2e}, mean {mean:.2e}, max |feature| {scale:.2}");
+    assert!(max <= 1e-4, "{name}: max |Δ| = {max}");
 }

@@ -269,3 +269,47 @@ fn bad_input_is_a_clear_error() {
     let err = FeatureSet::new(vec![1.0; 7], 2, vec![0, 1, 2], vec![]).unwrap_err();
     assert!(err.to_string().contains("7 values"), "{err}");
 }
+
+#[test]
+fn a_stack_of_linear_layers_collapses_to_one_equal_layer() {
+    let features = synthetic(3, 8);
+    let config = quiet(TrainConfig {
+        steps: 30,
+        hidden: vec![6, 4],
+        activation: Activation::Linear,
+        ..Default::default()
+    });
+    let (classifier, _) = train(&features, &config).unwrap();
+    let single = classifier.head.collapse_linear().unwrap();
+    assert_eq!(single.layers.len(), 1);
+    assert_eq!((single.inputs(), single.classes()), (8, 3));
+    let x = features.test.x.as_vec();
+    let n = features.test.len();
+    let deep = classifier.head.probabilities(&x, n).unwrap();
+    let flat = single.probabilities(&x, n).unwrap();
+    let max = deep
+        .iter()
+        .zip(&flat)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(max < 1e-5, "max |Δ| {max}");
+
+    let relu = TrainConfig {
+        activation: Activation::Relu,
+        ..config
+    };
+    let (classifier, _) = train(&features, &relu).unwrap();
+    assert!(classifier.head.collapse_linear().is_none());
+}
+
+#[test]
+fn metrics_report_lists_every_class() {
+    let classes: Vec<String> = ["daisy", "roses"].map(String::from).to_vec();
+    let m = Metrics::from_probabilities(&classes, &[0, 1, 1], &[0.9, 0.1, 0.2, 0.8, 0.6, 0.4], &[]);
+    let report = m.report();
+    assert_eq!(report.lines().count(), 4, "{report}");
+    assert!(
+        report.contains("roses") && report.contains("0.667"),
+        "{report}"
+    );
+}

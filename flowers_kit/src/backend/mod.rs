@@ -2,6 +2,7 @@
 //! backend. [`dfdx`] runs on dfdx tensors, on the CPU or (feature `cuda`) an NVIDIA GPU.
 
 pub mod dfdx;
+pub mod native;
 
 use crate::error::Result;
 use crate::models::{MobileNetV2, Op};

@@ -2,8 +2,8 @@
 //! (SVG or PNG) — training curves, the confusion matrix, top-k bars, and sweep charts.
 //! Every figure displays inline in evcxr and saves with `.save("x.svg" | "x.png")`.
 
-mod charts;
-mod pictures;
+pub mod charts;
+pub mod pictures;
 
 pub use charts::{Chart, Series};
 pub use pictures::Picture;

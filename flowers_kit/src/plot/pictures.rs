@@ -111,6 +111,20 @@ impl Picture {
         })
     }
 
+    /// One photo, e.g. the one you are about to classify.
+    pub fn photo(path: impl AsRef<Path>) -> Result<Picture> {
+        let path = path.as_ref();
+        // Surface an unreadable photo as an error here rather than a grey tile.
+        decode_rgb8(path)?;
+        Picture::grid(
+            &[Tile {
+                path: path.to_path_buf(),
+                caption: vec![],
+            }],
+            1,
+        )
+    }
+
     /// The tutorial's "some labelled images": photos captioned with their class.
     pub fn labelled(examples: &[Example], classes: &[String], columns: usize) -> Result<Picture> {
         let tiles: Vec<Tile> = examples

@@ -116,6 +116,48 @@ impl Head {
             .collect()
     }
 
+    /// For a head without activation, the single linear layer it is equal to:
+    /// `(x·W₁ + b₁)·W₂ + b₂ = x·(W₁W₂) + (b₁W₂ + b₂)`. `None` when a ReLU sits between the
+    /// layers — then the stack really is more than one linear map.
+    pub fn collapse_linear(&self) -> Option<Head> {
+        if self.layers.len() > 1 && self.activation != Activation::Linear {
+            return None;
+        }
+        let mut layers = self.layers.iter();
+        let first = layers.next()?.clone();
+        let merged = layers.fold(first, |acc, next| {
+            // acc: [a, b], next: [b, c] -> [a, c].
+            let (a, b, c) = (acc.inputs, acc.outputs, next.outputs);
+            let mut weights = vec![0f32; a * c];
+            for i in 0..a {
+                for k in 0..b {
+                    let w = acc.weights[i * b + k];
+                    for j in 0..c {
+                        weights[i * c + j] += w * next.weights[k * c + j];
+                    }
+                }
+            }
+            let bias = (0..c)
+                .map(|j| {
+                    next.bias[j]
+                        + (0..b)
+                            .map(|k| acc.bias[k] * next.weights[k * c + j])
+                            .sum::<f32>()
+                })
+                .collect();
+            Dense {
+                weights,
+                bias,
+                inputs: a,
+                outputs: c,
+            }
+        });
+        Some(Head {
+            layers: vec![merged],
+            activation: self.activation,
+        })
+    }
+
     /// Class probabilities `[n, classes]` for `n` feature rows `[n, inputs]`.
     pub fn probabilities(&self, features: &[f32], n: usize) -> Result<Vec<f32>> {
         if features.len() != n * self.inputs() {

@@ -129,6 +129,30 @@ impl Metrics {
         }
     }
 
+    /// A text table of per-class precision, recall, F1 and support, with the accuracy.
+    pub fn report(&self) -> String {
+        let width = self
+            .classes
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(5)
+            .max(8);
+        let mut out = format!("{:width$}  precision  recall     f1  support\n", "");
+        for c in &self.per_class {
+            out += &format!(
+                "{:width$}  {:>9.3}  {:>6.3}  {:>5.3}  {:>7}\n",
+                c.class, c.precision, c.recall, c.f1, c.support
+            );
+        }
+        let total: usize = self.per_class.iter().map(|c| c.support).sum();
+        out += &format!(
+            "{:width$}  {:>9}  {:>6}  {:>5.3}  {:>7}\n",
+            "accuracy", "", "", self.accuracy, total
+        );
+        out
+    }
+
     /// The confusion matrix with each row divided by its total (the tutorial's heat map).
     pub fn confusion_normalized(&self) -> Vec<Vec<f32>> {
         self.confusion

@@ -84,20 +84,10 @@ fn refuse_foreign(out: &Path) -> Result<()> {
 pub fn forward(extractor: &FeatureExtractor, seconds: f64) -> Result<()> {
     let model = extractor.model();
     let batch = extractor.batch();
-    let per_image = model.resolution * model.resolution * 3;
-    let pixels: Vec<f32> = (0..batch * per_image)
-        .map(|i| ((i * 7919) % 256) as f32 / 255.0)
-        .collect();
-    extractor.forward(&pixels, batch)?; // warm-up
-    let start = Instant::now();
-    let mut images = 0usize;
-    while start.elapsed().as_secs_f64() < seconds {
-        extractor.forward(&pixels, batch)?;
-        images += batch;
-    }
-    let forward = images as f64 / start.elapsed().as_secs_f64();
+    let forward = extractor.throughput(seconds)?;
     println!(
-        "{model} forward, batch {batch}, {} threads: {forward:.1} images/s",
+        "{model} forward ({:?} backend), batch {batch}, {} threads: {forward:.1} images/s",
+        extractor.backend(),
         rayon::current_num_threads()
     );
     Ok(())

@@ -57,6 +57,9 @@ enum Command {
         /// cpu or cuda.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// native (fast CPU kernels) or dfdx (the reference; always used on CUDA).
+        #[arg(long, default_value = "native")]
+        backend: String,
         /// Images per forward pass.
         #[arg(long, default_value_t = 16)]
         batch: usize,
@@ -144,6 +147,9 @@ enum Command {
         /// cpu or cuda.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// native (fast CPU kernels) or dfdx (the reference; always used on CUDA).
+        #[arg(long, default_value = "native")]
+        backend: String,
         /// Photo folder (class sub-folders) for the decode and extraction measurements
         /// [default: the downloaded flower photos].
         #[arg(long)]
@@ -225,12 +231,14 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             model,
             weights,
             device,
+            backend,
             batch,
             out,
             images,
         } => {
             let extractor =
                 FeatureExtractor::with_weights(MobileNetV2::parse(&model)?, weights.as_deref())?
+                    .with_backend(backend.parse()?)?
                     .on(device.parse::<DeviceKind>()?)?
                     .batch_size(batch);
             bench::write_features(&extractor, &images, &out)
@@ -291,6 +299,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             seconds,
             weights,
             device,
+            backend,
             data,
             forward_only,
             train,
@@ -306,6 +315,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                     FeatureExtractor::from_network(flowers_kit::backend::Network::random(model, 0))?
                 }
             }
+            .with_backend(backend.parse()?)?
             .on(device.parse::<DeviceKind>()?)?
             .batch_size(batch);
             bench::forward(&extractor, seconds)?;

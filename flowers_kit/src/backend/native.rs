@@ -1,0 +1,506 @@
+//! The fast CPU path: MobileNet V2 on plain NHWC buffers.
+//!
+//! - Pointwise (1×1) convolutions are one `gemm` call each (AVX-512 kernels where the CPU has
+//!   them). The output is pre-filled with the bias — and, for a residual block's projection,
+//!   with the block input too — so both are fused into the product for free.
+//! - Depthwise 3×3 convolutions walk output pixels and vectorise over channels, compiled for
+//!   AVX-512 and AVX2 and chosen at run time. Stride 2 reads every other pixel: no copies.
+//! - The stem is an im2col into a `[pixels, 27]` matrix and one gemm.
+//! - Each image runs through three buffers sized once for the largest activation; nothing
+//!   is allocated per layer. A batch runs its images in parallel on rayon; a single image
+//!   parallelises inside the layers instead.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{Layer, Network};
+use crate::error::{Error, Result};
+use crate::models::mobilenet_v2::{same_output, same_pad_before};
+
+/// A step with everything it needs; residual adds are fused into the projection before them.
+#[derive(Debug, Clone)]
+enum Step {
+    Stem {
+        weights: Vec<f32>,
+        bias: Vec<f32>,
+        stride: usize,
+    },
+    Pointwise {
+        weights: Vec<f32>,
+        bias: Vec<f32>,
+        cin: usize,
+        relu6: bool,
+        add_saved: bool,
+    },
+    Depthwise {
+        weights: Vec<f32>,
+        bias: Vec<f32>,
+        stride: usize,
+    },
+    Save,
+}
+
+/// A [`Network`] prepared for the native CPU kernels.
+#[derive(Debug, Clone)]
+pub struct NativeNetwork {
+    resolution: usize,
+    steps: Vec<Step>,
+    features: usize,
+    /// Floats per buffer: the largest activation of one image (im2col of the stem included).
+    buffer_len: usize,
+}
+
+impl NativeNetwork {
+    /// Prepares `network` (weights are copied; nothing else is computed here).
+    pub fn new(network: &Network) -> Result<NativeNetwork> {
+        let mut steps = Vec::with_capacity(network.layers.len());
+        let mut layers = network.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
+            steps.push(match layer {
+                Layer::Stem {
+                    weights,
+                    bias,
+                    stride,
+                } => Step::Stem {
+                    weights: weights.clone(),
+                    bias: bias.clone(),
+                    stride: *stride,
+                },
+                Layer::Pointwise {
+                    weights,
+                    bias,
+                    cin,
+                    relu6,
+                } => {
+                    let add_saved = matches!(layers.peek(), Some(Layer::AddResidual));
+                    if add_saved {
+                        layers.next();
+                        if *relu6 {
+                            return Err(Error::Backend(
+                                "a residual add after a ReLU6 layer cannot be fused".into(),
+                            ));
+                        }
+                    }
+                    Step::Pointwise {
+                        weights: weights.clone(),
+                        bias: bias.clone(),
+                        cin: *cin,
+                        relu6: *relu6,
+                        add_saved,
+                    }
+                }
+                Layer::Depthwise {
+                    weights,
+                    bias,
+                    stride,
+                } => Step::Depthwise {
+                    weights: weights.clone(),
+                    bias: bias.clone(),
+                    stride: *stride,
+                },
+                Layer::SaveResidual => Step::Save,
+                Layer::AddResidual => {
+                    return Err(Error::Backend(
+                        "a residual add must follow a pointwise projection".into(),
+                    ))
+                }
+            });
+        }
+        // Walk the shapes once to size the buffers.
+        let (mut h, mut c) = (network.model.resolution, 3);
+        let mut buffer_len = 0;
+        for step in &steps {
+            match step {
+                Step::Stem { bias, stride, .. } => {
+                    h = same_output(h, *stride);
+                    buffer_len = buffer_len.max(h * h * 27);
+                    c = bias.len();
+                }
+                Step::Pointwise { bias, .. } => c = bias.len(),
+                Step::Depthwise { stride, .. } => h = same_output(h, *stride),
+                Step::Save => {}
+            }
+            buffer_len = buffer_len.max(h * h * c);
+        }
+        Ok(NativeNetwork {
+            resolution: network.model.resolution,
+            steps,
+            features: network.feature_dim(),
+            buffer_len,
+        })
+    }
+
+    /// Features `[n, F]` of `n` images given as NHWC pixels in [0, 1].
+    pub fn forward(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
+        let per_image = self.resolution * self.resolution * 3;
+        if pixels.len() != n * per_image {
+            return Err(Error::InvalidArgument(format!(
+                "expected {n} images of {0}×{0}×3 values ({1}), got {2}",
+                self.resolution,
+                n * per_image,
+                pixels.len()
+            )));
+        }
+        let mut out = vec![0f32; n * self.features];
+        let threads = rayon::current_num_threads();
+        if n >= threads && threads > 1 {
+            // Whole images per thread: no synchronisation inside the network.
+            pixels
+                .par_chunks(per_image)
+                .zip(out.par_chunks_mut(self.features))
+                .for_each_init(
+                    || self.buffers(),
+                    |buffers, (image, features)| {
+                        self.forward_image(image, features, buffers, false)
+                    },
+                );
+        } else {
+            let mut buffers = self.buffers();
+            for (image, features) in pixels.chunks(per_image).zip(out.chunks_mut(self.features)) {
+                self.forward_image(image, features, &mut buffers, threads > 1);
+            }
+        }
+        Ok(out)
+    }
+
+    fn buffers(&self) -> [Vec<f32>; 3] {
+        std::array::from_fn(|_| vec![0f32; self.buffer_len])
+    }
+
+    /// One image through the network into `features`, using `buffers` as scratch.
+    fn forward_image(
+        &self,
+        image: &[f32],
+        features: &mut [f32],
+        buffers: &mut [Vec<f32>; 3],
+        parallel: bool,
+    ) {
+        let parallelism = if parallel {
+            Parallelism::Rayon(0)
+        } else {
+            Parallelism::None
+        };
+        let (mut h, mut w, mut c) = (self.resolution, self.resolution, 3usize);
+        let mut current = 0usize; // buffer holding the activation
+        let mut saved: Option<usize> = None; // buffer holding a residual block's input
+        for step in &self.steps {
+            // The first buffer that holds neither the activation nor a saved input.
+            let free = (0..3)
+                .find(|&b| b != current && Some(b) != saved)
+                .unwrap_or(0);
+            match step {
+                Step::Stem {
+                    weights,
+                    bias,
+                    stride,
+                } => {
+                    let (ho, wo) = (same_output(h, *stride), same_output(w, *stride));
+                    let cout = bias.len();
+                    let [cols, out, _] = buffers;
+                    im2col_stem(image, h, w, *stride, &mut cols[..ho * wo * 27]);
+                    let out = &mut out[..ho * wo * cout];
+                    fill_rows(out, bias, None);
+                    matmul(
+                        out,
+                        &cols[..ho * wo * 27],
+                        weights,
+                        ho * wo,
+                        27,
+                        cout,
+                        parallelism,
+                    );
+                    relu6(out);
+                    (h, w, c, current) = (ho, wo, cout, 1);
+                }
+                Step::Pointwise {
+                    weights,
+                    bias,
+                    cin,
+                    relu6: clamp,
+                    add_saved,
+                } => {
+                    let cout = bias.len();
+                    let pixels = h * w;
+                    let (input, output, residual) = split3(buffers, current, free, saved);
+                    let output = &mut output[..pixels * cout];
+                    let residual = if *add_saved {
+                        residual.map(|r| &r[..pixels * cout])
+                    } else {
+                        None
+                    };
+                    fill_rows(output, bias, residual);
+                    matmul(
+                        output,
+                        &input[..pixels * cin],
+                        weights,
+                        pixels,
+                        *cin,
+                        cout,
+                        parallelism,
+                    );
+                    if *clamp {
+                        relu6(output);
+                    }
+                    if *add_saved {
+                        saved = None;
+                    }
+                    (c, current) = (cout, free);
+                }
+                Step::Depthwise {
+                    weights,
+                    bias,
+                    stride,
+                } => {
+                    let (ho, wo) = (same_output(h, *stride), same_output(w, *stride));
+                    let (input, output, _) = split3(buffers, current, free, None);
+                    depthwise(
+                        &input[..h * w * c],
+                        &mut output[..ho * wo * c],
+                        (h, w, c),
+                        *stride,
+                        weights,
+                        bias,
+                        parallel,
+                    );
+                    (h, w, current) = (ho, wo, free);
+                }
+                Step::Save => saved = Some(current),
+            }
+        }
+        average_pool(&buffers[current][..h * w * c], c, features);
+    }
+}
+
+/// (`&buffers[read]`, `&mut buffers[write]`, `&buffers[extra]` if any), all distinct.
+fn split3(
+    buffers: &mut [Vec<f32>; 3],
+    read: usize,
+    write: usize,
+    extra: Option<usize>,
+) -> (&[f32], &mut [f32], Option<&[f32]>) {
+    let [a, b, c] = buffers;
+    let mut slots: [Option<&mut Vec<f32>>; 3] = [Some(a), Some(b), Some(c)];
+    let output = slots[write]
+        .take()
+        .map(|v| v.as_mut_slice())
+        .unwrap_or_default();
+    let input = slots[read].take().map(|v| v.as_slice()).unwrap_or_default();
+    let extra = extra.and_then(|e| slots[e].take().map(|v| v.as_slice()));
+    (input, output, extra)
+}
+
+/// Sets every `[channels]` row of `out` to `bias` (+ the matching row of `residual`).
+fn fill_rows(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
+    let c = bias.len();
+    match residual {
+        Some(r) => {
+            for (row, res) in out.chunks_exact_mut(c).zip(r.chunks_exact(c)) {
+                for ((o, b), x) in row.iter_mut().zip(bias).zip(res) {
+                    *o = b + x;
+                }
+            }
+        }
+        None => {
+            for row in out.chunks_exact_mut(c) {
+                row.copy_from_slice(bias);
+            }
+        }
+    }
+}
+
+/// `out[m, n] += a[m, k] · b[k, n]`, all row-major.
+fn matmul(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    parallelism: Parallelism,
+) {
+    debug_assert!(out.len() == m * n && a.len() == m * k && b.len() == k * n);
+    // SAFETY: the three slices hold exactly m×n, m×k and k×n elements (checked by the
+    // callers' slicing), the strides describe those row-major layouts, and `out` does not
+    // alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+fn relu6(values: &mut [f32]) {
+    for v in values {
+        *v = v.clamp(0.0, 6.0);
+    }
+}
+
+/// The stem's 3×3 patches of the input scaled to [-1, 1] (padding stays 0), `[pixels, 27]`.
+fn im2col_stem(image: &[f32], h: usize, w: usize, stride: usize, cols: &mut [f32]) {
+    let (ho, wo) = (same_output(h, stride), same_output(w, stride));
+    let (pad_y, pad_x) = (same_pad_before(h, stride), same_pad_before(w, stride));
+    for oy in 0..ho {
+        for ox in 0..wo {
+            let row = &mut cols[(oy * wo + ox) * 27..][..27];
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let tap = &mut row[(ky * 3 + kx) * 3..][..3];
+                    let iy = (oy * stride + ky).checked_sub(pad_y).filter(|&y| y < h);
+                    let ix = (ox * stride + kx).checked_sub(pad_x).filter(|&x| x < w);
+                    match (iy, ix) {
+                        (Some(y), Some(x)) => {
+                            let px = &image[(y * w + x) * 3..][..3];
+                            for (t, p) in tap.iter_mut().zip(px) {
+                                *t = p * 2.0 - 1.0;
+                            }
+                        }
+                        _ => tap.fill(0.0),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 3×3 depthwise convolution, TF "SAME" padding, + bias, ReLU6.
+fn depthwise(
+    input: &[f32],
+    output: &mut [f32],
+    (h, w, c): (usize, usize, usize),
+    stride: usize,
+    weights: &[f32],
+    bias: &[f32],
+    parallel: bool,
+) {
+    let wo = same_output(w, stride);
+    let rows = output.chunks_mut(wo * c).enumerate();
+    let run = |(oy, row): (usize, &mut [f32])| {
+        depthwise_row(input, row, (h, w, c), stride, oy, weights, bias)
+    };
+    if parallel {
+        output.par_chunks_mut(wo * c).enumerate().for_each(run);
+    } else {
+        rows.for_each(run);
+    }
+}
+
+/// One output row, dispatched to the widest vector unit available.
+fn depthwise_row(
+    input: &[f32],
+    row: &mut [f32],
+    shape: (usize, usize, usize),
+    stride: usize,
+    oy: usize,
+    weights: &[f32],
+    bias: &[f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { depthwise_row_avx512(input, row, shape, stride, oy, weights, bias) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { depthwise_row_avx2(input, row, shape, stride, oy, weights, bias) };
+        }
+    }
+    depthwise_row_generic(input, row, shape, stride, oy, weights, bias)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn depthwise_row_avx512(
+    input: &[f32],
+    row: &mut [f32],
+    shape: (usize, usize, usize),
+    stride: usize,
+    oy: usize,
+    weights: &[f32],
+    bias: &[f32],
+) {
+    depthwise_row_generic(input, row, shape, stride, oy, weights, bias)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn depthwise_row_avx2(
+    input: &[f32],
+    row: &mut [f32],
+    shape: (usize, usize, usize),
+    stride: usize,
+    oy: usize,
+    weights: &[f32],
+    bias: &[f32],
+) {
+    depthwise_row_generic(input, row, shape, stride, oy, weights, bias)
+}
+
+/// The kernel body; inlined into the feature-specific wrappers, where the channel loops
+/// compile to full-width vector instructions.
+#[inline(always)]
+fn depthwise_row_generic(
+    input: &[f32],
+    row: &mut [f32],
+    (h, w, c): (usize, usize, usize),
+    stride: usize,
+    oy: usize,
+    weights: &[f32],
+    bias: &[f32],
+) {
+    let (pad_y, pad_x) = (same_pad_before(h, stride), same_pad_before(w, stride));
+    for (ox, out) in row.chunks_exact_mut(c).enumerate() {
+        out.copy_from_slice(bias);
+        for ky in 0..3 {
+            let Some(iy) = (oy * stride + ky).checked_sub(pad_y).filter(|&y| y < h) else {
+                continue;
+            };
+            for kx in 0..3 {
+                let Some(ix) = (ox * stride + kx).checked_sub(pad_x).filter(|&x| x < w) else {
+                    continue;
+                };
+                let pixel = &input[(iy * w + ix) * c..][..c];
+                let tap = &weights[(ky * 3 + kx) * c..][..c];
+                for ((o, p), k) in out.iter_mut().zip(pixel).zip(tap) {
+                    *o = p.mul_add(*k, *o);
+                }
+            }
+        }
+        for o in out.iter_mut() {
+            *o = o.clamp(0.0, 6.0);
+        }
+    }
+}
+
+/// Mean over pixels of a `[pixels, c]` activation.
+fn average_pool(activation: &[f32], c: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let pixels = activation.len() / c;
+    for row in activation.chunks_exact(c) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+    let scale = 1.0 / pixels as f32;
+    for o in out.iter_mut() {
+        *o *= scale;
+    }
+}
