@@ -1,0 +1,48 @@
+# Sourced by ./lab and ./test: makes the Rust notebook environment ready, skipping what is done.
+#  - evcxr_jupyter (pinned) via `cargo install --locked`, plus rust-src for its type inference;
+#  - a Python venv in ./.venv with pinned JupyterLab and the notebook test runner;
+#  - the Rust kernel registered into that venv (not system-wide);
+#  - an evcxr config folder in ./.lab/evcxr whose init.evcxr turns on the compilation cache.
+# Exports JUPYTER_PATH, EVCXR_CONFIG_DIR and PATH for the commands that follow.
+
+EVCXR_VERSION="0.22.0"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo/.venv"
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo install --list 2>/dev/null | grep -q "^evcxr_jupyter v$EVCXR_VERSION:"; then
+  echo "== installing evcxr_jupyter $EVCXR_VERSION (a one-off compile of ~15 minutes on 2 cores)"
+  cargo install evcxr_jupyter --version "$EVCXR_VERSION" --locked
+fi
+if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+  rustup component add rust-src
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating $venv"
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.requirements-installed"
+if ! cmp -s "$repo/scripts/requirements-notebooks.txt" "$stamp"; then
+  echo "== installing JupyterLab into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/scripts/requirements-notebooks.txt"
+  cp "$repo/scripts/requirements-notebooks.txt" "$stamp"
+fi
+
+# Kernel specs in <venv>/share/jupyter/kernels are found by this venv's Jupyter only.
+export JUPYTER_PATH="$venv/share/jupyter"
+kernel="$JUPYTER_PATH/kernels/rust/kernel.json"
+if [ ! -f "$kernel" ] || ! grep -q "$(command -v evcxr_jupyter)" "$kernel"; then
+  evcxr_jupyter --install >/dev/null
+fi
+
+# JupyterLab 4 only renders cells near the viewport by default; render them all, so that
+# scrolling a long notebook never shows empty outputs (and the browser test sees every plot).
+settings="$venv/share/jupyter/lab/settings"
+mkdir -p "$settings"
+printf '{\n  "@jupyterlab/notebook-extension:tracker": { "windowingMode": "none" }\n}\n' > "$settings/overrides.json"
+
+export EVCXR_CONFIG_DIR="$repo/.lab/evcxr"
+mkdir -p "$EVCXR_CONFIG_DIR"
+# A 2 GB compilation cache: re-running `:dep` takes seconds instead of a minute.
+printf ':cache 2000\n' > "$EVCXR_CONFIG_DIR/init.evcxr"

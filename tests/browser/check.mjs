@@ -1,0 +1,59 @@
+// Usage: node check.mjs LAB_URL TOKEN NOTEBOOK OUT_DIR
+// Opens NOTEBOOK in JupyterLab with Debian's Chromium, runs all cells, waits for them to
+// finish, checks that the photo grid and the charts are on the page, and saves screenshots.
+import { chromium } from "playwright-core";
+import fs from "node:fs";
+import path from "node:path";
+
+const [url, token, notebook, outDir] = process.argv.slice(2);
+const fail = (message) => {
+  console.error(`browser check failed: ${message}`);
+  process.exit(1);
+};
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+  ],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  await page.goto(`${url}/lab/tree/${notebook}?token=${token}`);
+  await page.waitForSelector(".jp-Notebook .jp-Cell", { timeout: 120_000 });
+  // Wait for the kernel to be ready, then Run > Run All Cells.
+  await page.waitForSelector(".jp-Notebook-ExecutionIndicator[data-status='idle']", { timeout: 300_000 })
+    .catch(() => {});
+  await page.click("text=Run >> nth=0");
+  await page.click("text=Run All Cells");
+  const codeCells = await page.locator(".jp-CodeCell").count();
+  // Done when every code cell shows an execution count (no "[*]" and no empty prompt).
+  await page.waitForFunction(
+    (n) => {
+      const prompts = [...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")].map((p) => p.textContent.trim());
+      return prompts.length === n && prompts.every((p) => /^\[\d+\]:$/.test(p));
+    },
+    codeCells,
+    { timeout: 1_500_000, polling: 2000 },
+  );
+  const text = await page.locator(".jp-Notebook").innerText();
+  if (text.includes("panicked at")) fail("a cell panicked");
+  const match = text.match(/Final test accuracy: ([0-9.]+)%/);
+  if (!match) fail("no final test accuracy printed");
+  const pngs = await page.locator(".jp-RenderedImage img").count();
+  const svgs = await page.locator(".jp-RenderedSVG").count();
+  console.log(`rendered: ${pngs} PNG outputs, ${svgs} SVG outputs; final test accuracy ${match[1]}%`);
+  if (pngs < 3) fail(`expected the photo grid, the gallery and the photo as PNG outputs, found ${pngs}`);
+  if (svgs < 3) fail(`expected the curves, confusion matrix and top-k charts as SVG outputs, found ${svgs}`);
+
+  fs.mkdirSync(outDir, { recursive: true });
+  // The training curves and the confusion matrix, in view together.
+  await page.locator(".jp-RenderedSVG").first().scrollIntoViewIfNeeded();
+  await page.screenshot({ path: path.join(outDir, "lab-00-plots.png") });
+  await page.locator(".jp-RenderedImage").first().scrollIntoViewIfNeeded();
+  await page.screenshot({ path: path.join(outDir, "lab-00-grid.png") });
+  console.log(`screenshots in ${outDir}`);
+} finally {
+  await browser.close();
+}

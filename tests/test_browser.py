@@ -1,0 +1,59 @@
+"""Browser check: JupyterLab on 127.0.0.1, the tutorial notebook run in headless Chromium."""
+
+import os
+import pathlib
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ARTIFACTS, ROOT
+
+BROWSER_DIR = ROOT / "tests" / "browser"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tutorial_notebook_renders_in_jupyterlab(product_env):
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    assert os.path.exists(chromium), "Debian's chromium is needed (./test installs it)"
+    assert (BROWSER_DIR / "node_modules" / "playwright-core").is_dir(), "run npm install in tests/browser"
+    port, token = free_port(), secrets.token_hex(16)
+    lab = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "jupyter"), "lab", "--no-browser", "--ip", "127.0.0.1",
+         "--port", str(port), f"--ServerApp.token={token}", f"--ServerApp.root_dir={ROOT / 'notebooks'}"],
+        env=product_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5)
+                break
+            except OSError:
+                assert lab.poll() is None, lab.stdout.read().decode(errors="replace")
+                assert time.monotonic() < deadline, "JupyterLab did not start"
+                time.sleep(1)
+        check = subprocess.run(
+            ["node", str(BROWSER_DIR / "check.mjs"), url, token,
+             "00_transfer_learning_flowers.ipynb", str(ARTIFACTS)],
+            env={**product_env, "CHROMIUM": chromium}, capture_output=True, text=True, timeout=1800,
+        )
+        print(check.stdout)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert (ARTIFACTS / "lab-00-plots.png").stat().st_size > 10_000
+    finally:
+        lab.terminate()
+        try:
+            lab.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            lab.kill()
