@@ -40,7 +40,8 @@ fi
 # scrolling a long notebook never shows empty outputs (and the browser test sees every plot).
 settings="$venv/share/jupyter/lab/settings"
 mkdir -p "$settings"
-printf '{\n  "@jupyterlab/notebook-extension:tracker": { "windowingMode": "none" }\n}\n' > "$settings/overrides.json"
+# No "news" pop-up either: it asks about fetching from the internet and covers the notebook.
+printf '{\n  "@jupyterlab/notebook-extension:tracker": { "windowingMode": "none" },\n  "@jupyterlab/apputils-extension:notification": { "fetchNews": "false" }\n}\n' > "$settings/overrides.json"
 
 export EVCXR_CONFIG_DIR="$repo/.lab/evcxr"
 mkdir -p "$EVCXR_CONFIG_DIR"

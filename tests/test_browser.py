@@ -29,7 +29,8 @@ def test_tutorial_notebook_renders_in_jupyterlab(product_env):
     port, token = free_port(), secrets.token_hex(16)
     lab = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "jupyter"), "lab", "--no-browser", "--ip", "127.0.0.1",
-         "--port", str(port), f"--ServerApp.token={token}", f"--ServerApp.root_dir={ROOT / 'notebooks'}"],
+         "--port", str(port), f"--IdentityProvider.token={token}", "--allow-root",
+         f"--ServerApp.root_dir={ROOT / 'notebooks'}"],
         env=product_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

@@ -52,7 +52,7 @@ pub fn curves(history: &History) -> Chart {
                 Series::new("test", points(&history.test_loss)),
             ],
         )
-        .with_size(500, 380),
+        .with_size(450, 360),
         Chart::lines(
             "Accuracy",
             "step",
@@ -62,7 +62,7 @@ pub fn curves(history: &History) -> Chart {
                 Series::new("test", points(&history.test_accuracy)),
             ],
         )
-        .with_size(500, 380),
+        .with_size(450, 360),
     ])
 }
 
