@@ -199,17 +199,9 @@ impl NativeNetwork {
                     let [cols, out, _] = buffers;
                     im2col_stem(image, h, w, *stride, &mut cols[..ho * wo * 27]);
                     let out = &mut out[..ho * wo * cout];
-                    fill_rows(out, bias, None);
-                    matmul(
-                        out,
-                        &cols[..ho * wo * 27],
-                        weights,
-                        ho * wo,
-                        27,
-                        cout,
-                        parallelism,
-                    );
-                    relu6(out);
+                    let cols = &cols[..ho * wo * 27];
+                    matmul(out, cols, weights, ho * wo, 27, cout, false, parallelism);
+                    bias_relu6(out, bias);
                     (h, w, c, current) = (ho, wo, cout, 1);
                 }
                 Step::Pointwise {
@@ -228,18 +220,33 @@ impl NativeNetwork {
                     } else {
                         None
                     };
-                    fill_rows(output, bias, residual);
-                    matmul(
-                        output,
-                        &input[..pixels * cin],
-                        weights,
-                        pixels,
-                        *cin,
-                        cout,
-                        parallelism,
-                    );
+                    let input = &input[..pixels * cin];
                     if *clamp {
-                        relu6(output);
+                        // One pass after the product: bias and ReLU6 together.
+                        matmul(
+                            output,
+                            input,
+                            weights,
+                            pixels,
+                            *cin,
+                            cout,
+                            false,
+                            parallelism,
+                        );
+                        bias_relu6(output, bias);
+                    } else {
+                        // Pre-filled with bias (+ the block input): gemm accumulates onto it.
+                        fill_rows(output, bias, residual);
+                        matmul(
+                            output,
+                            input,
+                            weights,
+                            pixels,
+                            *cin,
+                            cout,
+                            true,
+                            parallelism,
+                        );
                     }
                     if *add_saved {
                         saved = None;
@@ -301,14 +308,19 @@ fn fill_rows(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
             }
         }
         None => {
+            // An element loop, not copy_from_slice: rows are short, and a memcpy call per
+            // row of 8–64 floats costs more than the copy.
             for row in out.chunks_exact_mut(c) {
-                row.copy_from_slice(bias);
+                for (o, b) in row.iter_mut().zip(bias) {
+                    *o = *b;
+                }
             }
         }
     }
 }
 
-/// `out[m, n] += a[m, k] · b[k, n]`, all row-major.
+/// `out[m, n] = a[m, k] · b[k, n]` (with `accumulate`: `+=`), all row-major.
+#[allow(clippy::too_many_arguments)]
 fn matmul(
     out: &mut [f32],
     a: &[f32],
@@ -316,6 +328,7 @@ fn matmul(
     m: usize,
     k: usize,
     n: usize,
+    accumulate: bool,
     parallelism: Parallelism,
 ) {
     debug_assert!(out.len() == m * n && a.len() == m * k && b.len() == k * n);
@@ -330,7 +343,7 @@ fn matmul(
             out.as_mut_ptr(),
             1,
             n as isize,
-            true,
+            accumulate,
             a.as_ptr(),
             1,
             k as isize,
@@ -347,9 +360,13 @@ fn matmul(
     }
 }
 
-fn relu6(values: &mut [f32]) {
-    for v in values {
-        *v = v.clamp(0.0, 6.0);
+/// Adds the per-channel bias to every row and applies ReLU6 (max/min rather than clamp: no
+/// NaN-ordering checks, so it vectorises).
+fn bias_relu6(out: &mut [f32], bias: &[f32]) {
+    for row in out.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v = (*v + b).max(0.0).min(6.0);
+        }
     }
 }
 
@@ -416,28 +433,125 @@ fn depthwise_row(
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { depthwise_row_avx512(input, row, shape, stride, oy, weights, bias) };
+            return unsafe { avx512::depthwise_row(input, row, shape, stride, oy, weights, bias) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
             return unsafe { depthwise_row_avx2(input, row, shape, stride, oy, weights, bias) };
         }
     }
-    depthwise_row_generic(input, row, shape, stride, oy, weights, bias)
+    depthwise_row_generic(
+        input,
+        row,
+        shape,
+        stride,
+        oy,
+        weights,
+        bias,
+        0..row.len() / shape.2,
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn depthwise_row_avx512(
-    input: &[f32],
-    row: &mut [f32],
-    shape: (usize, usize, usize),
-    stride: usize,
-    oy: usize,
-    weights: &[f32],
-    bias: &[f32],
-) {
-    depthwise_row_generic(input, row, shape, stride, oy, weights, bias)
+mod avx512 {
+    //! The depthwise kernel with explicit AVX-512: 16 channels per register, the 9 taps of a
+    //! channel block kept in registers along a row, no bounds checks inside the image.
+
+    use std::arch::x86_64::*;
+
+    use super::{depthwise_row_generic, same_pad_before};
+
+    /// Which output columns of a row see all 3 input columns inside the image.
+    fn interior_columns(
+        w: usize,
+        wo: usize,
+        stride: usize,
+        pad_x: usize,
+    ) -> std::ops::Range<usize> {
+        let first = pad_x.div_ceil(stride);
+        // Largest ox with ox·stride − pad_x + 2 ≤ w − 1.
+        let last = (w + pad_x)
+            .checked_sub(3)
+            .map_or(0, |v| v / stride + 1)
+            .min(wo);
+        first.min(last)..last
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn depthwise_row(
+        input: &[f32],
+        row: &mut [f32],
+        (h, w, c): (usize, usize, usize),
+        stride: usize,
+        oy: usize,
+        weights: &[f32],
+        bias: &[f32],
+    ) {
+        let wo = row.len() / c;
+        let (pad_y, pad_x) = (same_pad_before(h, stride), same_pad_before(w, stride));
+        let top = (oy * stride).checked_sub(pad_y);
+        let rows_inside = top.is_some_and(|t| t + 2 < h);
+        let interior = if rows_inside {
+            interior_columns(w, wo, stride, pad_x)
+        } else {
+            0..0
+        };
+        // Border pixels (and rows touching the padding) take the bounds-checked path.
+        depthwise_row_generic(
+            input,
+            row,
+            (h, w, c),
+            stride,
+            oy,
+            weights,
+            bias,
+            0..interior.start,
+        );
+        depthwise_row_generic(
+            input,
+            row,
+            (h, w, c),
+            stride,
+            oy,
+            weights,
+            bias,
+            interior.end..wo,
+        );
+        let Some(top) = top.filter(|_| !interior.is_empty()) else {
+            return;
+        };
+        for block in (0..c).step_by(16) {
+            let lanes = (c - block).min(16);
+            let mask: __mmask16 = if lanes == 16 {
+                0xFFFF
+            } else {
+                (1u16 << lanes) - 1
+            };
+            // SAFETY: every load and store below reads or writes `lanes` floats starting at an
+            // index that the slicing proves is in bounds: taps and bias have 9·c and c
+            // floats, interior pixels have all 9 neighbours inside `input`, and `row` holds
+            // wo·c floats. Masked accesses never touch lanes beyond `lanes`.
+            unsafe {
+                let load =
+                    |slice: &[f32], at: usize| _mm512_maskz_loadu_ps(mask, slice[at..].as_ptr());
+                let taps: [__m512; 9] = std::array::from_fn(|t| load(weights, t * c + block));
+                let b = load(bias, block);
+                let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+                for ox in interior.clone() {
+                    let left = ox * stride - pad_x;
+                    let mut acc = b;
+                    for ky in 0..3 {
+                        let base = ((top + ky) * w + left) * c + block;
+                        acc = _mm512_fmadd_ps(load(input, base), taps[ky * 3], acc);
+                        acc = _mm512_fmadd_ps(load(input, base + c), taps[ky * 3 + 1], acc);
+                        acc = _mm512_fmadd_ps(load(input, base + 2 * c), taps[ky * 3 + 2], acc);
+                    }
+                    acc = _mm512_min_ps(_mm512_max_ps(acc, zero), six);
+                    _mm512_mask_storeu_ps(row[ox * c + block..].as_mut_ptr(), mask, acc);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -451,12 +565,22 @@ fn depthwise_row_avx2(
     weights: &[f32],
     bias: &[f32],
 ) {
-    depthwise_row_generic(input, row, shape, stride, oy, weights, bias)
+    depthwise_row_generic(
+        input,
+        row,
+        shape,
+        stride,
+        oy,
+        weights,
+        bias,
+        0..row.len() / shape.2,
+    )
 }
 
-/// The kernel body; inlined into the feature-specific wrappers, where the channel loops
-/// compile to full-width vector instructions.
+/// The bounds-checked kernel for output columns `columns` of one row; inlined into the
+/// feature-specific callers, where the channel loops become vector instructions.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn depthwise_row_generic(
     input: &[f32],
     row: &mut [f32],
@@ -465,9 +589,11 @@ fn depthwise_row_generic(
     oy: usize,
     weights: &[f32],
     bias: &[f32],
+    columns: std::ops::Range<usize>,
 ) {
     let (pad_y, pad_x) = (same_pad_before(h, stride), same_pad_before(w, stride));
-    for (ox, out) in row.chunks_exact_mut(c).enumerate() {
+    for ox in columns {
+        let out = &mut row[ox * c..][..c];
         out.copy_from_slice(bias);
         for ky in 0..3 {
             let Some(iy) = (oy * stride + ky).checked_sub(pad_y).filter(|&y| y < h) else {
@@ -485,7 +611,7 @@ fn depthwise_row_generic(
             }
         }
         for o in out.iter_mut() {
-            *o = o.clamp(0.0, 6.0);
+            *o = o.max(0.0).min(6.0);
         }
     }
 }
