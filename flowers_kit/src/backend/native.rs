@@ -360,8 +360,9 @@ fn matmul(
     }
 }
 
-/// Adds the per-channel bias to every row and applies ReLU6 (max/min rather than clamp: no
-/// NaN-ordering checks, so it vectorises).
+/// Adds the per-channel bias to every row and applies ReLU6.
+// max/min rather than clamp: clamp's NaN-preserving compare-and-select vectorises worse.
+#[allow(clippy::manual_clamp)]
 fn bias_relu6(out: &mut [f32], bias: &[f32]) {
     for row in out.chunks_exact_mut(bias.len()) {
         for (v, b) in row.iter_mut().zip(bias) {
@@ -580,7 +581,7 @@ fn depthwise_row_avx2(
 /// The bounds-checked kernel for output columns `columns` of one row; inlined into the
 /// feature-specific callers, where the channel loops become vector instructions.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::manual_clamp)]
 fn depthwise_row_generic(
     input: &[f32],
     row: &mut [f32],
