@@ -401,8 +401,6 @@ impl FeatureExtractor {
         let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
         let mut skipped = Vec::new();
         let mut cache_hits = 0;
-        // The parallel decode captures only these, not `self`: a CUDA engine is not `Sync`.
-        let (size, resize) = (self.network.model.resolution, self.resize);
         let mut progress = Progress::new(
             &format!("Extracting features ({})", self.network.model.name()),
             Some(paths.len() as u64),
@@ -410,50 +408,69 @@ impl FeatureExtractor {
         );
         // Chunks of a few batches keep every core busy decoding while bounding memory.
         let chunk = self.batch_size * 4;
-        for (c, chunk_paths) in paths.chunks(chunk).enumerate() {
-            let base = c * chunk;
-            // Read, hash, look up, and decode what is not cached — in parallel.
-            let loaded: Vec<Result<Loaded>> = chunk_paths
-                .par_iter()
-                .map(|path| {
-                    let bytes = fs::read(path).at(path)?;
-                    let key = sha256_hex(&bytes);
-                    if let Some(hit) = cache.as_ref().and_then(|dir| read_cached(dir, &key, dim)) {
-                        return Ok(Loaded::Cached(hit));
-                    }
-                    let image = load_resized_bytes(&bytes, path, size, resize)?;
-                    Ok(Loaded::Decoded(key, image))
-                })
-                .collect();
-            let mut pixels = Vec::new();
-            let mut pending = Vec::new();
-            for (i, result) in loaded.into_iter().enumerate() {
-                match result {
-                    Ok(Loaded::Cached(row)) => {
-                        rows[base + i] = Some(row);
-                        cache_hits += 1;
-                    }
-                    Ok(Loaded::Decoded(key, image)) => {
-                        pixels.extend_from_slice(&image.data);
-                        pending.push((base + i, key));
-                    }
-                    Err(e) => {
-                        eprintln!("warning: skipping {e}");
-                        skipped.push((paths[base + i].clone(), e));
+        // The loader captures only these, not `self`: a CUDA engine is neither Send nor Sync.
+        let (size, resize, loader_cache) =
+            (self.network.model.resolution, self.resize, cache.clone());
+        let load = move |path: &PathBuf| -> Result<Loaded> {
+            let bytes = fs::read(path).at(path)?;
+            let key = sha256_hex(&bytes);
+            if let Some(hit) = loader_cache
+                .as_ref()
+                .and_then(|dir| read_cached(dir, &key, dim))
+            {
+                return Ok(Loaded::Cached(hit));
+            }
+            Ok(Loaded::Decoded(
+                key,
+                load_resized_bytes(&bytes, path, size, resize)?,
+            ))
+        };
+        // Pipeline: a loader thread reads, hashes and decodes the next chunk (in parallel)
+        // while this thread runs the current one through the network.
+        std::thread::scope(|scope| -> Result<()> {
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Result<Loaded>>>(1);
+            scope.spawn(move || {
+                for chunk_paths in paths.chunks(chunk) {
+                    let loaded = chunk_paths.par_iter().map(&load).collect();
+                    if sender.send(loaded).is_err() {
+                        break; // the consumer stopped on an error
                     }
                 }
-            }
-            if !pending.is_empty() {
-                let values = self.forward(&pixels, pending.len())?;
-                for ((index, key), row) in pending.into_iter().zip(values.chunks_exact(dim)) {
-                    if let Some(dir) = &cache {
-                        write_cached(dir, &key, row)?;
+            });
+            for (c, loaded) in receiver.into_iter().enumerate() {
+                let base = c * chunk;
+                let mut pixels = Vec::new();
+                let mut pending = Vec::new();
+                let count = loaded.len();
+                for (i, result) in loaded.into_iter().enumerate() {
+                    match result {
+                        Ok(Loaded::Cached(row)) => {
+                            rows[base + i] = Some(row);
+                            cache_hits += 1;
+                        }
+                        Ok(Loaded::Decoded(key, image)) => {
+                            pixels.extend_from_slice(&image.data);
+                            pending.push((base + i, key));
+                        }
+                        Err(e) => {
+                            eprintln!("warning: skipping {e}");
+                            skipped.push((paths[base + i].clone(), e));
+                        }
                     }
-                    rows[index] = Some(row.to_vec());
                 }
+                if !pending.is_empty() {
+                    let values = self.forward(&pixels, pending.len())?;
+                    for ((index, key), row) in pending.into_iter().zip(values.chunks_exact(dim)) {
+                        if let Some(dir) = &cache {
+                            write_cached(dir, &key, row)?;
+                        }
+                        rows[index] = Some(row.to_vec());
+                    }
+                }
+                progress.inc(count as u64);
             }
-            progress.inc(chunk_paths.len() as u64);
-        }
+            Ok(())
+        })?;
         progress.finish();
         let mut values = Vec::with_capacity(paths.len() * dim);
         let mut kept = Vec::with_capacity(paths.len());
