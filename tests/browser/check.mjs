@@ -6,8 +6,13 @@ import fs from "node:fs";
 import path from "node:path";
 
 const [url, token, notebook, outDir] = process.argv.slice(2);
-const fail = (message) => {
+let page;
+const fail = async (message) => {
   console.error(`browser check failed: ${message}`);
+  if (page) {
+    fs.mkdirSync(outDir, { recursive: true });
+    await page.screenshot({ path: path.join(outDir, "lab-00-failure.png") }).catch(() => {});
+  }
   process.exit(1);
 };
 
@@ -19,14 +24,20 @@ const browser = await chromium.launch({
   ],
 });
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
   await page.goto(`${url}/lab/tree/${notebook}?token=${token}`);
   await page.waitForSelector(".jp-Notebook .jp-Cell", { timeout: 120_000 });
-  // Wait for the kernel to be ready, then Run > Run All Cells.
-  await page.waitForSelector(".jp-Notebook-ExecutionIndicator[data-status='idle']", { timeout: 300_000 })
-    .catch(() => {});
-  await page.click("text=Run >> nth=0");
-  await page.click("text=Run All Cells");
+  // The kernel is connected once the status bar names it and reports it idle.
+  await page.waitForFunction(
+    () => /Rust \| Idle/.test(document.querySelector("#jp-main-statusbar")?.innerText ?? ""),
+    null,
+    { timeout: 300_000, polling: 1000 },
+  ).catch(() => fail("the Rust kernel did not become idle"));
+  // Run > Run All Cells from the menu bar, as a person would.
+  await page.locator(".jp-Notebook").click();
+  await page.keyboard.press("Escape");
+  await page.click("li.lm-MenuBar-item:has-text('Run')");
+  await page.click("li.lm-Menu-item:has-text('Run All Cells')");
   const codeCells = await page.locator(".jp-CodeCell").count();
   // Done when every code cell shows an execution count (no "[*]" and no empty prompt).
   await page.waitForFunction(
@@ -36,16 +47,16 @@ try {
     },
     codeCells,
     { timeout: 1_500_000, polling: 2000 },
-  );
+  ).catch(() => fail("the cells did not all finish"));
   const text = await page.locator(".jp-Notebook").innerText();
-  if (text.includes("panicked at")) fail("a cell panicked");
+  if (text.includes("panicked at")) await fail("a cell panicked");
   const match = text.match(/Final test accuracy: ([0-9.]+)%/);
-  if (!match) fail("no final test accuracy printed");
+  if (!match) await fail("no final test accuracy printed");
   const pngs = await page.locator(".jp-RenderedImage img").count();
   const svgs = await page.locator(".jp-RenderedSVG").count();
   console.log(`rendered: ${pngs} PNG outputs, ${svgs} SVG outputs; final test accuracy ${match[1]}%`);
-  if (pngs < 3) fail(`expected the photo grid, the gallery and the photo as PNG outputs, found ${pngs}`);
-  if (svgs < 3) fail(`expected the curves, confusion matrix and top-k charts as SVG outputs, found ${svgs}`);
+  if (pngs < 3) await fail(`expected the photo grid, the gallery and the photo as PNG outputs, found ${pngs}`);
+  if (svgs < 3) await fail(`expected the curves, confusion matrix and top-k charts as SVG outputs, found ${svgs}`);
 
   fs.mkdirSync(outDir, { recursive: true });
   // The training curves and the confusion matrix, in view together.
