@@ -327,6 +327,21 @@ fn cli_features_refuses_foreign_files_and_bad_photos() {
     assert!(String::from_utf8_lossy(&run.stderr).contains("unknown device 'tpu'"));
 }
 
+/// Class scores of one feature row under weights `[dim + 1, classes]` (last row: bias).
+fn logits(w: &[f32], row: &[f32], classes: usize) -> Vec<f32> {
+    let dim = row.len();
+    (0..classes)
+        .map(|c| {
+            w[dim * classes + c]
+                + row
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| v * w[j * classes + c])
+                    .sum::<f32>()
+        })
+        .collect()
+}
+
 /// Multinomial logistic regression by full-batch gradient descent: a plain linear probe.
 fn linear_probe(x: &[f32], y: &[usize], dim: usize, classes: usize) -> Vec<f32> {
     let n = y.len();
@@ -335,18 +350,9 @@ fn linear_probe(x: &[f32], y: &[usize], dim: usize, classes: usize) -> Vec<f32> 
         let mut grad = vec![0f32; w.len()];
         for i in 0..n {
             let row = &x[i * dim..][..dim];
-            let mut logits: Vec<f32> = (0..classes)
-                .map(|c| {
-                    w[dim * classes + c]
-                        + row
-                            .iter()
-                            .enumerate()
-                            .map(|(j, v)| v * w[j * classes + c])
-                            .sum::<f32>()
-                })
-                .collect();
-            let max = logits.iter().cloned().fold(f32::MIN, f32::max);
-            let total: f32 = logits
+            let mut scores = logits(&w, row, classes);
+            let max = scores.iter().cloned().fold(f32::MIN, f32::max);
+            let total: f32 = scores
                 .iter_mut()
                 .map(|l| {
                     *l = (*l - max).exp();
@@ -354,7 +360,7 @@ fn linear_probe(x: &[f32], y: &[usize], dim: usize, classes: usize) -> Vec<f32> 
                 })
                 .sum();
             for c in 0..classes {
-                let g = logits[c] / total - if y[i] == c { 1.0 } else { 0.0 };
+                let g = scores[c] / total - if y[i] == c { 1.0 } else { 0.0 };
                 for (j, v) in row.iter().enumerate() {
                     grad[j * classes + c] += g * v;
                 }
@@ -368,16 +374,9 @@ fn linear_probe(x: &[f32], y: &[usize], dim: usize, classes: usize) -> Vec<f32> 
     w
 }
 
-fn predict(w: &[f32], row: &[f32], dim: usize, classes: usize) -> usize {
-    (0..classes)
-        .map(|c| {
-            w[dim * classes + c]
-                + row
-                    .iter()
-                    .enumerate()
-                    .map(|(j, v)| v * w[j * classes + c])
-                    .sum::<f32>()
-        })
+fn predict(w: &[f32], row: &[f32], classes: usize) -> usize {
+    logits(w, row, classes)
+        .into_iter()
         .enumerate()
         .fold(
             (0, f32::MIN),
@@ -407,7 +406,7 @@ fn linear_probe_on_real_features_of_the_sample_beats_75_percent() {
     );
     let test = features.test.x.as_vec();
     let correct = (0..features.test.len())
-        .filter(|&i| predict(&w, &test[i * dim..][..dim], dim, classes) == features.test.labels[i])
+        .filter(|&i| predict(&w, &test[i * dim..][..dim], classes) == features.test.labels[i])
         .count();
     let accuracy = correct as f64 / features.test.len() as f64;
     println!("linear probe test accuracy: {:.1}%", accuracy * 100.0);

@@ -451,16 +451,22 @@ fn depthwise_row(
             return unsafe { depthwise_row_avx2(input, row, shape, stride, oy, weights, bias) };
         }
     }
-    depthwise_row_generic(
-        input,
-        row,
-        shape,
-        stride,
-        oy,
-        weights,
-        bias,
-        0..row.len() / shape.2,
-    )
+    depthwise_whole_row(input, row, shape, stride, oy, weights, bias)
+}
+
+/// Every column of the row through the bounds-checked kernel.
+#[inline(always)]
+fn depthwise_whole_row(
+    input: &[f32],
+    row: &mut [f32],
+    shape: (usize, usize, usize),
+    stride: usize,
+    oy: usize,
+    weights: &[f32],
+    bias: &[f32],
+) {
+    let columns = 0..row.len() / shape.2;
+    depthwise_row_generic(input, row, shape, stride, oy, weights, bias, columns)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -576,16 +582,7 @@ fn depthwise_row_avx2(
     weights: &[f32],
     bias: &[f32],
 ) {
-    depthwise_row_generic(
-        input,
-        row,
-        shape,
-        stride,
-        oy,
-        weights,
-        bias,
-        0..row.len() / shape.2,
-    )
+    depthwise_whole_row(input, row, shape, stride, oy, weights, bias)
 }
 
 /// The bounds-checked kernel for output columns `columns` of one row; inlined into the

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use flowers_kit::backend::Network;
 use flowers_kit::data::{self, Dataset, FetchOptions};
 use flowers_kit::features::{DeviceKind, FeatureExtractor};
 use flowers_kit::models::MobileNetV2;
@@ -17,6 +18,50 @@ use flowers_kit::models::MobileNetV2;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Which MobileNet V2 extracts the features, and where it runs.
+#[derive(clap::Args)]
+struct ExtractorArgs {
+    /// Model name (mobilenet_v2_0.35_128) or TF-Hub handle.
+    #[arg(long, default_value = "mobilenet_v2_0.35_128")]
+    model: String,
+    /// Keras no_top weight file, path or URL [default: the published one].
+    #[arg(long)]
+    weights: Option<String>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// native (fast CPU kernels) or dfdx (the reference; always used on CUDA).
+    #[arg(long, default_value = "native")]
+    backend: String,
+}
+
+impl ExtractorArgs {
+    /// The extractor; without --weights, `random_by_default` picks seeded random weights
+    /// (for benchmarks) instead of the published ones.
+    fn build(&self, random_by_default: bool) -> flowers_kit::Result<FeatureExtractor> {
+        let model = MobileNetV2::parse(&self.model)?;
+        let extractor = match (&self.weights, random_by_default) {
+            (None, true) => FeatureExtractor::from_network(Network::random(model, 0))?,
+            (weights, _) => FeatureExtractor::with_weights(model, weights.as_deref())?,
+        };
+        extractor
+            .with_backend(self.backend.parse()?)?
+            .on(self.device()?)
+    }
+
+    fn device(&self) -> flowers_kit::Result<DeviceKind> {
+        self.device.parse()
+    }
+}
+
+/// The photos in `data`, or the downloaded flower photos.
+fn photos(data: Option<PathBuf>) -> flowers_kit::Result<Dataset> {
+    match data {
+        Some(dir) => Dataset::open(dir),
+        None => data::download_flowers(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -48,18 +93,8 @@ enum Command {
     },
     /// Extract MobileNet V2 features of photos into a safetensors file (tensor `features`).
     Features {
-        /// Model name (mobilenet_v2_0.35_128) or TF-Hub handle.
-        #[arg(long)]
-        model: String,
-        /// Keras no_top weight file, path or URL [default: the published one].
-        #[arg(long)]
-        weights: Option<String>,
-        /// cpu or cuda.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// native (fast CPU kernels) or dfdx (the reference; always used on CUDA).
-        #[arg(long, default_value = "native")]
-        backend: String,
+        #[command(flatten)]
+        extractor: ExtractorArgs,
         /// Images per forward pass.
         #[arg(long, default_value_t = 16)]
         batch: usize,
@@ -75,12 +110,8 @@ enum Command {
         /// Dataset folder [default: the downloaded flower photos].
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Model name or TF-Hub handle.
-        #[arg(long, default_value = "mobilenet_v2_0.35_128")]
-        model: String,
-        /// Keras no_top weight file, path or URL [default: the published one].
-        #[arg(long)]
-        weights: Option<String>,
+        #[command(flatten)]
+        extractor: ExtractorArgs,
         /// NUM_TRAIN_STEPS.
         #[arg(long, default_value_t = 100)]
         steps: usize,
@@ -108,9 +139,6 @@ enum Command {
         /// Seed of the initial weights and the batches.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// cpu or cuda.
-        #[arg(long, default_value = "cpu")]
-        device: String,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
@@ -131,25 +159,16 @@ enum Command {
         images: Vec<PathBuf>,
     },
     /// Measure images/s: forward pass and decode+resize separately, or cold/warm extraction.
+    /// Without --weights, seeded random weights are used: speed does not depend on them.
     Bench {
-        /// Model name or TF-Hub handle.
-        #[arg(long, default_value = "mobilenet_v2_0.35_128")]
-        model: String,
+        #[command(flatten)]
+        extractor: ExtractorArgs,
         /// Images per forward pass.
         #[arg(long, default_value_t = 16)]
         batch: usize,
         /// Seconds to run each measurement.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
-        /// Weights to use [default: seeded random weights; speed does not depend on values].
-        #[arg(long)]
-        weights: Option<String>,
-        /// cpu or cuda.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// native (fast CPU kernels) or dfdx (the reference; always used on CUDA).
-        #[arg(long, default_value = "native")]
-        backend: String,
         /// Photo folder (class sub-folders) for the decode and extraction measurements
         /// [default: the downloaded flower photos].
         #[arg(long)]
@@ -199,11 +218,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             train_fraction,
             json,
         } => {
-            let photos = match data {
-                Some(dir) => Dataset::open(dir)?,
-                None => data::download_flowers()?,
-            };
-            let split = photos.split(train_fraction, seed)?;
+            let split = photos(data)?.split(train_fraction, seed)?;
             if json {
                 let list = |examples: &[data::Example]| -> Vec<(String, usize)> {
                     examples
@@ -228,25 +243,17 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             Ok(())
         }
         Command::Features {
-            model,
-            weights,
-            device,
-            backend,
+            extractor,
             batch,
             out,
             images,
         } => {
-            let extractor =
-                FeatureExtractor::with_weights(MobileNetV2::parse(&model)?, weights.as_deref())?
-                    .with_backend(backend.parse()?)?
-                    .on(device.parse::<DeviceKind>()?)?
-                    .batch_size(batch);
+            let extractor = extractor.build(false)?.batch_size(batch);
             bench::write_features(&extractor, &images, &out)
         }
         Command::Train {
             data,
-            model,
-            weights,
+            extractor,
             steps,
             batch,
             lr,
@@ -256,7 +263,6 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             activation,
             weight_decay,
             seed,
-            device,
             out,
         } => {
             let batch_size = match batch.as_str() {
@@ -267,11 +273,10 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                     ))
                 })?),
             };
+            let device = extractor.device()?;
             train_cmd::run_train(train_cmd::TrainArgs {
-                data,
-                model,
-                weights,
-                device: device.parse()?,
+                photos: photos(data)?,
+                extractor: extractor.build(false)?,
                 config: flowers_kit::train::TrainConfig {
                     steps,
                     batch_size,
@@ -282,6 +287,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                     activation: activation.parse()?,
                     weight_decay,
                     seed,
+                    device,
                     ..Default::default()
                 },
                 out,
@@ -294,38 +300,24 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             images,
         } => train_cmd::run_predict(&classifier, &images, top, weights.as_deref()),
         Command::Bench {
-            model,
+            extractor,
             batch,
             seconds,
-            weights,
-            device,
-            backend,
             data,
             forward_only,
             train,
             extract,
         } => {
-            let model = MobileNetV2::parse(&model)?;
             if train {
-                return bench::train_steps(model.feature_dim(), &device.parse::<DeviceKind>()?);
+                let dim = MobileNetV2::parse(&extractor.model)?.feature_dim();
+                return bench::train_steps(dim, &extractor.device()?);
             }
-            let extractor = match weights.as_deref() {
-                Some(w) => FeatureExtractor::with_weights(model, Some(w))?,
-                None => {
-                    FeatureExtractor::from_network(flowers_kit::backend::Network::random(model, 0))?
-                }
-            }
-            .with_backend(backend.parse()?)?
-            .on(device.parse::<DeviceKind>()?)?
-            .batch_size(batch);
+            let extractor = extractor.build(true)?.batch_size(batch);
             bench::forward(&extractor, seconds)?;
             if forward_only {
                 return Ok(());
             }
-            let photos = match data {
-                Some(dir) => Dataset::open(dir)?,
-                None => data::download_flowers()?,
-            };
+            let photos = photos(data)?;
             if extract {
                 bench::cold_and_warm(extractor, &photos)
             } else {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use flowers_kit::data::{self, Dataset};
 use flowers_kit::display::write_atomically;
-use flowers_kit::features::{DeviceKind, FeatureExtractor};
+use flowers_kit::features::FeatureExtractor;
 use flowers_kit::models::MobileNetV2;
 use flowers_kit::plot::{self, Picture};
 use flowers_kit::train::{train, Classifier, TrainConfig};
@@ -12,21 +12,17 @@ use flowers_kit::{Error, Result};
 
 /// Everything `flowers train` needs.
 pub struct TrainArgs {
-    pub data: Option<PathBuf>,
-    pub model: String,
-    pub weights: Option<String>,
-    pub device: DeviceKind,
+    pub photos: Dataset,
+    pub extractor: FeatureExtractor,
     pub config: TrainConfig,
     pub out: PathBuf,
 }
 
 /// Split, extract (cached), train, evaluate, and write the results to `out`.
 pub fn run_train(args: TrainArgs) -> Result<()> {
-    let photos = match &args.data {
-        Some(dir) => Dataset::open(dir)?,
-        None => data::download_flowers()?,
-    };
-    let split = photos.split(data::TUTORIAL_TRAIN_FRACTION, data::TUTORIAL_SEED)?;
+    let split = args
+        .photos
+        .split(data::TUTORIAL_TRAIN_FRACTION, data::TUTORIAL_SEED)?;
     println!(
         "The dataset has {} label classes: {:?}",
         split.classes.len(),
@@ -37,14 +33,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         split.train.len(),
         split.test.len()
     );
-    let extractor =
-        FeatureExtractor::with_weights(MobileNetV2::parse(&args.model)?, args.weights.as_deref())?
-            .on(args.device)?;
-    let features = extractor.extract(&split)?;
-    let config = TrainConfig {
-        device: args.device,
-        ..args.config
-    };
+    let features = args.extractor.extract(&split)?;
+    let config = args.config;
     let (classifier, history) = train(&features, &config)?;
     let metrics = classifier.evaluate(&features.test)?;
     println!("Final test accuracy: {:.2}%", metrics.accuracy * 100.0);
