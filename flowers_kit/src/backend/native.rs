@@ -260,15 +260,16 @@ impl NativeNetwork {
                 } => {
                     let (ho, wo) = (same_output(h, *stride), same_output(w, *stride));
                     let (input, output, _) = split3(buffers, current, free, None);
-                    depthwise(
-                        &input[..h * w * c],
-                        &mut output[..ho * wo * c],
-                        (h, w, c),
-                        *stride,
+                    let layer = Depthwise {
+                        input: &input[..h * w * c],
+                        h,
+                        w,
+                        c,
+                        stride: *stride,
                         weights,
                         bias,
-                        parallel,
-                    );
+                    };
+                    layer.run(&mut output[..ho * wo * c], parallel);
                     (h, w, current) = (ho, wo, free);
                 }
                 Step::Save => saved = Some(current),
@@ -407,66 +408,92 @@ fn im2col_stem(image: &[f32], h: usize, w: usize, stride: usize, cols: &mut [f32
     }
 }
 
-/// 3×3 depthwise convolution, TF "SAME" padding, + bias, ReLU6.
-fn depthwise(
-    input: &[f32],
-    output: &mut [f32],
-    (h, w, c): (usize, usize, usize),
+/// One 3×3 depthwise layer's fixed inputs: TF "SAME" padding, then bias and ReLU6.
+#[derive(Clone, Copy)]
+struct Depthwise<'a> {
+    input: &'a [f32],
+    h: usize,
+    w: usize,
+    c: usize,
     stride: usize,
-    weights: &[f32],
-    bias: &[f32],
-    parallel: bool,
-) {
-    let wo = same_output(w, stride);
-    let big = output.len() * 9 >= MIN_PARALLEL_MACS;
-    let rows = output.chunks_mut(wo * c).enumerate();
-    let run = |(oy, row): (usize, &mut [f32])| {
-        depthwise_row(input, row, (h, w, c), stride, oy, weights, bias)
-    };
-    if parallel && big {
-        output.par_chunks_mut(wo * c).enumerate().for_each(run);
-    } else {
-        rows.for_each(run);
+    /// `[9, c]`, rows in (ky, kx) order.
+    weights: &'a [f32],
+    bias: &'a [f32],
+}
+
+impl Depthwise<'_> {
+    /// The whole output, row by row (rows in parallel for a large layer).
+    fn run(&self, output: &mut [f32], parallel: bool) {
+        let row_len = same_output(self.w, self.stride) * self.c;
+        let run = |(oy, row): (usize, &mut [f32])| self.row(oy, row);
+        if parallel && output.len() * 9 >= MIN_PARALLEL_MACS {
+            output.par_chunks_mut(row_len).enumerate().for_each(run);
+        } else {
+            output.chunks_mut(row_len).enumerate().for_each(run);
+        }
+    }
+
+    /// One output row, dispatched to the widest vector unit available.
+    fn row(&self, oy: usize, row: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F, checked just above.
+                return unsafe { avx512::row(self, oy, row) };
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                return unsafe { row_avx2(self, oy, row) };
+            }
+        }
+        self.checked(oy, row, 0..row.len() / self.c)
+    }
+
+    /// The bounds-checked kernel for output columns `columns` of row `oy`; inlined into the
+    /// feature-specific callers, where the channel loops become vector instructions.
+    #[inline(always)]
+    #[allow(clippy::manual_clamp)]
+    fn checked(&self, oy: usize, row: &mut [f32], columns: std::ops::Range<usize>) {
+        let Depthwise {
+            input,
+            h,
+            w,
+            c,
+            stride,
+            weights,
+            bias,
+        } = *self;
+        let (pad_y, pad_x) = (same_pad_before(h, stride), same_pad_before(w, stride));
+        for ox in columns {
+            let out = &mut row[ox * c..][..c];
+            out.copy_from_slice(bias);
+            for ky in 0..3 {
+                let Some(iy) = (oy * stride + ky).checked_sub(pad_y).filter(|&y| y < h) else {
+                    continue;
+                };
+                for kx in 0..3 {
+                    let Some(ix) = (ox * stride + kx).checked_sub(pad_x).filter(|&x| x < w) else {
+                        continue;
+                    };
+                    let pixel = &input[(iy * w + ix) * c..][..c];
+                    let tap = &weights[(ky * 3 + kx) * c..][..c];
+                    for ((o, p), k) in out.iter_mut().zip(pixel).zip(tap) {
+                        *o = p.mul_add(*k, *o);
+                    }
+                }
+            }
+            // max/min rather than clamp: clamp's NaN-preserving select vectorises worse.
+            for o in out.iter_mut() {
+                *o = o.max(0.0).min(6.0);
+            }
+        }
     }
 }
 
-/// One output row, dispatched to the widest vector unit available.
-fn depthwise_row(
-    input: &[f32],
-    row: &mut [f32],
-    shape: (usize, usize, usize),
-    stride: usize,
-    oy: usize,
-    weights: &[f32],
-    bias: &[f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { avx512::depthwise_row(input, row, shape, stride, oy, weights, bias) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { depthwise_row_avx2(input, row, shape, stride, oy, weights, bias) };
-        }
-    }
-    depthwise_whole_row(input, row, shape, stride, oy, weights, bias)
-}
-
-/// Every column of the row through the bounds-checked kernel.
-#[inline(always)]
-fn depthwise_whole_row(
-    input: &[f32],
-    row: &mut [f32],
-    shape: (usize, usize, usize),
-    stride: usize,
-    oy: usize,
-    weights: &[f32],
-    bias: &[f32],
-) {
-    let columns = 0..row.len() / shape.2;
-    depthwise_row_generic(input, row, shape, stride, oy, weights, bias, columns)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_avx2(layer: &Depthwise, oy: usize, row: &mut [f32]) {
+    layer.checked(oy, row, 0..row.len() / layer.c)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -476,7 +503,7 @@ mod avx512 {
 
     use std::arch::x86_64::*;
 
-    use super::{depthwise_row_generic, same_pad_before};
+    use super::{same_pad_before, Depthwise};
 
     /// Which output columns of a row see all 3 input columns inside the image.
     fn interior_columns(
@@ -495,15 +522,16 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub(super) fn depthwise_row(
-        input: &[f32],
-        row: &mut [f32],
-        (h, w, c): (usize, usize, usize),
-        stride: usize,
-        oy: usize,
-        weights: &[f32],
-        bias: &[f32],
-    ) {
+    pub(super) fn row(layer: &Depthwise, oy: usize, row: &mut [f32]) {
+        let Depthwise {
+            input,
+            h,
+            w,
+            c,
+            stride,
+            weights,
+            bias,
+        } = *layer;
         let wo = row.len() / c;
         let (pad_y, pad_x) = (same_pad_before(h, stride), same_pad_before(w, stride));
         let top = (oy * stride).checked_sub(pad_y);
@@ -514,26 +542,8 @@ mod avx512 {
             0..0
         };
         // Border pixels (and rows touching the padding) take the bounds-checked path.
-        depthwise_row_generic(
-            input,
-            row,
-            (h, w, c),
-            stride,
-            oy,
-            weights,
-            bias,
-            0..interior.start,
-        );
-        depthwise_row_generic(
-            input,
-            row,
-            (h, w, c),
-            stride,
-            oy,
-            weights,
-            bias,
-            interior.end..wo,
-        );
+        layer.checked(oy, row, 0..interior.start);
+        layer.checked(oy, row, interior.end..wo);
         let Some(top) = top.filter(|_| !interior.is_empty()) else {
             return;
         };
@@ -567,59 +577,6 @@ mod avx512 {
                     _mm512_mask_storeu_ps(row[ox * c + block..].as_mut_ptr(), mask, acc);
                 }
             }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn depthwise_row_avx2(
-    input: &[f32],
-    row: &mut [f32],
-    shape: (usize, usize, usize),
-    stride: usize,
-    oy: usize,
-    weights: &[f32],
-    bias: &[f32],
-) {
-    depthwise_whole_row(input, row, shape, stride, oy, weights, bias)
-}
-
-/// The bounds-checked kernel for output columns `columns` of one row; inlined into the
-/// feature-specific callers, where the channel loops become vector instructions.
-#[inline(always)]
-#[allow(clippy::too_many_arguments, clippy::manual_clamp)]
-fn depthwise_row_generic(
-    input: &[f32],
-    row: &mut [f32],
-    (h, w, c): (usize, usize, usize),
-    stride: usize,
-    oy: usize,
-    weights: &[f32],
-    bias: &[f32],
-    columns: std::ops::Range<usize>,
-) {
-    let (pad_y, pad_x) = (same_pad_before(h, stride), same_pad_before(w, stride));
-    for ox in columns {
-        let out = &mut row[ox * c..][..c];
-        out.copy_from_slice(bias);
-        for ky in 0..3 {
-            let Some(iy) = (oy * stride + ky).checked_sub(pad_y).filter(|&y| y < h) else {
-                continue;
-            };
-            for kx in 0..3 {
-                let Some(ix) = (ox * stride + kx).checked_sub(pad_x).filter(|&x| x < w) else {
-                    continue;
-                };
-                let pixel = &input[(iy * w + ix) * c..][..c];
-                let tap = &weights[(ky * 3 + kx) * c..][..c];
-                for ((o, p), k) in out.iter_mut().zip(pixel).zip(tap) {
-                    *o = p.mul_add(*k, *o);
-                }
-            }
-        }
-        for o in out.iter_mut() {
-            *o = o.max(0.0).min(6.0);
         }
     }
 }
