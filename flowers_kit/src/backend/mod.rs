@@ -49,18 +49,6 @@ pub enum Layer {
     AddResidual,
 }
 
-impl Layer {
-    /// Output channels of a convolution (`None` for the residual markers).
-    pub fn out_channels(&self) -> Option<usize> {
-        match self {
-            Layer::Stem { bias, .. }
-            | Layer::Pointwise { bias, .. }
-            | Layer::Depthwise { bias, .. } => Some(bias.len()),
-            Layer::SaveResidual | Layer::AddResidual => None,
-        }
-    }
-}
-
 /// A MobileNet V2 ready to run: its layer table with folded weights.
 #[derive(Debug, Clone)]
 pub struct Network {

@@ -221,32 +221,23 @@ impl NativeNetwork {
                         None
                     };
                     let input = &input[..pixels * cin];
-                    if *clamp {
-                        // One pass after the product: bias and ReLU6 together.
-                        matmul(
-                            output,
-                            input,
-                            weights,
-                            pixels,
-                            *cin,
-                            cout,
-                            false,
-                            parallelism,
-                        );
-                        bias_relu6(output, bias);
-                    } else {
-                        // Pre-filled with bias (+ the block input): gemm accumulates onto it.
+                    // ReLU6 layers: gemm overwrites, then bias and clamp in one pass.
+                    // Projections: pre-filled with bias (+ the block input), gemm accumulates.
+                    if !*clamp {
                         fill_rows(output, bias, residual);
-                        matmul(
-                            output,
-                            input,
-                            weights,
-                            pixels,
-                            *cin,
-                            cout,
-                            true,
-                            parallelism,
-                        );
+                    }
+                    matmul(
+                        output,
+                        input,
+                        weights,
+                        pixels,
+                        *cin,
+                        cout,
+                        !*clamp,
+                        parallelism,
+                    );
+                    if *clamp {
+                        bias_relu6(output, bias);
                     }
                     if *add_saved {
                         saved = None;

@@ -4,7 +4,7 @@ pub mod keras_h5;
 
 pub use keras_h5::{KerasWeights, NamedTensor};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::data::{cache_home, fetch, FetchOptions};
 use crate::error::Result;
@@ -47,9 +47,4 @@ pub fn fetch_weights(model: &MobileNetV2, source: Option<&str>) -> Result<PathBu
     let name = source.rsplit('/').next().unwrap_or(&file_name);
     let dest = cache_home().join("weights").join(name);
     fetch::fetch(&source, &dest, &FetchOptions::default())
-}
-
-/// True when `path` looks like a weights file this crate reads (by its HDF5 signature).
-pub fn is_hdf5(path: &Path) -> bool {
-    hdf5_pure::is_hdf5(path).unwrap_or(false)
 }
