@@ -59,6 +59,17 @@ pub enum Error {
     /// The compute device failed (out of GPU memory, no CUDA device, a kernel error…).
     #[error("compute backend: {0}")]
     Backend(String),
+    /// A figure could not be drawn or encoded.
+    #[error("cannot draw the figure: {0}")]
+    Plot(String),
+    /// Results could not be serialised into a file (JSON, safetensors, PNG).
+    #[error("cannot write {}: {reason}", path.display())]
+    Write {
+        /// The file that was being written.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A parameter is out of range or unknown (a model name, a fraction, an optimizer…).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

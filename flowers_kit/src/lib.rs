@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod data;
+pub mod device;
 mod digest;
 pub mod display;
 pub mod error;

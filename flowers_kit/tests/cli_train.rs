@@ -159,7 +159,7 @@ fn predict_in_a_fresh_process_reproduces_the_trained_classifier() {
     assert_eq!(flowers(&args).stdout, first.stdout);
     let classifier = Classifier::load(&classifier_path).unwrap();
     let extractor = flowers_kit::features::FeatureExtractor::with_weights(
-        flowers_kit::models::MobileNetV2::parse(&classifier.model).unwrap(),
+        flowers_kit::models::MobileNetV2::parse(&classifier.source().model).unwrap(),
         Some(weights().to_str().unwrap()),
     )
     .unwrap()
@@ -187,27 +187,69 @@ fn predict_in_a_fresh_process_reproduces_the_trained_classifier() {
 #[test]
 fn train_rejects_bad_arguments() {
     let dir = tempfile::tempdir().unwrap();
-    let data = support::sample_dir();
-    for (flag, value, message) in [
-        ("--optimizer", "adamw", "unknown optimizer 'adamw'"),
-        ("--batch", "lots", "--batch takes a number"),
-        ("--activation", "tanh", "unknown activation"),
-    ] {
+    // A dataset folder that does not exist: every bad argument must be caught before it is
+    // looked at, so the error is about the argument, never the data.
+    let missing = dir.path().join("no-such-dataset");
+    let cases = [
+        (
+            "--optimizer",
+            "adamw",
+            "[possible values: sgd, momentum, nesterov, adagrad, adam, rmsprop]",
+        ),
+        ("--batch", "lots", "takes a positive number or 'full'"),
+        ("--batch", "0", "takes a positive number or 'full'"),
+        ("--activation", "tanh", "[possible values: relu, none]"),
+        ("--device", "tpu", "[possible values: cpu, cuda]"),
+        ("--backend", "fast", "[possible values: native, dfdx]"),
+        ("--steps", "0", "at least 1"),
+        ("--eval-every", "0", "at least 1"),
+        ("--hidden", "100,0", "at least 1"),
+        ("--lr", "NaN", "finite number above 0"),
+        ("--lr", "inf", "finite number above 0"),
+        ("--lr", "-0.5", "finite number above 0"),
+        ("--lr", "0", "finite number above 0"),
+        ("--weight-decay", "-1", "finite number of at least 0"),
+        ("--model", "mobilenet_v2_0.35_128/../x", "unknown model"),
+        (
+            "--model",
+            "https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/classification/2",
+            "feature_vector handle",
+        ),
+    ];
+    for (flag, value, message) in cases {
+        // `--flag=value`, so that a negative number is not read as a flag.
+        let argument = format!("{flag}={value}");
         let run = flowers(&[
             "train",
             "--data",
-            data.to_str().unwrap(),
-            "--weights",
-            weights().to_str().unwrap(),
-            "--model",
-            "mobilenet_v2_0.35_224",
-            flag,
-            value,
+            missing.to_str().unwrap(),
+            &argument,
             "--out",
             dir.path().to_str().unwrap(),
         ]);
-        assert!(!run.status.success());
+        // 2: clap's usage error, raised while parsing, before anything runs.
+        assert_eq!(run.status.code(), Some(2), "{flag} {value}");
         let stderr = String::from_utf8_lossy(&run.stderr);
-        assert!(stderr.contains(message), "{stderr}");
+        assert!(stderr.contains(message), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("no-such-dataset"), "{stderr}");
+    }
+    // An --out that is a file is refused before the (missing) dataset is scanned.
+    let file = dir.path().join("results.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let run = flowers(&[
+        "train",
+        "--data",
+        missing.to_str().unwrap(),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("is an existing file"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    // --help lists the choices.
+    let help = String::from_utf8_lossy(&flowers(&["train", "--help"]).stdout).into_owned();
+    for choice in ["sgd", "nesterov", "rmsprop", "relu", "cuda", "dfdx"] {
+        assert!(help.contains(choice), "{help}");
     }
 }

@@ -4,19 +4,12 @@ mod support;
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
 
-use flowers_kit::data::{self, fetch, Dataset, FetchOptions};
+use flowers_kit::data::{self, fetch, Dataset};
 use flowers_kit::Error;
 use support::http::{Behaviour, Server};
 
-fn quick(attempts: u32) -> FetchOptions {
-    FetchOptions {
-        attempts,
-        backoff: Duration::from_millis(20),
-        timeout: Duration::from_secs(10),
-    }
-}
+use support::quick_fetch as quick;
 
 /// The names in `dir`, sorted.
 fn listing(dir: &Path) -> Vec<String> {
@@ -225,6 +218,8 @@ fn unreachable_server_fails_after_retries() {
     let err = data::download_dataset(&url, home.path(), &quick(2)).unwrap_err();
     assert!(matches!(err, Error::Download { .. }), "{err}");
     assert!(err.to_string().contains("2 attempts"), "{err}");
+    // Nothing arrived, so there is nothing to resume: the message must not promise it.
+    assert!(!err.to_string().contains("resumed"), "{err}");
 }
 
 #[test]

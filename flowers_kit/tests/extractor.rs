@@ -50,7 +50,7 @@ fn teachable_machine_whole_model_file_holds_the_same_weights() {
     );
     let a = Network::from_keras(model, &tm).unwrap();
     let b = Network::from_keras(model, &keras).unwrap();
-    assert_eq!(a.layers, b.layers);
+    assert_eq!(a.layers(), b.layers());
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn cache_serves_reruns_and_recomputes_what_changed() {
     assert_eq!(ex.extract_paths(&paths).unwrap().cache_hits, 3);
 
     // Other weights (same variant) get their own cache entries.
-    let random = FeatureExtractor::from_network(Network::random(ex.model(), 3))
+    let random = FeatureExtractor::from_network(Network::random(ex.model(), 3).unwrap())
         .unwrap()
         .cache_dir(cache.path());
     assert_eq!(random.extract_paths(&paths).unwrap().cache_hits, 0);
@@ -324,7 +324,11 @@ fn cli_features_refuses_foreign_files_and_bad_photos() {
         "x",
     ];
     let run = flowers(home.path(), &server, &args, &golden_pngs()[..1]);
-    assert!(String::from_utf8_lossy(&run.stderr).contains("unknown device 'tpu'"));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("invalid value 'tpu'") && stderr.contains("[possible values: cpu, cuda]"),
+        "{stderr}"
+    );
 }
 
 /// Class scores of one feature row under weights `[dim + 1, classes]` (last row: bias).
@@ -394,19 +398,20 @@ fn linear_probe_on_real_features_of_the_sample_beats_75_percent() {
         .unwrap();
     let features = extractor("0.35_224", cache.path())
         .batch_size(32)
+        .unwrap()
         .extract(&split)
         .unwrap();
     assert_eq!((features.train.len(), features.test.len()), (600, 150));
     let (dim, classes) = (features.dim, features.classes.len());
     let w = linear_probe(
-        &features.train.x.as_vec(),
-        &features.train.labels,
+        features.train.values(),
+        features.train.labels(),
         dim,
         classes,
     );
-    let test = features.test.x.as_vec();
+    let test = features.test.values();
     let correct = (0..features.test.len())
-        .filter(|&i| predict(&w, &test[i * dim..][..dim], classes) == features.test.labels[i])
+        .filter(|&i| predict(&w, &test[i * dim..][..dim], classes) == features.test.labels()[i])
         .count();
     let accuracy = correct as f64 / features.test.len() as f64;
     println!("linear probe test accuracy: {:.1}%", accuracy * 100.0);

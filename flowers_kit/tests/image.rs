@@ -3,7 +3,6 @@
 mod support;
 
 use std::fs;
-use std::path::PathBuf;
 
 use flowers_kit::data::image::{self, Image, Resize};
 use flowers_kit::Error;
@@ -21,7 +20,7 @@ fn resize_v1_matches_tensorflow() {
             let (shape, expected) =
                 support::tensor_f32(&golden, &format!("{stem}/resize_v1_{size}"));
             assert_eq!(shape, [size, size, 3]);
-            let ours = photo.resize(size, size, Resize::TfV1Bilinear);
+            let ours = photo.resize(size, size, Resize::TfV1Bilinear).unwrap();
             let (max, _) = support::max_mean_abs_diff(&ours.data, &expected);
             assert!(max <= 1e-5, "{stem} v1 {size}: max |Δ| = {max}");
         }
@@ -35,7 +34,7 @@ fn resize_v2_matches_tensorflow() {
         let photo = golden_png(stem);
         for size in [96, 128, 160, 224] {
             let (_, expected) = support::tensor_f32(&golden, &format!("{stem}/resize_v2_{size}"));
-            let ours = photo.resize(size, size, Resize::TfV2Bilinear);
+            let ours = photo.resize(size, size, Resize::TfV2Bilinear).unwrap();
             let (max, _) = support::max_mean_abs_diff(&ours.data, &expected);
             assert!(max <= 1e-5, "{stem} v2 {size}: max |Δ| = {max}");
         }
@@ -46,8 +45,8 @@ fn resize_v2_matches_tensorflow() {
 fn the_two_resizes_really_differ() {
     // Guards the test above against comparing a method with itself.
     let photo = golden_png("00_daisy");
-    let v1 = photo.resize(128, 128, Resize::TfV1Bilinear);
-    let v2 = photo.resize(128, 128, Resize::TfV2Bilinear);
+    let v1 = photo.resize(128, 128, Resize::TfV1Bilinear).unwrap();
+    let v2 = photo.resize(128, 128, Resize::TfV2Bilinear).unwrap();
     assert!(support::max_mean_abs_diff(&v1.data, &v2.data).0 > 0.01);
 }
 
@@ -141,20 +140,21 @@ fn corrupt_and_truncated_images_are_errors_naming_the_file() {
 }
 
 #[test]
-fn batch_loader_skips_bad_files_and_keeps_going() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.jpg");
-    fs::write(&bad, "not a jpeg").unwrap();
-    let good: Vec<PathBuf> = ["00_daisy.jpg", "03_roses.jpg"]
-        .iter()
-        .map(|n| support::golden().join("images").join(n))
-        .collect();
-    let paths = vec![good[0].clone(), bad.clone(), good[1].clone()];
-    let batch = image::load_batch(&paths, 96, Resize::TfV1Bilinear);
-    assert_eq!(batch.kept, vec![0, 2]);
-    assert_eq!(batch.pixels.len(), 2 * 96 * 96 * 3);
-    assert_eq!(batch.skipped.len(), 1);
-    assert_eq!(batch.skipped[0].0, bad);
-    let alone = image::load_resized(&good[1], 96, Resize::TfV1Bilinear).unwrap();
-    assert_eq!(&batch.pixels[96 * 96 * 3..], &alone.data[..]);
+fn resizing_from_u8_rows_gives_the_same_numbers_as_the_f32_image() {
+    // Large photos are resized straight from their 8-bit rows; the result must be exactly
+    // what converting the whole photo to f32 first gives.
+    let path = support::golden().join("images").join("03_roses.jpg");
+    let rgb = image::decode_rgb8(&path).unwrap();
+    let (h, w) = (rgb.height() as usize, rgb.width() as usize);
+    let whole = Image::from_rgb8(h, w, rgb.as_raw()).unwrap();
+    for method in [Resize::TfV1Bilinear, Resize::TfV2Bilinear] {
+        for size in [96, 224] {
+            let direct = image::resize_rgb8(&rgb, size, size, method).unwrap();
+            assert_eq!(
+                direct,
+                whole.resize(size, size, method).unwrap(),
+                "{method:?} {size}"
+            );
+        }
+    }
 }

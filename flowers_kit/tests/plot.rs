@@ -42,7 +42,7 @@ fn metrics() -> Metrics {
         photos.join("06_tulips.jpg"),
     ];
     let probabilities = vec![0.7, 0.2, 0.1, 0.6, 0.3, 0.1, 0.1, 0.2, 0.7];
-    Metrics::from_probabilities(&classes, &[0, 1, 2], &probabilities, &paths)
+    Metrics::from_probabilities(&classes, &[0, 1, 2], &probabilities, &paths).unwrap()
 }
 
 fn check_chart(chart: &Chart, dir: &std::path::Path, name: &str) {
@@ -157,7 +157,8 @@ fn bad_figure_requests_are_errors() {
     .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)));
     assert!(Picture::labelled(&[], &[], 3).is_err());
-    let all_right = Metrics::from_probabilities(&["a".into(), "b".into()], &[0], &[0.9, 0.1], &[]);
+    let all_right =
+        Metrics::from_probabilities(&["a".into(), "b".into()], &[0], &[0.9, 0.1], &[]).unwrap();
     assert!(Picture::mistakes(&all_right, 5, 5)
         .unwrap_err()
         .to_string()

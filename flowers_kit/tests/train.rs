@@ -6,7 +6,7 @@ mod support;
 use std::path::PathBuf;
 
 use dfdx::prelude::*;
-use flowers_kit::features::{FeatureSet, Features};
+use flowers_kit::features::{FeatureSet, FeatureSource, Features};
 use flowers_kit::train::optim::{update, Slots};
 use flowers_kit::train::{train, Activation, Classifier, Metrics, Optimizer, TrainConfig};
 use flowers_kit::Error;
@@ -34,10 +34,12 @@ fn synthetic(classes: usize, dim: usize) -> Features {
     let (test_x, test_y) = blobs(classes, dim, 10, 2);
     Features {
         classes: (0..classes).map(|c| format!("class{c}")).collect(),
-        model: "synthetic".into(),
-        weights_id: "none".into(),
-        weights_path: None,
-        resize: Default::default(),
+        source: FeatureSource {
+            model: "synthetic".into(),
+            weights_id: "none".into(),
+            weights_path: None,
+            resize: Default::default(),
+        },
         dim,
         train: FeatureSet::new(train_x, dim, train_y, vec![]).unwrap(),
         test: FeatureSet::new(test_x, dim, test_y, vec![]).unwrap(),
@@ -71,7 +73,7 @@ fn linear_and_mlp_heads_reach_100_percent_on_separable_features() {
         );
         let metrics = classifier.evaluate(&features.train).unwrap();
         assert_eq!(metrics.accuracy, 1.0, "hidden {hidden:?}");
-        assert_eq!(classifier.head.hidden(), hidden);
+        assert_eq!(classifier.head().hidden(), hidden);
     }
 }
 
@@ -166,7 +168,7 @@ fn confusion_matrix_and_per_class_metrics_on_a_known_case() {
         probabilities.extend(row);
     }
     let paths: Vec<PathBuf> = (0..6).map(|i| PathBuf::from(format!("{i}.jpg"))).collect();
-    let m = Metrics::from_probabilities(&classes, &labels, &probabilities, &paths);
+    let m = Metrics::from_probabilities(&classes, &labels, &probabilities, &paths).unwrap();
     assert_eq!(
         m.confusion,
         vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 1]]
@@ -205,7 +207,7 @@ fn save_and_load_round_trip_and_reject_bad_files() {
     classifier.save(&path).unwrap();
     let loaded = Classifier::load(&path).unwrap();
     assert_eq!(loaded, classifier);
-    let row = &features.test.x.as_vec()[..8];
+    let row = &features.test.values().to_vec()[..8];
     assert_eq!(
         loaded.top_k(row, 3).unwrap(),
         classifier.top_k(row, 3).unwrap()
@@ -244,9 +246,9 @@ fn bad_input_is_a_clear_error() {
     assert!(err.contains("feature dimension is 10"), "{err}");
 
     let mut nan = features.clone();
-    let mut values = nan.train.x.as_vec();
+    let mut values = nan.train.values().to_vec();
     values[8 * 5 + 3] = f32::NAN;
-    nan.train = FeatureSet::new(values, 8, nan.train.labels.clone(), vec![]).unwrap();
+    nan.train = FeatureSet::new(values, 8, nan.train.labels().to_vec(), vec![]).unwrap();
     let err = train(&nan, &config).unwrap_err().to_string();
     assert!(err.contains("NaN") && err.contains("row 5"), "{err}");
 
@@ -280,12 +282,12 @@ fn a_stack_of_linear_layers_collapses_to_one_equal_layer() {
         ..Default::default()
     });
     let (classifier, _) = train(&features, &config).unwrap();
-    let single = classifier.head.collapse_linear().unwrap();
-    assert_eq!(single.layers.len(), 1);
+    let single = classifier.head().collapse_linear().unwrap();
+    assert_eq!(single.layers().len(), 1);
     assert_eq!((single.inputs(), single.classes()), (8, 3));
-    let x = features.test.x.as_vec();
+    let x = features.test.values().to_vec();
     let n = features.test.len();
-    let deep = classifier.head.probabilities(&x, n).unwrap();
+    let deep = classifier.head().probabilities(&x, n).unwrap();
     let flat = single.probabilities(&x, n).unwrap();
     let max = deep
         .iter()
@@ -299,13 +301,14 @@ fn a_stack_of_linear_layers_collapses_to_one_equal_layer() {
         ..config
     };
     let (classifier, _) = train(&features, &relu).unwrap();
-    assert!(classifier.head.collapse_linear().is_none());
+    assert!(classifier.head().collapse_linear().is_none());
 }
 
 #[test]
 fn metrics_report_lists_every_class() {
     let classes: Vec<String> = ["daisy", "roses"].map(String::from).to_vec();
-    let m = Metrics::from_probabilities(&classes, &[0, 1, 1], &[0.9, 0.1, 0.2, 0.8, 0.6, 0.4], &[]);
+    let m = Metrics::from_probabilities(&classes, &[0, 1, 1], &[0.9, 0.1, 0.2, 0.8, 0.6, 0.4], &[])
+        .unwrap();
     let report = m.report();
     assert_eq!(report.lines().count(), 4, "{report}");
     assert!(

@@ -13,16 +13,14 @@ use dfdx::tensor::{Tensor, TensorFrom};
 use dfdx::tensor_ops::*;
 
 use super::{tap_indices, Layer, Network};
+use crate::device::dfdx_error as backend_error;
+pub use crate::device::DfdxDevice;
 use crate::error::{Error, Result};
 
 type Matrix<D> = Tensor<(usize, usize), f32, D>;
 type Vector<D> = Tensor<(usize,), f32, D>;
 /// `[pixels, 9 taps, channels]`.
 type Taps<D> = Tensor<(usize, usize, usize), f32, D>;
-
-/// A dfdx device this backend can run on.
-pub trait DfdxDevice: Device<f32> + Clone {}
-impl<D: Device<f32> + Clone> DfdxDevice for D {}
 
 enum DeviceLayer<D: DfdxDevice> {
     Stem {
@@ -60,10 +58,6 @@ impl<D: DfdxDevice> std::fmt::Debug for DfdxNetwork<D> {
     }
 }
 
-fn backend_error(e: impl std::fmt::Debug) -> Error {
-    Error::Backend(format!("{e:?}"))
-}
-
 impl<D: DfdxDevice> DfdxNetwork<D> {
     /// Uploads the folded weights to `device`.
     pub fn new(network: &Network, device: D) -> Result<Self> {
@@ -82,7 +76,7 @@ impl<D: DfdxDevice> DfdxNetwork<D> {
             Ok(t)
         };
         let layers = network
-            .layers
+            .layers()
             .iter()
             .map(|layer| {
                 Ok(match layer {
@@ -121,7 +115,7 @@ impl<D: DfdxDevice> DfdxNetwork<D> {
             .collect::<Result<Vec<_>>>()?;
         Ok(DfdxNetwork {
             device,
-            resolution: network.model.resolution,
+            resolution: network.model().resolution,
             layers,
         })
     }

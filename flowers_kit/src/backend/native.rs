@@ -3,19 +3,26 @@
 //! - Pointwise (1×1) convolutions are one `gemm` call each (AVX-512 kernels where the CPU has
 //!   them). The output is pre-filled with the bias — and, for a residual block's projection,
 //!   with the block input too — so both are fused into the product for free.
-//! - Depthwise 3×3 convolutions walk output pixels and vectorise over channels, compiled for
-//!   AVX-512 and AVX2 and chosen at run time. Stride 2 reads every other pixel: no copies.
+//! - Depthwise 3×3 convolutions walk output pixels and vectorise over channels: an explicit
+//!   AVX-512 kernel, the bounds-checked loop compiled for AVX2+FMA, or the same loop for any
+//!   other CPU, chosen at run time. Stride 2 reads every other pixel: no copies.
 //! - The stem is an im2col into a `[pixels, 27]` matrix and one gemm.
 //! - Each image runs through three buffers sized once for the largest activation; nothing
 //!   is allocated per layer. A batch runs its images in parallel on rayon; a single image
 //!   parallelises inside the layers instead.
+//!
+//! Memory safety: the gemm call and the AVX-512 loads are `unsafe`. They rely on the shapes
+//! that [`Network::new`] validated (weights `[cin, cout]`, `[9, c]`, `[27, cout]`; channels
+//! chained from layer to layer), and each kernel re-checks the lengths of the slices it is
+//! handed with `assert!` before any unchecked access, so a broken invariant panics instead of
+//! reading out of bounds.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::padding::{same_output, same_pad_before};
 use super::{Layer, Network};
 use crate::error::{Error, Result};
-use crate::models::mobilenet_v2::{same_output, same_pad_before};
 
 /// A step with everything it needs; residual adds are fused into the projection before them.
 #[derive(Debug, Clone)]
@@ -53,8 +60,8 @@ pub struct NativeNetwork {
 impl NativeNetwork {
     /// Prepares `network` (weights are copied; nothing else is computed here).
     pub fn new(network: &Network) -> Result<NativeNetwork> {
-        let mut steps = Vec::with_capacity(network.layers.len());
-        let mut layers = network.layers.iter().peekable();
+        let mut steps = Vec::with_capacity(network.layers().len());
+        let mut layers = network.layers().iter().peekable();
         while let Some(layer) = layers.next() {
             steps.push(match layer {
                 Layer::Stem {
@@ -107,7 +114,7 @@ impl NativeNetwork {
             });
         }
         // Walk the shapes once to size the buffers.
-        let (mut h, mut c) = (network.model.resolution, 3);
+        let (mut h, mut c) = (network.model().resolution, 3);
         let mut buffer_len = 0;
         for step in &steps {
             match step {
@@ -123,7 +130,7 @@ impl NativeNetwork {
             buffer_len = buffer_len.max(h * h * c);
         }
         Ok(NativeNetwork {
-            resolution: network.model.resolution,
+            resolution: network.model().resolution,
             steps,
             features: network.feature_dim(),
             buffer_len,
@@ -327,15 +334,21 @@ fn matmul(
     accumulate: bool,
     parallelism: Parallelism,
 ) {
-    debug_assert!(out.len() == m * n && a.len() == m * k && b.len() == k * n);
+    // Checked in release builds too: gemm reads and writes through raw pointers below.
+    assert!(
+        Some(out.len()) == m.checked_mul(n)
+            && Some(a.len()) == m.checked_mul(k)
+            && Some(b.len()) == k.checked_mul(n),
+        "matmul shapes do not match the slices"
+    );
     let parallelism = if m * k * n < MIN_PARALLEL_MACS {
         Parallelism::None
     } else {
         parallelism
     };
-    // SAFETY: the three slices hold exactly m×n, m×k and k×n elements (checked by the
-    // callers' slicing), the strides describe those row-major layouts, and `out` does not
-    // alias the inputs.
+    // SAFETY: the assert above proves that the three slices hold exactly m×n, m×k and k×n
+    // elements; the strides describe those row-major layouts, so every address gemm forms is
+    // inside its slice; `out` is a `&mut` and so cannot alias the inputs.
     unsafe {
         gemm::gemm(
             m,
@@ -415,7 +428,20 @@ struct Depthwise<'a> {
 impl Depthwise<'_> {
     /// The whole output, row by row (rows in parallel for a large layer).
     fn run(&self, output: &mut [f32], parallel: bool) {
-        let row_len = same_output(self.w, self.stride) * self.c;
+        let (ho, wo) = (
+            same_output(self.h, self.stride),
+            same_output(self.w, self.stride),
+        );
+        // The AVX-512 kernel's unchecked loads rely on these lengths (see its SAFETY note).
+        assert!(
+            self.c > 0
+                && self.input.len() == self.h * self.w * self.c
+                && self.weights.len() == 9 * self.c
+                && self.bias.len() == self.c
+                && output.len() == ho * wo * self.c,
+            "depthwise buffers do not match the layer's shape"
+        );
+        let row_len = wo * self.c;
         let run = |(oy, row): (usize, &mut [f32])| self.row(oy, row);
         if parallel && output.len() * 9 >= MIN_PARALLEL_MACS {
             output.par_chunks_mut(row_len).enumerate().for_each(run);
@@ -545,10 +571,12 @@ mod avx512 {
             } else {
                 (1u16 << lanes) - 1
             };
-            // SAFETY: every load and store below reads or writes `lanes` floats starting at an
-            // index that the slicing proves is in bounds: taps and bias have 9·c and c
-            // floats, interior pixels have all 9 neighbours inside `input`, and `row` holds
-            // wo·c floats. Masked accesses never touch lanes beyond `lanes`.
+            // SAFETY: each masked load or store touches `lanes` floats from index `at`, with
+            // at + lanes ≤ the slice's length, because `Depthwise::run` asserted
+            // weights = 9·c, bias = c, input = h·w·c and row = wo·c floats (shapes that
+            // `Network::new` validated), `block + lanes ≤ c`, and `interior` holds only the
+            // columns whose 3×3 window lies inside the image (`rows_inside` the same for
+            // rows). `slice[at..]` additionally panics if `at` itself were past the end.
             unsafe {
                 let load =
                     |slice: &[f32], at: usize| _mm512_maskz_loadu_ps(mask, slice[at..].as_ptr());

@@ -1,5 +1,9 @@
 //! A folder of photos, one sub-folder per class, and the tutorial's train/test split.
 
+// This module reads untrusted input: every index and every arithmetic step is checked or
+// justified where it is allowed.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -53,7 +57,7 @@ impl Dataset {
         }
         let mut classes = Vec::new();
         let mut skipped = Vec::new();
-        for (name, path, is_dir) in list_dir(&root)? {
+        for (name, path, is_dir) in list_dir(&root, &mut skipped)? {
             if is_dir && !name.starts_with('.') {
                 classes.push(name);
             } else {
@@ -70,7 +74,7 @@ impl Dataset {
         for class in &classes {
             let dir = root.join(class);
             let mut photos = Vec::new();
-            for (name, path, is_dir) in list_dir(&dir)? {
+            for (name, path, is_dir) in list_dir(&dir, &mut skipped)? {
                 if !is_dir && is_image_name(&name) {
                     photos.push(name);
                 } else {
@@ -135,8 +139,8 @@ impl Dataset {
     /// Every photo with its label, class by class in sorted order.
     pub fn examples(&self) -> Vec<Example> {
         let mut out = Vec::with_capacity(self.len());
-        for (label, names) in self.files.iter().enumerate() {
-            let dir = self.root.join(&self.classes[label]);
+        for (label, (names, class)) in self.files.iter().zip(&self.classes).enumerate() {
+            let dir = self.root.join(class);
             out.extend(names.iter().map(|n| Example {
                 path: dir.join(n),
                 label,
@@ -168,12 +172,12 @@ impl Dataset {
         let mut rng = PyRandom::new(seed);
         let mut train = Vec::new();
         let mut test = Vec::new();
-        for (label, names) in self.files.iter().enumerate() {
+        for (label, (names, class)) in self.files.iter().zip(&self.classes).enumerate() {
             let mut names = names.clone();
             rng.shuffle(&mut names);
             // Python's int() truncates the float product.
             let num_train = (names.len() as f64 * train_fraction) as usize;
-            let dir = self.root.join(&self.classes[label]);
+            let dir = self.root.join(class);
             for (i, name) in names.iter().enumerate() {
                 let example = Example {
                     path: dir.join(name),
@@ -236,19 +240,22 @@ pub fn is_image_name(name: &str) -> bool {
         .is_some_and(|(_, ext)| IMAGE_EXTENSIONS.iter().any(|e| ext.eq_ignore_ascii_case(e)))
 }
 
-/// Sorted (name, path, is_dir) for the entries of `dir`. Names must be UTF-8.
-fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
+/// Sorted (name, path, is_dir) for the entries of `dir`. An entry whose name is not UTF-8
+/// (class names and sorting are defined on text) is skipped with a warning and added to
+/// `skipped`.
+fn list_dir(dir: &Path, skipped: &mut Vec<PathBuf>) -> Result<Vec<(String, PathBuf, bool)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
         let path = entry.path();
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|_| Error::Dataset {
-                path: path.clone(),
-                reason: "file name is not valid UTF-8".into(),
-            })?;
+        let Ok(name) = entry.file_name().into_string() else {
+            eprintln!(
+                "warning: skipping {}: the file name is not valid UTF-8",
+                path.display()
+            );
+            skipped.push(path);
+            continue;
+        };
         // Follow symlinks, as Python's os.walk does for files.
         let is_dir = path.is_dir();
         out.push((name, path, is_dir));

@@ -6,6 +6,10 @@
 //! file whose size matches the server's `Content-Length`/`Content-Range` is renamed to
 //! `<dest>`, so `<dest>` existing means the download finished.
 
+// This module reads untrusted input: every index and every arithmetic step is checked or
+// justified where it is allowed.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -123,12 +127,18 @@ fn download(url: &str, dest: &Path, options: &FetchOptions) -> Result<()> {
             }
         }
     }
+    // Only promise a resume when there is something to resume.
+    let resume = if fs::metadata(&part).is_ok_and(|m| m.len() > 0) {
+        format!(
+            "; the partial file {} will be resumed next time",
+            part.display()
+        )
+    } else {
+        String::new()
+    };
     Err(Error::Download {
         url: url.to_string(),
-        reason: format!(
-            "{last} (gave up after {attempts} attempts; the partial file {} will be resumed next time)",
-            part.display()
-        ),
+        reason: format!("{last} (gave up after {attempts} attempts{resume})"),
     })
 }
 
@@ -139,7 +149,7 @@ fn try_once(client: &reqwest::blocking::Client, url: &str, part: &Path) -> Resul
     if have > 0 {
         request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
-    let mut response = request.send().map_err(|e| transient(&e))?;
+    let mut response = request.send().map_err(|e| classify(&e))?;
     let status = response.status();
 
     let (start, total) = match status.as_u16() {
@@ -192,9 +202,9 @@ fn try_once(client: &reqwest::blocking::Client, url: &str, part: &Path) -> Resul
                 )));
             }
         };
-        file.write_all(&buffer[..n])
+        file.write_all(buffer.get(..n).unwrap_or_default())
             .map_err(|e| Failure::Permanent(format!("cannot write {}: {e}", part.display())))?;
-        written += n as u64;
+        written = written.saturating_add(n as u64);
         progress.inc(n as u64);
     }
     file.sync_all()
@@ -215,7 +225,9 @@ fn try_once(client: &reqwest::blocking::Client, url: &str, part: &Path) -> Resul
     }
 }
 
-fn transient(e: &reqwest::Error) -> Failure {
+/// A failed request: transient (network trouble), except a redirect loop or a too-long
+/// redirect chain, which the same request will hit again.
+fn classify(e: &reqwest::Error) -> Failure {
     // Walk the source chain: reqwest's own message ("error sending request") hides the cause.
     let mut message = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -224,7 +236,11 @@ fn transient(e: &reqwest::Error) -> Failure {
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    Failure::Transient(message)
+    if e.is_redirect() {
+        Failure::Permanent(message)
+    } else {
+        Failure::Transient(message)
+    }
 }
 
 fn remove_partial(part: &Path) -> Result<(), Failure> {

@@ -52,9 +52,11 @@ pub fn download_flowers() -> Result<Dataset> {
 /// Makes sure the `.tgz` at `url` is extracted under `home/datasets`, returning its folder.
 ///
 /// With the folder already there, nothing touches the network. Otherwise the archive is
-/// fetched into `home/downloads` (resuming a partial download), extracted atomically, and
-/// deleted. An archive that turns out corrupt is deleted too, so the next call downloads it
-/// afresh instead of failing the same way forever.
+/// fetched into `home/downloads` (resuming a partial download), extracted atomically, checked
+/// to be a photo dataset (class folders with photos), and deleted. An archive that turns out
+/// corrupt or not a dataset is deleted too, and nothing of it stays in `home/datasets`, so
+/// the next call downloads afresh instead of failing the same way forever. An archive that
+/// could not be extracted for a local reason (a full disk) is kept for the next try.
 pub fn download_dataset(url: &str, home: &Path, options: &FetchOptions) -> Result<PathBuf> {
     let file_name = url
         .rsplit('/')
@@ -67,10 +69,17 @@ pub fn download_dataset(url: &str, home: &Path, options: &FetchOptions) -> Resul
     }
     let archive_path = home.join("downloads").join(file_name);
     fetch::fetch(url, &archive_path, options)?;
-    let extracted = archive::extract_tgz(&archive_path, &expected);
-    // Once extracted the archive is dead weight; if it was corrupt, keeping it would make
-    // every later call fail the same way instead of downloading it again.
-    let _ = std::fs::remove_file(&archive_path);
+    let extracted = archive::extract_tgz_checked(&archive_path, &expected, |content| {
+        Dataset::open(content).map(|_| ())
+    });
+    // Once extracted the archive is dead weight; if it was corrupt or not a dataset, keeping
+    // it would make every later call fail the same way instead of downloading it again.
+    if matches!(
+        extracted,
+        Ok(()) | Err(crate::Error::Archive { .. } | crate::Error::Dataset { .. })
+    ) {
+        let _ = std::fs::remove_file(&archive_path);
+    }
     extracted.map(|()| expected)
 }
 

@@ -5,6 +5,14 @@
 //! through `init_by_array` with the 32-bit words of the seed, `getrandbits`, `_randbelow` by
 //! rejection sampling and the Fisher–Yates walk of `shuffle`.
 
+// This module reads untrusted input: every index and every arithmetic step is checked or
+// justified where it is allowed.
+// MT19937's arithmetic is modular by definition (its state update and tempering are written
+// with wrapping operations or on values known to fit), and its indices run over the fixed
+// 624-word state; the only user inputs, the seed and the list to shuffle, are used through
+// `init_by_array` (any u64) and `_randbelow` (always below the list's length).
+#![allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 const N: usize = 624;
 const M: usize = 397;
 

@@ -3,6 +3,10 @@
 //! A width multiplier α and an input resolution give a flat list of [`Op`]s whose layer
 //! names are the Keras ones, so weights are looked up by name.
 
+// This module reads untrusted input: every index and every arithmetic step is checked or
+// justified where it is allowed.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::fmt;
 
 use crate::error::{Error, Result};
@@ -174,9 +178,14 @@ const BLOCKS: [(usize, usize, usize); 17] = [
 /// never more than 10 % down.
 pub fn make_divisible(value: f64, divisor: usize) -> usize {
     let d = divisor as f64;
-    let mut rounded = ((value + d / 2.0) as usize / divisor * divisor).max(divisor);
+    // `as usize` saturates (NaN → 0); a divisor of 0 leaves the value unrounded.
+    let nearest = (value + d / 2.0) as usize;
+    let mut rounded = nearest
+        .checked_div(divisor)
+        .map_or(nearest, |q| q.saturating_mul(divisor))
+        .max(divisor);
     if (rounded as f64) < 0.9 * value {
-        rounded += divisor;
+        rounded = rounded.saturating_add(divisor);
     }
     rounded
 }
@@ -212,24 +221,64 @@ impl MobileNetV2 {
         "published: alpha 0.35, 0.5, 0.75, 1.0 at 96/128/160/192/224 and 1.3, 1.4 at 224".into()
     }
 
-    /// Parses `mobilenet_v2_0.35_128`, or a TF-Hub handle such as
-    /// `https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/feature_vector/2`.
+    /// Parses exactly a model name, `mobilenet_v2_0.35_128` (α as Keras or TF-Hub writes
+    /// it), or a TF-Hub feature-vector handle,
+    /// `https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/feature_vector/2` (any
+    /// version, `http://` or no scheme, a trailing `/` allowed). Anything else — extra path
+    /// parts, a `classification` handle, another host — is an error saying what is accepted.
+    ///
+    /// ```
+    /// use flowers_kit::models::MobileNetV2;
+    /// assert!(MobileNetV2::parse("mobilenet_v2_0.35_128/../x").is_err());
+    /// assert!(MobileNetV2::parse(
+    ///     "https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/classification/2").is_err());
+    /// ```
     pub fn parse(text: &str) -> Result<MobileNetV2> {
-        let unknown = || {
+        let unknown = |why: &str| {
             Error::InvalidArgument(format!(
-                "unknown model '{text}': expected mobilenet_v2_<alpha>_<resolution> (e.g. \
-                 mobilenet_v2_0.35_128) or a TF-Hub handle like \
+                "unknown model '{text}'{why}: expected a name mobilenet_v2_<alpha>_<resolution> \
+                 (e.g. mobilenet_v2_0.35_128) or a TF-Hub feature-vector handle like \
                  https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/feature_vector/2"
             ))
         };
-        let start = text.find("mobilenet_v2_").ok_or_else(unknown)?;
-        let rest = &text[start + "mobilenet_v2_".len()..];
-        let mut parts = rest.split(['_', '/']);
-        let alpha = parts.next().and_then(Alpha::parse).ok_or_else(unknown)?;
-        let resolution = parts
-            .next()
-            .and_then(|r| r.parse().ok())
-            .ok_or_else(unknown)?;
+        let name = match text.strip_prefix("mobilenet_v2_") {
+            Some(_) => text,
+            None => {
+                let path = text
+                    .strip_prefix("https://")
+                    .or_else(|| text.strip_prefix("http://"))
+                    .unwrap_or(text);
+                let path = path.strip_suffix('/').unwrap_or(path);
+                let rest = path
+                    .strip_prefix("tfhub.dev/google/imagenet/")
+                    .ok_or_else(|| unknown(""))?;
+                let parts: Vec<&str> = rest.split('/').collect();
+                match parts.as_slice() {
+                    [name, "feature_vector", version]
+                        if !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        *name
+                    }
+                    [_, "classification", _] => {
+                        return Err(unknown(
+                            " (a classification handle outputs ImageNet logits, not features: \
+                             use its feature_vector handle)",
+                        ))
+                    }
+                    _ => return Err(unknown("")),
+                }
+            }
+        };
+        let rest = name
+            .strip_prefix("mobilenet_v2_")
+            .ok_or_else(|| unknown(""))?;
+        let (alpha, resolution) = rest.split_once('_').ok_or_else(|| unknown(""))?;
+        let alpha = Alpha::parse(alpha).ok_or_else(|| unknown(""))?;
+        let resolution: usize = resolution
+            .parse()
+            .ok()
+            .filter(|_| resolution.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| unknown(""))?;
         MobileNetV2::new(alpha, resolution)
     }
 
@@ -298,7 +347,7 @@ impl MobileNetV2 {
             }
             let mut inner = channels;
             if id > 0 {
-                inner = channels * expansion;
+                inner = channels.saturating_mul(expansion);
                 ops.push(Op::Pointwise {
                     conv: format!("{prefix}expand"),
                     bn: format!("{prefix}expand_BN"),
@@ -347,16 +396,4 @@ impl std::str::FromStr for MobileNetV2 {
     fn from_str(s: &str) -> Result<Self> {
         MobileNetV2::parse(s)
     }
-}
-
-/// Output size of a TF "SAME" convolution.
-pub fn same_output(input: usize, stride: usize) -> usize {
-    input.div_ceil(stride)
-}
-
-/// Padding before (top/left) of a TF "SAME" 3×3 convolution; the rest goes after.
-pub fn same_pad_before(input: usize, stride: usize) -> usize {
-    let out = same_output(input, stride);
-    let total = ((out - 1) * stride + 3).saturating_sub(input);
-    total / 2
 }

@@ -27,7 +27,7 @@ pub(crate) fn ensure_fonts() {
 
 /// A plotters error as this crate's error.
 pub(crate) fn plot_error(e: impl std::fmt::Display) -> crate::Error {
-    crate::Error::Backend(format!("plotting failed: {e}"))
+    crate::Error::Plot(e.to_string())
 }
 
 use crate::train::{History, Metrics, Prediction};

@@ -67,7 +67,7 @@ impl Picture {
                             (w, h),
                             rgb,
                         )
-                        .ok_or_else(|| Error::Backend("thumbnail buffer too small".into()))?;
+                        .ok_or_else(|| Error::Plot("thumbnail buffer too small".into()))?;
                         root.draw(&element).map_err(plot_error)?;
                     }
                     Err(_) => {
@@ -211,10 +211,10 @@ fn thumbnail(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
 /// Encodes RGB pixels as PNG.
 pub(crate) fn encode_png(width: u32, height: u32, pixels: Vec<u8>) -> Result<Vec<u8>> {
     let image = image::RgbImage::from_raw(width, height, pixels)
-        .ok_or_else(|| Error::Backend("image buffer has the wrong size".into()))?;
+        .ok_or_else(|| Error::Plot("image buffer has the wrong size".into()))?;
     let mut out = std::io::Cursor::new(Vec::new());
     image
         .write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|e| Error::Backend(format!("cannot encode PNG: {e}")))?;
+        .map_err(|e| Error::Plot(format!("cannot encode PNG: {e}")))?;
     Ok(out.into_inner())
 }

@@ -1,5 +1,14 @@
 //! A trained classifier: its head plus what it needs to classify a photo later — class
 //! names, the extractor variant and weights, and the preprocessing — saved as one file.
+//!
+//! A classifier file is untrusted input: [`Classifier::load`] reads at most
+//! [`MAX_CLASSIFIER_BYTES`], checks every tensor's dtype, rank and shape before using it,
+//! bounds the layer count by the tensors actually present, and refuses NaN or infinite
+//! weights.
+
+// This module reads untrusted input: every index and every arithmetic step is checked or
+// justified where it is allowed.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,27 +18,21 @@ use serde::Serialize;
 use super::head::{Activation, Dense, Head};
 use super::metrics::Metrics;
 use crate::data::image::Resize;
-use crate::error::{Error, IoContext, Result};
-use crate::features::{FeatureExtractor, FeatureSet, Features};
+use crate::error::{Error, Result};
+use crate::features::{FeatureExtractor, FeatureSet, FeatureSource, Features};
 
 /// Marks classifier files; bumped if the layout changes.
 const FORMAT: &str = "flowers_kit classifier v1";
 
+/// Largest classifier file [`Classifier::load`] reads (a 1792→500→5 head is under 4 MB).
+pub const MAX_CLASSIFIER_BYTES: u64 = 256 << 20;
+
 /// A head trained on features of one extractor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classifier {
-    /// The trained layers.
-    pub head: Head,
-    /// Class names in label order.
-    pub classes: Vec<String>,
-    /// The extractor variant the features came from, e.g. `mobilenet_v2_0.35_128`.
-    pub model: String,
-    /// Identifies the extractor's weights (SHA-256 of the weight file).
-    pub weights_id: String,
-    /// The weight file used when training, if it was a file.
-    pub weights_path: Option<PathBuf>,
-    /// Preprocessing of the photos.
-    pub resize: Resize,
+    head: Head,
+    classes: Vec<String>,
+    source: FeatureSource,
 }
 
 /// One of the top-k answers for a photo.
@@ -44,16 +47,45 @@ pub struct Prediction {
 }
 
 impl Classifier {
-    /// Wraps a trained head with the facts of the features it was trained on.
-    pub fn new(head: Head, features: &Features) -> Classifier {
-        Classifier {
-            head,
-            classes: features.classes.clone(),
-            model: features.model.clone(),
-            weights_id: features.weights_id.clone(),
-            weights_path: features.weights_path.clone(),
-            resize: features.resize,
+    /// Wraps a trained head with the facts of the features it was trained on. The head must
+    /// take `features.dim` inputs and output one logit per class.
+    pub fn new(head: Head, features: &Features) -> Result<Classifier> {
+        Classifier::from_parts(head, features.classes.clone(), features.source.clone())
+    }
+
+    /// A classifier from its parts, checked: `head` outputs one logit per class.
+    pub fn from_parts(
+        head: Head,
+        classes: Vec<String>,
+        source: FeatureSource,
+    ) -> Result<Classifier> {
+        if head.classes() != classes.len() {
+            return Err(Error::InvalidArgument(format!(
+                "the head outputs {} logits for {} classes",
+                head.classes(),
+                classes.len()
+            )));
         }
+        Ok(Classifier {
+            head,
+            classes,
+            source,
+        })
+    }
+
+    /// The trained layers.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Class names in label order.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// The extractor whose features the head was trained on.
+    pub fn source(&self) -> &FeatureSource {
+        &self.source
     }
 
     /// Class probabilities `[n, classes]` for `n` feature rows.
@@ -63,13 +95,9 @@ impl Classifier {
 
     /// Accuracy, loss, confusion matrix, per-class metrics and mistakes on a feature set.
     pub fn evaluate(&self, set: &FeatureSet) -> Result<Metrics> {
-        let probabilities = self.probabilities(&set.x.as_vec(), set.len())?;
-        Ok(Metrics::from_probabilities(
-            &self.classes,
-            &set.labels,
-            &probabilities,
-            &set.paths,
-        ))
+        set.check_labels(self.classes.len())?;
+        let probabilities = self.probabilities(set.values(), set.len())?;
+        Metrics::from_probabilities(&self.classes, set.labels(), &probabilities, set.paths())
     }
 
     /// The `k` most likely classes for one feature vector, most likely first.
@@ -77,9 +105,10 @@ impl Classifier {
         let probabilities = self.probabilities(features, 1)?;
         let mut ranked: Vec<Prediction> = probabilities
             .iter()
+            .zip(&self.classes)
             .enumerate()
-            .map(|(label, &probability)| Prediction {
-                class: self.classes[label].clone(),
+            .map(|(label, (&probability, class))| Prediction {
+                class: class.clone(),
                 label,
                 probability,
             })
@@ -97,32 +126,16 @@ impl Classifier {
         photo: impl AsRef<Path>,
         k: usize,
     ) -> Result<Vec<Prediction>> {
-        self.check_extractor(extractor)?;
+        self.source.check(extractor)?;
         let features = extractor.extract_one(photo.as_ref())?;
         self.top_k(&features, k)
-    }
-
-    /// Errors unless `extractor` produces the features this head was trained on.
-    pub fn check_extractor(&self, extractor: &FeatureExtractor) -> Result<()> {
-        let network = extractor.network();
-        if network.model.name() != self.model || network.weights_id != self.weights_id {
-            return Err(Error::InvalidArgument(format!(
-                "this classifier was trained on {} features (weights {}), but the extractor is \
-                 {} (weights {})",
-                self.model,
-                short(&self.weights_id),
-                network.model.name(),
-                short(&network.weights_id)
-            )));
-        }
-        Ok(())
     }
 
     /// Saves head weights and metadata to one safetensors file, atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let mut tensors = Vec::new();
-        for (i, layer) in self.head.layers.iter().enumerate() {
+        for (i, layer) in self.head.layers().iter().enumerate() {
             tensors.push((
                 format!("layer{i}.weight"),
                 vec![layer.inputs, layer.outputs],
@@ -141,43 +154,64 @@ impl Classifier {
                     .map(|view| (name.clone(), view))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Backend(format!("cannot build classifier tensors: {e}")))?;
+            .map_err(|e| Error::Write {
+                path: path.to_path_buf(),
+                reason: format!("cannot build the tensors: {e}"),
+            })?;
+        let source = &self.source;
         let metadata: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
             (
                 "classes",
                 serde_json::to_string(&self.classes).unwrap_or_default(),
             ),
-            ("model", self.model.clone()),
-            ("weights_id", self.weights_id.clone()),
+            ("model", source.model.clone()),
+            ("weights_id", source.weights_id.clone()),
             (
                 "weights_path",
-                self.weights_path
+                source
+                    .weights_path
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
             ),
-            ("resize", self.resize.name().to_string()),
-            ("activation", format!("{:?}", self.head.activation)),
-            ("layers", self.head.layers.len().to_string()),
+            ("resize", source.resize.name().to_string()),
+            ("activation", format!("{:?}", self.head.activation())),
+            ("layers", self.head.layers().len().to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let serialized = safetensors::serialize(views, &Some(metadata))
-            .map_err(|e| Error::Backend(format!("cannot serialise the classifier: {e}")))?;
+        let serialized =
+            safetensors::serialize(views, &Some(metadata)).map_err(|e| Error::Write {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         crate::files::write_atomically(path, &serialized)
     }
 
     /// Loads a file written by [`Classifier::save`]; anything else is a clear error.
     pub fn load(path: impl AsRef<Path>) -> Result<Classifier> {
         let path = path.as_ref();
+        let data =
+            crate::files::read_regular(path, MAX_CLASSIFIER_BYTES, "classifier file", |reason| {
+                Error::Tensors {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            })?;
+        Classifier::from_bytes(&data, path)
+    }
+
+    /// [`Classifier::load`] on bytes already read; `path` only names the source in errors.
+    pub fn from_bytes(data: &[u8], path: &Path) -> Result<Classifier> {
         let bad = |reason: String| Error::Tensors {
             path: path.to_path_buf(),
             reason,
         };
-        let data = std::fs::read(path).at(path)?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&data)
+        let tensors = safetensors::SafeTensors::deserialize(data)
+            .map_err(|e| bad(format!("not a classifier file (damaged safetensors: {e})")))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(data)
             .map_err(|e| bad(format!("not a classifier file (damaged safetensors: {e})")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
@@ -199,33 +233,65 @@ impl Classifier {
             "Linear" => Activation::Linear,
             other => return Err(bad(format!("unknown activation '{other}'"))),
         };
+        // Two tensors per layer: a count beyond what the file holds is a lie, not a reason
+        // to allocate.
+        let present = tensors.len() / 2;
         let count: usize = field("layers")?
             .parse()
-            .map_err(|_| bad("bad layer count".into()))?;
-        let tensors = safetensors::SafeTensors::deserialize(&data)
-            .map_err(|e| bad(format!("damaged tensor data: {e}")))?;
+            .ok()
+            .filter(|&c| c >= 1 && c <= present)
+            .ok_or_else(|| {
+                bad(format!(
+                    "the layer count must be 1 to {present} (the tensors in the file)"
+                ))
+            })?;
+        let get = |name: String, rank: usize| -> Result<(Vec<usize>, Vec<f32>)> {
+            let view = tensors
+                .tensor(&name)
+                .map_err(|_| bad(format!("tensor {name} is missing")))?;
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(bad(format!(
+                    "tensor {name} is {:?}, expected F32",
+                    view.dtype()
+                )));
+            }
+            if view.shape().len() != rank {
+                return Err(bad(format!(
+                    "tensor {name} has shape {:?}, expected {rank} dimensions",
+                    view.shape()
+                )));
+            }
+            let expected = view
+                .shape()
+                .iter()
+                .try_fold(4usize, |acc, &d| acc.checked_mul(d));
+            if expected != Some(view.data().len()) {
+                return Err(bad(format!(
+                    "tensor {name} holds {} bytes for shape {:?}",
+                    view.data().len(),
+                    view.shape()
+                )));
+            }
+            let values: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(crate::files::le_f32)
+                .collect();
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(bad(format!("tensor {name} holds NaN or infinite values")));
+            }
+            Ok((view.shape().to_vec(), values))
+        };
         let mut layers = Vec::with_capacity(count);
         for i in 0..count {
-            let get = |name: String| -> Result<(Vec<usize>, Vec<f32>)> {
-                let view = tensors
-                    .tensor(&name)
-                    .map_err(|_| bad(format!("tensor {name} is missing")))?;
-                let values = view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                Ok((view.shape().to_vec(), values))
-            };
-            let (wshape, weights) = get(format!("layer{i}.weight"))?;
-            let (bshape, bias) = get(format!("layer{i}.bias"))?;
+            let (wshape, weights) = get(format!("layer{i}.weight"), 2)?;
+            let (bshape, bias) = get(format!("layer{i}.bias"), 1)?;
             // Weights are [inputs, outputs], as in Keras.
-            let consistent = wshape.len() == 2
-                && bshape == [wshape[1]]
-                && layers
-                    .last()
-                    .is_none_or(|prev: &Dense| prev.outputs == wshape[0]);
-            if !consistent {
+            let (inputs, outputs) = match wshape.as_slice() {
+                &[inputs, outputs] => (inputs, outputs),
+                _ => return Err(bad(format!("layer {i} weights are not a matrix"))),
+            };
+            if bshape != [outputs] {
                 return Err(bad(format!(
                     "layer {i} has inconsistent shapes {wshape:?} and {bshape:?}"
                 )));
@@ -233,35 +299,25 @@ impl Classifier {
             layers.push(Dense {
                 weights,
                 bias,
-                inputs: wshape[0],
-                outputs: wshape[1],
+                inputs,
+                outputs,
             });
         }
-        if layers.last().map(|l| l.outputs) != Some(classes.len()) {
-            return Err(bad(format!(
-                "the head does not output one logit per class ({} classes)",
-                classes.len()
-            )));
-        }
+        let head = Head::from_layers(layers, activation).map_err(|e| bad(e.to_string()))?;
         let weights_path = meta
             .get("weights_path")
             .filter(|p| !p.is_empty())
             .map(PathBuf::from);
-        Ok(Classifier {
-            head: Head { layers, activation },
-            classes,
+        let source = FeatureSource {
             model: field("model")?.clone(),
             weights_id: field("weights_id")?.clone(),
             weights_path,
             resize,
-        })
+        };
+        Classifier::from_parts(head, classes, source).map_err(|e| bad(e.to_string()))
     }
 }
 
 fn bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }

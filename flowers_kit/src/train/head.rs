@@ -10,7 +10,7 @@ use dfdx::tensor_ops::*;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::dfdx::DfdxDevice;
+use crate::device::{dfdx_error as backend, DfdxDevice};
 use crate::error::{Error, Result};
 
 /// The non-linearity between hidden layers.
@@ -50,12 +50,14 @@ pub struct Dense {
 }
 
 /// A stack of dense layers ending in one logit per class.
+///
+/// Every `Head` is consistent — at least one layer, each layer's weights and bias as long as
+/// its sizes say, each layer taking the previous one's outputs, finite values — because the
+/// only ways to build one ([`Head::new`], [`Head::from_layers`]) check it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Head {
-    /// Layers, input first; the last one outputs the class logits.
-    pub layers: Vec<Dense>,
-    /// Between layers (not after the last).
-    pub activation: Activation,
+    layers: Vec<Dense>,
+    activation: Activation,
 }
 
 impl Head {
@@ -97,6 +99,88 @@ impl Head {
         Ok(Head { layers, activation })
     }
 
+    /// A head from trained layers (input first), checked for consistency.
+    ///
+    /// ```
+    /// use flowers_kit::train::{Activation, Head};
+    /// use flowers_kit::train::head::Dense;
+    /// let layer = Dense { weights: vec![0.0; 6], bias: vec![0.0; 2], inputs: 3, outputs: 2 };
+    /// assert!(Head::from_layers(vec![layer.clone()], Activation::Relu).is_ok());
+    /// assert!(Head::from_layers(vec![], Activation::Relu).is_err());
+    /// let short = Dense { weights: vec![0.0; 5], ..layer };
+    /// assert!(Head::from_layers(vec![short], Activation::Relu).is_err());
+    /// ```
+    pub fn from_layers(layers: Vec<Dense>, activation: Activation) -> Result<Head> {
+        let bad = |i: usize, reason: String| {
+            Err(Error::InvalidArgument(format!("head layer {i}: {reason}")))
+        };
+        if layers.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a head needs at least one layer".into(),
+            ));
+        }
+        for (i, layer) in layers.iter().enumerate() {
+            if layer.inputs == 0 || layer.outputs == 0 {
+                return bad(
+                    i,
+                    format!("{} inputs and {} outputs", layer.inputs, layer.outputs),
+                );
+            }
+            if Some(layer.weights.len()) != layer.inputs.checked_mul(layer.outputs)
+                || layer.bias.len() != layer.outputs
+            {
+                return bad(
+                    i,
+                    format!(
+                        "{} weights and {} biases for {} inputs and {} outputs",
+                        layer.weights.len(),
+                        layer.bias.len(),
+                        layer.inputs,
+                        layer.outputs
+                    ),
+                );
+            }
+            if let Some(previous) = i.checked_sub(1).and_then(|p| layers.get(p)) {
+                if previous.outputs != layer.inputs {
+                    return bad(
+                        i,
+                        format!(
+                            "takes {} inputs but the layer before outputs {}",
+                            layer.inputs, previous.outputs
+                        ),
+                    );
+                }
+            }
+            if layer
+                .weights
+                .iter()
+                .chain(&layer.bias)
+                .any(|v| !v.is_finite())
+            {
+                return bad(i, "holds a NaN or infinite value".into());
+            }
+        }
+        Ok(Head { layers, activation })
+    }
+
+    /// Layers, input first; the last one outputs the class logits.
+    pub fn layers(&self) -> &[Dense] {
+        &self.layers
+    }
+
+    /// Between layers (not after the last).
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+
+    /// Weights and biases in all.
+    pub fn parameter_count(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.weights.len() + l.bias.len())
+            .sum()
+    }
+
     /// Feature length the head takes.
     pub fn inputs(&self) -> usize {
         self.layers.first().map_or(0, |l| l.inputs)
@@ -110,8 +194,9 @@ impl Head {
     /// Hidden layer sizes.
     pub fn hidden(&self) -> Vec<usize> {
         let n = self.layers.len();
-        self.layers[..n.saturating_sub(1)]
+        self.layers
             .iter()
+            .take(n.saturating_sub(1))
             .map(|l| l.outputs)
             .collect()
     }
@@ -160,7 +245,7 @@ impl Head {
 
     /// Class probabilities `[n, classes]` for `n` feature rows `[n, inputs]`.
     pub fn probabilities(&self, features: &[f32], n: usize) -> Result<Vec<f32>> {
-        if features.len() != n * self.inputs() {
+        if Some(features.len()) != n.checked_mul(self.inputs()) {
             return Err(Error::InvalidArgument(format!(
                 "expected {n} rows of {} features, got {} values",
                 self.inputs(),
@@ -170,8 +255,12 @@ impl Head {
         let dev = Cpu::default();
         let params = DeviceParams::upload(self, &dev)?;
         let x = dev.tensor((features.to_vec(), (n, self.inputs())));
-        let first = x.try_matmul(params.w[0].clone()).map_err(backend)?;
-        let logits = forward_from_first(first, params.b, params.w[1..].to_vec(), self.activation)?;
+        let (w1, rest) = params
+            .w
+            .split_first()
+            .ok_or_else(|| Error::InvalidArgument("a head without layers".into()))?;
+        let first = x.try_matmul(w1.clone()).map_err(backend)?;
+        let logits = forward_from_first(first, params.b, rest.to_vec(), self.activation)?;
         let classes = self.classes();
         let mut out = logits.as_vec();
         for row in out.chunks_exact_mut(classes) {
@@ -192,10 +281,6 @@ pub(crate) fn softmax_in_place(row: &mut [f32]) {
     for v in row.iter_mut() {
         *v /= total;
     }
-}
-
-fn backend(e: impl std::fmt::Debug) -> Error {
-    Error::Backend(format!("{e:?}"))
 }
 
 /// A head's parameters on a device.

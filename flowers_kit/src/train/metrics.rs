@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::error::{Error, Result};
+
 /// Precision, recall and F1 of one class.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassMetrics {
@@ -50,15 +52,33 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Computes everything from class probabilities `[n, classes]` (rows sum to 1).
+    /// Computes everything from class probabilities `[n, classes]` (rows sum to 1). Every
+    /// label must be a class index, and `paths` is empty or one per label.
     pub fn from_probabilities(
         classes: &[String],
         labels: &[usize],
         probabilities: &[f32],
         paths: &[PathBuf],
-    ) -> Metrics {
+    ) -> Result<Metrics> {
         let k = classes.len();
         let n = labels.len();
+        if k == 0 || Some(probabilities.len()) != n.checked_mul(k) {
+            return Err(Error::InvalidArgument(format!(
+                "{} probabilities are not {n} rows of {k} classes",
+                probabilities.len()
+            )));
+        }
+        if let Some(label) = labels.iter().find(|&&l| l >= k) {
+            return Err(Error::InvalidArgument(format!(
+                "label {label} is out of range for {k} classes"
+            )));
+        }
+        if !paths.is_empty() && paths.len() != n {
+            return Err(Error::InvalidArgument(format!(
+                "{} paths for {n} labels",
+                paths.len()
+            )));
+        }
         let mut confusion = vec![vec![0usize; k]; k];
         let mut misclassified = Vec::new();
         let mut loss = 0f64;
@@ -115,7 +135,7 @@ impl Metrics {
                 }
             })
             .collect();
-        Metrics {
+        Ok(Metrics {
             classes: classes.to_vec(),
             accuracy: if n > 0 {
                 correct as f32 / n as f32
@@ -126,7 +146,7 @@ impl Metrics {
             confusion,
             per_class,
             misclassified,
-        }
+        })
     }
 
     /// A text table of per-class precision, recall, F1 and support, with the accuracy.

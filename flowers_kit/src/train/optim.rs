@@ -8,7 +8,7 @@ use dfdx::tensor::Tensor;
 use dfdx::tensor_ops::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::dfdx::DfdxDevice;
+use crate::device::{dfdx_error as backend, DfdxDevice};
 use crate::error::{Error, Result};
 
 /// An optimizer and its hyperparameters (the learning rate lives in the training config).
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 pub enum Optimizer {
     /// Plain gradient descent: `w -= lr·g` (the tutorial's).
     Sgd,
-    /// `a = momentum·a + g; w -= lr·a`, or with Nesterov `w -= lr·(g + momentum·a)`
+    /// `a = momentum·a + g` (a decaying sum of gradients); `w -= lr·a`, or with Nesterov `w -= lr·(g + momentum·a)`
     /// (`tf.compat.v1.train.MomentumOptimizer`).
     Momentum {
         /// Decay of the velocity (0.9).
@@ -158,10 +158,6 @@ impl<S: Shape, D: DfdxDevice> Slots<S, D> {
     }
 }
 
-fn backend(e: impl std::fmt::Debug) -> Error {
-    Error::Backend(format!("{e:?}"))
-}
-
 /// One update of `param` by `grad` at step `t` (1-based), returning the new parameter.
 ///
 /// ```
@@ -185,7 +181,11 @@ pub fn update<S: Shape, D: DfdxDevice>(
 ) -> Result<Tensor<S, f32, D>> {
     let dev = param.device().clone();
     let shape = *param.shape();
-    let zeros = || dev.try_zeros_like(&shape).map_err(backend);
+    let filled = |value: f32| -> Result<Tensor<S, f32, D>> {
+        dev.try_zeros_like(&shape)
+            .and_then(|z| z.try_add(value))
+            .map_err(backend)
+    };
     let grad = if weight_decay > 0.0 {
         grad.try_add(param.clone().try_mul(weight_decay).map_err(backend)?)
             .map_err(backend)?
@@ -195,15 +195,10 @@ pub fn update<S: Shape, D: DfdxDevice>(
     let step = match *optimizer {
         Optimizer::Sgd => grad.try_mul(lr).map_err(backend)?,
         Optimizer::Momentum { momentum, nesterov } => {
-            let old = match slots.first.take() {
-                Some(a) => a,
-                None => zeros()?,
-            };
-            let accum = old
-                .try_mul(momentum)
-                .and_then(|a| a.try_add(grad.clone()))
-                .map_err(backend)?;
-            slots.first = Some(accum.clone());
+            // A decaying sum of gradients: a = momentum·a + g.
+            let accum = decay(&mut slots.first, momentum, grad.clone(), 1.0, || {
+                filled(0.0)
+            })?;
             let direction = if nesterov {
                 grad.try_add(accum.try_mul(momentum).map_err(backend)?)
                     .map_err(backend)?
@@ -216,91 +211,84 @@ pub fn update<S: Shape, D: DfdxDevice>(
             initial_accumulator,
             epsilon,
         } => {
-            let old = match slots.first.take() {
-                Some(a) => a,
-                None => zeros()?.try_add(initial_accumulator).map_err(backend)?,
-            };
-            let accum = old
-                .try_add(grad.clone().try_square().map_err(backend)?)
-                .map_err(backend)?;
-            slots.first = Some(accum.clone());
-            let denom = accum
-                .try_sqrt()
-                .and_then(|d| d.try_add(epsilon))
-                .map_err(backend)?;
-            grad.try_div(denom)
-                .and_then(|s| s.try_mul(lr))
-                .map_err(backend)?
+            let squared = grad.clone().try_square().map_err(backend)?;
+            let accum = decay(&mut slots.first, 1.0, squared, 1.0, || {
+                filled(initial_accumulator)
+            })?;
+            adaptive_step(grad, accum, epsilon, lr)?
         }
         Optimizer::Adam {
             beta1,
             beta2,
             epsilon,
         } => {
-            let m_old = match slots.first.take() {
-                Some(m) => m,
-                None => zeros()?,
-            };
-            let v_old = match slots.second.take() {
-                Some(v) => v,
-                None => zeros()?,
-            };
-            let m = m_old
-                .try_mul(beta1)
-                .and_then(|m| m.try_add(grad.clone().try_mul(1.0 - beta1)?))
-                .map_err(backend)?;
-            let v = v_old
-                .try_mul(beta2)
-                .and_then(|v| v.try_add(grad.try_square()?.try_mul(1.0 - beta2)?))
-                .map_err(backend)?;
-            slots.first = Some(m.clone());
-            slots.second = Some(v.clone());
+            let squared = grad.clone().try_square().map_err(backend)?;
+            let m = decay(&mut slots.first, beta1, grad, 1.0 - beta1, || filled(0.0))?;
+            let v = decay(&mut slots.second, beta2, squared, 1.0 - beta2, || {
+                filled(0.0)
+            })?;
             let lr_t = lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t));
-            let denom = v
-                .try_sqrt()
-                .and_then(|d| d.try_add(epsilon))
-                .map_err(backend)?;
-            m.try_div(denom)
-                .and_then(|s| s.try_mul(lr_t))
-                .map_err(backend)?
+            adaptive_step(m, v, epsilon, lr_t)?
         }
         Optimizer::RmsProp {
             rho,
             momentum,
             epsilon,
         } => {
-            let ms_old = match slots.first.take() {
-                Some(ms) => ms,
-                None => zeros()?,
-            };
-            let ms = ms_old
-                .try_mul(rho)
-                .and_then(|ms| ms.try_add(grad.clone().try_square()?.try_mul(1.0 - rho)?))
-                .map_err(backend)?;
-            slots.first = Some(ms.clone());
-            let denom = ms
-                .try_sqrt()
-                .and_then(|d| d.try_add(epsilon))
-                .map_err(backend)?;
-            let step = grad
-                .try_div(denom)
-                .and_then(|s| s.try_mul(lr))
-                .map_err(backend)?;
+            let squared = grad.clone().try_square().map_err(backend)?;
+            let ms = decay(&mut slots.first, rho, squared, 1.0 - rho, || filled(0.0))?;
+            let step = adaptive_step(grad, ms, epsilon, lr)?;
             if momentum > 0.0 {
-                let old = match slots.second.take() {
-                    Some(m) => m,
-                    None => zeros()?,
-                };
-                let mom = old
-                    .try_mul(momentum)
-                    .and_then(|m| m.try_add(step))
-                    .map_err(backend)?;
-                slots.second = Some(mom.clone());
-                mom
+                decay(&mut slots.second, momentum, step, 1.0, || filled(0.0))?
             } else {
                 step
             }
         }
     };
     param.try_sub(step).map_err(backend)
+}
+
+/// Updates an optimizer slot to `rate·slot + scale·value` (the slot starts as `init()` on the
+/// first step) and returns the new value: every running average and sum above.
+fn decay<S: Shape, D: DfdxDevice>(
+    slot: &mut Option<Tensor<S, f32, D>>,
+    rate: f32,
+    value: Tensor<S, f32, D>,
+    scale: f32,
+    init: impl FnOnce() -> Result<Tensor<S, f32, D>>,
+) -> Result<Tensor<S, f32, D>> {
+    let old = match slot.take() {
+        Some(old) => old,
+        None => init()?,
+    };
+    let value = if scale == 1.0 {
+        value
+    } else {
+        value.try_mul(scale).map_err(backend)?
+    };
+    let new = if rate == 1.0 {
+        old.try_add(value)
+    } else {
+        old.try_mul(rate).and_then(|o| o.try_add(value))
+    }
+    .map_err(backend)?;
+    *slot = Some(new.clone());
+    Ok(new)
+}
+
+/// `lr · numerator / (√accumulator + ε)`: the step of Adagrad, Adam and RMSprop.
+fn adaptive_step<S: Shape, D: DfdxDevice>(
+    numerator: Tensor<S, f32, D>,
+    accumulator: Tensor<S, f32, D>,
+    epsilon: f32,
+    lr: f32,
+) -> Result<Tensor<S, f32, D>> {
+    let denominator = accumulator
+        .try_sqrt()
+        .and_then(|d| d.try_add(epsilon))
+        .map_err(backend)?;
+    numerator
+        .try_div(denominator)
+        .and_then(|s| s.try_mul(lr))
+        .map_err(backend)
 }

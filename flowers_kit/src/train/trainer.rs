@@ -1,6 +1,6 @@
 //! The tutorial's training loop.
 
-use dfdx::prelude::{Axis, HasShape};
+use dfdx::prelude::Axis;
 use dfdx::tensor::{Cpu, Gradients, Tensor, TensorFrom, Trace};
 use dfdx::tensor_ops::*;
 use rand::SeedableRng;
@@ -9,9 +9,9 @@ use serde::Serialize;
 use super::classifier::Classifier;
 use super::head::{forward_from_first, Activation, DeviceParams, Head};
 use super::optim::{update, Optimizer, Slots};
-use crate::backend::dfdx::DfdxDevice;
+use crate::device::{dfdx_error as backend, DeviceKind, DfdxDevice};
 use crate::error::{Error, Result};
-use crate::features::{DeviceKind, Features};
+use crate::features::Features;
 
 /// Hyperparameters, named after the tutorial's constants where it has them.
 ///
@@ -89,12 +89,46 @@ impl History {
     }
 }
 
-fn backend(e: impl std::fmt::Debug) -> Error {
-    Error::Backend(format!("{e:?}"))
+impl TrainConfig {
+    /// Checks the hyperparameters alone: at least one step, a positive evaluation interval,
+    /// batch size and hidden sizes, a finite positive learning rate, a finite non-negative
+    /// weight decay. [`train`] calls it first; a command line can call it before any work.
+    ///
+    /// ```
+    /// use flowers_kit::train::TrainConfig;
+    /// assert!(TrainConfig::default().validate().is_ok());
+    /// assert!(TrainConfig { learning_rate: f32::NAN, ..Default::default() }.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.steps == 0 || self.eval_every == 0 || self.batch_size == Some(0) {
+            return bad("steps, eval_every and batch_size must be at least 1".into());
+        }
+        if self.hidden.contains(&0) {
+            return bad(format!(
+                "hidden layer sizes must be at least 1, got {:?}",
+                self.hidden
+            ));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad(format!(
+                "the learning rate must be a positive number, got {}",
+                self.learning_rate
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight decay must be zero or positive, got {}",
+                self.weight_decay
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Checks the features and the config before any work is done.
 fn validate(features: &Features, config: &TrainConfig) -> Result<()> {
+    config.validate()?;
     let bad = |m: String| Err(Error::InvalidArgument(m));
     if features.train.is_empty() || features.test.is_empty() {
         return bad(format!(
@@ -104,45 +138,29 @@ fn validate(features: &Features, config: &TrainConfig) -> Result<()> {
         ));
     }
     for (name, set) in [("train", &features.train), ("test", &features.test)] {
-        let (rows, cols) = *set.x.shape();
-        if cols != features.dim || rows != set.labels.len() {
+        let cols = set.dim();
+        if cols != features.dim {
             return bad(format!(
-                "{name} features are [{rows}, {cols}] for {} labels, but the feature dimension \
-                 is {}",
-                set.labels.len(),
+                "{name} features have {cols} values per row, but the feature dimension is {}",
                 features.dim
             ));
         }
-        if let Some(&label) = set.labels.iter().find(|&&l| l >= features.classes.len()) {
-            return bad(format!(
-                "{name} label {label} is out of range for {} classes",
-                features.classes.len()
-            ));
-        }
-        let values = set.x.as_vec();
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        set.check_labels(features.classes.len())
+            .map_err(|e| Error::InvalidArgument(format!("{name} set: {e}")))?;
+        if let Some(i) = set.values().iter().position(|v| !v.is_finite()) {
             return bad(format!(
                 "{name} features contain a non-finite value (NaN or infinity) in row {}, from {}",
                 i / cols,
-                set.paths
+                set.paths()
                     .get(i / cols)
                     .map_or("?".into(), |p| p.display().to_string())
             ));
         }
     }
-    if config.steps == 0 || config.eval_every == 0 || config.batch_size == Some(0) {
-        return bad("steps, eval_every and batch_size must be at least 1".into());
-    }
-    if !(config.learning_rate.is_finite() && config.learning_rate > 0.0) {
+    if features.classes.len() < 2 {
         return bad(format!(
-            "the learning rate must be positive, got {}",
-            config.learning_rate
-        ));
-    }
-    if !(config.weight_decay.is_finite() && config.weight_decay >= 0.0) {
-        return bad(format!(
-            "weight decay must be zero or positive, got {}",
-            config.weight_decay
+            "a classifier needs at least 2 classes, got {}",
+            features.classes.len()
         ));
     }
     Ok(())
@@ -174,20 +192,17 @@ pub fn train(features: &Features, config: &TrainConfig) -> Result<(Classifier, H
             train_on(Cpu::default(), head, features, config)?
         }
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            let cuda = dfdx::tensor::Cuda::try_build(0, config.seed)
-                .map_err(|e| Error::Backend(format!("cannot open CUDA device 0: {e:?}")))?;
-            train_on(cuda, head, features, config)?
-        }
+        DeviceKind::Cuda => train_on(
+            crate::device::open_cuda(config.seed)?,
+            head,
+            features,
+            config,
+        )?,
         #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => {
-            return Err(Error::InvalidArgument(
-                "this build has no CUDA support: rebuild flowers_kit with `--features cuda`".into(),
-            ))
-        }
+        DeviceKind::Cuda => return Err(crate::device::no_cuda()),
     };
     let (head, history) = head;
-    Ok((Classifier::new(head, features), history))
+    Ok((Classifier::new(head, features)?, history))
 }
 
 /// A batch on the device: features `[n, dim]`, the same transposed, one-hot targets.
@@ -210,6 +225,7 @@ impl<D: DfdxDevice> Batch<D> {
     ) -> Self {
         let (values, labels): (Vec<f32>, Vec<usize>) = match picked {
             None => (rows.to_vec(), labels.to_vec()),
+            // Indices come from sampling 0..n (validated sets): in range.
             Some(idx) => (
                 idx.iter()
                     .flat_map(|&i| rows[i * dim..][..dim].iter().copied())
@@ -258,12 +274,12 @@ fn evaluate<D: DfdxDevice>(
     batch: &Batch<D>,
     activation: Activation,
 ) -> Result<(f32, Vec<f32>)> {
-    let first = batch
-        .x
-        .clone()
-        .try_matmul(params.w[0].clone())
-        .map_err(backend)?;
-    let logits = forward_from_first(first, params.b.clone(), params.w[1..].to_vec(), activation)?;
+    let (w1, rest) = params
+        .w
+        .split_first()
+        .ok_or_else(|| Error::InvalidArgument("a head without layers".into()))?;
+    let first = batch.x.clone().try_matmul(w1.clone()).map_err(backend)?;
+    let logits = forward_from_first(first, params.b.clone(), rest.to_vec(), activation)?;
     let values = logits.as_vec();
     let loss = cross_entropy(logits, batch.targets.clone(), batch.labels.len())?.as_vec()[0];
     Ok((loss, values))
@@ -277,15 +293,15 @@ fn train_on<D: DfdxDevice>(
 ) -> Result<(Head, History)> {
     let classes = features.classes.len();
     let dim = features.dim;
-    let (train_rows, train_labels) = (features.train.x.as_vec(), &features.train.labels);
+    let (train_rows, train_labels) = (features.train.values(), features.train.labels());
     let n_train = train_labels.len();
     let batch_size = config.batch_size.map(|b| b.min(n_train));
     // The full sets are uploaded once; random batches are gathered on the host (they are small).
-    let full = Batch::new(&dev, &train_rows, train_labels, dim, classes, None);
+    let full = Batch::new(&dev, train_rows, train_labels, dim, classes, None);
     let test = Batch::new(
         &dev,
-        &features.test.x.as_vec(),
-        &features.test.labels,
+        features.test.values(),
+        features.test.labels(),
         dim,
         classes,
         None,
@@ -304,20 +320,20 @@ fn train_on<D: DfdxDevice>(
             None => &full,
             Some(b) => {
                 let picked = rand::seq::index::sample(&mut rng, n_train, b).into_vec();
-                sampled = Batch::new(&dev, &train_rows, train_labels, dim, classes, Some(&picked));
+                sampled = Batch::new(&dev, train_rows, train_labels, dim, classes, Some(&picked));
                 &sampled
             }
         };
         let n = batch.labels.len();
         // The tape starts at x·W₁ (see `forward_from_first`); dW₁ = xᵀ·d(x·W₁) is applied below.
-        let first = batch
-            .x
-            .clone()
-            .try_matmul(params.w[0].clone())
-            .map_err(backend)?;
+        let (w1, rest) = params
+            .w
+            .split_first()
+            .ok_or_else(|| Error::InvalidArgument("a head without layers".into()))?;
+        let first = batch.x.clone().try_matmul(w1.clone()).map_err(backend)?;
         let first_traced = first.leaky_trace();
         let b_traced: Vec<_> = params.b.iter().map(|b| b.leaky_trace()).collect();
-        let w_traced: Vec<_> = params.w[1..].iter().map(|w| w.leaky_trace()).collect();
+        let w_traced: Vec<_> = rest.iter().map(|w| w.leaky_trace()).collect();
         let logits = forward_from_first(first_traced, b_traced, w_traced, config.activation)?;
         let logits_values = logits.as_vec();
         let loss = cross_entropy(logits, batch.targets.clone(), n)?;

@@ -5,10 +5,21 @@
 //! (`model_weights/sequential_1/Conv1/kernel:0`). Both are read here, and every tensor is
 //! addressed by its last two path parts without the `:0` suffix: `Conv1/kernel`.
 
+// This module reads untrusted input: every index and every arithmetic step is checked or
+// justified where it is allowed.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// Largest weight file read: 1 GiB (the biggest Keras Applications `no_top` file is ~350 MB).
+pub const MAX_WEIGHTS_BYTES: u64 = 1 << 30;
+
+/// Largest tensor read, in values (1 GiB of f32): a header claiming more is refused before
+/// anything is allocated for it.
+const MAX_TENSOR_VALUES: usize = 1 << 28;
 
 /// One tensor: its shape and values in row-major order.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,8 +41,19 @@ pub struct KerasWeights {
 impl KerasWeights {
     /// Reads every dataset of the file.
     pub fn open(path: impl AsRef<Path>) -> Result<KerasWeights> {
-        let path = path.as_ref().to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let path = path.as_ref();
+        let bytes = crate::files::read_regular(path, MAX_WEIGHTS_BYTES, "weight file", |reason| {
+            Error::Tensors {
+                path: path.to_path_buf(),
+                reason,
+            }
+        })?;
+        KerasWeights::from_bytes(bytes, path)
+    }
+
+    /// Reads the weights from a file's bytes; `path` names the source in errors.
+    pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<KerasWeights> {
+        let path = path.to_path_buf();
         let digest = crate::digest::sha256_hex(&bytes);
         let bad = |reason: String| Error::Tensors {
             path: path.clone(),
@@ -122,12 +144,17 @@ fn collect(
             .shape()
             .map_err(|e| format!("cannot read the shape of {full}: {e}"))?
             .into_iter()
-            .map(|d| d as usize)
+            .map(|d| usize::try_from(d).unwrap_or(usize::MAX))
             .collect::<Vec<_>>();
+        let count = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= MAX_TENSOR_VALUES)
+            .ok_or_else(|| format!("{full} has an impossible shape {shape:?}"))?;
         let values = dataset
             .read_f32()
             .map_err(|e| format!("cannot read {full} (truncated file?): {e}"))?;
-        if values.len() != shape.iter().product::<usize>() {
+        if values.len() != count {
             return Err(format!(
                 "{full} holds {} values for shape {shape:?}",
                 values.len()

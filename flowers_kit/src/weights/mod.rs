@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use crate::data::{cache_home, fetch, FetchOptions};
 use crate::error::Result;
-use crate::models::MobileNetV2;
 
 /// Where Keras Applications publishes the MobileNet V2 files.
 pub const KERAS_WEIGHTS_BASE: &str =
@@ -22,13 +21,12 @@ pub fn weights_base() -> String {
         .unwrap_or_else(|| KERAS_WEIGHTS_BASE.to_string())
 }
 
-/// Makes sure the weights of `model` are on disk and returns their path.
+/// Makes sure a weight file is on disk and returns its path.
 ///
-/// `source` is a weight file (path or URL), or `None` for the published file under
-/// [`weights_base`]. Remote files are downloaded once into `<cache>/weights/` (resumable,
-/// atomic); local files are used where they are.
-pub fn fetch_weights(model: &MobileNetV2, source: Option<&str>) -> Result<PathBuf> {
-    let file_name = model.weights_file_name();
+/// `source` is a weight file (path or URL), or `None` for the published file `file_name`
+/// under [`weights_base`]. Remote files are downloaded once into `<cache>/weights/`
+/// (resumable, atomic); local files are used where they are.
+pub fn fetch_weights(file_name: &str, source: Option<&str>) -> Result<PathBuf> {
     let source = match source {
         Some(s) => s.to_string(),
         None => {
@@ -44,7 +42,11 @@ pub fn fetch_weights(model: &MobileNetV2, source: Option<&str>) -> Result<PathBu
         // Local weights need no copy; reading them checks them.
         return Ok(local);
     }
-    let name = source.rsplit('/').next().unwrap_or(&file_name);
+    let name = source
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .unwrap_or(file_name);
     let dest = cache_home().join("weights").join(name);
     fetch::fetch(&source, &dest, &FetchOptions::default())
 }

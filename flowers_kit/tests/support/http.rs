@@ -18,6 +18,8 @@ pub enum Behaviour {
     CutFirstAfter(usize),
     /// Answers every request with this status and no body.
     Status(u16),
+    /// Answers every request with a redirect to the same path: a redirect loop.
+    RedirectToSelf,
 }
 
 /// One request as the server saw it.
@@ -110,6 +112,12 @@ fn handle(
         return write!(
             out,
             "HTTP/1.1 {code} Scripted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    }
+    if behaviour == Behaviour::RedirectToSelf {
+        return write!(
+            out,
+            "HTTP/1.1 302 Found\r\nLocation: {path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
     }
     let Some(body) = files.get(&path) else {

@@ -105,3 +105,12 @@ pub fn max_mean_abs_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
 pub fn shared_home() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("flowers_kit_home")
 }
+
+/// Download options for tests: `attempts` tries, 20 ms back-off, 10 s time-out.
+pub fn quick_fetch(attempts: u32) -> flowers_kit::data::FetchOptions {
+    flowers_kit::data::FetchOptions {
+        attempts,
+        backoff: std::time::Duration::from_millis(20),
+        timeout: std::time::Duration::from_secs(10),
+    }
+}

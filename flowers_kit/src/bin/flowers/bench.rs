@@ -16,12 +16,10 @@ const PRODUCER: &str = "flowers features";
 pub fn write_features(extractor: &FeatureExtractor, images: &[PathBuf], out: &Path) -> Result<()> {
     refuse_foreign(out)?;
     let extracted = extractor.extract_paths(images)?;
-    if let Some((path, e)) = extracted.skipped.into_iter().next() {
-        // Rows must line up with the arguments, so a bad photo fails the command.
-        return Err(Error::Image {
-            path,
-            reason: format!("cannot extract features: {e}"),
-        });
+    if let Some((_, e)) = extracted.skipped.into_iter().next() {
+        // Rows must line up with the arguments, so a bad photo fails the command; the error
+        // already names the photo.
+        return Err(e);
     }
     let n = extracted.kept.len();
     let bytes: Vec<u8> = extracted
@@ -34,12 +32,15 @@ pub fn write_features(extractor: &FeatureExtractor, images: &[PathBuf], out: &Pa
         vec![n, extracted.dim],
         &bytes,
     )
-    .map_err(|e| Error::Backend(format!("cannot build the features tensor: {e}")))?;
+    .map_err(|e| Error::Write {
+        path: out.to_path_buf(),
+        reason: format!("cannot build the features tensor: {e}"),
+    })?;
     let network = extractor.network();
     let metadata = [
         ("producer".to_string(), PRODUCER.to_string()),
-        ("model".to_string(), network.model.name()),
-        ("weights".to_string(), network.weights_id.clone()),
+        ("model".to_string(), network.model().name()),
+        ("weights".to_string(), network.weights_id().to_string()),
         (
             "images".to_string(),
             serde_json::to_string(images).unwrap_or_default(),
@@ -47,13 +48,18 @@ pub fn write_features(extractor: &FeatureExtractor, images: &[PathBuf], out: &Pa
     ]
     .into_iter()
     .collect();
-    let serialized = safetensors::serialize([("features", view)], &Some(metadata))
-        .map_err(|e| Error::Backend(format!("cannot serialise features: {e}")))?;
+    let serialized =
+        safetensors::serialize([("features", view)], &Some(metadata)).map_err(|e| {
+            Error::Write {
+                path: out.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
     flowers_kit::files::write_atomically(out, &serialized)?;
     println!(
         "wrote features [{n}, {}] of {} to {}",
         extracted.dim,
-        network.model.name(),
+        network.model().name(),
         out.display()
     );
     Ok(())
@@ -145,7 +151,7 @@ pub fn cold_and_warm(extractor: FeatureExtractor, photos: &Dataset) -> Result<()
 
 /// 1000 full-batch SGD steps of the linear head over 2934 random feature rows.
 pub fn train_steps(dim: usize, device: &flowers_kit::features::DeviceKind) -> Result<()> {
-    use flowers_kit::features::{FeatureSet, Features};
+    use flowers_kit::features::{FeatureSet, FeatureSource, Features};
     use flowers_kit::train::{train, TrainConfig};
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
@@ -156,10 +162,12 @@ pub fn train_steps(dim: usize, device: &flowers_kit::features::DeviceKind) -> Re
     };
     let features = Features {
         classes: (0..5).map(|c| format!("class{c}")).collect(),
-        model: "random".into(),
-        weights_id: "random".into(),
-        weights_path: None,
-        resize: Default::default(),
+        source: FeatureSource {
+            model: "random".into(),
+            weights_id: "random".into(),
+            weights_path: None,
+            resize: Default::default(),
+        },
         dim,
         train: set(2934)?,
         test: set(736)?,

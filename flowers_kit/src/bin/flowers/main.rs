@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use flowers_kit::backend::Network;
 use flowers_kit::data::{self, Dataset, FetchOptions};
-use flowers_kit::features::{DeviceKind, FeatureExtractor};
+use flowers_kit::features::{BackendKind, DeviceKind, FeatureExtractor};
 use flowers_kit::models::MobileNetV2;
+use flowers_kit::train::{Activation, Optimizer};
 
 #[derive(Parser)]
 #[command(
@@ -20,39 +21,166 @@ struct Cli {
     command: Command,
 }
 
+/// Where the network and the training run.
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU (a build with `--features cuda`).
+    Cuda,
+}
+
+impl From<DeviceArg> for DeviceKind {
+    fn from(arg: DeviceArg) -> Self {
+        match arg {
+            DeviceArg::Cpu => DeviceKind::Cpu,
+            DeviceArg::Cuda => DeviceKind::Cuda,
+        }
+    }
+}
+
+/// Which implementation runs the network on the CPU.
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    /// The fast native kernels.
+    Native,
+    /// dfdx tensors: the reference (always used on CUDA).
+    Dfdx,
+}
+
+impl From<BackendArg> for BackendKind {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Native => BackendKind::Native,
+            BackendArg::Dfdx => BackendKind::Dfdx,
+        }
+    }
+}
+
+/// The optimizer, with TensorFlow's defaults.
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimizerArg {
+    /// Plain gradient descent (the tutorial's).
+    Sgd,
+    /// Momentum 0.9.
+    Momentum,
+    /// Momentum 0.9 with Nesterov's look-ahead.
+    Nesterov,
+    /// Adagrad.
+    Adagrad,
+    /// Adam.
+    Adam,
+    /// RMSprop.
+    Rmsprop,
+}
+
+impl From<OptimizerArg> for Optimizer {
+    fn from(arg: OptimizerArg) -> Self {
+        match arg {
+            OptimizerArg::Sgd => Optimizer::Sgd,
+            OptimizerArg::Momentum => Optimizer::momentum(),
+            OptimizerArg::Nesterov => Optimizer::Momentum {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            OptimizerArg::Adagrad => Optimizer::adagrad(),
+            OptimizerArg::Adam => Optimizer::adam(),
+            OptimizerArg::Rmsprop => Optimizer::rmsprop(),
+        }
+    }
+}
+
+/// The non-linearity between hidden layers.
+#[derive(Clone, Copy, ValueEnum)]
+enum ActivationArg {
+    /// max(0, x).
+    Relu,
+    /// None: the layers compose into one linear map.
+    None,
+}
+
+impl From<ActivationArg> for Activation {
+    fn from(arg: ActivationArg) -> Self {
+        match arg {
+            ActivationArg::Relu => Activation::Relu,
+            ActivationArg::None => Activation::Linear,
+        }
+    }
+}
+
+/// `--batch` of `train`: a number of photos per step, or the whole training set.
+#[derive(Clone, Copy)]
+struct TrainBatch(Option<usize>);
+
+fn parse_train_batch(text: &str) -> Result<TrainBatch, String> {
+    match text {
+        "full" | "all" => Ok(TrainBatch(None)),
+        n => positive(n)
+            .map(|b| TrainBatch(Some(b)))
+            .map_err(|_| format!("takes a positive number or 'full', not '{n}'")),
+    }
+}
+
+/// A whole number of at least 1.
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "expected a whole number of at least 1, not '{text}'"
+        )),
+    }
+}
+
+/// A finite number above 0.
+fn positive_rate(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a finite number above 0, not '{text}'")),
+    }
+}
+
+/// A finite number of at least 0.
+fn non_negative(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "expected a finite number of at least 0, not '{text}'"
+        )),
+    }
+}
+
+fn parse_model(text: &str) -> Result<MobileNetV2, String> {
+    MobileNetV2::parse(text).map_err(|e| e.to_string())
+}
+
 /// Which MobileNet V2 extracts the features, and where it runs.
 #[derive(clap::Args)]
 struct ExtractorArgs {
-    /// Model name (mobilenet_v2_0.35_128) or TF-Hub handle.
-    #[arg(long, default_value = "mobilenet_v2_0.35_128")]
-    model: String,
+    /// Model name (mobilenet_v2_0.35_128) or TF-Hub feature-vector handle.
+    #[arg(long, default_value = "mobilenet_v2_0.35_128", value_parser = parse_model)]
+    model: MobileNetV2,
     /// Keras no_top weight file, path or URL [default: the published one].
     #[arg(long)]
     weights: Option<String>,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// native (fast CPU kernels) or dfdx (the reference; always used on CUDA).
-    #[arg(long, default_value = "native")]
-    backend: String,
+    /// Where the network runs.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// Which implementation runs it on the CPU.
+    #[arg(long, value_enum, default_value_t = BackendArg::Native)]
+    backend: BackendArg,
 }
 
 impl ExtractorArgs {
     /// The extractor; without --weights, `random_by_default` picks seeded random weights
     /// (for benchmarks) instead of the published ones.
     fn build(&self, random_by_default: bool) -> flowers_kit::Result<FeatureExtractor> {
-        let model = MobileNetV2::parse(&self.model)?;
         let extractor = match (&self.weights, random_by_default) {
-            (None, true) => FeatureExtractor::from_network(Network::random(model, 0))?,
-            (weights, _) => FeatureExtractor::with_weights(model, weights.as_deref())?,
+            (None, true) => FeatureExtractor::from_network(Network::random(self.model, 0)?)?,
+            (weights, _) => FeatureExtractor::with_weights(self.model, weights.as_deref())?,
         };
         extractor
-            .with_backend(self.backend.parse()?)?
-            .on(self.device()?)
-    }
-
-    fn device(&self) -> flowers_kit::Result<DeviceKind> {
-        self.device.parse()
+            .with_backend(self.backend.into())?
+            .on(self.device.into())
     }
 }
 
@@ -96,7 +224,7 @@ enum Command {
         #[command(flatten)]
         extractor: ExtractorArgs,
         /// Images per forward pass.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = positive)]
         batch: usize,
         /// Output file; only a file written by this command is ever overwritten.
         #[arg(long)]
@@ -113,28 +241,28 @@ enum Command {
         #[command(flatten)]
         extractor: ExtractorArgs,
         /// NUM_TRAIN_STEPS.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = positive)]
         steps: usize,
         /// TRAIN_BATCH_SIZE, or "full" for the whole training set each step.
-        #[arg(long, default_value = "10")]
-        batch: String,
+        #[arg(long, default_value = "10", value_parser = parse_train_batch)]
+        batch: TrainBatch,
         /// LEARNING_RATE.
-        #[arg(long, default_value_t = 0.01)]
+        #[arg(long, default_value_t = 0.01, value_parser = positive_rate)]
         lr: f32,
-        /// sgd, momentum, nesterov, adagrad, adam or rmsprop.
-        #[arg(long, default_value = "sgd")]
-        optimizer: String,
+        /// The optimizer.
+        #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+        optimizer: OptimizerArg,
         /// EVAL_EVERY.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = positive)]
         eval_every: usize,
         /// Hidden layer sizes, e.g. 100,50 [default: none, the linear classifier].
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = positive)]
         hidden: Vec<usize>,
-        /// relu or none, between hidden layers.
-        #[arg(long, default_value = "relu")]
-        activation: String,
+        /// Between hidden layers.
+        #[arg(long, value_enum, default_value_t = ActivationArg::Relu)]
+        activation: ActivationArg,
         /// L2 weight decay.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
         weight_decay: f32,
         /// Seed of the initial weights and the batches.
         #[arg(long, default_value_t = 0)]
@@ -164,7 +292,7 @@ enum Command {
         #[command(flatten)]
         extractor: ExtractorArgs,
         /// Images per forward pass.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = positive)]
         batch: usize,
         /// Seconds to run each measurement.
         #[arg(long, default_value_t = 5.0)]
@@ -248,7 +376,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             out,
             images,
         } => {
-            let extractor = extractor.build(false)?.batch_size(batch);
+            let extractor = extractor.build(false)?.batch_size(batch)?;
             bench::write_features(&extractor, &images, &out)
         }
         Command::Train {
@@ -265,31 +393,27 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             seed,
             out,
         } => {
-            let batch_size = match batch.as_str() {
-                "full" | "all" | "none" => None,
-                n => Some(n.parse::<usize>().map_err(|_| {
-                    flowers_kit::Error::InvalidArgument(format!(
-                        "--batch takes a number or 'full', not '{n}'"
-                    ))
-                })?),
+            let config = flowers_kit::train::TrainConfig {
+                steps,
+                batch_size: batch.0,
+                learning_rate: lr,
+                eval_every,
+                optimizer: optimizer.into(),
+                hidden,
+                activation: activation.into(),
+                weight_decay,
+                seed,
+                device: extractor.device.into(),
+                ..Default::default()
             };
-            let device = extractor.device()?;
+            // Everything that can be checked is checked before the dataset is scanned or a
+            // weight file fetched.
+            config.validate()?;
+            train_cmd::check_out_folder(&out)?;
             train_cmd::run_train(train_cmd::TrainArgs {
                 photos: photos(data)?,
                 extractor: extractor.build(false)?,
-                config: flowers_kit::train::TrainConfig {
-                    steps,
-                    batch_size,
-                    learning_rate: lr,
-                    eval_every,
-                    optimizer: optimizer.parse()?,
-                    hidden,
-                    activation: activation.parse()?,
-                    weight_decay,
-                    seed,
-                    device,
-                    ..Default::default()
-                },
+                config,
                 out,
             })
         }
@@ -309,10 +433,10 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             extract,
         } => {
             if train {
-                let dim = MobileNetV2::parse(&extractor.model)?.feature_dim();
-                return bench::train_steps(dim, &extractor.device()?);
+                let dim = extractor.model.feature_dim();
+                return bench::train_steps(dim, &extractor.device.into());
             }
-            let extractor = extractor.build(true)?.batch_size(batch);
+            let extractor = extractor.build(true)?.batch_size(batch)?;
             bench::forward(&extractor, seconds)?;
             if forward_only {
                 return Ok(());

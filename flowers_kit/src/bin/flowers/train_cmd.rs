@@ -18,6 +18,17 @@ pub struct TrainArgs {
     pub out: PathBuf,
 }
 
+/// Errors if `out` exists and is not a folder: found before any work is done.
+pub fn check_out_folder(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "--out {} is an existing file; give a folder for the results",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Split, extract (cached), train, evaluate, and write the results to `out`.
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let split = args
@@ -42,7 +53,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let report = serde_json::json!({
-        "model": features.model,
+        "model": features.source.model,
         "config": config,
         "final_test_accuracy": metrics.accuracy,
         "test_loss": metrics.loss,
@@ -52,8 +63,10 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         "misclassified": metrics.misclassified,
         "history": history,
     });
-    let json = serde_json::to_vec_pretty(&report)
-        .map_err(|e| Error::Backend(format!("cannot write metrics: {e}")))?;
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Write {
+        path: out.join("metrics.json"),
+        reason: e.to_string(),
+    })?;
     write_atomically(&out.join("metrics.json"), &json)?;
     plot::curves(&history).save(out.join("curves.svg"))?;
     plot::confusion(&metrics)?.save(out.join("confusion.svg"))?;
@@ -76,18 +89,19 @@ pub fn run_predict(
     let classifier = Classifier::load(classifier_path)?;
     // The weights used in training, unless told otherwise; the digest check below makes sure
     // they are the same weights.
+    let trained_on = classifier.source();
     let source = weights.map(str::to_string).or_else(|| {
-        classifier
+        trained_on
             .weights_path
             .as_ref()
             .filter(|p| p.is_file())
             .map(|p| p.display().to_string())
     });
     let extractor =
-        FeatureExtractor::with_weights(MobileNetV2::parse(&classifier.model)?, source.as_deref())?
-            .resize(classifier.resize)
+        FeatureExtractor::with_weights(MobileNetV2::parse(&trained_on.model)?, source.as_deref())?
+            .resize(trained_on.resize)
             .without_cache();
-    classifier.check_extractor(&extractor)?;
+    trained_on.check(&extractor)?;
     for image in images {
         let ranked = classifier.predict(&extractor, image, top)?;
         let answers: Vec<String> = ranked

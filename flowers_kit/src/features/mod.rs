@@ -1,112 +1,68 @@
 //! The frozen feature extractor: a MobileNet V2, its weights, a device, and the on-disk cache
 //! that makes re-running a notebook after a hyperparameter edit instant.
+//!
+//! [`engine`] picks the implementation that runs the network; [`cache`] is the per-photo
+//! cache file format. Features leave this module as plain `Vec<f32>` rows ([`FeatureSet`]):
+//! training uploads them to whatever device it runs on.
 
-use std::fs;
+pub mod cache;
+mod engine;
+
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use dfdx::tensor::{Cpu, Tensor, TensorFrom};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
-use crate::backend::dfdx::DfdxNetwork;
-use crate::backend::native::NativeNetwork;
 use crate::backend::Network;
-use crate::data::image::{load_resized, load_resized_bytes, Image, Resize};
+use crate::data::image::{load_resized_bytes, read_photo, Image, PhotoLimits, Resize};
 use crate::data::{cache_home, Split};
+pub use crate::device::DeviceKind;
 use crate::digest::sha256_hex;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::models::MobileNetV2;
 use crate::progress::{Progress, Unit};
 use crate::weights::{fetch_weights, KerasWeights};
+pub use engine::BackendKind;
+use engine::Engine;
 
-/// A `[rows, columns]` f32 matrix on the CPU: how features are handed to training.
-pub type Matrix = Tensor<(usize, usize), f32, Cpu>;
+/// Largest batch, in bytes of preprocessed pixels (f32), that [`FeatureExtractor::batch_size`]
+/// accepts: 256 MiB, about 440 photos at 224 px or 4,000 at 96 px. Bigger batches are no
+/// faster, and a mistyped `--batch` would otherwise try to allocate hundreds of gigabytes.
+pub const MAX_BATCH_BYTES: usize = 256 << 20;
 
-/// Where the forward pass runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceKind {
-    /// dfdx's CPU device.
-    #[default]
-    Cpu,
-    /// dfdx's CUDA device (GPU 0); needs the `cuda` feature.
-    Cuda,
+/// Which extractor produced a set of features: the model, its weights and the preprocessing.
+/// A classifier keeps it, so that it refuses to run on features of another extractor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureSource {
+    /// The extractor's model name, e.g. `mobilenet_v2_0.35_128`.
+    pub model: String,
+    /// Identifies the extractor's weights (see [`Network::weights_id`]).
+    pub weights_id: String,
+    /// The extractor's weight file, if it came from one.
+    pub weights_path: Option<PathBuf>,
+    /// The preprocessing resize.
+    pub resize: Resize,
 }
 
-impl FromStr for DeviceKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "cpu" => Ok(DeviceKind::Cpu),
-            "cuda" | "gpu" => Ok(DeviceKind::Cuda),
-            other => Err(Error::InvalidArgument(format!(
-                "unknown device '{other}': use cpu or cuda"
-            ))),
+impl FeatureSource {
+    /// Errors unless `extractor` produces the same features (same model and weights).
+    pub fn check(&self, extractor: &FeatureExtractor) -> Result<()> {
+        let network = extractor.network();
+        let model = network.model().name();
+        if model != self.model || network.weights_id() != self.weights_id {
+            return Err(Error::InvalidArgument(format!(
+                "this classifier was trained on {} features (weights {}), but the extractor is \
+                 {model} (weights {})",
+                self.model,
+                short(&self.weights_id),
+                short(network.weights_id())
+            )));
         }
+        Ok(())
     }
 }
 
-/// Which implementation runs the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BackendKind {
-    /// The native NHWC kernels (CPU only): the fast default.
-    #[default]
-    Native,
-    /// dfdx tensors: the reference implementation, and the CUDA path.
-    Dfdx,
-}
-
-impl FromStr for BackendKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "native" => Ok(BackendKind::Native),
-            "dfdx" => Ok(BackendKind::Dfdx),
-            other => Err(Error::InvalidArgument(format!(
-                "unknown backend '{other}': use native or dfdx"
-            ))),
-        }
-    }
-}
-
-enum Engine {
-    Native(NativeNetwork),
-    Cpu(DfdxNetwork<Cpu>),
-    #[cfg(feature = "cuda")]
-    Cuda(DfdxNetwork<dfdx::tensor::Cuda>),
-}
-
-impl Engine {
-    fn new(network: &Network, device: DeviceKind, backend: BackendKind) -> Result<Engine> {
-        match (device, backend) {
-            (DeviceKind::Cpu, BackendKind::Native) => {
-                Ok(Engine::Native(NativeNetwork::new(network)?))
-            }
-            (DeviceKind::Cpu, BackendKind::Dfdx) => {
-                Ok(Engine::Cpu(DfdxNetwork::new(network, Cpu::default())?))
-            }
-            // The GPU always runs the dfdx implementation.
-            #[cfg(feature = "cuda")]
-            (DeviceKind::Cuda, _) => {
-                let cuda = dfdx::tensor::Cuda::try_build(0, 0)
-                    .map_err(|e| Error::Backend(format!("cannot open CUDA device 0: {e:?}")))?;
-                Ok(Engine::Cuda(DfdxNetwork::new(network, cuda)?))
-            }
-            #[cfg(not(feature = "cuda"))]
-            (DeviceKind::Cuda, _) => Err(Error::InvalidArgument(
-                "this build has no CUDA support: rebuild flowers_kit with `--features cuda`".into(),
-            )),
-        }
-    }
-
-    fn forward(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
-        match self {
-            Engine::Native(net) => net.forward(pixels, n),
-            Engine::Cpu(net) => Ok(net.forward(pixels, n)?.as_vec()),
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(net) => Ok(net.forward(pixels, n)?.as_vec()),
-        }
-    }
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// MobileNet V2 as a frozen feature extractor, as the tutorial uses TF-Hub's module.
@@ -129,12 +85,13 @@ pub struct FeatureExtractor {
     resize: Resize,
     batch_size: usize,
     cache: Option<PathBuf>,
+    limits: PhotoLimits,
 }
 
 impl std::fmt::Debug for FeatureExtractor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FeatureExtractor")
-            .field("model", &self.network.model.name())
+            .field("model", &self.network.model().name())
             .field("device", &self.device)
             .field("backend", &self.backend)
             .field("resize", &self.resize)
@@ -158,27 +115,34 @@ pub struct Extracted {
     pub cache_hits: usize,
 }
 
-/// Features of one side of a split.
-#[derive(Debug, Clone)]
+/// Features of one side of a split: `len()` rows of `dim()` values, a label and (optionally)
+/// a photo path per row.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FeatureSet {
-    /// `[examples, dim]` features.
-    pub x: Matrix,
-    /// Label of each row.
-    pub labels: Vec<usize>,
-    /// Photo of each row.
-    pub paths: Vec<PathBuf>,
+    values: Vec<f32>,
+    dim: usize,
+    labels: Vec<usize>,
+    paths: Vec<PathBuf>,
 }
 
 impl FeatureSet {
     /// A feature set from `labels.len()` rows of `dim` values (e.g. features computed
     /// elsewhere); `paths` may be empty.
+    ///
+    /// ```
+    /// use flowers_kit::features::FeatureSet;
+    /// let set = FeatureSet::new(vec![0.0, 1.0, 2.0, 3.0], 2, vec![0, 1], vec![])?;
+    /// assert_eq!(set.row(1), Some(&[2.0, 3.0][..]));
+    /// assert!(FeatureSet::new(vec![0.0; 3], 2, vec![0, 1], vec![]).is_err());
+    /// # Ok::<(), flowers_kit::Error>(())
+    /// ```
     pub fn new(
         values: Vec<f32>,
         dim: usize,
         labels: Vec<usize>,
         paths: Vec<PathBuf>,
     ) -> Result<FeatureSet> {
-        if dim == 0 || values.len() != labels.len() * dim {
+        if dim == 0 || Some(values.len()) != labels.len().checked_mul(dim) {
             return Err(Error::InvalidArgument(format!(
                 "{} values are not {} rows of {dim} features",
                 values.len(),
@@ -192,12 +156,38 @@ impl FeatureSet {
                 labels.len()
             )));
         }
-        let n = labels.len();
         Ok(FeatureSet {
-            x: Cpu::default().tensor((values, (n, dim))),
+            values,
+            dim,
             labels,
             paths,
         })
+    }
+
+    /// All rows, row-major: `len() × dim()` values.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// Length of each feature vector.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Row `i`, if there is one.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        let start = i.checked_mul(self.dim)?;
+        self.values.get(start..start.checked_add(self.dim)?)
+    }
+
+    /// Label of each row.
+    pub fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+
+    /// Photo of each row (empty when the features came without paths).
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
     }
 
     /// Number of examples.
@@ -209,6 +199,16 @@ impl FeatureSet {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+
+    /// Errors unless every label is below `classes`.
+    pub fn check_labels(&self, classes: usize) -> Result<()> {
+        match self.labels.iter().find(|&&l| l >= classes) {
+            Some(label) => Err(Error::InvalidArgument(format!(
+                "label {label} is out of range for {classes} classes"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Train and test features of a split.
@@ -216,14 +216,8 @@ impl FeatureSet {
 pub struct Features {
     /// Class names in label order.
     pub classes: Vec<String>,
-    /// The extractor's model name, e.g. `mobilenet_v2_0.35_128`.
-    pub model: String,
-    /// Identifies the extractor's weights (see [`Network::weights_id`]).
-    pub weights_id: String,
-    /// The extractor's weight file, if it came from one.
-    pub weights_path: Option<PathBuf>,
-    /// The preprocessing resize.
-    pub resize: Resize,
+    /// The extractor that computed them.
+    pub source: FeatureSource,
     /// Length of each feature vector.
     pub dim: usize,
     /// Training examples.
@@ -247,7 +241,7 @@ impl FeatureExtractor {
     /// The extractor for `model` with weights from `source` (a path or URL of a Keras
     /// `no_top` HDF5 file), or the published ones for `None`.
     pub fn with_weights(model: MobileNetV2, source: Option<&str>) -> Result<FeatureExtractor> {
-        let path = fetch_weights(&model, source)?;
+        let path = fetch_weights(&model.weights_file_name(), source)?;
         let weights = KerasWeights::open(&path)?;
         FeatureExtractor::from_network(Network::from_keras(model, &weights)?)
     }
@@ -263,6 +257,7 @@ impl FeatureExtractor {
             resize: Resize::TfV1Bilinear,
             batch_size: 16,
             cache: Some(cache_home().join("features")),
+            limits: PhotoLimits::default(),
         })
     }
 
@@ -292,10 +287,41 @@ impl FeatureExtractor {
         }
     }
 
-    /// Images per forward pass (default 16).
-    pub fn batch_size(mut self, batch_size: usize) -> FeatureExtractor {
-        self.batch_size = batch_size.max(1);
+    /// Images per forward pass (default 16): at least 1, and at most what fits in
+    /// [`MAX_BATCH_BYTES`] of pixels at this model's resolution.
+    pub fn batch_size(mut self, batch_size: usize) -> Result<FeatureExtractor> {
+        let most = MAX_BATCH_BYTES / (self.pixels_per_image() * 4);
+        if batch_size == 0 || batch_size > most {
+            return Err(Error::InvalidArgument(format!(
+                "batch size {batch_size} is out of range: {} takes 1 to {most} photos per \
+                 forward pass ({} MiB of pixels)",
+                self.network.model().name(),
+                MAX_BATCH_BYTES >> 20
+            )));
+        }
+        self.batch_size = batch_size;
+        Ok(self)
+    }
+
+    /// Caps on the photo files read (size, pixels); see [`PhotoLimits`].
+    pub fn photo_limits(mut self, limits: PhotoLimits) -> FeatureExtractor {
+        self.limits = limits;
         self
+    }
+
+    /// What identifies this extractor's features (model, weights, preprocessing).
+    pub fn source(&self) -> FeatureSource {
+        FeatureSource {
+            model: self.network.model().name(),
+            weights_id: self.network.weights_id().to_string(),
+            weights_path: self.network.weights_path().map(Path::to_path_buf),
+            resize: self.resize,
+        }
+    }
+
+    fn pixels_per_image(&self) -> usize {
+        let r = self.network.model().resolution;
+        r * r * 3
     }
 
     /// Uses TF2's half-pixel resize instead of the tutorial's TF1 one.
@@ -318,7 +344,7 @@ impl FeatureExtractor {
 
     /// The model variant.
     pub fn model(&self) -> MobileNetV2 {
-        self.network.model
+        self.network.model()
     }
 
     /// The resize used in preprocessing.
@@ -349,15 +375,15 @@ impl FeatureExtractor {
     /// Features of `n` preprocessed images (NHWC, `resolution²·3` values each, in [0, 1]),
     /// batched by [`FeatureExtractor::batch_size`]. No cache is involved.
     pub fn forward(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
-        let per_image = self.network.model.resolution.pow(2) * 3;
-        if pixels.len() != n * per_image {
+        let per_image = self.pixels_per_image();
+        if Some(pixels.len()) != n.checked_mul(per_image) {
             return Err(Error::InvalidArgument(format!(
                 "{n} images need {} values, got {}",
                 n * per_image,
                 pixels.len()
             )));
         }
-        let mut out = Vec::with_capacity(n * self.feature_dim());
+        let mut out = Vec::with_capacity(pixels.len() / per_image * self.feature_dim());
         for chunk in pixels.chunks(self.batch_size * per_image) {
             out.extend(self.engine.forward(chunk, chunk.len() / per_image)?);
         }
@@ -367,8 +393,7 @@ impl FeatureExtractor {
     /// Forward-pass throughput in images/s, measured for about `seconds` on synthetic input
     /// (speed does not depend on the pixels).
     pub fn throughput(&self, seconds: f64) -> Result<f64> {
-        let model = self.network.model;
-        let per_image = model.resolution * model.resolution * 3;
+        let per_image = self.pixels_per_image();
         let pixels: Vec<f32> = (0..self.batch_size * per_image)
             .map(|i| ((i * 7919) % 256) as f32 / 255.0)
             .collect();
@@ -384,7 +409,14 @@ impl FeatureExtractor {
 
     /// Decodes and resizes one photo as this extractor's input.
     pub fn preprocess(&self, path: &Path) -> Result<Image> {
-        load_resized(path, self.network.model.resolution, self.resize)
+        let bytes = read_photo(path, &self.limits)?;
+        load_resized_bytes(
+            &bytes,
+            path,
+            self.network.model().resolution,
+            self.resize,
+            &self.limits,
+        )
     }
 
     /// Features of one photo.
@@ -394,35 +426,41 @@ impl FeatureExtractor {
     }
 
     /// Features of many photos, from the cache where possible, with progress lines.
-    /// A photo that cannot be read is skipped with a warning and listed in `skipped`.
+    /// A photo that cannot be read is skipped with a warning and listed in `skipped`. A
+    /// cache that cannot be written is reported once; the run carries on without it.
     pub fn extract_paths(&self, paths: &[PathBuf]) -> Result<Extracted> {
         let dim = self.feature_dim();
-        let cache = self.cache.as_ref().map(|dir| self.cache_folder(dir));
+        let mut cache = self.cache.as_ref().map(|dir| self.cache_folder(dir));
         let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
         let mut skipped = Vec::new();
         let mut cache_hits = 0;
         let mut progress = Progress::new(
-            &format!("Extracting features ({})", self.network.model.name()),
+            &format!("Extracting features ({})", self.network.model().name()),
             Some(paths.len() as u64),
             Unit::Items,
         );
-        // Chunks of a few batches keep every core busy decoding while bounding memory.
-        let chunk = self.batch_size * 4;
+        // Chunks of a few batches (at least 64 photos) keep every core busy decoding while
+        // bounding memory.
+        let chunk = self.batch_size * (64 / self.batch_size).max(1);
         // The loader captures only these, not `self`: a CUDA engine is neither Send nor Sync.
-        let (size, resize, loader_cache) =
-            (self.network.model.resolution, self.resize, cache.clone());
+        let (size, resize, limits, loader_cache) = (
+            self.network.model().resolution,
+            self.resize,
+            self.limits,
+            cache.clone(),
+        );
         let load = move |path: &PathBuf| -> Result<Loaded> {
-            let bytes = fs::read(path).at(path)?;
+            let bytes = read_photo(path, &limits)?;
             let key = sha256_hex(&bytes);
             if let Some(hit) = loader_cache
                 .as_ref()
-                .and_then(|dir| read_cached(dir, &key, dim))
+                .and_then(|dir| cache::read_cached(dir, &key, dim))
             {
                 return Ok(Loaded::Cached(hit));
             }
             Ok(Loaded::Decoded(
                 key,
-                load_resized_bytes(&bytes, path, size, resize)?,
+                load_resized_bytes(&bytes, path, size, resize, &limits)?,
             ))
         };
         // Pipeline: a loader thread reads, hashes and decodes the next chunk (in parallel)
@@ -454,7 +492,9 @@ impl FeatureExtractor {
                         }
                         Err(e) => {
                             eprintln!("warning: skipping {e}");
-                            skipped.push((paths[base + i].clone(), e));
+                            if let Some(path) = paths.get(base + i) {
+                                skipped.push((path.clone(), e));
+                            }
                         }
                     }
                 }
@@ -462,7 +502,13 @@ impl FeatureExtractor {
                     let values = self.forward(&pixels, pending.len())?;
                     for ((index, key), row) in pending.into_iter().zip(values.chunks_exact(dim)) {
                         if let Some(dir) = &cache {
-                            write_cached(dir, &key, row)?;
+                            if let Err(e) = cache::write_cached(dir, &key, row) {
+                                eprintln!(
+                                    "warning: the feature cache is not writable ({e}); \
+                                     carrying on without caching"
+                                );
+                                cache = None;
+                            }
                         }
                         rows[index] = Some(row.to_vec());
                     }
@@ -494,19 +540,18 @@ impl FeatureExtractor {
         let side = |examples: &[crate::data::Example]| -> Result<FeatureSet> {
             let paths: Vec<PathBuf> = examples.iter().map(|e| e.path.clone()).collect();
             let out = self.extract_paths(&paths)?;
-            let dev = Cpu::default();
-            Ok(FeatureSet {
-                x: dev.tensor((out.values, (out.kept.len(), out.dim))),
-                labels: out.kept.iter().map(|&i| examples[i].label).collect(),
-                paths: out.kept.iter().map(|&i| paths[i].clone()).collect(),
-            })
+            let kept: Vec<&crate::data::Example> =
+                out.kept.iter().filter_map(|&i| examples.get(i)).collect();
+            FeatureSet::new(
+                out.values,
+                out.dim,
+                kept.iter().map(|e| e.label).collect(),
+                kept.iter().map(|e| e.path.clone()).collect(),
+            )
         };
         Ok(Features {
             classes: split.classes.clone(),
-            model: self.network.model.name(),
-            weights_id: self.network.weights_id.clone(),
-            weights_path: self.network.weights_path.clone(),
-            resize: self.resize,
+            source: self.source(),
             dim: self.feature_dim(),
             train: side(&split.train)?,
             test: side(&split.test)?,
@@ -519,58 +564,18 @@ impl FeatureExtractor {
         let key = sha256_hex(
             format!(
                 "{}|{}|{}",
-                self.network.model.name(),
-                self.network.weights_id,
+                self.network.model().name(),
+                self.network.weights_id(),
                 self.resize.name()
             )
             .as_bytes(),
         );
-        dir.join(format!("{}-{}", self.network.model.name(), &key[..16]))
+        let name = self.network.model().name();
+        dir.join(format!("{name}-{}", key.get(..16).unwrap_or(&key)))
     }
 }
 
 enum Loaded {
     Cached(Vec<f32>),
     Decoded(String, Image),
-}
-
-/// Cache file: magic, dim (u32 LE), dim f32 LE, then the first 8 bytes of the SHA-256 of
-/// everything before — so a partial or damaged file is recognised and recomputed.
-const MAGIC: &[u8; 4] = b"FKF1";
-
-fn cache_file(dir: &Path, key: &str) -> PathBuf {
-    dir.join(&key[..2]).join(format!("{key}.f32"))
-}
-
-fn read_cached(dir: &Path, key: &str, dim: usize) -> Option<Vec<f32>> {
-    let bytes = fs::read(cache_file(dir, key)).ok()?;
-    let body_len = 8 + dim * 4;
-    if bytes.len() != body_len + 8 || &bytes[..4] != MAGIC {
-        return None;
-    }
-    let (body, check) = bytes.split_at(body_len);
-    if u32::from_le_bytes(body[4..8].try_into().ok()?) as usize != dim
-        || Sha256::digest(body)[..8] != *check
-    {
-        return None;
-    }
-    Some(
-        body[8..]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
-}
-
-fn write_cached(dir: &Path, key: &str, row: &[f32]) -> Result<()> {
-    let path = cache_file(dir, key);
-    let mut body = Vec::with_capacity(16 + row.len() * 4);
-    body.extend_from_slice(MAGIC);
-    body.extend_from_slice(&(row.len() as u32).to_le_bytes());
-    for v in row {
-        body.extend_from_slice(&v.to_le_bytes());
-    }
-    let check = Sha256::digest(&body);
-    body.extend_from_slice(&check[..8]);
-    crate::files::write_atomically(&path, &body)
 }

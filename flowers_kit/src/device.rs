@@ -1,0 +1,53 @@
+//! Where dfdx work runs — the CPU, or an NVIDIA GPU with the `cuda` feature — and the one
+//! place that opens a device and turns dfdx's errors into this crate's.
+
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// Where the forward pass or training runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceKind {
+    /// dfdx's CPU device.
+    #[default]
+    Cpu,
+    /// dfdx's CUDA device (GPU 0); needs the `cuda` feature.
+    Cuda,
+}
+
+impl FromStr for DeviceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "cuda" | "gpu" => Ok(DeviceKind::Cuda),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown device '{other}': use cpu or cuda"
+            ))),
+        }
+    }
+}
+
+/// A dfdx device the crate can run on: [`dfdx::tensor::Cpu`], or `Cuda` with the feature.
+pub trait DfdxDevice: dfdx::tensor_ops::Device<f32> + Clone {}
+impl<D: dfdx::tensor_ops::Device<f32> + Clone> DfdxDevice for D {}
+
+/// dfdx's error (out of memory, a CUDA failure…) as [`Error::Backend`].
+pub(crate) fn dfdx_error(e: impl std::fmt::Debug) -> Error {
+    Error::Backend(format!("{e:?}"))
+}
+
+/// GPU 0, with its random generator seeded by `seed`.
+#[cfg(feature = "cuda")]
+pub(crate) fn open_cuda(seed: u64) -> Result<dfdx::tensor::Cuda> {
+    dfdx::tensor::Cuda::try_build(0, seed)
+        .map_err(|e| Error::Backend(format!("cannot open CUDA device 0: {e:?}")))
+}
+
+/// The error for asking a build without the `cuda` feature for the GPU.
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn no_cuda() -> Error {
+    Error::InvalidArgument(
+        "this build has no CUDA support: rebuild flowers_kit with `--features cuda`".into(),
+    )
+}
