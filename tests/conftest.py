@@ -1,5 +1,5 @@
 """Shared fixtures for the whole-product tests: a local HTTP mirror of ../shared (the flower
-photo archive and the MobileNet V2 weight files under their Keras Applications names) and an
+photo archive and the MobileNet V2 weight files under their Keras Applications paths) and an
 environment that points flowers_kit at it, with a fresh cache."""
 
 import functools
@@ -28,10 +28,12 @@ def mirror(tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror")
     with tarfile.open(root / "flower_photos.tgz", "w:gz", compresslevel=1) as tar:
         tar.add(SHARED / "data" / "flower_photos_sample", arcname="flower_photos")
+    # Keras Applications' layout: <family folder>/<file>.
+    (root / "mobilenet_v2").mkdir()
     for h5 in (SHARED / "golden").glob("mobilenet_v2_*_no_top.h5"):
         alpha, rows = h5.name[len("mobilenet_v2_") : -len("_no_top.h5")].split("_")
         keras_name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5"
-        (root / keras_name).symlink_to(h5)
+        (root / "mobilenet_v2" / keras_name).symlink_to(h5)
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root))
     )

@@ -46,7 +46,7 @@ fn dfdx_cpu_matches_tensorflow_for_every_variant() {
         let network = network(name);
         let dfdx = DfdxNetwork::new(&network, Cpu::default()).unwrap();
         let features = dfdx
-            .forward(&golden_pixels(network.model().resolution), 8)
+            .forward(&golden_pixels(network.model().resolution()), 8)
             .unwrap();
         compare(name, &features.as_vec(), network.model().feature_dim());
     }
@@ -58,7 +58,7 @@ fn native_matches_tensorflow_for_every_variant_in_both_threading_modes() {
     for name in GOLDEN_VARIANTS {
         let network = network(name);
         let native = NativeNetwork::new(&network).unwrap();
-        let pixels = golden_pixels(network.model().resolution);
+        let pixels = golden_pixels(network.model().resolution());
         let batched = native.forward(&pixels, 8).unwrap();
         compare(name, &batched, network.model().feature_dim());
         let per_image = pixels.len() / 8;

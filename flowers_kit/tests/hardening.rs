@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flowers_kit::backend::{Layer, Network};
+use flowers_kit::backend::{Conv, Kernel, Network, Step};
 use flowers_kit::data::image::{self, Image, PhotoLimits};
 use flowers_kit::data::{self, Dataset};
 use flowers_kit::features::{FeatureExtractor, FeatureSet};
-use flowers_kit::models::MobileNetV2;
+use flowers_kit::models::graph::Activation;
+use flowers_kit::models::{MobileNetV2, Model};
 use flowers_kit::train::head::Dense;
-use flowers_kit::train::{Activation, Classifier, Head};
+use flowers_kit::train::{Activation as HeadActivation, Classifier, Head};
 use flowers_kit::Error;
 use support::http::{Behaviour, Server};
 use support::quick_fetch as quick;
@@ -33,66 +34,87 @@ fn photo(name: &str) -> PathBuf {
 
 #[test]
 fn malformed_networks_are_errors_not_out_of_bounds_reads() {
-    let model = small_model();
+    let model = Model::from(small_model());
     let good = Network::random(model, 1).unwrap();
-    let layers = good.layers().to_vec();
-    let rebuild = |layers: Vec<Layer>| Network::new(model, layers, "test".into(), None);
-    assert!(rebuild(layers.clone()).is_ok());
+    let steps = good.steps().to_vec();
+    let rebuild = |steps: Vec<Step>| Network::new(model, steps, "test".into(), None);
+    assert!(rebuild(steps.clone()).is_ok());
 
+    let find = |depthwise: bool, k: (usize, usize)| {
+        steps
+            .iter()
+            .position(|s| matches!(&s.kernel, Kernel::Conv(c) if c.depthwise == depthwise && c.kernel == k))
+            .unwrap()
+    };
+    let (pointwise, depthwise, stem) =
+        (find(false, (1, 1)), find(true, (3, 3)), find(false, (3, 3)));
     // Each mutation breaks one invariant the native kernels rely on.
-    let mut mutations: Vec<(&str, Vec<Layer>)> = Vec::new();
-    let first_pointwise = layers
-        .iter()
-        .position(|l| matches!(l, Layer::Pointwise { .. }))
-        .unwrap();
-    let first_depthwise = layers
-        .iter()
-        .position(|l| matches!(l, Layer::Depthwise { .. }))
-        .unwrap();
-    let mut short = layers.clone();
-    if let Layer::Pointwise { weights, .. } = &mut short[first_pointwise] {
-        weights.truncate(weights.len() / 2);
-    }
-    mutations.push(("short 1×1 weights", short));
-    let mut wrong_cin = layers.clone();
-    if let Layer::Pointwise { cin, .. } = &mut wrong_cin[first_pointwise] {
-        *cin += 1;
-    }
-    mutations.push(("1×1 input channels that do not chain", wrong_cin));
-    let mut short_dw = layers.clone();
-    if let Layer::Depthwise { weights, .. } = &mut short_dw[first_depthwise] {
-        weights.pop();
-    }
-    mutations.push(("short depthwise weights", short_dw));
-    let mut wide_dw = layers.clone();
-    if let Layer::Depthwise { bias, .. } = &mut wide_dw[first_depthwise] {
-        bias.push(0.0);
-    }
-    mutations.push(("depthwise bias longer than the channels", wide_dw));
-    let mut stem = layers.clone();
-    if let Layer::Stem { weights, .. } = &mut stem[0] {
-        weights.truncate(10);
-    }
-    mutations.push(("short stem", stem));
-    let mut stride = layers.clone();
-    if let Layer::Depthwise { stride, .. } = &mut stride[first_depthwise] {
-        *stride = 0;
-    }
-    mutations.push(("stride 0", stride));
-    let mut unpaired = layers.clone();
-    unpaired.insert(first_pointwise + 1, Layer::AddResidual);
-    mutations.push(("a residual add with nothing saved", unpaired));
-    let mut truncated = layers.clone();
-    truncated.truncate(layers.len() - 1);
-    mutations.push(("missing last layer", truncated));
-    mutations.push(("no layers", Vec::new()));
-    for (what, layers) in mutations {
-        let err = rebuild(layers).expect_err(what);
+    let mutations: Vec<(&str, Box<Mutation>)> = vec![
+        (
+            "short 1×1 weights",
+            Box::new(move |s| {
+                conv(s, pointwise).weights.pop();
+            }),
+        ),
+        (
+            "1×1 input channels that do not chain",
+            Box::new(move |s| conv(s, pointwise).cin += 1),
+        ),
+        (
+            "short depthwise weights",
+            Box::new(move |s| {
+                conv(s, depthwise).weights.pop();
+            }),
+        ),
+        (
+            "depthwise bias longer than the channels",
+            Box::new(move |s| conv(s, depthwise).bias.push(0.0)),
+        ),
+        (
+            "short stem",
+            Box::new(move |s| conv(s, stem).weights.truncate(10)),
+        ),
+        ("stride 0", Box::new(move |s| conv(s, depthwise).stride = 0)),
+        (
+            "a wrong output shape",
+            Box::new(move |s| s[pointwise].shape[0] += 1),
+        ),
+        (
+            "an input that comes later",
+            Box::new(move |s| s[pointwise].inputs = vec![pointwise + 1]),
+        ),
+        (
+            "an add of two shapes",
+            Box::new(move |s| {
+                let (a, b) = (stem, pointwise);
+                let shape = s[b].shape;
+                s.push(Step {
+                    name: "bad_add".into(),
+                    kernel: Kernel::Add(Activation::Linear),
+                    inputs: vec![a, b],
+                    shape,
+                });
+            }),
+        ),
+        ("no steps", Box::new(|s| s.clear())),
+    ];
+    for (what, mutate) in mutations {
+        let mut broken = steps.clone();
+        mutate(&mut broken);
+        let err = rebuild(broken).expect_err(what);
         assert!(matches!(err, Error::InvalidArgument(_)), "{what}: {err}");
     }
-    let mut huge = model;
-    huge.resolution = 1 << 40;
-    assert!(Network::new(huge, layers, "test".into(), None).is_err());
+}
+
+/// A change that breaks one invariant of a network's steps.
+type Mutation = dyn Fn(&mut Vec<Step>);
+
+/// The convolution of step `i`.
+fn conv(steps: &mut [Step], i: usize) -> &mut Conv {
+    match &mut steps[i].kernel {
+        Kernel::Conv(c) => c,
+        other => panic!("step {i} is {other:?}"),
+    }
 }
 
 // ---- 2. Photo files -----------------------------------------------------------------------
@@ -271,7 +293,7 @@ fn damaged_classifier_files_are_errors_naming_the_problem() {
 
 #[test]
 fn out_of_range_labels_empty_heads_and_short_pixel_buffers_are_errors() {
-    let head = Head::new(2, &[], 2, Activation::Relu, 0).unwrap();
+    let head = Head::new(2, &[], 2, HeadActivation::Relu, 0).unwrap();
     let source = FeatureExtractor::from_network(Network::random(small_model(), 0).unwrap())
         .unwrap()
         .source();
@@ -280,7 +302,7 @@ fn out_of_range_labels_empty_heads_and_short_pixel_buffers_are_errors() {
     let err = classifier.evaluate(&set).unwrap_err();
     assert!(err.to_string().contains("label 7"), "{err}");
 
-    assert!(Head::from_layers(Vec::new(), Activation::Relu).is_err());
+    assert!(Head::from_layers(Vec::new(), HeadActivation::Relu).is_err());
     let unchained = vec![
         Dense {
             weights: vec![0.0; 6],
@@ -295,7 +317,7 @@ fn out_of_range_labels_empty_heads_and_short_pixel_buffers_are_errors() {
             outputs: 2,
         },
     ];
-    assert!(Head::from_layers(unchained, Activation::Relu).is_err());
+    assert!(Head::from_layers(unchained, HeadActivation::Relu).is_err());
 
     assert!(Image::from_rgb8(10, 10, &[0u8; 299]).is_err());
     assert!(Image::from_rgb8(usize::MAX, 3, &[]).is_err());

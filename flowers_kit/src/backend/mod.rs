@@ -1,7 +1,8 @@
-//! Running a network: its weights prepared once (batch norm folded) into a validated
-//! [`Network`], then executed by a backend — [`native`] (NHWC kernels for the CPU, the
-//! default) or [`dfdx`] (dfdx tensors: the reference on the CPU, and the CUDA path).
-//! [`padding`] holds TensorFlow's "SAME" arithmetic that both use.
+//! Running a network: a model's [`Graph`] with its weights attached and batch norm folded,
+//! prepared once into a validated [`Network`] of [`Step`]s, then executed by a backend —
+//! [`native`] (NHWC kernels for the CPU, the default) or [`dfdx`] (dfdx tensors: the
+//! reference on the CPU, and the CUDA path). [`padding`] holds TensorFlow's window arithmetic
+//! that both use.
 
 pub mod dfdx;
 pub mod native;
@@ -10,226 +11,206 @@ pub mod padding;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::models::{MobileNetV2, Op};
+use crate::models::graph::{Activation, Graph, Op, Shape};
+use crate::models::Model;
 use crate::weights::KerasWeights;
-use padding::same_output;
-
-/// Keras' BatchNormalization epsilon in MobileNet V2.
-pub const BN_EPSILON: f32 = 1e-3;
+use padding::resolve;
 
 /// Largest input resolution a network is built for: far above any published model, and small
 /// enough that every buffer size computed from it fits comfortably in memory and in `usize`.
 pub const MAX_RESOLUTION: usize = 2048;
 
-/// One executable step with batch norm folded into the convolution.
+/// A convolution with its batch norm folded in: `[kh, kw, cin, cout]` weights (depthwise:
+/// `[kh, kw, c]`), a bias per output channel, explicit padding and a fused activation.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Layer {
-    /// 3×3 conv over RGB: `weights` is [27, cout], rows in (ky, kx, cin) order.
-    Stem {
-        /// [27, cout].
-        weights: Vec<f32>,
-        /// [cout].
-        bias: Vec<f32>,
-        /// Stride (1 or 2).
-        stride: usize,
-    },
-    /// 1×1 conv: `weights` is [cin, cout].
-    Pointwise {
-        /// [cin, cout].
-        weights: Vec<f32>,
-        /// [cout].
-        bias: Vec<f32>,
-        /// Input channels.
-        cin: usize,
-        /// Whether ReLU6 follows.
-        relu6: bool,
-    },
-    /// 3×3 depthwise conv: `weights` is [9, channels], rows in (ky, kx) order.
-    Depthwise {
-        /// [9, channels].
-        weights: Vec<f32>,
-        /// [channels].
-        bias: Vec<f32>,
-        /// Stride (1 or 2).
-        stride: usize,
-    },
-    /// Remember the activation for a residual connection.
-    SaveResidual,
-    /// Add the remembered activation; must follow a linear (no ReLU6) pointwise layer.
-    AddResidual,
+pub struct Conv {
+    /// Kernel height and width.
+    pub kernel: (usize, usize),
+    /// Both directions.
+    pub stride: usize,
+    /// Zero padding (top, bottom, left, right).
+    pub pad: [usize; 4],
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels (= `cin` for depthwise).
+    pub cout: usize,
+    /// One filter per channel instead of a full matrix.
+    pub depthwise: bool,
+    /// `[kh, kw, cin, cout]`, or `[kh, kw, c]` for depthwise, row-major.
+    pub weights: Vec<f32>,
+    /// `[cout]`.
+    pub bias: Vec<f32>,
+    /// Applied to the result.
+    pub activation: Activation,
 }
 
-/// A MobileNet V2 ready to run: its layer table with folded weights.
+/// What one step computes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kernel {
+    /// The image in [0, 1].
+    Input,
+    /// A convolution.
+    Conv(Conv),
+    /// `act(x · scale + shift)` per channel: a batch norm that follows no convolution, a
+    /// normalisation or a rescaling.
+    Affine {
+        /// `[channels]`.
+        scale: Vec<f32>,
+        /// `[channels]`.
+        shift: Vec<f32>,
+        /// Applied to the result.
+        activation: Activation,
+    },
+    /// An activation on its own.
+    Activation(Activation),
+    /// Sum of the inputs, then an activation.
+    Add(Activation),
+    /// Product, a `[1, 1, C]` input broadcast.
+    Multiply,
+    /// Channels of the inputs, one after the other.
+    Concat,
+    /// Max pooling, padded taps ignored.
+    MaxPool {
+        /// Window (kh, kw).
+        size: (usize, usize),
+        /// Both directions.
+        stride: usize,
+        /// (top, bottom, left, right).
+        pad: [usize; 4],
+    },
+    /// Average pooling over the valid taps.
+    AvgPool {
+        /// Window (kh, kw).
+        size: (usize, usize),
+        /// Both directions.
+        stride: usize,
+        /// (top, bottom, left, right).
+        pad: [usize; 4],
+    },
+    /// Zero padding (top, bottom, left, right).
+    Pad([usize; 4]),
+    /// Cropping (top, bottom, left, right).
+    Crop([usize; 4]),
+    /// Mean over pixels, as a `[1, 1, C]` map.
+    GlobalAvgPool,
+}
+
+/// One step of a prepared network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The Keras layer it came from (the last one fused into it).
+    pub name: String,
+    /// What it computes.
+    pub kernel: Kernel,
+    /// Earlier steps it reads.
+    pub inputs: Vec<usize>,
+    /// Its output `[h, w, c]`.
+    pub shape: Shape,
+}
+
+/// A model ready to run: its steps with folded weights; the last step's output, averaged
+/// over pixels, is the feature vector.
 ///
-/// Every `Network` has passed [`Network::new`]'s checks — each weight and bias has the length
-/// its layer's shape says, channel counts chain from layer to layer, residual adds join equal
-/// shapes. The backends' unchecked kernels rely on exactly that, which is why the fields are
-/// private and there is no other way to build one.
+/// Every `Network` has passed [`Network::new`]'s checks — inputs come earlier, each step's
+/// shape follows from its inputs', every weight and bias has the length its shape says. The
+/// backends' unchecked kernels rely on exactly that, which is why the fields are private and
+/// there is no other way to build one.
 #[derive(Debug, Clone)]
 pub struct Network {
-    model: MobileNetV2,
-    layers: Vec<Layer>,
+    model: Model,
+    steps: Vec<Step>,
     weights_id: String,
     weights_path: Option<PathBuf>,
 }
 
 impl Network {
-    /// Checks `layers` against `model` and wraps them. `weights_id` identifies the weights in
-    /// cache keys and classifier files; `weights_path` is the file they came from, if any.
+    /// Checks `steps` and wraps them. `weights_id` identifies the weights in cache keys and
+    /// classifier files; `weights_path` is the file they came from, if any.
     ///
     /// ```
-    /// use flowers_kit::backend::{Layer, Network};
-    /// use flowers_kit::models::MobileNetV2;
-    /// let model = MobileNetV2::parse("mobilenet_v2_0.35_96")?;
-    /// // A stem whose weights are shorter than [27, 16] is refused, not run.
-    /// let bad = vec![Layer::Stem { weights: vec![0.0; 10], bias: vec![0.0; 16], stride: 2 }];
+    /// use flowers_kit::backend::{Kernel, Network, Step};
+    /// use flowers_kit::models::Model;
+    /// let model = Model::parse("mobilenet_v2_0.35_96")?;
+    /// // A first step that is not the input is refused, not run.
+    /// let bad = vec![Step { name: "x".into(), kernel: Kernel::Concat, inputs: vec![], shape: [96, 96, 3] }];
     /// assert!(Network::new(model, bad, "test".into(), None).is_err());
     /// # Ok::<(), flowers_kit::Error>(())
     /// ```
     pub fn new(
-        model: MobileNetV2,
-        layers: Vec<Layer>,
+        model: Model,
+        steps: Vec<Step>,
         weights_id: String,
         weights_path: Option<PathBuf>,
     ) -> Result<Network> {
-        validate(&model, &layers)?;
+        validate(&model, &steps)?;
         Ok(Network {
             model,
-            layers,
+            steps,
             weights_id,
             weights_path,
         })
     }
 
-    /// Builds the network from Keras weights, folding each batch norm into its convolution.
-    /// A missing tensor or a wrong shape is an error naming the tensor and the file.
-    pub fn from_keras(model: MobileNetV2, weights: &KerasWeights) -> Result<Network> {
-        let layers = model
-            .ops()
-            .into_iter()
-            .map(|op| {
-                let conv = |name: &str, weight: &str, shape: &[usize]| -> Result<Vec<f32>> {
-                    Ok(weights.get(name, weight, shape)?.values.clone())
-                };
-                let bn = |name: &str, channels: usize| -> Result<BatchNorm> {
-                    let get = |w: &str| -> Result<Vec<f32>> {
-                        Ok(weights.get(name, w, &[channels])?.values.clone())
-                    };
-                    Ok(BatchNorm {
-                        gamma: get("gamma")?,
-                        beta: get("beta")?,
-                        mean: get("moving_mean")?,
-                        variance: get("moving_variance")?,
-                    })
-                };
-                Ok(match op {
-                    Op::Stem {
-                        conv: c,
-                        bn: b,
-                        channels,
-                        stride,
-                    } => {
-                        let (weights, bias) =
-                            bn(&b, channels)?.fold(conv(&c, "kernel", &[3, 3, 3, channels])?);
-                        Layer::Stem {
-                            weights,
-                            bias,
-                            stride,
-                        }
-                    }
-                    Op::Pointwise {
-                        conv: c,
-                        bn: b,
-                        cin,
-                        cout,
-                        relu6,
-                    } => {
-                        let (weights, bias) =
-                            bn(&b, cout)?.fold(conv(&c, "kernel", &[1, 1, cin, cout])?);
-                        Layer::Pointwise {
-                            weights,
-                            bias,
-                            cin,
-                            relu6,
-                        }
-                    }
-                    Op::Depthwise {
-                        conv: c,
-                        bn: b,
-                        channels,
-                        stride,
-                    } => {
-                        let kernel = conv(&c, "depthwise_kernel", &[3, 3, channels, 1])?;
-                        let (weights, bias) = bn(&b, channels)?.fold(kernel);
-                        Layer::Depthwise {
-                            weights,
-                            bias,
-                            stride,
-                        }
-                    }
-                    Op::SaveResidual => Layer::SaveResidual,
-                    Op::AddResidual => Layer::AddResidual,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+    /// Builds the network from a Keras weight file given by path (Keras' `weights=path`),
+    /// folding each batch norm into the convolution before it. A missing tensor or a wrong
+    /// shape is an error naming the tensor and file.
+    pub fn from_keras(model: impl Into<Model>, weights: &KerasWeights) -> Result<Network> {
+        Network::from_keras_as(model.into(), weights, false)
+    }
+
+    /// [`Network::from_keras`] for the published ImageNet file the kit fetched itself
+    /// (Keras' `weights="imagenet"`, which changes EfficientNet's input scaling).
+    pub fn from_published_keras(
+        model: impl Into<Model>,
+        weights: &KerasWeights,
+    ) -> Result<Network> {
+        Network::from_keras_as(model.into(), weights, true)
+    }
+
+    fn from_keras_as(model: Model, weights: &KerasWeights, published: bool) -> Result<Network> {
+        let graph = model.graph(published);
+        let source = WeightSource::new(&model, &graph, weights)?;
+        let steps = prepare(&graph, |node, name, shape| source.get(node, name, shape))?;
         Network::new(
             model,
-            layers,
+            steps,
             weights.digest().to_string(),
             Some(weights.path().to_path_buf()),
         )
     }
 
-    /// The network with seeded random weights (He-style scale): for benchmarks, where
-    /// throughput does not depend on the values.
-    pub fn random(model: MobileNetV2, seed: u64) -> Result<Network> {
+    /// The network with seeded random weights (He-style scale, unit batch norms): for
+    /// benchmarks, where throughput does not depend on the values.
+    pub fn random(model: impl Into<Model>, seed: u64) -> Result<Network> {
         use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut fill = |n: usize, fan_in: usize| -> Vec<f32> {
-            let scale = (2.0 / fan_in as f32).sqrt();
-            (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
-        };
-        let layers = model
-            .ops()
-            .into_iter()
-            .map(|op| match op {
-                Op::Stem {
-                    channels, stride, ..
-                } => Layer::Stem {
-                    weights: fill(27 * channels, 27),
-                    bias: vec![0.01; channels],
-                    stride,
-                },
-                Op::Pointwise {
-                    cin, cout, relu6, ..
-                } => Layer::Pointwise {
-                    weights: fill(cin * cout, cin),
-                    bias: vec![0.01; cout],
-                    cin,
-                    relu6,
-                },
-                Op::Depthwise {
-                    channels, stride, ..
-                } => Layer::Depthwise {
-                    weights: fill(9 * channels, 9),
-                    bias: vec![0.01; channels],
-                    stride,
-                },
-                Op::SaveResidual => Layer::SaveResidual,
-                Op::AddResidual => Layer::AddResidual,
+        let model = model.into();
+        let graph = model.graph(false);
+        let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(seed));
+        let steps = prepare(&graph, |_, name, shape| {
+            let n: usize = shape.iter().product();
+            Ok(match name {
+                "gamma" | "moving_variance" | "variance" => vec![1.0; n],
+                "beta" | "moving_mean" | "mean" | "bias" => vec![0.01; n],
+                "count" => vec![1.0; n],
+                _ => {
+                    let fan_in: usize = shape.iter().rev().skip(1).product::<usize>().max(1);
+                    let scale = (2.0 / fan_in as f32).sqrt();
+                    let mut rng = rng.borrow_mut();
+                    (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
+                }
             })
-            .collect();
-        Network::new(model, layers, format!("random-seed-{seed}"), None)
+        })?;
+        Network::new(model, steps, format!("random-seed-{seed}"), None)
     }
 
-    /// The variant.
-    pub fn model(&self) -> MobileNetV2 {
+    /// The model.
+    pub fn model(&self) -> Model {
         self.model
     }
 
-    /// Layers in execution order; global average pooling follows the last one.
-    pub fn layers(&self) -> &[Layer] {
-        &self.layers
+    /// Steps in execution order.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
     }
 
     /// Identifies the weights (SHA-256 of the file, or a description of random weights).
@@ -244,214 +225,473 @@ impl Network {
 
     /// Length of the feature vector.
     pub fn feature_dim(&self) -> usize {
-        self.model.feature_dim()
+        self.steps.last().map_or(0, |s| s.shape[2])
     }
 }
 
-/// The checks behind [`Network::new`]: shapes walked from the input to the features.
-fn validate(model: &MobileNetV2, layers: &[Layer]) -> Result<()> {
-    let bad = |i: usize, reason: String| {
-        Err(Error::InvalidArgument(format!(
-            "{} network, layer {i}: {reason}",
-            model.name()
-        )))
-    };
-    let resolution = model.resolution;
-    if resolution == 0 || resolution > MAX_RESOLUTION {
-        return bad(
-            0,
-            format!("input resolution {resolution} is outside 1..={MAX_RESOLUTION}"),
-        );
+/// Finds each weighted layer's tensors: by name, or — for models whose layer names Keras
+/// generates (Inception V3) — by position among the file's weighted layers, as Keras'
+/// `load_weights` does.
+struct WeightSource<'a> {
+    weights: &'a KerasWeights,
+    /// Graph node → file layer, when matching by position.
+    by_position: Option<std::collections::HashMap<usize, usize>>,
+}
+
+impl<'a> WeightSource<'a> {
+    fn new(model: &Model, graph: &Graph, weights: &'a KerasWeights) -> Result<Self> {
+        if !model.matches_weights_by_position() {
+            return Ok(WeightSource {
+                weights,
+                by_position: None,
+            });
+        }
+        // Keras numbers generated names in creation order (`conv2d`, `conv2d_1`, … in a
+        // fresh session; `conv2d_1`, `conv2d_2`, … in the published file): within each kind
+        // of layer, the n-th created layer of the graph takes the file's n-th.
+        let kind = |name: &str| -> (String, i64) {
+            match name.rsplit_once('_') {
+                Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                    (base.to_string(), n.parse().unwrap_or(i64::MAX))
+                }
+                _ => (name.to_string(), -1),
+            }
+        };
+        let mut file: std::collections::HashMap<String, Vec<(i64, usize)>> = Default::default();
+        for (l, layer) in weights.layers().iter().enumerate() {
+            let (base, n) = kind(&layer.name);
+            file.entry(base).or_default().push((n, l));
+        }
+        for layers in file.values_mut() {
+            layers.sort_unstable();
+        }
+        let mut taken: std::collections::HashMap<String, usize> = Default::default();
+        let mut map = std::collections::HashMap::new();
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if node.op.weight_names().is_empty() {
+                continue;
+            }
+            let (base, _) = kind(&node.name);
+            let next = taken.entry(base.clone()).or_default();
+            let layer = file.get(&base).and_then(|l| l.get(*next)).map(|&(_, l)| l);
+            let Some(layer) = layer else {
+                return Err(Error::Tensors {
+                    path: weights.path().to_path_buf(),
+                    reason: format!(
+                        "the file has too few {base} layers for {} (layer {})",
+                        model.name(),
+                        node.name
+                    ),
+                });
+            };
+            *next += 1;
+            map.insert(i, layer);
+        }
+        if map.len() != weights.layers().len() {
+            return Err(Error::Tensors {
+                path: weights.path().to_path_buf(),
+                reason: format!(
+                    "the file has {} weighted layers, {} has {}",
+                    weights.layers().len(),
+                    model.name(),
+                    map.len()
+                ),
+            });
+        }
+        Ok(WeightSource {
+            weights,
+            by_position: Some(map),
+        })
     }
-    let (mut size, mut channels) = (resolution, 3usize);
-    // (size, channels) of the activation saved for a residual add.
-    let mut saved: Option<(usize, usize)> = None;
-    let mut previous: Option<&Layer> = None;
-    for (i, layer) in layers.iter().enumerate() {
-        let stride_ok = |stride: usize| stride == 1 || stride == 2;
-        match layer {
-            Layer::Stem {
-                weights,
-                bias,
-                stride,
-            } => {
-                if i != 0 {
-                    return bad(i, "the stem must be the first layer".into());
-                }
-                if bias.is_empty() || !stride_ok(*stride) {
-                    return bad(
-                        i,
-                        format!("stem with {} channels, stride {stride}", bias.len()),
-                    );
-                }
-                if Some(weights.len()) != bias.len().checked_mul(27) {
-                    return bad(
-                        i,
-                        format!(
-                            "stem weights hold {} values, not 27 × {}",
-                            weights.len(),
-                            bias.len()
+
+    fn get(&self, node: (usize, &str), weight: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (index, layer) = node;
+        match &self.by_position {
+            None => Ok(self.weights.get(layer, weight, shape)?.values.clone()),
+            Some(map) => {
+                let file_layer = map
+                    .get(&index)
+                    .and_then(|&l| self.weights.layers().get(l))
+                    .ok_or_else(|| Error::Tensors {
+                        path: self.weights.path().to_path_buf(),
+                        reason: format!("no weights for layer {layer}"),
+                    })?;
+                let tensor = file_layer
+                    .weights
+                    .iter()
+                    .find(|(name, _)| name == weight)
+                    .map(|(_, t)| t)
+                    .ok_or_else(|| Error::Tensors {
+                        path: self.weights.path().to_path_buf(),
+                        reason: format!(
+                            "layer {} (matched to {layer} by position) has no {weight}",
+                            file_layer.name
                         ),
-                    );
-                }
-                (size, channels) = (same_output(size, *stride), bias.len());
-            }
-            Layer::Pointwise {
-                weights, bias, cin, ..
-            } => {
-                if i == 0 {
-                    return bad(i, "the first layer must be the stem".into());
-                }
-                if *cin != channels || bias.is_empty() {
-                    return bad(
-                        i,
-                        format!(
-                            "1×1 convolution takes {cin} channels into {}, but its input has {channels}",
-                            bias.len()
-                        ),
-                    );
-                }
-                if Some(weights.len()) != cin.checked_mul(bias.len()) {
-                    return bad(
-                        i,
-                        format!(
-                            "1×1 convolution weights hold {} values, not {cin} × {}",
-                            weights.len(),
-                            bias.len()
-                        ),
-                    );
-                }
-                channels = bias.len();
-            }
-            Layer::Depthwise {
-                weights,
-                bias,
-                stride,
-            } => {
-                if i == 0 {
-                    return bad(i, "the first layer must be the stem".into());
-                }
-                if bias.len() != channels || !stride_ok(*stride) {
-                    return bad(
-                        i,
-                        format!(
-                            "depthwise convolution with {} biases and stride {stride} on {channels} channels",
-                            bias.len()
-                        ),
-                    );
-                }
-                if Some(weights.len()) != channels.checked_mul(9) {
-                    return bad(
-                        i,
-                        format!(
-                            "depthwise weights hold {} values, not 9 × {channels}",
-                            weights.len()
-                        ),
-                    );
-                }
-                size = same_output(size, *stride);
-            }
-            Layer::SaveResidual => {
-                if i == 0 || saved.is_some() {
-                    return bad(
-                        i,
-                        "a residual save must follow the stem and not nest".into(),
-                    );
-                }
-                saved = Some((size, channels));
-            }
-            Layer::AddResidual => {
-                let linear_projection =
-                    matches!(previous, Some(Layer::Pointwise { relu6: false, .. }));
-                if !linear_projection {
-                    return bad(
-                        i,
-                        "a residual add must follow a linear 1×1 convolution".into(),
-                    );
-                }
-                if saved.take() != Some((size, channels)) {
-                    return bad(
-                        i,
-                        format!(
-                            "a residual add of a {size}×{size}×{channels} activation without a                              saved input of that shape"
-                        ),
-                    );
-                }
+                    })?;
+                crate::weights::keras_h5::check_shape(
+                    self.weights.path(),
+                    &format!("{}/{weight} (for {layer})", file_layer.name),
+                    tensor,
+                    shape,
+                )?;
+                Ok(tensor.values.clone())
             }
         }
-        previous = Some(layer);
     }
-    if layers.is_empty() || saved.is_some() || channels != model.feature_dim() {
-        return bad(
-            layers.len(),
-            format!(
-                "the network ends with {channels} channels{}, not the {} features of the model",
-                if saved.is_some() {
-                    " and an unused residual"
+}
+
+/// Turns a graph into steps, reading each weight through `weight((node index, layer name),
+/// weight name, shape)`: batch norms fold into the convolution before them, activations into
+/// the step before them, where that step has no other reader.
+fn prepare(
+    graph: &Graph,
+    weight: impl Fn((usize, &str), &str, &[usize]) -> Result<Vec<f32>>,
+) -> Result<Vec<Step>> {
+    let shapes = graph.shapes()?;
+    let mut readers = vec![0usize; graph.nodes.len()];
+    for node in &graph.nodes {
+        for &i in &node.inputs {
+            if let Some(r) = readers.get_mut(i) {
+                *r += 1;
+            }
+        }
+    }
+    let mut steps: Vec<Step> = Vec::new();
+    // Graph node → the step holding its output.
+    let mut step_of: Vec<usize> = Vec::with_capacity(graph.nodes.len());
+    for (i, (node, &shape)) in graph.nodes.iter().zip(&shapes).enumerate() {
+        let inputs: Vec<usize> = node
+            .inputs
+            .iter()
+            .map(|&j| step_of.get(j).copied().unwrap_or(0))
+            .collect();
+        let in_shapes: Vec<Shape> = node
+            .inputs
+            .iter()
+            .map(|&j| shapes.get(j).copied().unwrap_or([0; 3]))
+            .collect();
+        let channels = in_shapes.first().map_or(3, |s| s[2]);
+        let get = |name: &str| weight((i, &node.name), name, &node.op.weight_shape(name, channels));
+        // The single step this node may fuse into: its only input's step, if this node is
+        // that input's only reader.
+        let fusable = match node.inputs.as_slice() {
+            [j] if readers.get(*j) == Some(&1) => step_of.get(*j).copied(),
+            _ => None,
+        };
+        let fold_target = fusable.filter(|&k| {
+            matches!(
+                steps.get(k).map(|s| &s.kernel),
+                Some(Kernel::Conv(Conv {
+                    activation: Activation::Linear,
+                    ..
+                }))
+            )
+        });
+        let kernel = match &node.op {
+            Op::Input => Kernel::Input,
+            Op::Conv {
+                filters,
+                kernel,
+                stride,
+                padding,
+                bias,
+                activation,
+            } => {
+                let [h, w, _] = in_shapes.first().copied().unwrap_or(shape);
+                Kernel::Conv(Conv {
+                    kernel: *kernel,
+                    stride: *stride,
+                    pad: resolve(h, w, *kernel, *stride, *padding),
+                    cin: channels,
+                    cout: *filters,
+                    depthwise: false,
+                    weights: get("kernel")?,
+                    bias: if *bias {
+                        get("bias")?
+                    } else {
+                        vec![0.0; *filters]
+                    },
+                    activation: *activation,
+                })
+            }
+            Op::Depthwise {
+                kernel,
+                stride,
+                padding,
+                bias,
+            } => {
+                let [h, w, _] = in_shapes.first().copied().unwrap_or(shape);
+                Kernel::Conv(Conv {
+                    kernel: *kernel,
+                    stride: *stride,
+                    pad: resolve(h, w, *kernel, *stride, *padding),
+                    cin: channels,
+                    cout: channels,
+                    depthwise: true,
+                    weights: get("depthwise_kernel")?,
+                    bias: if *bias {
+                        get("bias")?
+                    } else {
+                        vec![0.0; channels]
+                    },
+                    activation: Activation::Linear,
+                })
+            }
+            Op::BatchNorm { epsilon, scale } => {
+                let gamma = if *scale {
+                    get("gamma")?
                 } else {
-                    ""
-                },
-                model.feature_dim()
-            ),
-        );
+                    vec![1.0; channels]
+                };
+                let (beta, mean, variance) =
+                    (get("beta")?, get("moving_mean")?, get("moving_variance")?);
+                // y = γ (x − μ) / √(σ² + ε) + β = x · s + (β − μ · s)
+                let s: Vec<f32> = gamma
+                    .iter()
+                    .zip(&variance)
+                    .map(|(g, v)| g / (v + epsilon).sqrt())
+                    .collect();
+                let shift: Vec<f32> = beta
+                    .iter()
+                    .zip(&mean)
+                    .zip(&s)
+                    .map(|((b, m), s)| b - m * s)
+                    .collect();
+                if let Some(Kernel::Conv(conv)) = fold_target
+                    .and_then(|k| steps.get_mut(k))
+                    .map(|s| &mut s.kernel)
+                {
+                    // Scale each output channel of the kernel, and its bias.
+                    for row in conv.weights.chunks_exact_mut(conv.cout) {
+                        for (w, s) in row.iter_mut().zip(&s) {
+                            *w *= s;
+                        }
+                    }
+                    for ((b, s), t) in conv.bias.iter_mut().zip(&s).zip(&shift) {
+                        *b = *b * s + t;
+                    }
+                    if let Some(step) = fold_target.and_then(|k| steps.get_mut(k)) {
+                        step.name.clone_from(&node.name);
+                    }
+                    step_of.push(fold_target.unwrap_or(0));
+                    continue;
+                }
+                Kernel::Affine {
+                    scale: s,
+                    shift,
+                    activation: Activation::Linear,
+                }
+            }
+            Op::Activation(activation) => {
+                let target = fusable.and_then(|k| steps.get_mut(k));
+                if let Some(step) = target {
+                    let slot = match &mut step.kernel {
+                        Kernel::Conv(Conv { activation, .. })
+                        | Kernel::Affine { activation, .. }
+                        | Kernel::Add(activation) => Some(activation),
+                        _ => None,
+                    };
+                    if let Some(slot) = slot.filter(|a| **a == Activation::Linear) {
+                        *slot = *activation;
+                        step.name.clone_from(&node.name);
+                        step_of.push(fusable.unwrap_or(0));
+                        continue;
+                    }
+                }
+                Kernel::Activation(*activation)
+            }
+            Op::Rescale { scale, offset } => Kernel::Affine {
+                scale: (0..channels)
+                    .map(|c| scale.get(c).or(scale.first()).copied().unwrap_or(1.0))
+                    .collect(),
+                shift: vec![*offset; channels],
+                activation: Activation::Linear,
+            },
+            Op::Normalize => {
+                let (mean, variance) = (get("mean")?, get("variance")?);
+                let _count = get("count")?;
+                // (x − mean) / max(√variance, ε) = x · s − mean · s
+                let s: Vec<f32> = variance.iter().map(|v| 1.0 / v.sqrt().max(1e-7)).collect();
+                Kernel::Affine {
+                    shift: mean.iter().zip(&s).map(|(m, s)| -m * s).collect(),
+                    scale: s,
+                    activation: Activation::Linear,
+                }
+            }
+            Op::Add => Kernel::Add(Activation::Linear),
+            Op::Multiply => Kernel::Multiply,
+            Op::Concat => Kernel::Concat,
+            Op::MaxPool {
+                size,
+                stride,
+                padding,
+            } => {
+                let [h, w, _] = in_shapes.first().copied().unwrap_or(shape);
+                Kernel::MaxPool {
+                    size: *size,
+                    stride: *stride,
+                    pad: resolve(h, w, *size, *stride, *padding),
+                }
+            }
+            Op::AvgPool {
+                size,
+                stride,
+                padding,
+            } => {
+                let [h, w, _] = in_shapes.first().copied().unwrap_or(shape);
+                Kernel::AvgPool {
+                    size: *size,
+                    stride: *stride,
+                    pad: resolve(h, w, *size, *stride, *padding),
+                }
+            }
+            Op::ZeroPad(p) => Kernel::Pad(*p),
+            Op::Crop(c) => Kernel::Crop(*c),
+            Op::GlobalAvgPool => Kernel::GlobalAvgPool,
+        };
+        step_of.push(steps.len());
+        steps.push(Step {
+            name: node.name.clone(),
+            kernel,
+            inputs,
+            shape,
+        });
+    }
+    Ok(steps)
+}
+
+/// The checks behind [`Network::new`]: every input is an earlier step, every shape follows
+/// from the inputs', every weight has the length its shape says.
+fn validate(model: &Model, steps: &[Step]) -> Result<()> {
+    let resolution = model.resolution();
+    if resolution == 0 || resolution > MAX_RESOLUTION {
+        return Err(Error::InvalidArgument(format!(
+            "{}: input resolution {resolution} is outside 1..={MAX_RESOLUTION}",
+            model.name()
+        )));
+    }
+    for (i, step) in steps.iter().enumerate() {
+        let bad = |reason: String| {
+            Err(Error::InvalidArgument(format!(
+                "{} network, step {i} ({}): {reason}",
+                model.name(),
+                step.name
+            )))
+        };
+        let mut inputs = Vec::with_capacity(step.inputs.len());
+        for &j in &step.inputs {
+            match steps.get(j).filter(|_| j < i) {
+                Some(s) => inputs.push(s.shape),
+                None => return bad(format!("reads step {j}, which is not before it")),
+            }
+        }
+        let one = match (inputs.as_slice(), &step.kernel) {
+            (_, Kernel::Input) => None,
+            ([s], _) => Some(*s),
+            (_, Kernel::Add(_) | Kernel::Multiply | Kernel::Concat) => None,
+            _ => return bad(format!("takes {} inputs", inputs.len())),
+        };
+        let expected: Option<Shape> = match &step.kernel {
+            Kernel::Input => {
+                if i != 0 || !inputs.is_empty() {
+                    return bad("the input must be the first step".into());
+                }
+                Some([resolution, resolution, 3])
+            }
+            Kernel::Conv(conv) => {
+                let [h, w, c] = one.unwrap_or([0; 3]);
+                let taps = conv.kernel.0.checked_mul(conv.kernel.1);
+                let weights = if conv.depthwise {
+                    taps.and_then(|t| t.checked_mul(c))
+                } else {
+                    taps.and_then(|t| t.checked_mul(c))
+                        .and_then(|t| t.checked_mul(conv.cout))
+                };
+                if conv.cin != c
+                    || (conv.depthwise && conv.cout != c)
+                    || weights != Some(conv.weights.len())
+                    || conv.bias.len() != conv.cout
+                {
+                    return bad(format!(
+                        "a {}×{} convolution {c}→{} with {} weights and {} biases",
+                        conv.kernel.0,
+                        conv.kernel.1,
+                        conv.cout,
+                        conv.weights.len(),
+                        conv.bias.len()
+                    ));
+                }
+                window_shape([h, w, c], conv.kernel, conv.stride, conv.pad, conv.cout)
+            }
+            Kernel::MaxPool { size, stride, pad } | Kernel::AvgPool { size, stride, pad } => {
+                let s = one.unwrap_or([0; 3]);
+                window_shape(s, *size, *stride, *pad, s[2])
+            }
+            Kernel::Affine { scale, shift, .. } => {
+                let s = one.unwrap_or([0; 3]);
+                if scale.len() != s[2] || shift.len() != s[2] {
+                    return bad(format!(
+                        "{} scales and {} shifts for {} channels",
+                        scale.len(),
+                        shift.len(),
+                        s[2]
+                    ));
+                }
+                Some(s)
+            }
+            Kernel::Activation(_) => one,
+            Kernel::Add(_) => {
+                let first = inputs.first().copied();
+                (inputs.len() >= 2 && inputs.iter().all(|s| Some(*s) == first))
+                    .then_some(first)
+                    .flatten()
+            }
+            Kernel::Multiply => match inputs.as_slice() {
+                [a, b] if a == b => Some(*a),
+                [a, [1, 1, c]] | [[1, 1, c], a] if a[2] == *c => Some(*a),
+                _ => None,
+            },
+            Kernel::Concat => {
+                let first = inputs.first().copied();
+                first
+                    .filter(|f| inputs.iter().all(|s| s[..2] == f[..2]))
+                    .map(|f| [f[0], f[1], inputs.iter().map(|s| s[2]).sum()])
+            }
+            Kernel::Pad([t, b, l, r]) => one.map(|[h, w, c]| [h + t + b, w + l + r, c]),
+            Kernel::Crop([t, b, l, r]) => {
+                one.and_then(|[h, w, c]| Some([h.checked_sub(t + b)?, w.checked_sub(l + r)?, c]))
+            }
+            Kernel::GlobalAvgPool => one.map(|[_, _, c]| [1, 1, c]),
+        };
+        let fits = step.shape.iter().all(|&d| d > 0 && d <= 1 << 16);
+        if expected != Some(step.shape) || !fits {
+            return bad(format!(
+                "output {:?} does not follow from inputs {inputs:?}",
+                step.shape
+            ));
+        }
+    }
+    if steps.len() < 2 {
+        return Err(Error::InvalidArgument(format!(
+            "{}: a network needs an input and at least one step",
+            model.name()
+        )));
     }
     Ok(())
 }
 
-struct BatchNorm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-    mean: Vec<f32>,
-    variance: Vec<f32>,
-}
-
-impl BatchNorm {
-    /// Folds `y = γ (x − μ) / √(σ² + ε) + β` into a kernel whose last axis is the channel:
-    /// returns the scaled kernel and the bias.
-    fn fold(&self, mut kernel: Vec<f32>) -> (Vec<f32>, Vec<f32>) {
-        let channels = self.gamma.len();
-        let scale: Vec<f32> = self
-            .gamma
-            .iter()
-            .zip(&self.variance)
-            .map(|(g, v)| g / (v + BN_EPSILON).sqrt())
-            .collect();
-        for row in kernel.chunks_exact_mut(channels) {
-            for (w, s) in row.iter_mut().zip(&scale) {
-                *w *= s;
-            }
-        }
-        let bias = (0..channels)
-            .map(|c| self.beta[c] - self.mean[c] * scale[c])
-            .collect();
-        (kernel, bias)
+/// Output shape of a window op, or `None` when the window does not fit.
+fn window_shape(
+    [h, w, _]: Shape,
+    (kh, kw): (usize, usize),
+    stride: usize,
+    [t, b, l, r]: [usize; 4],
+    channels: usize,
+) -> Option<Shape> {
+    if stride == 0 || kh == 0 || kw == 0 {
+        return None;
     }
-}
-
-/// For a TF "SAME" 3×3 convolution over `n` images of `h × w`, the source row of each of the
-/// 9 taps of each output pixel, in a row-major (image, y, x) activation with one extra zero
-/// row at index `n·h·w` standing for the padding. Returns (out h, out w, indices [M, 9]).
-pub fn tap_indices(n: usize, h: usize, w: usize, stride: usize) -> (usize, usize, Vec<usize>) {
-    use padding::same_pad_before;
-    let (ho, wo) = (same_output(h, stride), same_output(w, stride));
-    let (pad_y, pad_x) = (same_pad_before(h, stride), same_pad_before(w, stride));
-    let zero_row = n * h * w;
-    let mut idx = Vec::with_capacity(n * ho * wo * 9);
-    for b in 0..n {
-        for oy in 0..ho {
-            for ox in 0..wo {
-                for ky in 0..3 {
-                    for kx in 0..3 {
-                        let iy = (oy * stride + ky).checked_sub(pad_y).filter(|&y| y < h);
-                        let ix = (ox * stride + kx).checked_sub(pad_x).filter(|&x| x < w);
-                        idx.push(match (iy, ix) {
-                            (Some(y), Some(x)) => (b * h + y) * w + x,
-                            _ => zero_row,
-                        });
-                    }
-                }
-            }
-        }
-    }
-    (ho, wo, idx)
+    let ho = (h + t + b).checked_sub(kh)? / stride + 1;
+    let wo = (w + l + r).checked_sub(kw)? / stride + 1;
+    Some([ho, wo, channels])
 }

@@ -1,150 +1,109 @@
-//! The fast CPU path: MobileNet V2 on plain NHWC buffers.
+//! The fast CPU path: any [`Network`] on plain NHWC buffers.
 //!
-//! - Pointwise (1×1) convolutions are one `gemm` call each (AVX-512 kernels where the CPU has
-//!   them). The output is pre-filled with the bias — and, for a residual block's projection,
-//!   with the block input too — so both are fused into the product for free.
-//! - Depthwise 3×3 convolutions walk output pixels and vectorise over channels: an explicit
-//!   AVX-512 kernel, the bounds-checked loop compiled for AVX2+FMA, or the same loop for any
-//!   other CPU, chosen at run time. Stride 2 reads every other pixel: no copies.
-//! - The stem is an im2col into a `[pixels, 27]` matrix and one gemm.
-//! - Each image runs through three buffers sized once for the largest activation; nothing
-//!   is allocated per layer. A batch runs its images in parallel on rayon; a single image
-//!   parallelises inside the layers instead.
+//! - Convolutions are one `gemm` call each (AVX-512 or AVX2 kernels, chosen at run time):
+//!   a 1×1 stride-1 convolution multiplies the activation directly, others go through an
+//!   im2col buffer. The output is pre-filled with the bias — and, when the convolution feeds
+//!   a residual add and nothing else, with the other addend too — so both are fused into the
+//!   product for free.
+//! - Depthwise convolutions walk output pixels and vectorise over channels: an explicit
+//!   AVX-512 kernel (taps in registers), the bounds-checked loop compiled for AVX2+FMA, or
+//!   the same loop for any other CPU, chosen at run time. Stride 2 reads every other pixel.
+//! - Pooling, padding, concatenation, squeeze-and-excitation products and activations are
+//!   plain loops over channels.
+//! - Buffers come from a per-thread pool and return to it after their last reader; nothing
+//!   is allocated per layer once the pool is warm. A batch runs its images in parallel on
+//!   rayon; a single image parallelises inside the layers instead.
 //!
 //! Memory safety: the gemm call and the AVX-512 loads are `unsafe`. They rely on the shapes
-//! that [`Network::new`] validated (weights `[cin, cout]`, `[9, c]`, `[27, cout]`; channels
-//! chained from layer to layer), and each kernel re-checks the lengths of the slices it is
-//! handed with `assert!` before any unchecked access, so a broken invariant panics instead of
-//! reading out of bounds.
+//! that [`Network::new`] validated (weights `[kh, kw, cin, cout]` or `[kh, kw, c]`, each
+//! step's shape following from its inputs'), and each kernel re-checks the lengths of the
+//! slices it is handed with `assert!` before any unchecked access, so a broken invariant
+//! panics instead of reading out of bounds.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::padding::{same_output, same_pad_before};
-use super::{Layer, Network};
+use super::{Conv, Kernel, Network, Step};
 use crate::error::{Error, Result};
-
-/// A step with everything it needs; residual adds are fused into the projection before them.
-#[derive(Debug, Clone)]
-enum Step {
-    Stem {
-        weights: Vec<f32>,
-        bias: Vec<f32>,
-        stride: usize,
-    },
-    Pointwise {
-        weights: Vec<f32>,
-        bias: Vec<f32>,
-        cin: usize,
-        relu6: bool,
-        add_saved: bool,
-    },
-    Depthwise {
-        weights: Vec<f32>,
-        bias: Vec<f32>,
-        stride: usize,
-    },
-    Save,
-}
+use crate::models::graph::{Activation, Shape};
 
 /// A [`Network`] prepared for the native CPU kernels.
 #[derive(Debug, Clone)]
 pub struct NativeNetwork {
-    resolution: usize,
     steps: Vec<Step>,
+    /// The last step reading each step's output (its buffer is released after it).
+    last_use: Vec<usize>,
+    /// For a convolution feeding a residual add and nothing else: the add's other input,
+    /// pre-filled into the convolution's output.
+    residual: Vec<Option<usize>>,
+    /// For such an add: the convolution whose buffer already holds the sum.
+    fused_into: Vec<Option<usize>>,
+    resolution: usize,
     features: usize,
-    /// Floats per buffer: the largest activation of one image (im2col of the stem included).
-    buffer_len: usize,
 }
 
 impl NativeNetwork {
-    /// Prepares `network` (weights are copied; nothing else is computed here).
+    /// Prepares `network` (its steps are copied; nothing else is computed here).
     pub fn new(network: &Network) -> Result<NativeNetwork> {
-        let mut steps = Vec::with_capacity(network.layers().len());
-        let mut layers = network.layers().iter().peekable();
-        while let Some(layer) = layers.next() {
-            steps.push(match layer {
-                Layer::Stem {
-                    weights,
-                    bias,
-                    stride,
-                } => Step::Stem {
-                    weights: weights.clone(),
-                    bias: bias.clone(),
-                    stride: *stride,
-                },
-                Layer::Pointwise {
-                    weights,
-                    bias,
-                    cin,
-                    relu6,
-                } => {
-                    let add_saved = matches!(layers.peek(), Some(Layer::AddResidual));
-                    if add_saved {
-                        layers.next();
-                        if *relu6 {
-                            return Err(Error::Backend(
-                                "a residual add after a ReLU6 layer cannot be fused".into(),
-                            ));
-                        }
-                    }
-                    Step::Pointwise {
-                        weights: weights.clone(),
-                        bias: bias.clone(),
-                        cin: *cin,
-                        relu6: *relu6,
-                        add_saved,
-                    }
+        let steps = network.steps().to_vec();
+        let n = steps.len();
+        let mut last_use: Vec<usize> = (0..n).collect();
+        let mut readers = vec![0usize; n];
+        for (i, step) in steps.iter().enumerate() {
+            for &j in &step.inputs {
+                if let Some(l) = last_use.get_mut(j) {
+                    *l = (*l).max(i);
                 }
-                Layer::Depthwise {
-                    weights,
-                    bias,
-                    stride,
-                } => Step::Depthwise {
-                    weights: weights.clone(),
-                    bias: bias.clone(),
-                    stride: *stride,
-                },
-                Layer::SaveResidual => Step::Save,
-                Layer::AddResidual => {
-                    return Err(Error::Backend(
-                        "a residual add must follow a pointwise projection".into(),
-                    ))
+                if let Some(r) = readers.get_mut(j) {
+                    *r += 1;
                 }
-            });
-        }
-        // Walk the shapes once to size the buffers.
-        let (mut h, mut c) = (network.model().resolution, 3);
-        let mut buffer_len = 0;
-        for step in &steps {
-            match step {
-                Step::Stem { bias, stride, .. } => {
-                    h = same_output(h, *stride);
-                    buffer_len = buffer_len.max(h * h * 27);
-                    c = bias.len();
-                }
-                Step::Pointwise { bias, .. } => c = bias.len(),
-                Step::Depthwise { stride, .. } => h = same_output(h, *stride),
-                Step::Save => {}
             }
-            buffer_len = buffer_len.max(h * h * c);
+        }
+        // The output is read by the final pooling.
+        if let Some(l) = last_use.last_mut() {
+            *l = usize::MAX;
+        }
+        let mut residual = vec![None; n];
+        let mut fused_into = vec![None; n];
+        for (a, step) in steps.iter().enumerate() {
+            let (Kernel::Add(_), [p, q]) = (&step.kernel, step.inputs.as_slice()) else {
+                continue;
+            };
+            // The later addend is the convolution; the earlier one must already exist.
+            let (early, late) = if p < q { (*p, *q) } else { (*q, *p) };
+            let is_plain_conv = steps.get(late).is_some_and(|s| {
+                matches!(&s.kernel, Kernel::Conv(c) if !c.depthwise && c.activation == Activation::Linear)
+            });
+            if is_plain_conv && readers.get(late) == Some(&1) && early != late {
+                residual[late] = Some(early);
+                fused_into[a] = Some(late);
+                // The early addend must live until the convolution has read it.
+                if let Some(l) = last_use.get_mut(early) {
+                    *l = (*l).max(late);
+                }
+            }
+        }
+        let features = network.feature_dim();
+        if features == 0 {
+            return Err(Error::InvalidArgument("a network without features".into()));
         }
         Ok(NativeNetwork {
-            resolution: network.model().resolution,
             steps,
-            features: network.feature_dim(),
-            buffer_len,
+            last_use,
+            residual,
+            fused_into,
+            resolution: network.model().resolution(),
+            features,
         })
     }
 
     /// Features `[n, F]` of `n` images given as NHWC pixels in [0, 1].
     pub fn forward(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
         let per_image = self.resolution * self.resolution * 3;
-        if pixels.len() != n * per_image {
+        if Some(pixels.len()) != n.checked_mul(per_image) {
             return Err(Error::InvalidArgument(format!(
-                "expected {n} images of {0}×{0}×3 values ({1}), got {2}",
+                "expected {n} images of {0}×{0}×3 values, got {1}",
                 self.resolution,
-                n * per_image,
                 pixels.len()
             )));
         }
@@ -155,144 +114,381 @@ impl NativeNetwork {
             pixels
                 .par_chunks(per_image)
                 .zip(out.par_chunks_mut(self.features))
-                .for_each_init(
-                    || self.buffers(),
-                    |buffers, (image, features)| {
-                        self.forward_image(image, features, buffers, false)
-                    },
-                );
+                .for_each_init(Pool::default, |pool, (image, features)| {
+                    self.forward_image(image, features, pool, false)
+                });
         } else {
-            let mut buffers = self.buffers();
+            let mut pool = Pool::default();
             for (image, features) in pixels.chunks(per_image).zip(out.chunks_mut(self.features)) {
-                self.forward_image(image, features, &mut buffers, threads > 1);
+                self.forward_image(image, features, &mut pool, threads > 1);
             }
         }
         Ok(out)
     }
 
-    fn buffers(&self) -> [Vec<f32>; 3] {
-        std::array::from_fn(|_| vec![0f32; self.buffer_len])
-    }
-
-    /// One image through the network into `features`, using `buffers` as scratch.
-    fn forward_image(
-        &self,
-        image: &[f32],
-        features: &mut [f32],
-        buffers: &mut [Vec<f32>; 3],
-        parallel: bool,
-    ) {
+    /// One image through the network into `features`.
+    fn forward_image(&self, image: &[f32], features: &mut [f32], pool: &mut Pool, parallel: bool) {
         let parallelism = if parallel {
             Parallelism::Rayon(0)
         } else {
             Parallelism::None
         };
-        let (mut h, mut w, mut c) = (self.resolution, self.resolution, 3usize);
-        let mut current = 0usize; // buffer holding the activation
-        let mut saved: Option<usize> = None; // buffer holding a residual block's input
-        for step in &self.steps {
-            // The first buffer that holds neither the activation nor a saved input.
-            let free = (0..3)
-                .find(|&b| b != current && Some(b) != saved)
-                .unwrap_or(0);
-            match step {
-                Step::Stem {
-                    weights,
-                    bias,
-                    stride,
-                } => {
-                    let (ho, wo) = (same_output(h, *stride), same_output(w, *stride));
-                    let cout = bias.len();
-                    let [cols, out, _] = buffers;
-                    im2col_stem(image, h, w, *stride, &mut cols[..ho * wo * 27]);
-                    let out = &mut out[..ho * wo * cout];
-                    let cols = &cols[..ho * wo * 27];
-                    matmul(out, cols, weights, ho * wo, 27, cout, false, parallelism);
-                    bias_relu6(out, bias);
-                    (h, w, c, current) = (ho, wo, cout, 1);
+        let mut values: Vec<Option<Vec<f32>>> = vec![None; self.steps.len()];
+        for (i, step) in self.steps.iter().enumerate() {
+            let [h, w, c] = step.shape;
+            let input = |k: usize| -> &[f32] {
+                step.inputs
+                    .get(k)
+                    .and_then(|&j| values.get(j))
+                    .and_then(|v| v.as_deref())
+                    .unwrap_or_default()
+            };
+            let in_shape = |k: usize| -> Shape {
+                step.inputs
+                    .get(k)
+                    .and_then(|&j| self.steps.get(j))
+                    .map_or([0; 3], |s| s.shape)
+            };
+            let output = if let Some(conv) = self.fused_into[i] {
+                // The convolution's buffer already holds the sum.
+                let mut sum = values[conv].take().unwrap_or_default();
+                if let Kernel::Add(activation) = &step.kernel {
+                    activate(&mut sum, *activation);
                 }
-                Step::Pointwise {
-                    weights,
-                    bias,
-                    cin,
-                    relu6: clamp,
-                    add_saved,
-                } => {
-                    let cout = bias.len();
-                    let pixels = h * w;
-                    let (input, output, residual) = split3(buffers, current, free, saved);
-                    let output = &mut output[..pixels * cout];
-                    let residual = if *add_saved {
-                        residual.map(|r| &r[..pixels * cout])
-                    } else {
-                        None
-                    };
-                    let input = &input[..pixels * cin];
-                    // ReLU6 layers: gemm overwrites, then bias and clamp in one pass.
-                    // Projections: pre-filled with bias (+ the block input), gemm accumulates.
-                    if !*clamp {
-                        fill_rows(output, bias, residual);
+                sum
+            } else {
+                let mut out = pool.take(h * w * c);
+                match &step.kernel {
+                    Kernel::Input => out.copy_from_slice(image),
+                    Kernel::Conv(conv) => {
+                        let residual = self.residual[i]
+                            .and_then(|j| values.get(j))
+                            .and_then(|v| v.as_deref());
+                        run_conv(
+                            conv,
+                            input(0),
+                            in_shape(0),
+                            &mut out,
+                            step.shape,
+                            residual,
+                            pool,
+                            parallel,
+                            parallelism,
+                        );
                     }
-                    matmul(
-                        output,
-                        input,
-                        weights,
-                        pixels,
-                        *cin,
-                        cout,
-                        !*clamp,
-                        parallelism,
-                    );
-                    if *clamp {
-                        bias_relu6(output, bias);
+                    Kernel::Affine {
+                        scale,
+                        shift,
+                        activation,
+                    } => {
+                        for (row, x) in out.chunks_exact_mut(c).zip(input(0).chunks_exact(c)) {
+                            for (((o, v), s), t) in row.iter_mut().zip(x).zip(scale).zip(shift) {
+                                *o = v * s + t;
+                            }
+                        }
+                        activate(&mut out, *activation);
                     }
-                    if *add_saved {
-                        saved = None;
+                    Kernel::Activation(activation) => {
+                        out.copy_from_slice(input(0));
+                        activate(&mut out, *activation);
                     }
-                    (c, current) = (cout, free);
+                    Kernel::Add(activation) => {
+                        out.copy_from_slice(input(0));
+                        for k in 1..step.inputs.len() {
+                            for (o, v) in out.iter_mut().zip(input(k)) {
+                                *o += v;
+                            }
+                        }
+                        activate(&mut out, *activation);
+                    }
+                    Kernel::Multiply => {
+                        let (a, b) = (input(0), input(1));
+                        let (big, small) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+                        if small.len() == big.len() {
+                            for ((o, x), y) in out.iter_mut().zip(big).zip(small) {
+                                *o = x * y;
+                            }
+                        } else {
+                            for (row, x) in out.chunks_exact_mut(c).zip(big.chunks_exact(c)) {
+                                for ((o, v), s) in row.iter_mut().zip(x).zip(small) {
+                                    *o = v * s;
+                                }
+                            }
+                        }
+                    }
+                    Kernel::Concat => {
+                        let mut offset = 0;
+                        for k in 0..step.inputs.len() {
+                            let part = in_shape(k)[2];
+                            for (row, x) in out.chunks_exact_mut(c).zip(input(k).chunks_exact(part))
+                            {
+                                row[offset..offset + part].copy_from_slice(x);
+                            }
+                            offset += part;
+                        }
+                    }
+                    Kernel::MaxPool { size, stride, pad } => pool2d(
+                        input(0),
+                        in_shape(0),
+                        &mut out,
+                        step.shape,
+                        *size,
+                        *stride,
+                        *pad,
+                        true,
+                    ),
+                    Kernel::AvgPool { size, stride, pad } => pool2d(
+                        input(0),
+                        in_shape(0),
+                        &mut out,
+                        step.shape,
+                        *size,
+                        *stride,
+                        *pad,
+                        false,
+                    ),
+                    Kernel::Pad([top, _, left, _]) => {
+                        out.fill(0.0);
+                        let [ih, iw, _] = in_shape(0);
+                        for (y, row) in input(0).chunks_exact(iw * c).enumerate().take(ih) {
+                            let start = ((y + top) * w + left) * c;
+                            out[start..start + iw * c].copy_from_slice(row);
+                        }
+                    }
+                    Kernel::Crop([top, _, left, _]) => {
+                        let [_, iw, _] = in_shape(0);
+                        for (y, row) in out.chunks_exact_mut(w * c).enumerate() {
+                            let start = ((y + top) * iw + left) * c;
+                            row.copy_from_slice(&input(0)[start..start + w * c]);
+                        }
+                    }
+                    Kernel::GlobalAvgPool => average_pool(input(0), c, &mut out),
                 }
-                Step::Depthwise {
-                    weights,
-                    bias,
-                    stride,
-                } => {
-                    let (ho, wo) = (same_output(h, *stride), same_output(w, *stride));
-                    let (input, output, _) = split3(buffers, current, free, None);
-                    let layer = Depthwise {
-                        input: &input[..h * w * c],
-                        h,
-                        w,
-                        c,
-                        stride: *stride,
-                        weights,
-                        bias,
-                    };
-                    layer.run(&mut output[..ho * wo * c], parallel);
-                    (h, w, current) = (ho, wo, free);
+                out
+            };
+            values[i] = Some(output);
+            for &j in &step.inputs {
+                if self.last_use.get(j) == Some(&i) {
+                    if let Some(buffer) = values.get_mut(j).and_then(Option::take) {
+                        pool.give(buffer);
+                    }
                 }
-                Step::Save => saved = Some(current),
+            }
+            if let Some(j) = self.residual[i] {
+                if self.last_use.get(j) == Some(&i) {
+                    if let Some(buffer) = values.get_mut(j).and_then(Option::take) {
+                        pool.give(buffer);
+                    }
+                }
             }
         }
-        average_pool(&buffers[current][..h * w * c], c, features);
+        let last = values.last().and_then(|v| v.as_deref()).unwrap_or_default();
+        average_pool(last, self.features, features);
+        for buffer in values.into_iter().flatten() {
+            pool.give(buffer);
+        }
     }
 }
 
-/// (`&buffers[read]`, `&mut buffers[write]`, `&buffers[extra]` if any), all distinct.
-fn split3(
-    buffers: &mut [Vec<f32>; 3],
-    read: usize,
-    write: usize,
-    extra: Option<usize>,
-) -> (&[f32], &mut [f32], Option<&[f32]>) {
-    let [a, b, c] = buffers;
-    let mut slots: [Option<&mut Vec<f32>>; 3] = [Some(a), Some(b), Some(c)];
-    let output = slots[write]
-        .take()
-        .map(|v| v.as_mut_slice())
-        .unwrap_or_default();
-    let input = slots[read].take().map(|v| v.as_slice()).unwrap_or_default();
-    let extra = extra.and_then(|e| slots[e].take().map(|v| v.as_slice()));
-    (input, output, extra)
+/// Reusable f32 buffers of one thread.
+#[derive(Default)]
+struct Pool {
+    free: Vec<Vec<f32>>,
+}
+
+impl Pool {
+    /// A buffer of `len` values (contents unspecified: every kernel writes all of them).
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        let mut buffer = match best {
+            Some(i) => self.free.swap_remove(i),
+            None => Vec::with_capacity(len),
+        };
+        buffer.resize(len, 0.0);
+        buffer.truncate(len);
+        buffer
+    }
+
+    fn give(&mut self, buffer: Vec<f32>) {
+        self.free.push(buffer);
+    }
+}
+
+/// Applies `activation` in place.
+// max/min rather than clamp: clamp's NaN-preserving compare-and-select vectorises worse.
+#[allow(clippy::manual_clamp)]
+pub(crate) fn activate(values: &mut [f32], activation: Activation) {
+    match activation {
+        Activation::Linear => {}
+        Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Relu6 => values.iter_mut().for_each(|v| *v = v.max(0.0).min(6.0)),
+        Activation::Sigmoid => values
+            .iter_mut()
+            .for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
+        Activation::Swish => values
+            .iter_mut()
+            .for_each(|v| *v *= 1.0 / (1.0 + (-*v).exp())),
+        Activation::HardSigmoid => values
+            .iter_mut()
+            .for_each(|v| *v = (*v + 3.0).max(0.0).min(6.0) * (1.0 / 6.0)),
+        Activation::HardSwish => values
+            .iter_mut()
+            .for_each(|v| *v *= (*v + 3.0).max(0.0).min(6.0) * (1.0 / 6.0)),
+    }
+}
+
+/// One convolution of a `[h, w, cin]` input into `out` (`[ho, wo, cout]`).
+#[allow(clippy::too_many_arguments)]
+fn run_conv(
+    conv: &Conv,
+    input: &[f32],
+    [h, w, cin]: Shape,
+    out: &mut [f32],
+    [ho, wo, cout]: Shape,
+    residual: Option<&[f32]>,
+    pool: &mut Pool,
+    parallel: bool,
+    parallelism: Parallelism,
+) {
+    if conv.depthwise {
+        let clamp = match conv.activation {
+            Activation::Relu6 => Some(6.0),
+            Activation::Linear => None,
+            _ => None,
+        };
+        let layer = Depthwise {
+            input,
+            h,
+            w,
+            c: cin,
+            stride: conv.stride,
+            kernel: conv.kernel,
+            pad: (conv.pad[0], conv.pad[2]),
+            weights: &conv.weights,
+            bias: &conv.bias,
+            relu6: clamp.is_some(),
+        };
+        layer.run(out, (ho, wo), parallel);
+        if clamp.is_none() {
+            activate(out, conv.activation);
+        }
+        return;
+    }
+    fill_rows(out, &conv.bias, residual);
+    let (kh, kw) = conv.kernel;
+    if (kh, kw) == (1, 1) && conv.stride == 1 && conv.pad == [0; 4] {
+        matmul(
+            out,
+            input,
+            &conv.weights,
+            ho * wo,
+            cin,
+            cout,
+            true,
+            parallelism,
+        );
+    } else {
+        let k = kh * kw * cin;
+        let mut cols = pool.take(ho * wo * k);
+        im2col(input, (h, w, cin), conv, (ho, wo), &mut cols);
+        matmul(
+            out,
+            &cols,
+            &conv.weights,
+            ho * wo,
+            k,
+            cout,
+            true,
+            parallelism,
+        );
+        pool.give(cols);
+    }
+    activate(out, conv.activation);
+}
+
+/// The `[kh, kw, cin]` patch of every output pixel, zeros for padding: `[ho·wo, kh·kw·cin]`.
+fn im2col(
+    input: &[f32],
+    (h, w, c): (usize, usize, usize),
+    conv: &Conv,
+    (ho, wo): (usize, usize),
+    cols: &mut [f32],
+) {
+    let (kh, kw) = conv.kernel;
+    let (pad_y, pad_x) = (conv.pad[0], conv.pad[2]);
+    let row_len = kh * kw * c;
+    for oy in 0..ho {
+        for ox in 0..wo {
+            let row = &mut cols[(oy * wo + ox) * row_len..][..row_len];
+            for ky in 0..kh {
+                let iy = (oy * conv.stride + ky)
+                    .checked_sub(pad_y)
+                    .filter(|&y| y < h);
+                for kx in 0..kw {
+                    let tap = &mut row[(ky * kw + kx) * c..][..c];
+                    let ix = (ox * conv.stride + kx)
+                        .checked_sub(pad_x)
+                        .filter(|&x| x < w);
+                    match (iy, ix) {
+                        (Some(y), Some(x)) => tap.copy_from_slice(&input[(y * w + x) * c..][..c]),
+                        _ => tap.fill(0.0),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Max or average pooling; padded taps are skipped (the average divides by valid taps).
+#[allow(clippy::too_many_arguments)]
+fn pool2d(
+    input: &[f32],
+    [h, w, c]: Shape,
+    out: &mut [f32],
+    [ho, wo, _]: Shape,
+    (kh, kw): (usize, usize),
+    stride: usize,
+    pad: [usize; 4],
+    max: bool,
+) {
+    for oy in 0..ho {
+        for ox in 0..wo {
+            let o = &mut out[(oy * wo + ox) * c..][..c];
+            o.fill(if max { f32::NEG_INFINITY } else { 0.0 });
+            let mut count = 0usize;
+            for ky in 0..kh {
+                let Some(y) = (oy * stride + ky).checked_sub(pad[0]).filter(|&y| y < h) else {
+                    continue;
+                };
+                for kx in 0..kw {
+                    let Some(x) = (ox * stride + kx).checked_sub(pad[2]).filter(|&x| x < w) else {
+                        continue;
+                    };
+                    count += 1;
+                    let pixel = &input[(y * w + x) * c..][..c];
+                    if max {
+                        for (a, v) in o.iter_mut().zip(pixel) {
+                            *a = a.max(*v);
+                        }
+                    } else {
+                        for (a, v) in o.iter_mut().zip(pixel) {
+                            *a += v;
+                        }
+                    }
+                }
+            }
+            if !max {
+                let scale = 1.0 / count.max(1) as f32;
+                o.iter_mut().for_each(|a| *a *= scale);
+            }
+        }
+    }
 }
 
 /// Sets every `[channels]` row of `out` to `bias` (+ the matching row of `residual`).
@@ -374,45 +570,7 @@ fn matmul(
     }
 }
 
-/// Adds the per-channel bias to every row and applies ReLU6.
-// max/min rather than clamp: clamp's NaN-preserving compare-and-select vectorises worse.
-#[allow(clippy::manual_clamp)]
-fn bias_relu6(out: &mut [f32], bias: &[f32]) {
-    for row in out.chunks_exact_mut(bias.len()) {
-        for (v, b) in row.iter_mut().zip(bias) {
-            *v = (*v + b).max(0.0).min(6.0);
-        }
-    }
-}
-
-/// The stem's 3×3 patches of the input scaled to [-1, 1] (padding stays 0), `[pixels, 27]`.
-fn im2col_stem(image: &[f32], h: usize, w: usize, stride: usize, cols: &mut [f32]) {
-    let (ho, wo) = (same_output(h, stride), same_output(w, stride));
-    let (pad_y, pad_x) = (same_pad_before(h, stride), same_pad_before(w, stride));
-    for oy in 0..ho {
-        for ox in 0..wo {
-            let row = &mut cols[(oy * wo + ox) * 27..][..27];
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    let tap = &mut row[(ky * 3 + kx) * 3..][..3];
-                    let iy = (oy * stride + ky).checked_sub(pad_y).filter(|&y| y < h);
-                    let ix = (ox * stride + kx).checked_sub(pad_x).filter(|&x| x < w);
-                    match (iy, ix) {
-                        (Some(y), Some(x)) => {
-                            let px = &image[(y * w + x) * 3..][..3];
-                            for (t, p) in tap.iter_mut().zip(px) {
-                                *t = p * 2.0 - 1.0;
-                            }
-                        }
-                        _ => tap.fill(0.0),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One 3×3 depthwise layer's fixed inputs: TF "SAME" padding, then bias and ReLU6.
+/// One depthwise layer's fixed inputs: explicit padding, then bias and optionally ReLU6.
 #[derive(Clone, Copy)]
 struct Depthwise<'a> {
     input: &'a [f32],
@@ -420,30 +578,32 @@ struct Depthwise<'a> {
     w: usize,
     c: usize,
     stride: usize,
-    /// `[9, c]`, rows in (ky, kx) order.
+    kernel: (usize, usize),
+    /// Padding (top, left); the bottom and right follow from the output size.
+    pad: (usize, usize),
+    /// `[kh·kw, c]`, rows in (ky, kx) order.
     weights: &'a [f32],
     bias: &'a [f32],
+    relu6: bool,
 }
 
 impl Depthwise<'_> {
-    /// The whole output, row by row (rows in parallel for a large layer).
-    fn run(&self, output: &mut [f32], parallel: bool) {
-        let (ho, wo) = (
-            same_output(self.h, self.stride),
-            same_output(self.w, self.stride),
-        );
+    /// The whole `[ho, wo, c]` output, row by row (rows in parallel for a large layer).
+    fn run(&self, output: &mut [f32], (ho, wo): (usize, usize), parallel: bool) {
+        let (kh, kw) = self.kernel;
         // The AVX-512 kernel's unchecked loads rely on these lengths (see its SAFETY note).
         assert!(
             self.c > 0
+                && self.stride > 0
                 && self.input.len() == self.h * self.w * self.c
-                && self.weights.len() == 9 * self.c
+                && self.weights.len() == kh * kw * self.c
                 && self.bias.len() == self.c
                 && output.len() == ho * wo * self.c,
             "depthwise buffers do not match the layer's shape"
         );
         let row_len = wo * self.c;
         let run = |(oy, row): (usize, &mut [f32])| self.row(oy, row);
-        if parallel && output.len() * 9 >= MIN_PARALLEL_MACS {
+        if parallel && output.len() * kh * kw >= MIN_PARALLEL_MACS {
             output.par_chunks_mut(row_len).enumerate().for_each(run);
         } else {
             output.chunks_mut(row_len).enumerate().for_each(run);
@@ -454,7 +614,9 @@ impl Depthwise<'_> {
     fn row(&self, oy: usize, row: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") {
+            if self.kernel.0 * self.kernel.1 <= avx512::MAX_TAPS
+                && is_x86_feature_detected!("avx512f")
+            {
                 // SAFETY: the CPU supports AVX-512F, checked just above.
                 return unsafe { avx512::row(self, oy, row) };
             }
@@ -477,31 +639,35 @@ impl Depthwise<'_> {
             w,
             c,
             stride,
+            kernel: (kh, kw),
+            pad: (pad_y, pad_x),
             weights,
             bias,
+            relu6,
         } = *self;
-        let (pad_y, pad_x) = (same_pad_before(h, stride), same_pad_before(w, stride));
         for ox in columns {
             let out = &mut row[ox * c..][..c];
             out.copy_from_slice(bias);
-            for ky in 0..3 {
+            for ky in 0..kh {
                 let Some(iy) = (oy * stride + ky).checked_sub(pad_y).filter(|&y| y < h) else {
                     continue;
                 };
-                for kx in 0..3 {
+                for kx in 0..kw {
                     let Some(ix) = (ox * stride + kx).checked_sub(pad_x).filter(|&x| x < w) else {
                         continue;
                     };
                     let pixel = &input[(iy * w + ix) * c..][..c];
-                    let tap = &weights[(ky * 3 + kx) * c..][..c];
+                    let tap = &weights[(ky * kw + kx) * c..][..c];
                     for ((o, p), k) in out.iter_mut().zip(pixel).zip(tap) {
                         *o = p.mul_add(*k, *o);
                     }
                 }
             }
-            // max/min rather than clamp: clamp's NaN-preserving select vectorises worse.
-            for o in out.iter_mut() {
-                *o = o.max(0.0).min(6.0);
+            if relu6 {
+                // max/min rather than clamp: clamp's NaN-preserving select vectorises worse.
+                for o in out.iter_mut() {
+                    *o = o.max(0.0).min(6.0);
+                }
             }
         }
     }
@@ -515,24 +681,28 @@ fn row_avx2(layer: &Depthwise, oy: usize, row: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    //! The depthwise kernel with explicit AVX-512: 16 channels per register, the 9 taps of a
+    //! The depthwise kernel with explicit AVX-512: 16 channels per register, the taps of a
     //! channel block kept in registers along a row, no bounds checks inside the image.
 
     use std::arch::x86_64::*;
 
-    use super::{same_pad_before, Depthwise};
+    use super::Depthwise;
 
-    /// Which output columns of a row see all 3 input columns inside the image.
+    /// Most taps kept in registers (a 5×5 kernel).
+    pub(super) const MAX_TAPS: usize = 25;
+
+    /// Which output columns of a row see their whole window inside the image.
     fn interior_columns(
         w: usize,
         wo: usize,
+        kw: usize,
         stride: usize,
         pad_x: usize,
     ) -> std::ops::Range<usize> {
         let first = pad_x.div_ceil(stride);
-        // Largest ox with ox·stride − pad_x + 2 ≤ w − 1.
+        // Largest ox with ox·stride − pad_x + kw − 1 ≤ w − 1.
         let last = (w + pad_x)
-            .checked_sub(3)
+            .checked_sub(kw)
             .map_or(0, |v| v / stride + 1)
             .min(wo);
         first.min(last)..last
@@ -546,15 +716,17 @@ mod avx512 {
             w,
             c,
             stride,
+            kernel: (kh, kw),
+            pad: (pad_y, pad_x),
             weights,
             bias,
+            relu6,
         } = *layer;
         let wo = row.len() / c;
-        let (pad_y, pad_x) = (same_pad_before(h, stride), same_pad_before(w, stride));
         let top = (oy * stride).checked_sub(pad_y);
-        let rows_inside = top.is_some_and(|t| t + 2 < h);
-        let interior = if rows_inside {
-            interior_columns(w, wo, stride, pad_x)
+        let rows_inside = top.is_some_and(|t| t + kh <= h);
+        let interior = if rows_inside && kh * kw <= MAX_TAPS {
+            interior_columns(w, wo, kw, stride, pad_x)
         } else {
             0..0
         };
@@ -564,6 +736,7 @@ mod avx512 {
         let Some(top) = top.filter(|_| !interior.is_empty()) else {
             return;
         };
+        let taps_count = kh * kw;
         for block in (0..c).step_by(16) {
             let lanes = (c - block).min(16);
             let mask: __mmask16 = if lanes == 16 {
@@ -573,26 +746,35 @@ mod avx512 {
             };
             // SAFETY: each masked load or store touches `lanes` floats from index `at`, with
             // at + lanes ≤ the slice's length, because `Depthwise::run` asserted
-            // weights = 9·c, bias = c, input = h·w·c and row = wo·c floats (shapes that
+            // weights = kh·kw·c, bias = c, input = h·w·c and row = wo·c floats (shapes that
             // `Network::new` validated), `block + lanes ≤ c`, and `interior` holds only the
-            // columns whose 3×3 window lies inside the image (`rows_inside` the same for
-            // rows). `slice[at..]` additionally panics if `at` itself were past the end.
+            // columns whose window lies inside the image (`rows_inside` the same for rows).
+            // `slice[at..]` additionally panics if `at` itself were past the end.
             unsafe {
                 let load =
                     |slice: &[f32], at: usize| _mm512_maskz_loadu_ps(mask, slice[at..].as_ptr());
-                let taps: [__m512; 9] = std::array::from_fn(|t| load(weights, t * c + block));
+                let mut taps = [_mm512_setzero_ps(); MAX_TAPS];
+                for (t, tap) in taps.iter_mut().enumerate().take(taps_count) {
+                    *tap = load(weights, t * c + block);
+                }
                 let b = load(bias, block);
                 let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
                 for ox in interior.clone() {
                     let left = ox * stride - pad_x;
                     let mut acc = b;
-                    for ky in 0..3 {
+                    for ky in 0..kh {
                         let base = ((top + ky) * w + left) * c + block;
-                        acc = _mm512_fmadd_ps(load(input, base), taps[ky * 3], acc);
-                        acc = _mm512_fmadd_ps(load(input, base + c), taps[ky * 3 + 1], acc);
-                        acc = _mm512_fmadd_ps(load(input, base + 2 * c), taps[ky * 3 + 2], acc);
+                        for kx in 0..kw {
+                            acc = _mm512_fmadd_ps(
+                                load(input, base + kx * c),
+                                taps[ky * kw + kx],
+                                acc,
+                            );
+                        }
                     }
-                    acc = _mm512_min_ps(_mm512_max_ps(acc, zero), six);
+                    if relu6 {
+                        acc = _mm512_min_ps(_mm512_max_ps(acc, zero), six);
+                    }
                     _mm512_mask_storeu_ps(row[ox * c + block..].as_mut_ptr(), mask, acc);
                 }
             }

@@ -1,16 +1,29 @@
-//! TensorFlow's "SAME" padding for the 3×3 convolutions: output size, and how much padding
-//! goes before (top/left) — TF puts the odd one after.
+//! TensorFlow's window arithmetic: output sizes and where "same" padding goes (the odd one
+//! after), resolved once into explicit (top, bottom, left, right) padding.
 
-/// Output size of a TF "SAME" convolution.
-pub fn same_output(input: usize, stride: usize) -> usize {
-    input.div_ceil(stride.max(1))
-}
+use crate::models::graph::{window, Padding};
 
-/// Padding before (top/left) of a TF "SAME" 3×3 convolution; the rest goes after.
-pub fn same_pad_before(input: usize, stride: usize) -> usize {
-    let out = same_output(input, stride);
-    let total = (out.saturating_sub(1) * stride + 3).saturating_sub(input);
-    total / 2
+/// Explicit (top, bottom, left, right) padding of a `kernel` window with `stride` on an
+/// `h × w` map.
+pub fn resolve(
+    h: usize,
+    w: usize,
+    kernel: (usize, usize),
+    stride: usize,
+    padding: Padding,
+) -> [usize; 4] {
+    let axis = |size: usize, k: usize| -> (usize, usize) {
+        match (padding, window(size, k, stride, padding)) {
+            (Padding::Same, Some((out, before))) => {
+                let total = ((out.saturating_sub(1)) * stride.max(1) + k).saturating_sub(size);
+                (before, total - before)
+            }
+            _ => (0, 0),
+        }
+    };
+    let (top, bottom) = axis(h, kernel.0);
+    let (left, right) = axis(w, kernel.1);
+    [top, bottom, left, right]
 }
 
 #[cfg(test)]
@@ -19,11 +32,12 @@ mod tests {
 
     #[test]
     fn matches_tensorflow_same_padding() {
-        // 224 → 112 with stride 2: TF pads 0 before and 1 after.
-        assert_eq!((same_output(224, 2), same_pad_before(224, 2)), (112, 0));
-        // 7 → 4 with stride 2: total padding 2, 1 before.
-        assert_eq!((same_output(7, 2), same_pad_before(7, 2)), (4, 1));
-        // Stride 1 always pads 1 before.
-        assert_eq!((same_output(5, 1), same_pad_before(5, 1)), (5, 1));
+        // 224 → 112 with a 3×3 window, stride 2: TF pads 0 before and 1 after.
+        assert_eq!(resolve(224, 224, (3, 3), 2, Padding::Same), [0, 1, 0, 1]);
+        // 7 → 4: total padding 2, 1 before.
+        assert_eq!(resolve(7, 7, (3, 3), 2, Padding::Same), [1, 1, 1, 1]);
+        // 1×7 windows pad only the columns.
+        assert_eq!(resolve(17, 17, (1, 7), 1, Padding::Same), [0, 0, 3, 3]);
+        assert_eq!(resolve(9, 9, (3, 3), 1, Padding::Valid), [0, 0, 0, 0]);
     }
 }

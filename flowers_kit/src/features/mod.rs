@@ -18,7 +18,7 @@ use crate::data::{cache_home, Split};
 pub use crate::device::DeviceKind;
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
-use crate::models::MobileNetV2;
+use crate::models::Model;
 use crate::progress::{Progress, Unit};
 use crate::weights::{fetch_weights, KerasWeights};
 pub use engine::BackendKind;
@@ -230,20 +230,26 @@ impl FeatureExtractor {
     /// The extractor for a model name or TF-Hub handle, with the published weights
     /// (downloaded once into the cache; see [`crate::weights::weights_base`]).
     pub fn from_handle(handle: &str) -> Result<FeatureExtractor> {
-        FeatureExtractor::new(MobileNetV2::parse(handle)?)
+        FeatureExtractor::new(Model::parse(handle)?)
     }
 
     /// The extractor for `model` with its published weights.
-    pub fn new(model: MobileNetV2) -> Result<FeatureExtractor> {
+    pub fn new(model: impl Into<Model>) -> Result<FeatureExtractor> {
         FeatureExtractor::with_weights(model, None)
     }
 
     /// The extractor for `model` with weights from `source` (a path or URL of a Keras
     /// `no_top` HDF5 file), or the published ones for `None`.
-    pub fn with_weights(model: MobileNetV2, source: Option<&str>) -> Result<FeatureExtractor> {
-        let path = fetch_weights(&model.weights_file_name(), source)?;
+    pub fn with_weights(model: impl Into<Model>, source: Option<&str>) -> Result<FeatureExtractor> {
+        let model = model.into();
+        let path = fetch_weights(&model.weights_file(), &model.published_url(), source)?;
         let weights = KerasWeights::open(&path)?;
-        FeatureExtractor::from_network(Network::from_keras(model, &weights)?)
+        let network = match source {
+            // Keras' weights="imagenet": the published file, fetched by the kit.
+            None => Network::from_published_keras(model, &weights)?,
+            Some(_) => Network::from_keras(model, &weights)?,
+        };
+        FeatureExtractor::from_network(network)
     }
 
     /// An extractor running a prepared network on the CPU with the native backend.
@@ -320,7 +326,7 @@ impl FeatureExtractor {
     }
 
     fn pixels_per_image(&self) -> usize {
-        let r = self.network.model().resolution;
+        let r = self.network.model().resolution();
         r * r * 3
     }
 
@@ -343,7 +349,7 @@ impl FeatureExtractor {
     }
 
     /// The model variant.
-    pub fn model(&self) -> MobileNetV2 {
+    pub fn model(&self) -> Model {
         self.network.model()
     }
 
@@ -413,7 +419,7 @@ impl FeatureExtractor {
         load_resized_bytes(
             &bytes,
             path,
-            self.network.model().resolution,
+            self.network.model().resolution(),
             self.resize,
             &self.limits,
         )
@@ -444,7 +450,7 @@ impl FeatureExtractor {
         let chunk = self.batch_size * (64 / self.batch_size).max(1);
         // The loader captures only these, not `self`: a CUDA engine is neither Send nor Sync.
         let (size, resize, limits, loader_cache) = (
-            self.network.model().resolution,
+            self.network.model().resolution(),
             self.resize,
             self.limits,
             cache.clone(),

@@ -1,7 +1,7 @@
 //! MobileNet V2 (Sandler et al., 2018) exactly as Keras Applications builds it.
 //!
-//! A width multiplier α and an input resolution give a flat list of [`Op`]s whose layer
-//! names are the Keras ones, so weights are looked up by name.
+//! A width multiplier α and an input resolution give a [`Graph`] whose layer names are the
+//! Keras ones, so weights are looked up by name.
 
 // This module reads untrusted input: every index and every arithmetic step is checked or
 // justified where it is allowed.
@@ -9,7 +9,11 @@
 
 use std::fmt;
 
+use super::graph::{correct_pad, Activation, Graph, GraphBuilder, Op, Padding};
 use crate::error::{Error, Result};
+
+/// Keras' BatchNormalization epsilon in MobileNet V2.
+const BN_EPSILON: f32 = 1e-3;
 
 /// Width multipliers with published ImageNet weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,50 +92,6 @@ impl Alpha {
             .into_iter()
             .find(|a| text == a.keras_name() || text == a.hub_name())
     }
-}
-
-/// One step of the network, in execution order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// The stem: 3×3 convolution over the RGB input, TF "SAME" padding, batch norm, ReLU6.
-    Stem {
-        /// Keras conv layer name (`Conv1`).
-        conv: String,
-        /// Keras batch-norm layer name (`bn_Conv1`).
-        bn: String,
-        /// Output channels.
-        channels: usize,
-        /// Stride (2).
-        stride: usize,
-    },
-    /// A 1×1 convolution + batch norm, with ReLU6 or linear (a block's projection).
-    Pointwise {
-        /// Keras conv layer name.
-        conv: String,
-        /// Keras batch-norm layer name.
-        bn: String,
-        /// Input channels.
-        cin: usize,
-        /// Output channels.
-        cout: usize,
-        /// Whether ReLU6 follows.
-        relu6: bool,
-    },
-    /// A 3×3 depthwise convolution + batch norm + ReLU6, TF "SAME" padding.
-    Depthwise {
-        /// Keras conv layer name.
-        conv: String,
-        /// Keras batch-norm layer name.
-        bn: String,
-        /// Channels (in = out).
-        channels: usize,
-        /// 1 or 2.
-        stride: usize,
-    },
-    /// Remember the current activation as the input of a residual block.
-    SaveResidual,
-    /// Add the remembered activation (a block whose input and output shapes agree).
-    AddResidual,
 }
 
 /// A MobileNet V2 variant: width multiplier and input resolution.
@@ -323,16 +283,31 @@ impl MobileNetV2 {
         }
     }
 
-    /// The whole network as a list of operations, followed by global average pooling.
-    pub fn ops(&self) -> Vec<Op> {
+    /// The network as Keras Applications builds it, layer by layer with Keras' names,
+    /// after the kit's input scaling from [0, 1] to [-1, 1].
+    pub fn graph(&self) -> Graph {
         let alpha = self.alpha.value();
-        let mut ops = vec![Op::Stem {
-            conv: "Conv1".into(),
-            bn: "bn_Conv1".into(),
-            channels: self.stem_channels(),
-            stride: 2,
-        }];
+        let (mut g, input) = GraphBuilder::new(self.resolution);
+        let scaled = g.layer(
+            "scale_to_minus_one_one",
+            Op::Rescale {
+                scale: vec![2.0],
+                offset: -1.0,
+            },
+            &[input],
+        );
+        let x = g.conv(
+            scaled,
+            "Conv1",
+            self.stem_channels(),
+            (3, 3),
+            2,
+            Padding::Same,
+        );
+        let x = g.bn(x, "bn_Conv1", BN_EPSILON);
+        let mut x = g.act(x, "Conv1_relu", Activation::Relu6);
         let mut channels = self.stem_channels();
+        let mut size = self.resolution.div_ceil(2);
         for (id, &(filters, stride, expansion)) in BLOCKS.iter().enumerate() {
             // Keras truncates filters·α before rounding.
             let out = make_divisible((filters as f64 * alpha).trunc(), 8);
@@ -341,47 +316,52 @@ impl MobileNetV2 {
             } else {
                 format!("block_{id}_")
             };
-            let residual = channels == out && stride == 1;
-            if residual {
-                ops.push(Op::SaveResidual);
-            }
-            let mut inner = channels;
+            let block_input = x;
             if id > 0 {
-                inner = channels.saturating_mul(expansion);
-                ops.push(Op::Pointwise {
-                    conv: format!("{prefix}expand"),
-                    bn: format!("{prefix}expand_BN"),
-                    cin: channels,
-                    cout: inner,
-                    relu6: true,
-                });
+                let inner = channels.saturating_mul(expansion);
+                x = g.conv(
+                    x,
+                    &format!("{prefix}expand"),
+                    inner,
+                    (1, 1),
+                    1,
+                    Padding::Same,
+                );
+                x = g.bn(x, &format!("{prefix}expand_BN"), BN_EPSILON);
+                x = g.act(x, &format!("{prefix}expand_relu"), Activation::Relu6);
             }
-            ops.push(Op::Depthwise {
-                conv: format!("{prefix}depthwise"),
-                bn: format!("{prefix}depthwise_BN"),
-                channels: inner,
-                stride,
-            });
-            ops.push(Op::Pointwise {
-                conv: format!("{prefix}project"),
-                bn: format!("{prefix}project_BN"),
-                cin: inner,
-                cout: out,
-                relu6: false,
-            });
-            if residual {
-                ops.push(Op::AddResidual);
+            let padding = if stride == 2 {
+                x = g.layer(
+                    format!("{prefix}pad"),
+                    Op::ZeroPad(correct_pad(size, 3)),
+                    &[x],
+                );
+                Padding::Valid
+            } else {
+                Padding::Same
+            };
+            x = g.depthwise(x, &format!("{prefix}depthwise"), 3, stride, padding);
+            x = g.bn(x, &format!("{prefix}depthwise_BN"), BN_EPSILON);
+            x = g.act(x, &format!("{prefix}depthwise_relu"), Activation::Relu6);
+            x = g.conv(
+                x,
+                &format!("{prefix}project"),
+                out,
+                (1, 1),
+                1,
+                Padding::Same,
+            );
+            x = g.bn(x, &format!("{prefix}project_BN"), BN_EPSILON);
+            if channels == out && stride == 1 {
+                x = g.layer(format!("{prefix}add"), Op::Add, &[block_input, x]);
             }
             channels = out;
+            size = size.div_ceil(stride);
         }
-        ops.push(Op::Pointwise {
-            conv: "Conv_1".into(),
-            bn: "Conv_1_bn".into(),
-            cin: channels,
-            cout: self.feature_dim(),
-            relu6: true,
-        });
-        ops
+        let x = g.conv(x, "Conv_1", self.feature_dim(), (1, 1), 1, Padding::Same);
+        let x = g.bn(x, "Conv_1_bn", BN_EPSILON);
+        g.act(x, "out_relu", Activation::Relu6);
+        g.finish()
     }
 }
 

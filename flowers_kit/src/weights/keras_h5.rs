@@ -1,9 +1,13 @@
 //! Keras HDF5 weight files → named f32 tensors, with no libhdf5.
 //!
-//! Keras Applications files store a layer's weights at `<layer>/<layer>/<weight>:0`
-//! (`Conv1/Conv1/kernel:0`); whole-model saves put them under `model_weights/<model>/…`
-//! (`model_weights/sequential_1/Conv1/kernel:0`). Both are read here, and every tensor is
-//! addressed by its last two path parts without the `:0` suffix: `Conv1/kernel`.
+//! Keras writes a `layer_names` attribute on the root (or on `model_weights` in a whole-model
+//! save) and a `weight_names` attribute on each layer's group, naming the datasets relative
+//! to it: layer `Conv1` holds `Conv1/kernel:0`, layer `Conv/BatchNorm` (MobileNet V3) holds
+//! `Conv/BatchNorm/gamma:0`, and a nested model's group lists its inner layers' weights. As
+//! Keras' `load_weights` does, this reader follows those attributes, in file order. Each
+//! tensor is addressed by its weight path without the last part's `:0`: layer
+//! `Conv/BatchNorm`, weight `gamma`. A file without the attributes is walked instead, each
+//! tensor named by its last two path parts.
 
 // This module reads untrusted input: every index and every arithmetic step is checked or
 // justified where it is allowed.
@@ -30,16 +34,27 @@ pub struct NamedTensor {
     pub values: Vec<f32>,
 }
 
-/// All tensors of a Keras weight file, by `<layer>/<weight>`.
+/// One weighted layer of the file: its name and its tensors, in file order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KerasLayer {
+    /// The layer name (`Conv1`, `Conv/BatchNorm`, `conv2d_12`…).
+    pub name: String,
+    /// (weight name without `:0`, tensor), in the order Keras wrote them.
+    pub weights: Vec<(String, NamedTensor)>,
+}
+
+/// All tensors of a Keras weight file, by layer, in file order.
 #[derive(Debug, Clone)]
 pub struct KerasWeights {
     path: PathBuf,
-    tensors: HashMap<String, NamedTensor>,
+    layers: Vec<KerasLayer>,
+    /// `<layer>/<weight>` → (layer index, weight index).
+    index: HashMap<String, (usize, usize)>,
     digest: String,
 }
 
 impl KerasWeights {
-    /// Reads every dataset of the file.
+    /// Reads every weight of the file.
     pub fn open(path: impl AsRef<Path>) -> Result<KerasWeights> {
         let path = path.as_ref();
         let bytes = crate::files::read_regular(path, MAX_WEIGHTS_BYTES, "weight file", |reason| {
@@ -64,14 +79,32 @@ impl KerasWeights {
         }
         let file = hdf5_pure::File::from_bytes(bytes)
             .map_err(|e| bad(format!("cannot read HDF5 (truncated or damaged?): {e}")))?;
-        let mut tensors = HashMap::new();
-        collect(&file.root(), "", &mut tensors).map_err(&bad)?;
-        if tensors.is_empty() {
+        let root = file.root();
+        let top = match child(&root, "model_weights") {
+            Some(group) => group,
+            None => root,
+        };
+        let layers = match string_list(&top, "layer_names") {
+            Some(names) => by_attributes(&top, &names),
+            None => {
+                let mut layers = Vec::new();
+                walk(&top, "", &mut layers).map(|()| layers)
+            }
+        }
+        .map_err(&bad)?;
+        let mut index = HashMap::new();
+        for (l, layer) in layers.iter().enumerate() {
+            for (w, (weight, _)) in layer.weights.iter().enumerate() {
+                index.insert(format!("{}/{weight}", layer.name), (l, w));
+            }
+        }
+        if index.is_empty() {
             return Err(bad("the file holds no weight tensors".into()));
         }
         Ok(KerasWeights {
             path,
-            tensors,
+            layers,
+            index,
             digest,
         })
     }
@@ -88,49 +121,166 @@ impl KerasWeights {
 
     /// How many tensors were read.
     pub fn len(&self) -> usize {
-        self.tensors.len()
+        self.index.len()
     }
 
     /// True when no tensor was read (never for an opened file).
     pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
+        self.index.is_empty()
     }
 
-    /// Tensor names, sorted.
+    /// Tensor names (`<layer>/<weight>`), sorted.
     pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = self.index.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
+    }
+
+    /// The weighted layers in file order (what Keras matches by position when names differ).
+    pub fn layers(&self) -> &[KerasLayer] {
+        &self.layers
     }
 
     /// The tensor `<layer>/<weight>`, checked against the expected shape.
     pub fn get(&self, layer: &str, weight: &str, shape: &[usize]) -> Result<&NamedTensor> {
         let name = format!("{layer}/{weight}");
-        let tensor = self.tensors.get(&name).ok_or_else(|| Error::Tensors {
-            path: self.path.clone(),
-            reason: format!(
-                "tensor {name} is missing (is this the weight file of the right model?)"
-            ),
-        })?;
-        if tensor.shape != shape {
-            return Err(Error::Tensors {
+        let tensor = self
+            .index
+            .get(&name)
+            .and_then(|&(l, w)| self.layers.get(l)?.weights.get(w))
+            .map(|(_, t)| t)
+            .ok_or_else(|| Error::Tensors {
                 path: self.path.clone(),
                 reason: format!(
-                    "tensor {name} has shape {:?}, expected {shape:?} (weights of another \
-                     width multiplier?)",
-                    tensor.shape
+                    "tensor {name} is missing (is this the weight file of the right model?)"
                 ),
-            });
-        }
+            })?;
+        check_shape(&self.path, &name, tensor, shape)?;
         Ok(tensor)
     }
 }
 
-/// Walks the group tree, storing each float dataset under its last two path parts.
-fn collect(
+/// Errors unless `tensor` has `shape`.
+pub(crate) fn check_shape(
+    path: &Path,
+    name: &str,
+    tensor: &NamedTensor,
+    shape: &[usize],
+) -> Result<()> {
+    if tensor.shape != shape {
+        return Err(Error::Tensors {
+            path: path.to_path_buf(),
+            reason: format!(
+                "tensor {name} has shape {:?}, expected {shape:?} (weights of another model or \
+                 width?)",
+                tensor.shape
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The group at `path` below `group`, following each `/`-separated part.
+fn child(group: &hdf5_pure::Group, path: &str) -> Option<hdf5_pure::Group> {
+    let mut current = group.group(path.split('/').next()?).ok()?;
+    for part in path.split('/').skip(1) {
+        current = current.group(part).ok()?;
+    }
+    Some(current)
+}
+
+/// A string-list attribute (Keras writes fixed-length byte strings).
+fn string_list(group: &hdf5_pure::Group, name: &str) -> Option<Vec<String>> {
+    use hdf5_pure::AttrValue;
+    let trim = |s: &String| s.trim_end_matches('\0').to_string();
+    match group.attrs().ok()?.get(name)? {
+        AttrValue::StringArray(v) | AttrValue::AsciiStringArray(v) => {
+            Some(v.iter().map(trim).collect())
+        }
+        AttrValue::StringArraySized { values, .. }
+        | AttrValue::AsciiStringArraySized { values, .. } => {
+            Some(values.iter().map(trim).collect())
+        }
+        AttrValue::String(s) | AttrValue::AsciiString(s) => Some(vec![trim(s)]),
+        AttrValue::StringSized { value, .. } | AttrValue::AsciiStringSized { value, .. } => {
+            Some(vec![trim(value)])
+        }
+        _ => None,
+    }
+}
+
+/// Reads one dataset as a tensor.
+fn read_tensor(
+    dataset: &hdf5_pure::Dataset,
+    full: &str,
+) -> std::result::Result<NamedTensor, String> {
+    let shape = dataset
+        .shape()
+        .map_err(|e| format!("cannot read the shape of {full}: {e}"))?
+        .into_iter()
+        .map(|d| usize::try_from(d).unwrap_or(usize::MAX))
+        .collect::<Vec<_>>();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_TENSOR_VALUES)
+        .ok_or_else(|| format!("{full} has an impossible shape {shape:?}"))?;
+    let values = dataset
+        .read_f32()
+        .map_err(|e| format!("cannot read {full} (truncated file?): {e}"))?;
+    if values.len() != count {
+        return Err(format!(
+            "{full} holds {} values for shape {shape:?}",
+            values.len()
+        ));
+    }
+    Ok(NamedTensor { shape, values })
+}
+
+/// The layers named by `layer_names`, each with the datasets its `weight_names` lists.
+fn by_attributes(
+    top: &hdf5_pure::Group,
+    names: &[String],
+) -> std::result::Result<Vec<KerasLayer>, String> {
+    let mut by_layer: Vec<KerasLayer> = Vec::new();
+    for name in names {
+        let group = child(top, name).ok_or_else(|| format!("layer group {name} is missing"))?;
+        let weights = string_list(&group, "weight_names").unwrap_or_default();
+        for weight in weights {
+            let (folder, file) = match weight.rsplit_once('/') {
+                Some((folder, file)) => (Some(folder), file),
+                None => (None, weight.as_str()),
+            };
+            let holder = match folder {
+                Some(folder) => child(&group, folder)
+                    .ok_or_else(|| format!("{name}/{weight}: group {folder} is missing"))?,
+                None => group.clone(),
+            };
+            let dataset = holder
+                .dataset(file)
+                .map_err(|e| format!("cannot open {name}/{weight}: {e}"))?;
+            let tensor = read_tensor(&dataset, &format!("{name}/{weight}"))?;
+            // The weight's own path names its layer: `Conv/BatchNorm/gamma:0`, or for a
+            // nested model's group, the inner layer.
+            let layer = folder.unwrap_or(name).to_string();
+            let short = file.strip_suffix(":0").unwrap_or(file).to_string();
+            match by_layer.last_mut() {
+                Some(last) if last.name == layer => last.weights.push((short, tensor)),
+                _ => by_layer.push(KerasLayer {
+                    name: layer,
+                    weights: vec![(short, tensor)],
+                }),
+            }
+        }
+    }
+    Ok(by_layer)
+}
+
+/// A file without Keras' attributes: every float dataset, named by its last two path parts.
+fn walk(
     group: &hdf5_pure::Group,
     prefix: &str,
-    out: &mut HashMap<String, NamedTensor>,
+    out: &mut Vec<KerasLayer>,
 ) -> std::result::Result<(), String> {
     let datasets = group
         .datasets()
@@ -140,29 +290,16 @@ fn collect(
         let dataset = group
             .dataset(&name)
             .map_err(|e| format!("cannot open {full}: {e}"))?;
-        let shape = dataset
-            .shape()
-            .map_err(|e| format!("cannot read the shape of {full}: {e}"))?
-            .into_iter()
-            .map(|d| usize::try_from(d).unwrap_or(usize::MAX))
-            .collect::<Vec<_>>();
-        let count = shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| n <= MAX_TENSOR_VALUES)
-            .ok_or_else(|| format!("{full} has an impossible shape {shape:?}"))?;
-        let values = dataset
-            .read_f32()
-            .map_err(|e| format!("cannot read {full} (truncated file?): {e}"))?;
-        if values.len() != count {
-            return Err(format!(
-                "{full} holds {} values for shape {shape:?}",
-                values.len()
-            ));
+        let tensor = read_tensor(&dataset, &full)?;
+        let layer = prefix.rsplit('/').next().unwrap_or_default().to_string();
+        let weight = name.strip_suffix(":0").unwrap_or(&name).to_string();
+        match out.last_mut() {
+            Some(last) if last.name == layer => last.weights.push((weight, tensor)),
+            _ => out.push(KerasLayer {
+                name: layer,
+                weights: vec![(weight, tensor)],
+            }),
         }
-        let layer = prefix.rsplit('/').next().unwrap_or_default();
-        let weight = name.strip_suffix(":0").unwrap_or(&name);
-        out.insert(format!("{layer}/{weight}"), NamedTensor { shape, values });
     }
     let groups = group
         .groups()
@@ -171,7 +308,7 @@ fn collect(
         let child = group
             .group(&name)
             .map_err(|e| format!("cannot open {prefix}/{name}: {e}"))?;
-        collect(&child, &format!("{prefix}/{name}"), out)?;
+        walk(&child, &format!("{prefix}/{name}"), out)?;
     }
     Ok(())
 }

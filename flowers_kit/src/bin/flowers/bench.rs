@@ -110,7 +110,7 @@ pub fn decode(extractor: &FeatureExtractor, photos: &Dataset, seconds: f64) -> R
         for chunk in paths.chunks(64) {
             chunk
                 .par_iter()
-                .map(|p| load_resized(p, model.resolution, resize).map(|_| ()))
+                .map(|p| load_resized(p, model.resolution(), resize).map(|_| ()))
                 .collect::<Result<Vec<()>>>()?;
             decoded += chunk.len();
             if start.elapsed().as_secs_f64() >= seconds {
@@ -121,7 +121,7 @@ pub fn decode(extractor: &FeatureExtractor, photos: &Dataset, seconds: f64) -> R
     let decode = decoded as f64 / start.elapsed().as_secs_f64();
     println!(
         "decode+resize to {0}x{0}, {1} threads: {decode:.1} images/s",
-        model.resolution,
+        model.resolution(),
         rayon::current_num_threads()
     );
     Ok(())

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use flowers_kit::backend::Network;
 use flowers_kit::data::{self, Dataset, FetchOptions};
 use flowers_kit::features::{BackendKind, DeviceKind, FeatureExtractor};
-use flowers_kit::models::MobileNetV2;
+use flowers_kit::models::Model;
 use flowers_kit::train::{Activation, Optimizer};
 
 #[derive(Parser)]
@@ -149,8 +149,8 @@ fn non_negative(text: &str) -> Result<f32, String> {
     }
 }
 
-fn parse_model(text: &str) -> Result<MobileNetV2, String> {
-    MobileNetV2::parse(text).map_err(|e| e.to_string())
+fn parse_model(text: &str) -> Result<Model, String> {
+    Model::parse(text).map_err(|e| e.to_string())
 }
 
 /// Which MobileNet V2 extracts the features, and where it runs.
@@ -158,7 +158,7 @@ fn parse_model(text: &str) -> Result<MobileNetV2, String> {
 struct ExtractorArgs {
     /// Model name (mobilenet_v2_0.35_128) or TF-Hub feature-vector handle.
     #[arg(long, default_value = "mobilenet_v2_0.35_128", value_parser = parse_model)]
-    model: MobileNetV2,
+    model: Model,
     /// Keras no_top weight file, path or URL [default: the published one].
     #[arg(long)]
     weights: Option<String>,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use flowers_kit::data::{self, Dataset};
 use flowers_kit::display::write_atomically;
 use flowers_kit::features::FeatureExtractor;
-use flowers_kit::models::MobileNetV2;
+use flowers_kit::models::Model;
 use flowers_kit::plot::{self, Picture};
 use flowers_kit::train::{train, Classifier, TrainConfig};
 use flowers_kit::{Error, Result};
@@ -98,7 +98,7 @@ pub fn run_predict(
             .map(|p| p.display().to_string())
     });
     let extractor =
-        FeatureExtractor::with_weights(MobileNetV2::parse(&trained_on.model)?, source.as_deref())?
+        FeatureExtractor::with_weights(Model::parse(&trained_on.model)?, source.as_deref())?
             .resize(trained_on.resize)
             .without_cache();
     trained_on.check(&extractor)?;

@@ -1,0 +1,170 @@
+//! MobileNet V3 Large (Howard et al., 2019) as Keras Applications builds it
+//! (`mobilenet_v3.py`, tf_keras' layer names): inverted residuals with hard-swish and
+//! squeeze-and-excitation, and the model's own rescaling to [-1, 1]. The kit's [0, 1] pixels
+//! are first scaled to 0–255, Keras' input range.
+
+use super::graph::{correct_pad, Activation, Graph, GraphBuilder, NodeId, Op, Padding};
+use super::mobilenet_v2::make_divisible;
+
+/// Keras' epsilon for MobileNet V3's batch norms.
+const EPSILON: f32 = 1e-3;
+
+/// The Large stack: (expansion, filters, kernel, stride, squeeze-excite, hard-swish).
+const BLOCKS: [(f64, usize, usize, usize, bool, bool); 15] = [
+    (1.0, 16, 3, 1, false, false),
+    (4.0, 24, 3, 2, false, false),
+    (3.0, 24, 3, 1, false, false),
+    (3.0, 40, 5, 2, true, false),
+    (3.0, 40, 5, 1, true, false),
+    (3.0, 40, 5, 1, true, false),
+    (6.0, 80, 3, 2, false, true),
+    (2.5, 80, 3, 1, false, true),
+    (2.3, 80, 3, 1, false, true),
+    (2.3, 80, 3, 1, false, true),
+    (6.0, 112, 3, 1, true, true),
+    (6.0, 112, 3, 1, true, true),
+    (6.0, 160, 5, 2, true, true),
+    (6.0, 160, 5, 1, true, true),
+    (6.0, 160, 5, 1, true, true),
+];
+
+/// The network, layer by layer with tf_keras' names.
+pub fn graph() -> Graph {
+    let (mut g, input) = GraphBuilder::new(224);
+    let x = g.layer(
+        "scale_to_0_255",
+        Op::Rescale {
+            scale: vec![255.0],
+            offset: 0.0,
+        },
+        &[input],
+    );
+    let x = g.layer(
+        "rescaling",
+        Op::Rescale {
+            scale: vec![1.0 / 127.5],
+            offset: -1.0,
+        },
+        &[x],
+    );
+    let x = g.conv(x, "Conv", 16, (3, 3), 2, Padding::Same);
+    let x = g.bn(x, "Conv/BatchNorm", EPSILON);
+    let mut x = g.act(x, "Conv/hard_swish", Activation::HardSwish);
+    let (mut channels, mut size) = (16, 112);
+    for (id, &(expansion, filters, kernel, stride, se, hard)) in BLOCKS.iter().enumerate() {
+        let activation = if hard {
+            Activation::HardSwish
+        } else {
+            Activation::Relu
+        };
+        x = block(
+            &mut g, x, id, channels, size, expansion, filters, kernel, stride, se, activation,
+        );
+        channels = filters;
+        size = size.div_ceil(stride);
+    }
+    let x = g.conv(
+        x,
+        "Conv_1",
+        make_divisible(channels as f64 * 6.0, 8),
+        (1, 1),
+        1,
+        Padding::Same,
+    );
+    let x = g.bn(x, "Conv_1/BatchNorm", EPSILON);
+    g.act(x, "Conv_1/hard_swish", Activation::HardSwish);
+    g.finish()
+}
+
+/// `_inverted_res_block`.
+#[allow(clippy::too_many_arguments)]
+fn block(
+    g: &mut GraphBuilder,
+    inputs: NodeId,
+    id: usize,
+    infilters: usize,
+    size: usize,
+    expansion: f64,
+    filters: usize,
+    kernel: usize,
+    stride: usize,
+    se: bool,
+    activation: Activation,
+) -> NodeId {
+    let prefix = if id == 0 {
+        "expanded_conv/".to_string()
+    } else {
+        format!("expanded_conv_{id}/")
+    };
+    let mut x = inputs;
+    let expanded = make_divisible(infilters as f64 * expansion, 8);
+    if id > 0 {
+        x = g.conv(
+            x,
+            &format!("{prefix}expand"),
+            expanded,
+            (1, 1),
+            1,
+            Padding::Same,
+        );
+        x = g.bn(x, &format!("{prefix}expand/BatchNorm"), EPSILON);
+        x = g.act(x, &format!("{prefix}expand/activation"), activation);
+    }
+    let padding = if stride == 2 {
+        x = g.layer(
+            format!("{prefix}depthwise/pad"),
+            Op::ZeroPad(correct_pad(size, kernel)),
+            &[x],
+        );
+        Padding::Valid
+    } else {
+        Padding::Same
+    };
+    x = g.depthwise(x, &format!("{prefix}depthwise"), kernel, stride, padding);
+    x = g.bn(x, &format!("{prefix}depthwise/BatchNorm"), EPSILON);
+    x = g.act(x, &format!("{prefix}depthwise/activation"), activation);
+    if se {
+        let squeeze = make_divisible(expanded as f64 * 0.25, 8);
+        let s = g.layer(
+            format!("{prefix}squeeze_excite/AvgPool"),
+            Op::GlobalAvgPool,
+            &[x],
+        );
+        let conv = format!("{prefix}squeeze_excite/Conv");
+        let s = g.conv_with(
+            s,
+            &conv,
+            squeeze,
+            (1, 1),
+            1,
+            Padding::Same,
+            true,
+            Activation::Relu,
+        );
+        let conv = format!("{prefix}squeeze_excite/Conv_1");
+        let s = g.conv_with(
+            s,
+            &conv,
+            expanded,
+            (1, 1),
+            1,
+            Padding::Same,
+            true,
+            Activation::HardSigmoid,
+        );
+        x = g.layer(format!("{prefix}squeeze_excite/Mul"), Op::Multiply, &[x, s]);
+    }
+    x = g.conv(
+        x,
+        &format!("{prefix}project"),
+        filters,
+        (1, 1),
+        1,
+        Padding::Same,
+    );
+    x = g.bn(x, &format!("{prefix}project/BatchNorm"), EPSILON);
+    if stride == 1 && infilters == filters {
+        x = g.layer(format!("{prefix}Add"), Op::Add, &[inputs, x]);
+    }
+    x
+}
