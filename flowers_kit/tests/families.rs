@@ -192,3 +192,98 @@ fn mobilenet_v3_large_matches_tensorflow() {
 fn inception_v3_matches_tensorflow() {
     check("inception_v3");
 }
+
+#[test]
+fn nasnet_mobile_matches_tensorflow() {
+    check("nasnet_mobile");
+}
+
+#[test]
+fn cli_fetches_a_family_by_its_hub_handle_from_the_weights_mirror() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let h5 = dir.path().join("inception_v3.h5");
+    write_h5("inception_v3", &h5);
+    let mut files = HashMap::new();
+    files.insert(
+        format!("/{}", Model::InceptionV3.weights_file()),
+        Arc::new(std::fs::read(&h5).unwrap()),
+    );
+    let server = support::http::Server::start(files, support::http::Behaviour::Normal);
+    let out = dir.path().join("features.safetensors");
+    let run = std::process::Command::new(support::flowers_bin())
+        .args([
+            "features",
+            "--model",
+            "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .args(golden_pngs())
+        .env("FLOWERS_KIT_HOME", dir.path().join("home"))
+        .env("FLOWERS_WEIGHTS_URL", &server.base)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let (shape, ours) = support::tensor_f32(&out, "features");
+    assert_eq!(shape, vec![8, 2048]);
+    let (_, golden) = support::tensor_f32(&families().join("inception_v3.safetensors"), "features");
+    let (max, _) = support::max_mean_abs_diff(&ours, &golden);
+    assert!(max <= 1e-4 * 2.61, "max |Δ| {max}");
+    // Downloaded once into the cache, under the family's folder.
+    assert!(dir
+        .path()
+        .join("home/weights/inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")
+        .is_file());
+}
+
+#[test]
+fn every_family_is_listed_and_the_inaturalist_module_is_explained() {
+    let run = std::process::Command::new(support::flowers_bin())
+        .arg("models")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&run.stdout);
+    for family in [
+        "inception_v3",
+        "resnet50_v2",
+        "nasnet_mobile",
+        "efficientnet_b0",
+        "mobilenet_v3_large",
+    ] {
+        let spec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(families().join(format!("{family}.json"))).unwrap(),
+        )
+        .unwrap();
+        let line = listing.lines().find(|l| l.starts_with(family)).unwrap();
+        assert!(line.contains(&spec["parameters"].to_string()), "{line}");
+        assert!(line.contains(&spec["features"].to_string()), "{line}");
+    }
+    assert_eq!(
+        listing
+            .lines()
+            .filter(|l| l.starts_with("mobilenet_v2_"))
+            .count(),
+        22
+    );
+    let err = Model::parse("https://tfhub.dev/google/inaturalist/inception_v3/feature_vector/5")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("iNaturalist") && err.contains("inception_v3"),
+        "{err}"
+    );
+    for handle in [
+        "https://tfhub.dev/google/imagenet/resnet_v2_50/feature_vector/5",
+        "https://tfhub.dev/google/imagenet/nasnet_mobile/feature_vector/5",
+        "https://tfhub.dev/tensorflow/efficientnet/b0/feature-vector/1",
+        "https://tfhub.dev/google/imagenet/mobilenet_v3_large_100_224/feature_vector/5",
+    ] {
+        assert!(Model::parse(handle).is_ok(), "{handle}");
+    }
+}

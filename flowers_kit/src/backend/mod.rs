@@ -414,6 +414,17 @@ fn prepare(
                     activation: *activation,
                 })
             }
+            Op::SeparablePointwise { filters } => Kernel::Conv(Conv {
+                kernel: (1, 1),
+                stride: 1,
+                pad: [0; 4],
+                cin: channels,
+                cout: *filters,
+                depthwise: false,
+                weights: get("pointwise_kernel")?,
+                bias: vec![0.0; *filters],
+                activation: Activation::Linear,
+            }),
             Op::Depthwise {
                 kernel,
                 stride,

@@ -67,6 +67,12 @@ pub enum Op {
         /// Whether a `bias` tensor is added.
         bias: bool,
     },
+    /// The 1×1 half of a Keras `SeparableConv2D` (`pointwise_kernel` `[1, 1, cin, filters]`,
+    /// no bias); its depthwise half is a [`Op::Depthwise`] node of the same name.
+    SeparablePointwise {
+        /// Output channels.
+        filters: usize,
+    },
     /// Keras `BatchNormalization` (`gamma` unless `scale` is false, `beta`, `moving_mean`,
     /// `moving_variance`); folded into the convolution before it where there is one.
     BatchNorm {
@@ -126,6 +132,7 @@ impl Op {
             Op::Conv { .. } => vec!["kernel"],
             Op::Depthwise { bias: true, .. } => vec!["depthwise_kernel", "bias"],
             Op::Depthwise { .. } => vec!["depthwise_kernel"],
+            Op::SeparablePointwise { .. } => vec!["pointwise_kernel"],
             Op::BatchNorm { scale: true, .. } => {
                 vec!["gamma", "beta", "moving_mean", "moving_variance"]
             }
@@ -149,6 +156,7 @@ impl Op {
                 vec![kernel.0, kernel.1, channels, *filters]
             }
             (Op::Conv { filters, .. }, _) => vec![*filters],
+            (Op::SeparablePointwise { filters }, _) => vec![1, 1, channels, *filters],
             (Op::Depthwise { kernel, .. }, "depthwise_kernel") => {
                 vec![kernel.0, kernel.1, channels, 1]
             }
@@ -246,6 +254,10 @@ impl Graph {
                     padding,
                     ..
                 } => spatial(first()?, *kernel, *stride, *padding, *filters)?,
+                Op::SeparablePointwise { filters } => {
+                    let [h, w, _] = first()?;
+                    [h, w, *filters]
+                }
                 Op::Depthwise {
                     kernel,
                     stride,
@@ -353,6 +365,7 @@ impl Graph {
             total += match &node.op {
                 Op::Conv { kernel, .. } => h * w * c * kernel.0 * kernel.1 * cin,
                 Op::Depthwise { kernel, .. } => h * w * c * kernel.0 * kernel.1,
+                Op::SeparablePointwise { .. } => h * w * c * cin,
                 _ => 0,
             };
         }
@@ -455,6 +468,20 @@ impl GraphBuilder {
         self.layer(name, op, &[x])
     }
 
+    /// Keras `SeparableConv2D` without bias: a depthwise and a 1×1 node, both named `name`.
+    pub fn separable(
+        &mut self,
+        x: NodeId,
+        name: &str,
+        filters: usize,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+    ) -> NodeId {
+        let x = self.depthwise(x, name, kernel, stride, padding);
+        self.layer(name, Op::SeparablePointwise { filters }, &[x])
+    }
+
     /// `BatchNormalization` with a `gamma`.
     pub fn bn(&mut self, x: NodeId, name: &str, epsilon: f32) -> NodeId {
         self.layer(
@@ -470,6 +497,11 @@ impl GraphBuilder {
     /// An activation layer.
     pub fn act(&mut self, x: NodeId, name: &str, activation: Activation) -> NodeId {
         self.layer(name, Op::Activation(activation), &[x])
+    }
+
+    /// The graph so far.
+    pub fn peek(&self) -> &Graph {
+        &self.graph
     }
 
     /// The finished graph.

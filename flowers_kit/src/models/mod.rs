@@ -7,6 +7,7 @@
 //! | `mobilenet_v2_<α>_<r>` | r, [-1, 1] | 1280 (α ≤ 1) | [`mobilenet_v2`] (the tutorial's) |
 //! | `inception_v3` | 299, [-1, 1] | 2048 | [`inception_v3`] |
 //! | `resnet50_v2` | 224, [-1, 1] | 2048 | [`resnet_v2`] |
+//! | `nasnet_mobile` | 224, [-1, 1] | 1056 | [`nasnet`] |
 //! | `efficientnet_b0` | 224, 0–255 | 1280 | [`efficientnet`] |
 //! | `mobilenet_v3_large` | 224, 0–255 | 960 | [`mobilenet_v3`] |
 
@@ -15,6 +16,7 @@ pub mod graph;
 pub mod inception_v3;
 pub mod mobilenet_v2;
 pub mod mobilenet_v3;
+pub mod nasnet;
 pub mod resnet_v2;
 
 use std::fmt;
@@ -41,6 +43,8 @@ pub enum Model {
     InceptionV3,
     /// ResNet-50 V2 (He et al., 2016, pre-activation), 224 px.
     ResNet50V2,
+    /// NASNet-A Mobile (Zoph et al., 2018), 224 px.
+    NasNetMobile,
     /// EfficientNet-B0 (Tan & Le, 2019), 224 px.
     EfficientNetB0,
     /// MobileNet V3 Large (Howard et al., 2019), 224 px.
@@ -69,6 +73,7 @@ impl Model {
             Model::MobileNetV2(tutorial),
             Model::InceptionV3,
             Model::ResNet50V2,
+            Model::NasNetMobile,
             Model::EfficientNetB0,
             Model::MobileNetV3Large,
         ]
@@ -91,6 +96,7 @@ impl Model {
         let fixed = [
             ("inception_v3", Model::InceptionV3),
             ("resnet50_v2", Model::ResNet50V2),
+            ("nasnet_mobile", Model::NasNetMobile),
             ("efficientnet_b0", Model::EfficientNetB0),
             ("mobilenet_v3_large", Model::MobileNetV3Large),
         ];
@@ -117,6 +123,11 @@ impl Model {
                 if version(v) =>
             {
                 Ok(Model::ResNet50V2)
+            }
+            ["tfhub.dev", "google", "imagenet", "nasnet_mobile", "feature_vector", v]
+                if version(v) =>
+            {
+                Ok(Model::NasNetMobile)
             }
             ["tfhub.dev", "tensorflow" | "google", "efficientnet", "b0", "feature-vector", v]
                 if version(v) =>
@@ -152,9 +163,10 @@ impl Model {
 
     fn accepted() -> String {
         "Accepted: mobilenet_v2_<alpha>_<resolution> (e.g. mobilenet_v2_0.35_128), \
-         inception_v3, resnet50_v2, efficientnet_b0, mobilenet_v3_large, or their TF-Hub \
+         inception_v3, resnet50_v2, nasnet_mobile, efficientnet_b0, mobilenet_v3_large, or their TF-Hub \
          feature-vector handles: https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/feature_vector/2, \
          …/google/imagenet/inception_v3/feature_vector/5, …/google/imagenet/resnet_v2_50/feature_vector/5, \
+         …/google/imagenet/nasnet_mobile/feature_vector/5, \
          …/tensorflow/efficientnet/b0/feature-vector/1, \
          …/google/imagenet/mobilenet_v3_large_100_224/feature_vector/5"
             .into()
@@ -166,6 +178,7 @@ impl Model {
             Model::MobileNetV2(m) => m.name(),
             Model::InceptionV3 => "inception_v3".into(),
             Model::ResNet50V2 => "resnet50_v2".into(),
+            Model::NasNetMobile => "nasnet_mobile".into(),
             Model::EfficientNetB0 => "efficientnet_b0".into(),
             Model::MobileNetV3Large => "mobilenet_v3_large".into(),
         }
@@ -185,6 +198,7 @@ impl Model {
         match self {
             Model::MobileNetV2(m) => m.feature_dim(),
             Model::InceptionV3 | Model::ResNet50V2 => 2048,
+            Model::NasNetMobile => 1056,
             Model::EfficientNetB0 => 1280,
             Model::MobileNetV3Large => 960,
         }
@@ -201,6 +215,7 @@ impl Model {
             Model::ResNet50V2 => {
                 "resnet/resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5".into()
             }
+            Model::NasNetMobile => "nasnet/NASNet-mobile-no-top.h5".into(),
             Model::EfficientNetB0 => "efficientnetb0_notop.h5".into(),
             Model::MobileNetV3Large => {
                 "mobilenet_v3/weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5".into()
@@ -230,6 +245,7 @@ impl Model {
             Model::MobileNetV2(m) => m.graph(),
             Model::InceptionV3 => inception_v3::graph(),
             Model::ResNet50V2 => resnet_v2::graph(),
+            Model::NasNetMobile => nasnet::graph(),
             Model::EfficientNetB0 => efficientnet::graph(published_weights),
             Model::MobileNetV3Large => mobilenet_v3::graph(),
         }

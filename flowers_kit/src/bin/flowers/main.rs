@@ -286,6 +286,9 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// List every model: input size, feature size, parameters, multiply-adds per image and
+    /// the Keras Applications weight file.
+    Models,
     /// Measure images/s: forward pass and decode+resize separately, or cold/warm extraction.
     /// Without --weights, seeded random weights are used: speed does not depend on them.
     Bench {
@@ -416,6 +419,25 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                 config,
                 out,
             })
+        }
+        Command::Models => {
+            println!(
+                "{:<24} {:>7} {:>8} {:>11} {:>14}  weights file",
+                "model", "input", "features", "parameters", "multiply-adds"
+            );
+            for model in Model::all() {
+                let graph = model.graph(false);
+                println!(
+                    "{:<24} {:>7} {:>8} {:>11} {:>14}  {}",
+                    model.name(),
+                    format!("{0}×{0}", model.resolution()),
+                    model.feature_dim(),
+                    graph.parameters()?,
+                    graph.multiply_adds()?,
+                    model.weights_file()
+                );
+            }
+            Ok(())
         }
         Command::Predict {
             classifier,
