@@ -4,11 +4,14 @@ environment that points flowers_kit at it, with a fresh cache."""
 
 import functools
 import http.server
+import json
+import math
 import os
 import pathlib
 import tarfile
 import threading
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -34,12 +37,74 @@ def mirror(tmp_path_factory):
         alpha, rows = h5.name[len("mobilenet_v2_") : -len("_no_top.h5")].split("_")
         keras_name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5"
         (root / "mobilenet_v2" / keras_name).symlink_to(h5)
+    # The other families: generator weights (../shared/golden/families/generator.md) in
+    # Keras' save_weights layout, at their Keras Applications paths.
+    for family, relative in FAMILY_FILES.items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_family_h5(family, target)
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root))
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+
+
+FAMILY_FILES = {
+    "inception_v3": "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "resnet50_v2": "resnet/resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "nasnet_mobile": "nasnet/NASNet-mobile-no-top.h5",
+    "efficientnet_b0": "efficientnetb0_notop.h5",
+    "mobilenet_v3_large": "mobilenet_v3/weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
+}
+
+MASK64 = (1 << 64) - 1
+
+
+def generate(layer, weight, shape, gain):
+    """The documented weight generator: FNV-1a of the name seeds splitmix64."""
+    state = 0xCBF29CE484222325
+    for b in f"{layer}/{weight}".encode():
+        state = ((state ^ b) * 0x100000001B3) & MASK64
+    n = math.prod(shape)
+    i = np.arange(1, n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = np.uint64(state) + i * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(40)).astype(np.float64) / float(1 << 24)
+    if weight == "gamma":
+        v = 0.5 + u
+    elif weight in ("moving_variance", "variance"):
+        v = 0.5 + 1.5 * u
+    elif weight == "count":
+        v = np.full(n, 1000.0)
+    elif len(shape) >= 2:
+        fan_in = math.prod(shape[:2]) if weight == "depthwise_kernel" else math.prod(shape[:-1])
+        v = (2 * u - 1) * math.sqrt(6 / fan_in) * gain
+    else:
+        v = (2 * u - 1) * 0.05
+    return v.astype(np.float32).reshape(shape)
+
+
+def write_family_h5(family, path):
+    import h5py
+
+    spec = json.loads((SHARED / "golden" / "families" / f"{family}.json").read_text())
+    gain = spec.get("kernel_gain", 1.0)
+    layers = []
+    with h5py.File(path, "w") as f:
+        for layer, weight, shape in spec["weights"]:
+            if not layers or layers[-1] != layer:
+                layers.append(layer)
+            group = f.require_group(layer)
+            name = f"{layer}/{weight}:0"
+            names = list(group.attrs.get("weight_names", []))
+            group.attrs["weight_names"] = np.array(names + [name.encode()], dtype="S")
+            group.create_dataset(name, data=generate(layer, weight, shape, gain))
+        f.attrs["layer_names"] = np.array([l.encode() for l in layers], dtype="S")
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,9 @@
 //!
 //! TensorFlow's tutorial "Classify flowers with transfer learning", in Rust: download the
 //! flower photos, split them exactly as the tutorial does, extract features with an
-//! ImageNet-pretrained MobileNet V2, and train a small classifier on top — from evcxr
-//! notebooks or the `flowers` command line.
+//! ImageNet-pretrained MobileNet V2 (or Inception V3, ResNet-50 V2, NASNet Mobile,
+//! EfficientNet-B0, MobileNet V3 — see [`models`]), and train a small classifier on top —
+//! from evcxr notebooks or the `flowers` command line.
 //!
 //! ```no_run
 //! use flowers_kit::prelude::*;
@@ -42,7 +43,7 @@ pub mod prelude {
     };
     pub use crate::error::{Error, Result};
     pub use crate::features::{BackendKind, DeviceKind, FeatureExtractor, Features};
-    pub use crate::models::MobileNetV2;
+    pub use crate::models::{MobileNetV2, Model};
     pub use crate::plot::{self, Chart, Picture, Series};
     pub use crate::train::{
         train, Activation, Classifier, History, Metrics, Optimizer, TrainConfig,
