@@ -12,6 +12,13 @@ from nbclient import NotebookClient
 from conftest import ARTIFACTS, ROOT
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# Lines flowers_kit's progress reporting prints (see flowers_kit/src/progress.rs).
+PROGRESS = re.compile(
+    r"^(Extracting features|Extracted \d+ photos|\d+ photos from the cache|Downloading |Downloaded )", re.M
+)
+# Most progress lines one cell may print: a start, three quarters and a closing line for an
+# operation, and a download before it.
+MAX_PROGRESS_LINES = 8
 # A code cell that ends in one of these shows a figure.
 FIGURE = re.compile(r"^(plot::|Picture::|Chart::)")
 
@@ -67,6 +74,9 @@ def check(nb, name):
                 problems.append(f"cell {i}: panic: {text[:2000]}")
             if out.get("name") == "stderr" and re.search(r"^error(\[E\d+\])?:", text, re.M):
                 problems.append(f"cell {i}: compile error: {text[:2000]}")
+        progress = sum(len(PROGRESS.findall(text_of(o))) for o in outputs if o.get("name") == "stdout")
+        if progress > MAX_PROGRESS_LINES:
+            problems.append(f"cell {i} prints {progress} progress lines (at most {MAX_PROGRESS_LINES})")
         if shows_figure(cell):
             mimes = {m for out in outputs for m in out.get("data", {})}
             if not mimes & {"image/png", "image/svg+xml"}:

@@ -188,7 +188,7 @@ fn try_once(client: &reqwest::blocking::Client, url: &str, part: &Path) -> Resul
 
     let name = url.rsplit('/').next().unwrap_or(url);
     let mut progress = Progress::new(&format!("Downloading {name}"), total, Unit::Bytes);
-    progress.set_position(start);
+    progress.resume_from(start);
     let mut written = start;
     let mut buffer = vec![0u8; 256 * 1024];
     loop {
@@ -197,19 +197,29 @@ fn try_once(client: &reqwest::blocking::Client, url: &str, part: &Path) -> Resul
             Ok(n) => n,
             Err(e) => {
                 let _ = file.flush();
-                return Err(Failure::Transient(format!(
-                    "connection lost after {written} bytes: {e}"
-                )));
+                let reason = format!("connection lost after {written} bytes: {e}");
+                progress.fail(&reason);
+                return Err(Failure::Transient(reason));
             }
         };
-        file.write_all(buffer.get(..n).unwrap_or_default())
-            .map_err(|e| Failure::Permanent(format!("cannot write {}: {e}", part.display())))?;
+        if let Err(e) = file.write_all(buffer.get(..n).unwrap_or_default()) {
+            let reason = format!("cannot write {}: {e}", part.display());
+            progress.fail(&reason);
+            return Err(Failure::Permanent(reason));
+        }
         written = written.saturating_add(n as u64);
         progress.inc(n as u64);
     }
     file.sync_all()
         .map_err(|e| Failure::Permanent(format!("cannot write {}: {e}", part.display())))?;
-    progress.finish();
+    progress.finish_with(|s| {
+        format!(
+            "Downloaded {name}: {:.1} MiB in {:.1} s ({:.1} MiB/s)",
+            s.done.saturating_add(s.resumed) as f64 / (1024.0 * 1024.0),
+            s.seconds,
+            s.rate() / (1024.0 * 1024.0)
+        )
+    });
 
     match total {
         Some(total) if written < total => Err(Failure::Transient(format!(

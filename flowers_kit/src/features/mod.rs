@@ -86,6 +86,7 @@ pub struct FeatureExtractor {
     batch_size: usize,
     cache: Option<PathBuf>,
     limits: PhotoLimits,
+    progress: bool,
 }
 
 impl std::fmt::Debug for FeatureExtractor {
@@ -264,6 +265,7 @@ impl FeatureExtractor {
             batch_size: 16,
             cache: Some(cache_home().join("features")),
             limits: PhotoLimits::default(),
+            progress: true,
         })
     }
 
@@ -307,6 +309,12 @@ impl FeatureExtractor {
         }
         self.batch_size = batch_size;
         Ok(self)
+    }
+
+    /// Prints no progress or summary lines (a loop that reports in its own words).
+    pub fn quiet(mut self) -> FeatureExtractor {
+        self.progress = false;
+        self
     }
 
     /// Caps on the photo files read (size, pixels); see [`PhotoLimits`].
@@ -440,11 +448,14 @@ impl FeatureExtractor {
         let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
         let mut skipped = Vec::new();
         let mut cache_hits = 0;
-        let mut progress = Progress::new(
-            &format!("Extracting features ({})", self.network.model().name()),
-            Some(paths.len() as u64),
-            Unit::Items,
-        );
+        let model = self.network.model().name();
+        let label = format!("Extracting features ({model})");
+        let total = Some(paths.len() as u64);
+        let mut progress = if self.progress {
+            Progress::new(&label, total, Unit::Items)
+        } else {
+            Progress::silent(&label, total, Unit::Items)
+        };
         // Chunks of a few batches (at least 64 photos) keep every core busy decoding while
         // bounding memory.
         let chunk = self.batch_size * (64 / self.batch_size).max(1);
@@ -471,7 +482,7 @@ impl FeatureExtractor {
         };
         // Pipeline: a loader thread reads, hashes and decodes the next chunk (in parallel)
         // while this thread runs the current one through the network.
-        std::thread::scope(|scope| -> Result<()> {
+        let run = std::thread::scope(|scope| -> Result<()> {
             let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Result<Loaded>>>(1);
             scope.spawn(move || {
                 for chunk_paths in paths.chunks(chunk) {
@@ -522,8 +533,24 @@ impl FeatureExtractor {
                 progress.inc(count as u64);
             }
             Ok(())
-        })?;
-        progress.finish();
+        });
+        if let Err(e) = run {
+            progress.fail(&e);
+            return Err(e);
+        }
+        let hits = cache_hits;
+        progress.finish_with(|s| {
+            if hits as u64 == s.done {
+                format!("{} photos from the cache in {:.1} s", s.done, s.seconds)
+            } else {
+                format!(
+                    "Extracted {} photos with {model} in {:.1} s ({:.1} photos/s; {hits} from cache)",
+                    s.done,
+                    s.seconds,
+                    s.rate()
+                )
+            }
+        });
         let mut values = Vec::with_capacity(paths.len() * dim);
         let mut kept = Vec::with_capacity(paths.len());
         for (i, row) in rows.into_iter().enumerate() {
@@ -542,25 +569,32 @@ impl FeatureExtractor {
     }
 
     /// Train and test features of a split (photos that cannot be read are left out).
+    ///
+    /// Train and test photos are one extraction, with one progress report.
     pub fn extract(&self, split: &Split) -> Result<Features> {
-        let side = |examples: &[crate::data::Example]| -> Result<FeatureSet> {
-            let paths: Vec<PathBuf> = examples.iter().map(|e| e.path.clone()).collect();
-            let out = self.extract_paths(&paths)?;
-            let kept: Vec<&crate::data::Example> =
-                out.kept.iter().filter_map(|&i| examples.get(i)).collect();
-            FeatureSet::new(
-                out.values,
-                out.dim,
-                kept.iter().map(|e| e.label).collect(),
-                kept.iter().map(|e| e.path.clone()).collect(),
-            )
-        };
+        let examples: Vec<&crate::data::Example> = split.train.iter().chain(&split.test).collect();
+        let paths: Vec<PathBuf> = examples.iter().map(|e| e.path.clone()).collect();
+        let out = self.extract_paths(&paths)?;
+        let dim = out.dim;
+        let (mut train, mut test) = (Side::default(), Side::default());
+        for (row, &i) in out.values.chunks_exact(dim).zip(&out.kept) {
+            let side = if i < split.train.len() {
+                &mut train
+            } else {
+                &mut test
+            };
+            if let Some(example) = examples.get(i) {
+                side.values.extend_from_slice(row);
+                side.labels.push(example.label);
+                side.paths.push(example.path.clone());
+            }
+        }
         Ok(Features {
             classes: split.classes.clone(),
             source: self.source(),
-            dim: self.feature_dim(),
-            train: side(&split.train)?,
-            test: side(&split.test)?,
+            dim,
+            train: FeatureSet::new(train.values, dim, train.labels, train.paths)?,
+            test: FeatureSet::new(test.values, dim, test.labels, test.paths)?,
         })
     }
 
@@ -579,6 +613,14 @@ impl FeatureExtractor {
         let name = self.network.model().name();
         dir.join(format!("{name}-{}", key.get(..16).unwrap_or(&key)))
     }
+}
+
+/// Rows of one side of a split, while they are sorted out.
+#[derive(Default)]
+struct Side {
+    values: Vec<f32>,
+    labels: Vec<usize>,
+    paths: Vec<PathBuf>,
 }
 
 enum Loaded {
