@@ -269,8 +269,14 @@ fn cli_download_uses_the_environment_url() {
     );
     assert!(stdout.contains("750 photos in 5 classes"), "{stdout}");
     // Notebook/pipe progress: a quick download prints one closing line on stdout, no more.
-    let progress: Vec<&str> = stdout.lines().filter(|l| l.starts_with("Download")).collect();
+    let progress: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("Download"))
+        .collect();
     assert_eq!(progress.len(), 1, "{stdout}");
-    assert!(progress[0].starts_with("Downloaded flower_photos.tgz: "), "{stdout}");
+    assert!(
+        progress[0].starts_with("Downloaded flower_photos.tgz: "),
+        "{stdout}"
+    );
     assert_complete_sample(&home.path().join("datasets").join("flower_photos"));
 }

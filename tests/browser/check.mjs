@@ -64,6 +64,13 @@ try {
   await page.screenshot({ path: path.join(outDir, "lab-00-plots.png") });
   await page.locator(".jp-RenderedImage").first().scrollIntoViewIfNeeded();
   await page.screenshot({ path: path.join(outDir, "lab-00-grid.png") });
+  // The extraction cell: its progress report is one or a few lines, not a wall.
+  const extraction = page.getByText(/Extracted \d+ photos|photos from the cache/).first();
+  if ((await extraction.count()) === 0) await fail("the extraction cell printed no summary line");
+  await extraction.scrollIntoViewIfNeeded();
+  await page.mouse.wheel(0, -200);
+  await page.waitForTimeout(300);
+  await page.screenshot({ path: path.join(outDir, "lab-00-features.png") });
   console.log(`screenshots in ${outDir}`);
 } finally {
   await browser.close();

@@ -343,6 +343,36 @@ pub(crate) fn activate(values: &mut [f32], activation: Activation) {
     }
 }
 
+/// Adds the per-channel bias to every row and applies `activation`, in one pass.
+// max/min rather than clamp: clamp's NaN-preserving compare-and-select vectorises worse.
+#[allow(clippy::manual_clamp)]
+fn bias_activate(out: &mut [f32], bias: &[f32], activation: Activation) {
+    match activation {
+        Activation::Relu6 => {
+            for row in out.chunks_exact_mut(bias.len()) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v = (*v + b).max(0.0).min(6.0);
+                }
+            }
+        }
+        Activation::Relu => {
+            for row in out.chunks_exact_mut(bias.len()) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v = (*v + b).max(0.0);
+                }
+            }
+        }
+        other => {
+            for row in out.chunks_exact_mut(bias.len()) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += b;
+                }
+                activate(row, other);
+            }
+        }
+    }
+}
+
 /// One convolution of a `[h, w, cin]` input into `out` (`[ho, wo, cout]`).
 #[allow(clippy::too_many_arguments)]
 fn run_conv(
@@ -380,36 +410,47 @@ fn run_conv(
         }
         return;
     }
-    fill_rows(out, &conv.bias, residual);
+    // A linear convolution, or one feeding a residual add, starts from bias (+ addend) and
+    // lets gemm accumulate; one followed by an activation lets gemm overwrite, then adds the
+    // bias and applies the activation in one pass.
+    let accumulate = residual.is_some() || conv.activation == Activation::Linear;
+    if accumulate {
+        fill_rows(out, &conv.bias, residual);
+    }
     let (kh, kw) = conv.kernel;
+    let m = ho * wo;
     if (kh, kw) == (1, 1) && conv.stride == 1 && conv.pad == [0; 4] {
         matmul(
             out,
             input,
             &conv.weights,
-            ho * wo,
+            m,
             cin,
             cout,
-            true,
+            accumulate,
             parallelism,
         );
     } else {
         let k = kh * kw * cin;
-        let mut cols = pool.take(ho * wo * k);
+        let mut cols = pool.take(m * k);
         im2col(input, (h, w, cin), conv, (ho, wo), &mut cols);
         matmul(
             out,
             &cols,
             &conv.weights,
-            ho * wo,
+            m,
             k,
             cout,
-            true,
+            accumulate,
             parallelism,
         );
         pool.give(cols);
     }
-    activate(out, conv.activation);
+    if accumulate {
+        activate(out, conv.activation);
+    } else {
+        bias_activate(out, &conv.bias, conv.activation);
+    }
 }
 
 /// The `[kh, kw, cin]` patch of every output pixel, zeros for padding: `[ho·wo, kh·kw·cin]`.
@@ -631,19 +672,36 @@ impl Depthwise<'_> {
     /// The bounds-checked kernel for output columns `columns` of row `oy`; inlined into the
     /// feature-specific callers, where the channel loops become vector instructions.
     #[inline(always)]
-    #[allow(clippy::manual_clamp)]
     fn checked(&self, oy: usize, row: &mut [f32], columns: std::ops::Range<usize>) {
+        // Constant window sizes let the compiler unroll the tap loops of the common kernels.
+        match self.kernel {
+            (3, 3) => self.checked_with(oy, row, columns, 3, 3),
+            (5, 5) => self.checked_with(oy, row, columns, 5, 5),
+            (kh, kw) => self.checked_with(oy, row, columns, kh, kw),
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::manual_clamp)]
+    fn checked_with(
+        &self,
+        oy: usize,
+        row: &mut [f32],
+        columns: std::ops::Range<usize>,
+        kh: usize,
+        kw: usize,
+    ) {
         let Depthwise {
             input,
             h,
             w,
             c,
             stride,
-            kernel: (kh, kw),
             pad: (pad_y, pad_x),
             weights,
             bias,
             relu6,
+            ..
         } = *self;
         for ox in columns {
             let out = &mut row[ox * c..][..c];
