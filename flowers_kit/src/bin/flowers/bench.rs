@@ -189,3 +189,47 @@ pub fn train_steps(dim: usize, device: &flowers_kit::features::DeviceKind) -> Re
     );
     Ok(())
 }
+
+/// The prepared steps of `model` (random weights) as JSON, without the weight values.
+pub fn graph_json(model: flowers_kit::models::Model) -> Result<String> {
+    use flowers_kit::backend::{Kernel, Network};
+    use serde_json::json;
+    let network = Network::random(model, 0)?;
+    let steps: Vec<serde_json::Value> = network
+        .steps()
+        .iter()
+        .map(|step| {
+            let detail = match &step.kernel {
+                Kernel::Input => json!({"kind": "input"}),
+                Kernel::Conv(c) => json!({"kind": "conv", "kernel": [c.kernel.0, c.kernel.1],
+                    "stride": c.stride, "pad": c.pad, "cin": c.cin, "cout": c.cout,
+                    "depthwise": c.depthwise, "activation": format!("{:?}", c.activation)}),
+                Kernel::Affine { activation, .. } => {
+                    json!({"kind": "affine", "activation": format!("{activation:?}")})
+                }
+                Kernel::Activation(a) => json!({"kind": "activation", "activation": format!("{a:?}")}),
+                Kernel::Add(a) => json!({"kind": "add", "activation": format!("{a:?}")}),
+                Kernel::Multiply => json!({"kind": "multiply"}),
+                Kernel::Concat => json!({"kind": "concat"}),
+                Kernel::MaxPool { size, stride, pad } => {
+                    json!({"kind": "maxpool", "size": [size.0, size.1], "stride": stride, "pad": pad})
+                }
+                Kernel::AvgPool { size, stride, pad } => {
+                    json!({"kind": "avgpool", "size": [size.0, size.1], "stride": stride, "pad": pad})
+                }
+                Kernel::Pad(p) => json!({"kind": "pad", "pad": p}),
+                Kernel::Crop(c) => json!({"kind": "crop", "crop": c}),
+                Kernel::GlobalAvgPool => json!({"kind": "gap"}),
+            };
+            let mut value = detail;
+            value["name"] = json!(step.name);
+            value["inputs"] = json!(step.inputs);
+            value["shape"] = json!(step.shape);
+            value
+        })
+        .collect();
+    serde_json::to_string(
+        &json!({"model": model.name(), "resolution": model.resolution(), "steps": steps}),
+    )
+    .map_err(|e| Error::InvalidArgument(format!("cannot write the graph: {e}")))
+}

@@ -286,6 +286,13 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Print a model's prepared steps as JSON (kind, inputs, shape and sizes; no weights):
+    /// what bench/ort_families.py turns into the same network for ONNX Runtime.
+    Graph {
+        /// Model name or TF-Hub handle.
+        #[arg(value_parser = parse_model)]
+        model: Model,
+    },
     /// List every model: input size, feature size, parameters, multiply-adds per image and
     /// the Keras Applications weight file.
     Models,
@@ -419,6 +426,10 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                 config,
                 out,
             })
+        }
+        Command::Graph { model } => {
+            println!("{}", bench::graph_json(model)?);
+            Ok(())
         }
         Command::Models => {
             println!(
