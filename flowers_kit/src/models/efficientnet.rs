@@ -98,15 +98,8 @@ fn block(
     let filters = filters_in * expand;
     let mut x = inputs;
     if expand != 1 {
-        x = g.conv(
-            x,
-            &format!("{name}expand_conv"),
-            filters,
-            (1, 1),
-            1,
-            Padding::Same,
-        );
-        x = g.bn(x, &format!("{name}expand_bn"), EPSILON);
+        let (conv, bn) = (format!("{name}expand_conv"), format!("{name}expand_bn"));
+        x = g.pointwise_bn(x, &conv, &bn, filters, EPSILON);
         x = g.act(x, &format!("{name}expand_activation"), Activation::Swish);
     }
     let padding = if stride == 2 {
@@ -123,40 +116,12 @@ fn block(
     x = g.bn(x, &format!("{name}bn"), EPSILON);
     x = g.act(x, &format!("{name}activation"), Activation::Swish);
     // Squeeze and excitation, ratio 0.25 of the block's input filters.
-    let filters_se = (filters_in / 4).max(1);
-    let se = g.layer(format!("{name}se_squeeze"), Op::GlobalAvgPool, &[x]);
-    let reduce = format!("{name}se_reduce");
-    let se = g.conv_with(
-        se,
-        &reduce,
-        filters_se,
-        (1, 1),
-        1,
-        Padding::Same,
-        true,
-        Activation::Swish,
-    );
-    let expand_name = format!("{name}se_expand");
-    let se = g.conv_with(
-        se,
-        &expand_name,
-        filters,
-        (1, 1),
-        1,
-        Padding::Same,
-        true,
-        Activation::Sigmoid,
-    );
-    x = g.layer(format!("{name}se_excite"), Op::Multiply, &[x, se]);
-    x = g.conv(
-        x,
-        &format!("{name}project_conv"),
-        filters_out,
-        (1, 1),
-        1,
-        Padding::Same,
-    );
-    x = g.bn(x, &format!("{name}project_bn"), EPSILON);
+    let names = ["se_squeeze", "se_reduce", "se_expand", "se_excite"].map(|n| format!("{name}{n}"));
+    let names = [&names[0], &names[1], &names[2], &names[3]].map(String::as_str);
+    let squeeze = (filters_in / 4).max(1);
+    x = g.squeeze_excite(x, names, squeeze, Activation::Swish, Activation::Sigmoid);
+    let (conv, bn) = (format!("{name}project_conv"), format!("{name}project_bn"));
+    x = g.pointwise_bn(x, &conv, &bn, filters_out, EPSILON);
     if stride == 1 && filters_in == filters_out {
         x = g.layer(format!("{name}add"), Op::Add, &[x, inputs]);
     }

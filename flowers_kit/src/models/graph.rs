@@ -482,6 +482,44 @@ impl GraphBuilder {
         self.layer(name, Op::SeparablePointwise { filters }, &[x])
     }
 
+    /// A 1×1, stride-1 `Conv2D` without bias, then its `BatchNormalization`: the expand and
+    /// project layers of every inverted-residual family.
+    pub fn pointwise_bn(
+        &mut self,
+        x: NodeId,
+        conv: &str,
+        bn: &str,
+        filters: usize,
+        epsilon: f32,
+    ) -> NodeId {
+        let x = self.conv(x, conv, filters, (1, 1), 1, Padding::Same);
+        self.bn(x, bn, epsilon)
+    }
+
+    /// Squeeze-and-excitation: global average → 1×1 conv with bias and `inner` → 1×1 conv
+    /// with bias and `gate` → product with `x`. `names`: the pooling, the two convolutions
+    /// and the product.
+    pub fn squeeze_excite(
+        &mut self,
+        x: NodeId,
+        names: [&str; 4],
+        squeeze: usize,
+        inner: Activation,
+        gate: Activation,
+    ) -> NodeId {
+        let [pool, reduce, expand, product] = names;
+        let filters = self
+            .graph
+            .shapes()
+            .ok()
+            .and_then(|s| s.get(x).map(|s| s[2]))
+            .unwrap_or(squeeze);
+        let s = self.layer(pool, Op::GlobalAvgPool, &[x]);
+        let s = self.conv_with(s, reduce, squeeze, (1, 1), 1, Padding::Same, true, inner);
+        let s = self.conv_with(s, expand, filters, (1, 1), 1, Padding::Same, true, gate);
+        self.layer(product, Op::Multiply, &[x, s])
+    }
+
     /// `BatchNormalization` with a `gamma`.
     pub fn bn(&mut self, x: NodeId, name: &str, epsilon: f32) -> NodeId {
         self.layer(

@@ -319,15 +319,8 @@ impl MobileNetV2 {
             let block_input = x;
             if id > 0 {
                 let inner = channels.saturating_mul(expansion);
-                x = g.conv(
-                    x,
-                    &format!("{prefix}expand"),
-                    inner,
-                    (1, 1),
-                    1,
-                    Padding::Same,
-                );
-                x = g.bn(x, &format!("{prefix}expand_BN"), BN_EPSILON);
+                let (conv, bn) = (format!("{prefix}expand"), format!("{prefix}expand_BN"));
+                x = g.pointwise_bn(x, &conv, &bn, inner, BN_EPSILON);
                 x = g.act(x, &format!("{prefix}expand_relu"), Activation::Relu6);
             }
             let padding = if stride == 2 {
@@ -343,15 +336,8 @@ impl MobileNetV2 {
             x = g.depthwise(x, &format!("{prefix}depthwise"), 3, stride, padding);
             x = g.bn(x, &format!("{prefix}depthwise_BN"), BN_EPSILON);
             x = g.act(x, &format!("{prefix}depthwise_relu"), Activation::Relu6);
-            x = g.conv(
-                x,
-                &format!("{prefix}project"),
-                out,
-                (1, 1),
-                1,
-                Padding::Same,
-            );
-            x = g.bn(x, &format!("{prefix}project_BN"), BN_EPSILON);
+            let (conv, bn) = (format!("{prefix}project"), format!("{prefix}project_BN"));
+            x = g.pointwise_bn(x, &conv, &bn, out, BN_EPSILON);
             if channels == out && stride == 1 {
                 x = g.layer(format!("{prefix}add"), Op::Add, &[block_input, x]);
             }

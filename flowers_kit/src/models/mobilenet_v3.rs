@@ -99,15 +99,11 @@ fn block(
     let mut x = inputs;
     let expanded = make_divisible(infilters as f64 * expansion, 8);
     if id > 0 {
-        x = g.conv(
-            x,
-            &format!("{prefix}expand"),
-            expanded,
-            (1, 1),
-            1,
-            Padding::Same,
+        let (conv, bn) = (
+            format!("{prefix}expand"),
+            format!("{prefix}expand/BatchNorm"),
         );
-        x = g.bn(x, &format!("{prefix}expand/BatchNorm"), EPSILON);
+        x = g.pointwise_bn(x, &conv, &bn, expanded, EPSILON);
         x = g.act(x, &format!("{prefix}expand/activation"), activation);
     }
     let padding = if stride == 2 {
@@ -124,45 +120,17 @@ fn block(
     x = g.bn(x, &format!("{prefix}depthwise/BatchNorm"), EPSILON);
     x = g.act(x, &format!("{prefix}depthwise/activation"), activation);
     if se {
+        let names =
+            ["AvgPool", "Conv", "Conv_1", "Mul"].map(|n| format!("{prefix}squeeze_excite/{n}"));
+        let names = [&names[0], &names[1], &names[2], &names[3]].map(String::as_str);
         let squeeze = make_divisible(expanded as f64 * 0.25, 8);
-        let s = g.layer(
-            format!("{prefix}squeeze_excite/AvgPool"),
-            Op::GlobalAvgPool,
-            &[x],
-        );
-        let conv = format!("{prefix}squeeze_excite/Conv");
-        let s = g.conv_with(
-            s,
-            &conv,
-            squeeze,
-            (1, 1),
-            1,
-            Padding::Same,
-            true,
-            Activation::Relu,
-        );
-        let conv = format!("{prefix}squeeze_excite/Conv_1");
-        let s = g.conv_with(
-            s,
-            &conv,
-            expanded,
-            (1, 1),
-            1,
-            Padding::Same,
-            true,
-            Activation::HardSigmoid,
-        );
-        x = g.layer(format!("{prefix}squeeze_excite/Mul"), Op::Multiply, &[x, s]);
+        x = g.squeeze_excite(x, names, squeeze, Activation::Relu, Activation::HardSigmoid);
     }
-    x = g.conv(
-        x,
-        &format!("{prefix}project"),
-        filters,
-        (1, 1),
-        1,
-        Padding::Same,
+    let (conv, bn) = (
+        format!("{prefix}project"),
+        format!("{prefix}project/BatchNorm"),
     );
-    x = g.bn(x, &format!("{prefix}project/BatchNorm"), EPSILON);
+    x = g.pointwise_bn(x, &conv, &bn, filters, EPSILON);
     if stride == 1 && infilters == filters {
         x = g.layer(format!("{prefix}Add"), Op::Add, &[inputs, x]);
     }
