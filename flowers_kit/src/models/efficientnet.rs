@@ -26,22 +26,8 @@ const BLOCKS: [(usize, usize, usize, usize, usize, usize); 7] = [
 /// by path does not get it.
 pub fn graph(published_weights: bool) -> Graph {
     let (mut g, input) = GraphBuilder::new(224);
-    let x = g.layer(
-        "scale_to_0_255",
-        Op::Rescale {
-            scale: vec![255.0],
-            offset: 0.0,
-        },
-        &[input],
-    );
-    let x = g.layer(
-        "rescaling",
-        Op::Rescale {
-            scale: vec![1.0 / 255.0],
-            offset: 0.0,
-        },
-        &[x],
-    );
+    let x = g.from_unit_to_bytes(input);
+    let x = g.rescale(x, "rescaling", 1.0 / 255.0, 0.0);
     let mut x = g.layer("normalization", Op::Normalize, &[x]);
     if published_weights {
         let scale = IMAGENET_STDDEV_RGB.iter().map(|s| 1.0 / s.sqrt()).collect();

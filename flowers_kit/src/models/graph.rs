@@ -520,6 +520,26 @@ impl GraphBuilder {
         self.layer(product, Op::Multiply, &[x, s])
     }
 
+    /// Keras `Rescaling` by one factor: `x · scale + offset`.
+    pub fn rescale(&mut self, x: NodeId, name: &str, scale: f32, offset: f32) -> NodeId {
+        let op = Op::Rescale {
+            scale: vec![scale],
+            offset,
+        };
+        self.layer(name, op, &[x])
+    }
+
+    /// The kit's input is [0, 1]; models trained on [-1, 1] (MobileNet V2, Inception V3,
+    /// ResNet V2, NASNet) start with this rescaling.
+    pub fn from_unit_to_symmetric(&mut self, x: NodeId) -> NodeId {
+        self.rescale(x, "scale_to_minus_one_one", 2.0, -1.0)
+    }
+
+    /// Models that rescale inside (EfficientNet, MobileNet V3) take 0–255: this comes first.
+    pub fn from_unit_to_bytes(&mut self, x: NodeId) -> NodeId {
+        self.rescale(x, "scale_to_0_255", 255.0, 0.0)
+    }
+
     /// `BatchNormalization` with a `gamma`.
     pub fn bn(&mut self, x: NodeId, name: &str, epsilon: f32) -> NodeId {
         self.layer(

@@ -93,11 +93,7 @@ pub fn graph() -> Graph {
         convs: 0,
         pools: 0,
     };
-    let scale = Op::Rescale {
-        scale: vec![2.0],
-        offset: -1.0,
-    };
-    let x = n.g.layer("scale_to_minus_one_one", scale, &[input]);
+    let x = n.g.from_unit_to_symmetric(input);
     let x = n.conv_bn(x, 32, (3, 3), 2, Padding::Valid);
     let x = n.conv_bn(x, 32, (3, 3), 1, Padding::Valid);
     let x = n.same(x, 64, 3, 3);

@@ -288,14 +288,7 @@ impl MobileNetV2 {
     pub fn graph(&self) -> Graph {
         let alpha = self.alpha.value();
         let (mut g, input) = GraphBuilder::new(self.resolution);
-        let scaled = g.layer(
-            "scale_to_minus_one_one",
-            Op::Rescale {
-                scale: vec![2.0],
-                offset: -1.0,
-            },
-            &[input],
-        );
+        let scaled = g.from_unit_to_symmetric(input);
         let x = g.conv(
             scaled,
             "Conv1",

@@ -31,22 +31,8 @@ const BLOCKS: [(f64, usize, usize, usize, bool, bool); 15] = [
 /// The network, layer by layer with tf_keras' names.
 pub fn graph() -> Graph {
     let (mut g, input) = GraphBuilder::new(224);
-    let x = g.layer(
-        "scale_to_0_255",
-        Op::Rescale {
-            scale: vec![255.0],
-            offset: 0.0,
-        },
-        &[input],
-    );
-    let x = g.layer(
-        "rescaling",
-        Op::Rescale {
-            scale: vec![1.0 / 127.5],
-            offset: -1.0,
-        },
-        &[x],
-    );
+    let x = g.from_unit_to_bytes(input);
+    let x = g.rescale(x, "rescaling", 1.0 / 127.5, -1.0);
     let x = g.conv(x, "Conv", 16, (3, 3), 2, Padding::Same);
     let x = g.bn(x, "Conv/BatchNorm", EPSILON);
     let mut x = g.act(x, "Conv/hard_swish", Activation::HardSwish);

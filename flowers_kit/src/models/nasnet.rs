@@ -250,11 +250,7 @@ impl Cells {
 pub fn graph() -> Graph {
     let (g, input) = GraphBuilder::new(224);
     let mut c = Cells { g, unnamed: 0 };
-    let scale = Op::Rescale {
-        scale: vec![2.0],
-        offset: -1.0,
-    };
-    let x = c.g.layer("scale_to_minus_one_one", scale, &[input]);
+    let x = c.g.from_unit_to_symmetric(input);
     let x = c.g.conv(x, "stem_conv1", 32, (3, 3), 2, Padding::Valid);
     let x = c.g.bn(x, "stem_bn1", EPSILON);
     let filters = 1056 / 24;

@@ -9,14 +9,7 @@ const EPSILON: f32 = 1.001e-5;
 /// The network, layer by layer with Keras' names.
 pub fn graph() -> Graph {
     let (mut g, input) = GraphBuilder::new(224);
-    let x = g.layer(
-        "scale_to_minus_one_one",
-        Op::Rescale {
-            scale: vec![2.0],
-            offset: -1.0,
-        },
-        &[input],
-    );
+    let x = g.from_unit_to_symmetric(input);
     let x = g.layer("conv1_pad", Op::ZeroPad([3, 3, 3, 3]), &[x]);
     let x = g.conv_with(
         x,
