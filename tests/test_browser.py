@@ -22,6 +22,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def lab_root():
+    """A copy of notebooks/ beside a link to the crate, so that `:dep ../flowers_kit` still
+    resolves while JupyterLab's autosave and checkpoints never write into the repository."""
+    root = ARTIFACTS / "lab"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(ROOT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    (root / "flowers_kit").symlink_to(ROOT / "flowers_kit")
+    return root / "notebooks"
+
+
 def test_tutorial_notebook_renders_in_jupyterlab(product_env):
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     assert os.path.exists(chromium), "Debian's chromium is needed (./test installs it)"
@@ -30,7 +40,7 @@ def test_tutorial_notebook_renders_in_jupyterlab(product_env):
     lab = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "jupyter"), "lab", "--no-browser", "--ip", "127.0.0.1",
          "--port", str(port), f"--IdentityProvider.token={token}", "--allow-root",
-         f"--ServerApp.root_dir={ROOT / 'notebooks'}"],
+         f"--ServerApp.root_dir={lab_root()}"],
         env=product_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
