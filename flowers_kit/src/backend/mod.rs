@@ -118,7 +118,8 @@ pub struct Step {
 #[derive(Debug, Clone)]
 pub struct Network {
     model: Model,
-    steps: Vec<Step>,
+    /// Shared with the backends' prepared copies: the weights are held once.
+    steps: std::sync::Arc<[Step]>,
     weights_id: String,
     weights_path: Option<PathBuf>,
 }
@@ -145,7 +146,7 @@ impl Network {
         validate(&model, &steps)?;
         Ok(Network {
             model,
-            steps,
+            steps: steps.into(),
             weights_id,
             weights_path,
         })
@@ -211,6 +212,12 @@ impl Network {
     /// Steps in execution order.
     pub fn steps(&self) -> &[Step] {
         &self.steps
+    }
+
+    /// The steps, shared rather than copied (a backend keeps them without duplicating the
+    /// weights).
+    pub(crate) fn shared_steps(&self) -> std::sync::Arc<[Step]> {
+        self.steps.clone()
     }
 
     /// Identifies the weights (SHA-256 of the file, or a description of random weights).
@@ -370,8 +377,12 @@ fn prepare(
             .iter()
             .map(|&j| shapes.get(j).copied().unwrap_or([0; 3]))
             .collect();
-        let channels = in_shapes.first().map_or(3, |s| s[2]);
+        let [in_h, in_w, channels] = in_shapes.first().copied().unwrap_or([0, 0, 3]);
+        // Explicit (top, bottom, left, right) padding of a window on this node's input.
+        let pad = |kernel, stride, padding| resolve(in_h, in_w, kernel, stride, padding);
         let get = |name: &str| weight((i, &node.name), name, &node.op.weight_shape(name, channels));
+        // A bias from the file, or zeros for a layer without one.
+        let bias_or_zeros = |has: bool, n: usize| if has { get("bias") } else { Ok(vec![0.0; n]) };
         // The single step this node may fuse into: its only input's step, if this node is
         // that input's only reader.
         let fusable = match node.inputs.as_slice() {
@@ -396,24 +407,17 @@ fn prepare(
                 padding,
                 bias,
                 activation,
-            } => {
-                let [h, w, _] = in_shapes.first().copied().unwrap_or(shape);
-                Kernel::Conv(Conv {
-                    kernel: *kernel,
-                    stride: *stride,
-                    pad: resolve(h, w, *kernel, *stride, *padding),
-                    cin: channels,
-                    cout: *filters,
-                    depthwise: false,
-                    weights: get("kernel")?,
-                    bias: if *bias {
-                        get("bias")?
-                    } else {
-                        vec![0.0; *filters]
-                    },
-                    activation: *activation,
-                })
-            }
+            } => Kernel::Conv(Conv {
+                kernel: *kernel,
+                stride: *stride,
+                pad: pad(*kernel, *stride, *padding),
+                cin: channels,
+                cout: *filters,
+                depthwise: false,
+                weights: get("kernel")?,
+                bias: bias_or_zeros(*bias, *filters)?,
+                activation: *activation,
+            }),
             Op::SeparablePointwise { filters } => Kernel::Conv(Conv {
                 kernel: (1, 1),
                 stride: 1,
@@ -430,24 +434,17 @@ fn prepare(
                 stride,
                 padding,
                 bias,
-            } => {
-                let [h, w, _] = in_shapes.first().copied().unwrap_or(shape);
-                Kernel::Conv(Conv {
-                    kernel: *kernel,
-                    stride: *stride,
-                    pad: resolve(h, w, *kernel, *stride, *padding),
-                    cin: channels,
-                    cout: channels,
-                    depthwise: true,
-                    weights: get("depthwise_kernel")?,
-                    bias: if *bias {
-                        get("bias")?
-                    } else {
-                        vec![0.0; channels]
-                    },
-                    activation: Activation::Linear,
-                })
-            }
+            } => Kernel::Conv(Conv {
+                kernel: *kernel,
+                stride: *stride,
+                pad: pad(*kernel, *stride, *padding),
+                cin: channels,
+                cout: channels,
+                depthwise: true,
+                weights: get("depthwise_kernel")?,
+                bias: bias_or_zeros(*bias, channels)?,
+                activation: Activation::Linear,
+            }),
             Op::BatchNorm { epsilon, scale } => {
                 let gamma = if *scale {
                     get("gamma")?
@@ -536,26 +533,20 @@ fn prepare(
                 size,
                 stride,
                 padding,
-            } => {
-                let [h, w, _] = in_shapes.first().copied().unwrap_or(shape);
-                Kernel::MaxPool {
-                    size: *size,
-                    stride: *stride,
-                    pad: resolve(h, w, *size, *stride, *padding),
-                }
-            }
+            } => Kernel::MaxPool {
+                size: *size,
+                stride: *stride,
+                pad: pad(*size, *stride, *padding),
+            },
             Op::AvgPool {
                 size,
                 stride,
                 padding,
-            } => {
-                let [h, w, _] = in_shapes.first().copied().unwrap_or(shape);
-                Kernel::AvgPool {
-                    size: *size,
-                    stride: *stride,
-                    pad: resolve(h, w, *size, *stride, *padding),
-                }
-            }
+            } => Kernel::AvgPool {
+                size: *size,
+                stride: *stride,
+                pad: pad(*size, *stride, *padding),
+            },
             Op::ZeroPad(p) => Kernel::Pad(*p),
             Op::Crop(c) => Kernel::Crop(*c),
             Op::GlobalAvgPool => Kernel::GlobalAvgPool,

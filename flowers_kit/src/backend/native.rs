@@ -30,7 +30,7 @@ use crate::models::graph::{Activation, Shape};
 /// A [`Network`] prepared for the native CPU kernels.
 #[derive(Debug, Clone)]
 pub struct NativeNetwork {
-    steps: Vec<Step>,
+    steps: std::sync::Arc<[Step]>,
     /// The last step reading each step's output (its buffer is released after it).
     last_use: Vec<usize>,
     /// For a convolution feeding a residual add and nothing else: the add's other input,
@@ -43,9 +43,9 @@ pub struct NativeNetwork {
 }
 
 impl NativeNetwork {
-    /// Prepares `network` (its steps are copied; nothing else is computed here).
+    /// Prepares `network` (its steps are shared, not copied).
     pub fn new(network: &Network) -> Result<NativeNetwork> {
-        let steps = network.steps().to_vec();
+        let steps = network.shared_steps();
         let n = steps.len();
         let mut last_use: Vec<usize> = (0..n).collect();
         let mut readers = vec![0usize; n];
@@ -310,8 +310,8 @@ impl Pool {
             Some(i) => self.free.swap_remove(i),
             None => Vec::with_capacity(len),
         };
+        // Shrinks, or zero-fills only the part never used before.
         buffer.resize(len, 0.0);
-        buffer.truncate(len);
         buffer
     }
 
