@@ -76,6 +76,21 @@ impl Summary {
     pub fn rate(&self) -> f64 {
         self.done as f64 / self.seconds.max(1e-9)
     }
+
+    /// "45.8 MiB in 0.5 s (99.6 MiB/s)": a byte count's size, time and rate.
+    pub fn bytes(&self) -> String {
+        format!(
+            "{:.1} MiB in {:.1} s ({:.1} MiB/s)",
+            mib(self.done.saturating_add(self.resumed)),
+            self.seconds,
+            self.rate() / (1024.0 * 1024.0)
+        )
+    }
+}
+
+/// Bytes in MiB.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// A running progress report for one operation.
@@ -124,19 +139,23 @@ impl Progress {
     /// Starts reporting an operation of `total` units (`None` when unknown, e.g. no
     /// Content-Length): a bar in a terminal, lines elsewhere, nothing when quiet.
     pub fn new(label: &str, total: Option<u64>, unit: Unit) -> Self {
-        let style = if std::env::var_os("FLOWERS_KIT_QUIET").is_some() {
-            Style::Silent
+        if std::env::var_os("FLOWERS_KIT_QUIET").is_some() {
+            Progress::silent(label, total, unit)
         } else if !in_notebook() && std::io::stderr().is_terminal() {
-            Style::Bar(terminal_bar(label, total, unit), Instant::now())
+            let bar = Style::Bar(terminal_bar(label, total, unit), Instant::now());
+            Progress::with_style(label, total, unit, bar)
         } else {
-            return Progress::lines(
-                label,
-                total,
-                unit,
-                Box::<SystemClock>::default(),
-                Arc::new(|line: &str| println!("{line}")),
-            );
-        };
+            let stdout: Sink = Arc::new(|line: &str| println!("{line}"));
+            Progress::lines(label, total, unit, Box::<SystemClock>::default(), stdout)
+        }
+    }
+
+    /// A report that prints nothing.
+    pub fn silent(label: &str, total: Option<u64>, unit: Unit) -> Self {
+        Progress::with_style(label, total, unit, Style::Silent)
+    }
+
+    fn with_style(label: &str, total: Option<u64>, unit: Unit, style: Style) -> Self {
         Progress {
             label: label.to_string(),
             unit,
@@ -144,18 +163,6 @@ impl Progress {
             done: 0,
             resumed: 0,
             style,
-        }
-    }
-
-    /// A report that prints nothing.
-    pub fn silent(label: &str, total: Option<u64>, unit: Unit) -> Self {
-        Progress {
-            label: label.to_string(),
-            unit,
-            total,
-            done: 0,
-            resumed: 0,
-            style: Style::Silent,
         }
     }
 
@@ -168,20 +175,14 @@ impl Progress {
         sink: Sink,
     ) -> Self {
         let started = clock.now();
-        Progress {
-            label: label.to_string(),
-            unit,
-            total,
-            done: 0,
-            resumed: 0,
-            style: Style::Lines(Lines {
-                clock,
-                sink,
-                started,
-                last_line: None,
-                next_quarter: 25,
-            }),
-        }
+        let lines = Lines {
+            clock,
+            sink,
+            started,
+            last_line: None,
+            next_quarter: 25,
+        };
+        Progress::with_style(label, total, unit, Style::Lines(lines))
     }
 
     /// Units already done before this run (a resumed download starts part-way).
@@ -237,7 +238,7 @@ impl Progress {
     fn amount(&self) -> String {
         let position = self.resumed.saturating_add(self.done);
         let show = |v: u64| match self.unit {
-            Unit::Bytes => format!("{:.1}", v as f64 / (1024.0 * 1024.0)),
+            Unit::Bytes => format!("{:.1}", mib(v)),
             Unit::Items => v.to_string(),
         };
         let suffix = if self.unit == Unit::Bytes { " MiB" } else { "" };
@@ -288,12 +289,7 @@ impl Progress {
         let label = self.label.clone();
         let unit = self.unit;
         self.finish_with(|s| match unit {
-            Unit::Bytes => format!(
-                "{label}: {:.1} MiB in {:.1} s ({:.1} MiB/s)",
-                (s.done + s.resumed) as f64 / (1024.0 * 1024.0),
-                s.seconds,
-                s.rate() / (1024.0 * 1024.0)
-            ),
+            Unit::Bytes => format!("{label}: {}", s.bytes()),
             Unit::Items => format!(
                 "{label}: {} in {:.1} s ({:.1}/s)",
                 s.done,
@@ -356,6 +352,14 @@ mod tests {
         }
     }
 
+    /// `steps` increments of `units`, each after `seconds`.
+    fn drive(p: &mut Progress, clock: &FakeClock, steps: usize, seconds: f64, units: u64) {
+        for _ in 0..steps {
+            clock.advance(seconds);
+            p.inc(units);
+        }
+    }
+
     fn capture(
         label: &str,
         total: Option<u64>,
@@ -377,10 +381,7 @@ mod tests {
     #[test]
     fn a_quick_download_prints_only_its_closing_line() {
         let (mut p, clock, lines) = capture("Downloading x.h5", Some(2_000_000), Unit::Bytes);
-        for _ in 0..8 {
-            clock.advance(0.0125);
-            p.inc(250_000);
-        }
+        drive(&mut p, &clock, 8, 0.0125, 250_000);
         p.finish();
         let lines = lines.lock().unwrap();
         assert_eq!(lines.len(), 1, "{lines:?}");
@@ -394,10 +395,7 @@ mod tests {
     fn a_minute_long_extraction_prints_five_lines() {
         let (mut p, clock, lines) = capture("Extracting features", Some(2400), Unit::Items);
         // 2400 photos in 60 s, 16 at a time.
-        for _ in 0..150 {
-            clock.advance(0.4);
-            p.inc(16);
-        }
+        drive(&mut p, &clock, 150, 0.4, 16);
         p.finish_with(|s| format!("Extracted {} photos in {:.1} s", s.done, s.seconds));
         let lines = lines.lock().unwrap();
         // Under way, 25 %, 50 %, 75 %, done.
@@ -413,10 +411,7 @@ mod tests {
     #[test]
     fn a_cached_extraction_prints_one_line() {
         let (mut p, clock, lines) = capture("Extracting features", Some(2400), Unit::Items);
-        for _ in 0..40 {
-            clock.advance(0.005);
-            p.inc(60);
-        }
+        drive(&mut p, &clock, 40, 0.005, 60);
         p.finish_with(|s| format!("{} photos from the cache in {:.1} s", s.done, s.seconds));
         let lines = lines.lock().unwrap();
         assert_eq!(
@@ -428,10 +423,7 @@ mod tests {
     #[test]
     fn an_error_half_way_says_what_failed() {
         let (mut p, clock, lines) = capture("Downloading big.tgz", Some(100 << 20), Unit::Bytes);
-        for _ in 0..50 {
-            clock.advance(0.1);
-            p.inc(1 << 20);
-        }
+        drive(&mut p, &clock, 50, 0.1, 1 << 20);
         p.fail(&"connection reset");
         let lines = lines.lock().unwrap();
         assert_eq!(lines.len(), 2, "{lines:?}");
@@ -445,10 +437,7 @@ mod tests {
     #[test]
     fn an_unknown_total_prints_at_most_every_ten_seconds() {
         let (mut p, clock, lines) = capture("Downloading", None, Unit::Bytes);
-        for _ in 0..300 {
-            clock.advance(0.1);
-            p.inc(1024);
-        }
+        drive(&mut p, &clock, 300, 0.1, 1024);
         p.finish();
         // 30 s: under way at 2 s, then 12 s and 22 s, then done.
         assert_eq!(lines.lock().unwrap().len(), 4);

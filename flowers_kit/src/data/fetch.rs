@@ -212,14 +212,7 @@ fn try_once(client: &reqwest::blocking::Client, url: &str, part: &Path) -> Resul
     }
     file.sync_all()
         .map_err(|e| Failure::Permanent(format!("cannot write {}: {e}", part.display())))?;
-    progress.finish_with(|s| {
-        format!(
-            "Downloaded {name}: {:.1} MiB in {:.1} s ({:.1} MiB/s)",
-            s.done.saturating_add(s.resumed) as f64 / (1024.0 * 1024.0),
-            s.seconds,
-            s.rate() / (1024.0 * 1024.0)
-        )
-    });
+    progress.finish_with(|s| format!("Downloaded {name}: {}", s.bytes()));
 
     match total {
         Some(total) if written < total => Err(Failure::Transient(format!(

@@ -2,7 +2,7 @@
 //! MBConv blocks with squeeze-and-excitation and swish, and the model's own input
 //! normalisation. The kit's [0, 1] pixels are first scaled to 0–255, Keras' input range.
 
-use super::graph::{correct_pad, Activation, Graph, GraphBuilder, NodeId, Op, Padding};
+use super::graph::{Activation, Graph, GraphBuilder, NodeId, Op, Padding};
 
 /// Keras' BatchNormalization default.
 const EPSILON: f32 = 1e-3;
@@ -33,11 +33,10 @@ pub fn graph(published_weights: bool) -> Graph {
         let scale = IMAGENET_STDDEV_RGB.iter().map(|s| 1.0 / s.sqrt()).collect();
         x = g.layer("rescaling_1", Op::Rescale { scale, offset: 0.0 }, &[x]);
     }
-    let x = g.layer("stem_conv_pad", Op::ZeroPad(correct_pad(224, 3)), &[x]);
-    let x = g.conv(x, "stem_conv", 32, (3, 3), 2, Padding::Valid);
+    let (x, padding) = g.pad_for_stride(x, "stem_conv_pad", 3, 2);
+    let x = g.conv(x, "stem_conv", 32, (3, 3), 2, padding);
     let x = g.bn(x, "stem_bn", EPSILON);
     let mut x = g.act(x, "stem_activation", Activation::Swish);
-    let mut size = 112;
     for (i, &(kernel, repeats, filters_in, filters_out, expand, stride)) in
         BLOCKS.iter().enumerate()
     {
@@ -52,14 +51,12 @@ pub fn graph(published_weights: bool) -> Graph {
                 &mut g,
                 x,
                 &name,
-                size,
                 input_filters,
                 filters_out,
                 kernel,
                 stride,
                 expand,
             );
-            size = size.div_ceil(stride);
         }
     }
     let x = g.conv(x, "top_conv", 1280, (1, 1), 1, Padding::Same);
@@ -74,7 +71,6 @@ fn block(
     g: &mut GraphBuilder,
     inputs: NodeId,
     name: &str,
-    size: usize,
     filters_in: usize,
     filters_out: usize,
     kernel: usize,
@@ -88,16 +84,8 @@ fn block(
         x = g.pointwise_bn(x, &conv, &bn, filters, EPSILON);
         x = g.act(x, &format!("{name}expand_activation"), Activation::Swish);
     }
-    let padding = if stride == 2 {
-        x = g.layer(
-            format!("{name}dwconv_pad"),
-            Op::ZeroPad(correct_pad(size, kernel)),
-            &[x],
-        );
-        Padding::Valid
-    } else {
-        Padding::Same
-    };
+    let (padded, padding) = g.pad_for_stride(x, &format!("{name}dwconv_pad"), kernel, stride);
+    x = padded;
     x = g.depthwise(x, &format!("{name}dwconv"), kernel, stride, padding);
     x = g.bn(x, &format!("{name}bn"), EPSILON);
     x = g.act(x, &format!("{name}activation"), Activation::Swish);

@@ -508,16 +508,39 @@ impl GraphBuilder {
         gate: Activation,
     ) -> NodeId {
         let [pool, reduce, expand, product] = names;
-        let filters = self
-            .graph
-            .shapes()
-            .ok()
-            .and_then(|s| s.get(x).map(|s| s[2]))
-            .unwrap_or(squeeze);
+        let filters = self.shape(x)[2];
         let s = self.layer(pool, Op::GlobalAvgPool, &[x]);
         let s = self.conv_with(s, reduce, squeeze, (1, 1), 1, Padding::Same, true, inner);
         let s = self.conv_with(s, expand, filters, (1, 1), 1, Padding::Same, true, gate);
         self.layer(product, Op::Multiply, &[x, s])
+    }
+
+    /// The output shape of node `x` so far.
+    pub fn shape(&self, x: NodeId) -> Shape {
+        self.graph
+            .shapes()
+            .ok()
+            .and_then(|s| s.get(x).copied())
+            .unwrap_or([0; 3])
+    }
+
+    /// Keras Applications' way into a strided window: stride 2 gets an explicit
+    /// `ZeroPadding2D(correct_pad(x, kernel))` named `pad_name` and a "valid" window; stride 1
+    /// a "same" one. Returns the (maybe padded) node and the padding for the window.
+    pub fn pad_for_stride(
+        &mut self,
+        x: NodeId,
+        pad_name: &str,
+        kernel: usize,
+        stride: usize,
+    ) -> (NodeId, Padding) {
+        if stride == 2 {
+            let size = self.shape(x)[0];
+            let padded = self.layer(pad_name, Op::ZeroPad(correct_pad(size, kernel)), &[x]);
+            (padded, Padding::Valid)
+        } else {
+            (x, Padding::Same)
+        }
     }
 
     /// Keras `Rescaling` by one factor: `x · scale + offset`.

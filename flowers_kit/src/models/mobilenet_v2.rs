@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use super::graph::{correct_pad, Activation, Graph, GraphBuilder, Op, Padding};
+use super::graph::{Activation, Graph, GraphBuilder, Op, Padding};
 use crate::error::{Error, Result};
 
 /// Keras' BatchNormalization epsilon in MobileNet V2.
@@ -300,7 +300,6 @@ impl MobileNetV2 {
         let x = g.bn(x, "bn_Conv1", BN_EPSILON);
         let mut x = g.act(x, "Conv1_relu", Activation::Relu6);
         let mut channels = self.stem_channels();
-        let mut size = self.resolution.div_ceil(2);
         for (id, &(filters, stride, expansion)) in BLOCKS.iter().enumerate() {
             // Keras truncates filters·α before rounding.
             let out = make_divisible((filters as f64 * alpha).trunc(), 8);
@@ -316,16 +315,8 @@ impl MobileNetV2 {
                 x = g.pointwise_bn(x, &conv, &bn, inner, BN_EPSILON);
                 x = g.act(x, &format!("{prefix}expand_relu"), Activation::Relu6);
             }
-            let padding = if stride == 2 {
-                x = g.layer(
-                    format!("{prefix}pad"),
-                    Op::ZeroPad(correct_pad(size, 3)),
-                    &[x],
-                );
-                Padding::Valid
-            } else {
-                Padding::Same
-            };
+            let (padded, padding) = g.pad_for_stride(x, &format!("{prefix}pad"), 3, stride);
+            x = padded;
             x = g.depthwise(x, &format!("{prefix}depthwise"), 3, stride, padding);
             x = g.bn(x, &format!("{prefix}depthwise_BN"), BN_EPSILON);
             x = g.act(x, &format!("{prefix}depthwise_relu"), Activation::Relu6);
@@ -335,7 +326,6 @@ impl MobileNetV2 {
                 x = g.layer(format!("{prefix}add"), Op::Add, &[block_input, x]);
             }
             channels = out;
-            size = size.div_ceil(stride);
         }
         let x = g.conv(x, "Conv_1", self.feature_dim(), (1, 1), 1, Padding::Same);
         let x = g.bn(x, "Conv_1_bn", BN_EPSILON);

@@ -3,7 +3,7 @@
 //! squeeze-and-excitation, and the model's own rescaling to [-1, 1]. The kit's [0, 1] pixels
 //! are first scaled to 0–255, Keras' input range.
 
-use super::graph::{correct_pad, Activation, Graph, GraphBuilder, NodeId, Op, Padding};
+use super::graph::{Activation, Graph, GraphBuilder, NodeId, Op, Padding};
 use super::mobilenet_v2::make_divisible;
 
 /// Keras' epsilon for MobileNet V3's batch norms.
@@ -36,7 +36,7 @@ pub fn graph() -> Graph {
     let x = g.conv(x, "Conv", 16, (3, 3), 2, Padding::Same);
     let x = g.bn(x, "Conv/BatchNorm", EPSILON);
     let mut x = g.act(x, "Conv/hard_swish", Activation::HardSwish);
-    let (mut channels, mut size) = (16, 112);
+    let mut channels = 16;
     for (id, &(expansion, filters, kernel, stride, se, hard)) in BLOCKS.iter().enumerate() {
         let activation = if hard {
             Activation::HardSwish
@@ -44,10 +44,9 @@ pub fn graph() -> Graph {
             Activation::Relu
         };
         x = block(
-            &mut g, x, id, channels, size, expansion, filters, kernel, stride, se, activation,
+            &mut g, x, id, channels, expansion, filters, kernel, stride, se, activation,
         );
         channels = filters;
-        size = size.div_ceil(stride);
     }
     let x = g.conv(
         x,
@@ -69,7 +68,6 @@ fn block(
     inputs: NodeId,
     id: usize,
     infilters: usize,
-    size: usize,
     expansion: f64,
     filters: usize,
     kernel: usize,
@@ -92,16 +90,8 @@ fn block(
         x = g.pointwise_bn(x, &conv, &bn, expanded, EPSILON);
         x = g.act(x, &format!("{prefix}expand/activation"), activation);
     }
-    let padding = if stride == 2 {
-        x = g.layer(
-            format!("{prefix}depthwise/pad"),
-            Op::ZeroPad(correct_pad(size, kernel)),
-            &[x],
-        );
-        Padding::Valid
-    } else {
-        Padding::Same
-    };
+    let (padded, padding) = g.pad_for_stride(x, &format!("{prefix}depthwise/pad"), kernel, stride);
+    x = padded;
     x = g.depthwise(x, &format!("{prefix}depthwise"), kernel, stride, padding);
     x = g.bn(x, &format!("{prefix}depthwise/BatchNorm"), EPSILON);
     x = g.act(x, &format!("{prefix}depthwise/activation"), activation);

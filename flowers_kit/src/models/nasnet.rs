@@ -2,7 +2,7 @@
 //! searched cell — separable convolutions, poolings and adds — repeated as normal and
 //! reduction cells, after the kit's input scaling to [-1, 1].
 
-use super::graph::{correct_pad, Activation, Graph, GraphBuilder, NodeId, Op, Padding, Shape};
+use super::graph::{Activation, Graph, GraphBuilder, NodeId, Op, Padding, Shape};
 
 /// Keras' epsilon for NASNet's batch norms.
 const EPSILON: f32 = 1e-3;
@@ -15,12 +15,7 @@ struct Cells {
 
 impl Cells {
     fn shape(&self, x: NodeId) -> Shape {
-        let graph = self.g.peek();
-        graph
-            .shapes()
-            .ok()
-            .and_then(|s| s.get(x).copied())
-            .unwrap_or([0; 3])
+        self.g.shape(x)
     }
 
     /// A name for a layer Keras leaves unnamed (no weights, so only unique matters).
@@ -78,17 +73,10 @@ impl Cells {
         id: &str,
     ) -> NodeId {
         let mut x = self.relu(ip);
-        let padding = if stride == 2 {
-            let size = self.shape(x)[0];
-            x = self.g.layer(
-                format!("separable_conv_1_pad_{id}"),
-                Op::ZeroPad(correct_pad(size, kernel)),
-                &[x],
-            );
-            Padding::Valid
-        } else {
-            Padding::Same
-        };
+        let (padded, padding) =
+            self.g
+                .pad_for_stride(x, &format!("separable_conv_1_pad_{id}"), kernel, stride);
+        x = padded;
         x = self.g.separable(
             x,
             &format!("separable_conv_1_{id}"),
@@ -120,42 +108,30 @@ impl Cells {
             let p = self
                 .g
                 .act(p, &format!("adjust_relu_1_{id}"), Activation::Relu);
-            let p1 = self.avg(p, &format!("adjust_avg_pool_1_{id}"), 1, 2, Padding::Valid);
-            let p1 = self.g.conv(
-                p1,
-                &format!("adjust_conv_1_{id}"),
-                filters / 2,
-                (1, 1),
-                1,
-                Padding::Same,
-            );
+            // Each half: a 1×1 average pool with stride 2, then a 1×1 convolution to half
+            // the filters; the second half first shifts the map by one pixel.
+            let half = |cells: &mut Cells, x: NodeId, n: usize| {
+                let pool = format!("adjust_avg_pool_{n}_{id}");
+                let x = cells.avg(x, &pool, 1, 2, Padding::Valid);
+                let conv = format!("adjust_conv_{n}_{id}");
+                cells
+                    .g
+                    .conv(x, &conv, filters / 2, (1, 1), 1, Padding::Same)
+            };
+            let p1 = half(self, p, 1);
             let pad = self.auto("zero_padding2d");
             let p2 = self.g.layer(pad, Op::ZeroPad([0, 1, 0, 1]), &[p]);
             let crop = self.auto("cropping2d");
             let p2 = self.g.layer(crop, Op::Crop([1, 0, 1, 0]), &[p2]);
-            let p2 = self.avg(p2, &format!("adjust_avg_pool_2_{id}"), 1, 2, Padding::Valid);
-            let p2 = self.g.conv(
-                p2,
-                &format!("adjust_conv_2_{id}"),
-                filters / 2,
-                (1, 1),
-                1,
-                Padding::Same,
-            );
+            let p2 = half(self, p2, 2);
             let concat = self.auto("concatenate");
             let p = self.g.layer(concat, Op::Concat, &[p1, p2]);
             self.g.bn(p, &format!("adjust_bn_{id}"), EPSILON)
         } else if ps[2] != filters {
             let p = self.relu(p);
-            let p = self.g.conv(
-                p,
-                &format!("adjust_conv_projection_{id}"),
-                filters,
-                (1, 1),
-                1,
-                Padding::Same,
-            );
-            self.g.bn(p, &format!("adjust_bn_{id}"), EPSILON)
+            let conv = format!("adjust_conv_projection_{id}");
+            self.g
+                .pointwise_bn(p, &conv, &format!("adjust_bn_{id}"), filters, EPSILON)
         } else {
             p
         }
@@ -164,15 +140,8 @@ impl Cells {
     /// `relu → 1×1 conv → batch norm`, the cells' first step on `ip`.
     fn squeeze(&mut self, ip: NodeId, filters: usize, kind: &str, id: &str) -> NodeId {
         let h = self.relu(ip);
-        let h = self.g.conv(
-            h,
-            &format!("{kind}_conv_1_{id}"),
-            filters,
-            (1, 1),
-            1,
-            Padding::Same,
-        );
-        self.g.bn(h, &format!("{kind}_bn_1_{id}"), EPSILON)
+        let (conv, bn) = (format!("{kind}_conv_1_{id}"), format!("{kind}_bn_1_{id}"));
+        self.g.pointwise_bn(h, &conv, &bn, filters, EPSILON)
     }
 
     /// `_normal_a_cell`; returns (output, the next cell's `p`).
@@ -216,12 +185,10 @@ impl Cells {
     ) -> (NodeId, NodeId) {
         let p = self.adjust(p, ip, filters, id);
         let h = self.squeeze(ip, filters, "reduction", id);
-        let size = self.shape(h)[0];
-        let h3 = self.g.layer(
-            format!("reduction_pad_1_{id}"),
-            Op::ZeroPad(correct_pad(size, 3)),
-            &[h],
-        );
+        // The padded map that the stride-2 poolings below read ("valid" windows).
+        let (h3, _) = self
+            .g
+            .pad_for_stride(h, &format!("reduction_pad_1_{id}"), 3, 2);
         let x1_1 = self.separable_block(h, filters, 5, 2, &format!("reduction_left1_{id}"));
         let x1_2 = self.separable_block(p, filters, 7, 2, &format!("reduction_right1_{id}"));
         let x1 = self.add(x1_1, x1_2, Some(&format!("reduction_add_1_{id}")));

@@ -264,16 +264,21 @@ fn by_attributes(
             // nested model's group, the inner layer.
             let layer = folder.unwrap_or(name).to_string();
             let short = file.strip_suffix(":0").unwrap_or(file).to_string();
-            match by_layer.last_mut() {
-                Some(last) if last.name == layer => last.weights.push((short, tensor)),
-                _ => by_layer.push(KerasLayer {
-                    name: layer,
-                    weights: vec![(short, tensor)],
-                }),
-            }
+            push_weight(&mut by_layer, layer, short, tensor);
         }
     }
     Ok(by_layer)
+}
+
+/// Adds a tensor to the last layer if it is `layer`, else starts that layer (file order).
+fn push_weight(layers: &mut Vec<KerasLayer>, layer: String, weight: String, tensor: NamedTensor) {
+    match layers.last_mut() {
+        Some(last) if last.name == layer => last.weights.push((weight, tensor)),
+        _ => layers.push(KerasLayer {
+            name: layer,
+            weights: vec![(weight, tensor)],
+        }),
+    }
 }
 
 /// A file without Keras' attributes: every float dataset, named by its last two path parts.
@@ -293,13 +298,7 @@ fn walk(
         let tensor = read_tensor(&dataset, &full)?;
         let layer = prefix.rsplit('/').next().unwrap_or_default().to_string();
         let weight = name.strip_suffix(":0").unwrap_or(&name).to_string();
-        match out.last_mut() {
-            Some(last) if last.name == layer => last.weights.push((weight, tensor)),
-            _ => out.push(KerasLayer {
-                name: layer,
-                weights: vec![(weight, tensor)],
-            }),
-        }
+        push_weight(out, layer, weight, tensor);
     }
     let groups = group
         .groups()
