@@ -8,6 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use flowers_kit::backend::native::Kernels;
 use flowers_kit::features::{BackendKind, FeatureExtractor};
 use flowers_kit::models::Model;
 
@@ -154,22 +155,32 @@ fn check(family: &str) {
         "features",
     );
     let bound = 1e-4 * spec["max_abs_feature"].as_f64().unwrap().max(1.0) as f32;
-    for backend in [BackendKind::Native, BackendKind::Dfdx] {
-        let extractor = FeatureExtractor::with_weights(model, Some(h5.to_str().unwrap()))
+    // The reference, then the native backend with every instruction set this CPU has.
+    let runs = std::iter::once((BackendKind::Dfdx, None)).chain(
+        Kernels::available()
+            .into_iter()
+            .map(|k| (BackendKind::Native, Some(k))),
+    );
+    for (backend, kernels) in runs {
+        let mut extractor = FeatureExtractor::with_weights(model, Some(h5.to_str().unwrap()))
             .unwrap()
             .without_cache()
             .with_backend(backend)
             .unwrap()
             .batch_size(4)
             .unwrap();
+        if let Some(kernels) = kernels {
+            extractor = extractor.with_native_kernels(kernels).unwrap();
+        }
         let out = extractor.extract_paths(&golden_pngs()).unwrap();
         assert!(out.skipped.is_empty());
         let (max, mean) = support::max_mean_abs_diff(&out.values, &golden);
-        println!("{family} {backend:?}: max |Δ| {max:.3e}, mean {mean:.3e} (bound {bound:.1e})");
-        assert!(
-            max <= bound,
-            "{family} {backend:?}: max |Δ| {max} > {bound}"
+        let run = format!(
+            "{family} {backend:?} {}",
+            kernels.map_or(String::new(), |k| format!("{k:?}"))
         );
+        println!("{run}: max |Δ| {max:.3e}, mean {mean:.3e} (bound {bound:.1e})");
+        assert!(max <= bound, "{run}: max |Δ| {max} > {bound}");
     }
 }
 

@@ -4,7 +4,7 @@ mod support;
 
 use dfdx::tensor::Cpu;
 use flowers_kit::backend::dfdx::DfdxNetwork;
-use flowers_kit::backend::native::NativeNetwork;
+use flowers_kit::backend::native::{Kernels, NativeNetwork};
 use flowers_kit::backend::Network;
 use flowers_kit::data::image::{self, Resize};
 use flowers_kit::models::MobileNetV2;
@@ -52,12 +52,17 @@ fn dfdx_cpu_matches_tensorflow_for_every_variant() {
     }
 }
 
-/// Batch 8 runs images in parallel; batch 1 runs each image with parallel layers: both paths.
+/// Batch 8 runs images in parallel; batch 1 runs each image with parallel layers: both
+/// paths, with every instruction set this CPU has (AVX-512, AVX2 with fused blocks, portable).
 #[test]
-fn native_matches_tensorflow_for_every_variant_in_both_threading_modes() {
-    for name in GOLDEN_VARIANTS {
+fn native_matches_tensorflow_for_every_variant_kernel_set_and_threading_mode() {
+    for (name, kernels) in GOLDEN_VARIANTS
+        .iter()
+        .flat_map(|n| Kernels::available().into_iter().map(move |k| (n, k)))
+    {
         let network = network(name);
-        let native = NativeNetwork::new(&network).unwrap();
+        let native = NativeNetwork::with_kernels(&network, kernels).unwrap();
+        println!("{kernels:?}:");
         let pixels = golden_pixels(network.model().resolution());
         let batched = native.forward(&pixels, 8).unwrap();
         compare(name, &batched, network.model().feature_dim());

@@ -23,12 +23,60 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::packed::{self, Epilogue, PackedWeights};
 use super::{Conv, Kernel, Network, Step};
 use crate::error::{Error, Result};
 use crate::models::graph::{Activation, Shape};
 
+/// Which instruction set the native kernels are written for. [`Kernels::detect`] picks the
+/// widest this CPU has; tests force each available one to compare it with the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// AVX-512: the explicit depthwise kernel, and gemm's AVX-512 matrix products.
+    Avx512,
+    /// AVX2 + FMA: matrix products on weights packed once, with the bias, residual and
+    /// clamp fused into the store, and the depthwise loop compiled for AVX2.
+    Avx2,
+    /// Any CPU: portable loops (gemm still picks its own kernels at run time).
+    Portable,
+}
+
+impl Kernels {
+    /// The widest set this CPU supports.
+    ///
+    /// ```
+    /// use flowers_kit::backend::native::Kernels;
+    /// assert!(Kernels::detect().is_supported());
+    /// ```
+    pub fn detect() -> Kernels {
+        [Kernels::Avx512, Kernels::Avx2]
+            .into_iter()
+            .find(|k| k.is_supported())
+            .unwrap_or(Kernels::Portable)
+    }
+
+    /// Every set this CPU can run, widest first.
+    pub fn available() -> Vec<Kernels> {
+        [Kernels::Avx512, Kernels::Avx2, Kernels::Portable]
+            .into_iter()
+            .filter(|k| k.is_supported())
+            .collect()
+    }
+
+    /// Whether this CPU has the instructions.
+    pub fn is_supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernels::Avx512 => false,
+            Kernels::Avx2 => packed::supported(),
+            Kernels::Portable => true,
+        }
+    }
+}
+
 /// A [`Network`] prepared for the native CPU kernels.
-#[derive(Debug, Clone)]
 pub struct NativeNetwork {
     steps: std::sync::Arc<[Step]>,
     /// The last step reading each step's output (its buffer is released after it).
@@ -40,11 +88,59 @@ pub struct NativeNetwork {
     fused_into: Vec<Option<usize>>,
     resolution: usize,
     features: usize,
+    kernels: Kernels,
+    /// With [`Kernels::Avx2`]: each non-depthwise convolution's packed weights.
+    packed: Vec<Option<PackedWeights>>,
+    /// At the projection of an inverted-residual block run as one step: its parts.
+    blocks: Vec<Option<Block>>,
+    /// Expansions and depthwise convolutions computed inside such a block's step.
+    inside_block: Vec<bool>,
+    /// Warm buffer pools between calls, one per thread that ran (a few MB each).
+    pools: std::sync::Mutex<Vec<Pool>>,
+}
+
+impl Clone for NativeNetwork {
+    fn clone(&self) -> NativeNetwork {
+        NativeNetwork {
+            steps: self.steps.clone(),
+            last_use: self.last_use.clone(),
+            residual: self.residual.clone(),
+            fused_into: self.fused_into.clone(),
+            resolution: self.resolution,
+            features: self.features,
+            kernels: self.kernels,
+            packed: self.packed.clone(),
+            blocks: self.blocks.clone(),
+            inside_block: self.inside_block.clone(),
+            pools: Default::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for NativeNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeNetwork")
+            .field("steps", &self.steps.len())
+            .field("resolution", &self.resolution)
+            .field("features", &self.features)
+            .field("kernels", &self.kernels)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NativeNetwork {
-    /// Prepares `network` (its steps are shared, not copied).
+    /// Prepares `network` (its steps are shared, not copied) for this CPU's widest kernels.
     pub fn new(network: &Network) -> Result<NativeNetwork> {
+        NativeNetwork::with_kernels(network, Kernels::detect())
+    }
+
+    /// Prepares `network` for the `kernels` given; an error if this CPU cannot run them.
+    pub fn with_kernels(network: &Network, kernels: Kernels) -> Result<NativeNetwork> {
+        if !kernels.is_supported() {
+            return Err(Error::InvalidArgument(format!(
+                "this CPU cannot run the {kernels:?} kernels"
+            )));
+        }
         let steps = network.shared_steps();
         let n = steps.len();
         let mut last_use: Vec<usize> = (0..n).collect();
@@ -83,6 +179,16 @@ impl NativeNetwork {
                 }
             }
         }
+        let packed: Vec<Option<PackedWeights>> = steps
+            .iter()
+            .map(|step| match &step.kernel {
+                Kernel::Conv(c) if kernels == Kernels::Avx2 && !c.depthwise => {
+                    PackedWeights::new(&c.weights, &c.bias, c.kernel.0 * c.kernel.1 * c.cin, c.cout)
+                }
+                _ => None,
+            })
+            .collect();
+        let (blocks, inside_block) = find_blocks(&steps, &readers, &packed, &mut last_use);
         let features = network.feature_dim();
         if features == 0 {
             return Err(Error::InvalidArgument("a network without features".into()));
@@ -94,6 +200,11 @@ impl NativeNetwork {
             fused_into,
             resolution: network.model().resolution(),
             features,
+            kernels,
+            packed,
+            blocks,
+            inside_block,
+            pools: Default::default(),
         })
     }
 
@@ -110,31 +221,61 @@ impl NativeNetwork {
         let mut out = vec![0f32; n * self.features];
         let threads = rayon::current_num_threads();
         if n >= threads && threads > 1 {
-            // Whole images per thread: no synchronisation inside the network.
+            // Whole images per thread, one contiguous share each: no synchronisation inside
+            // the network, and one pool per share (rayon's `for_each_init` made a fresh pool
+            // per stolen job, and batch 16 on 2 threads ran only 1.5× one thread).
+            let share = n.div_ceil(threads);
             pixels
-                .par_chunks(per_image)
-                .zip(out.par_chunks_mut(self.features))
-                .for_each_init(Pool::default, |pool, (image, features)| {
-                    self.forward_image(image, features, pool, false)
+                .par_chunks(per_image * share)
+                .zip(out.par_chunks_mut(self.features * share))
+                .for_each(|(images, features)| {
+                    self.with_pool(|pool| {
+                        for (image, f) in images
+                            .chunks(per_image)
+                            .zip(features.chunks_mut(self.features))
+                        {
+                            self.forward_image(image, f, pool, false);
+                        }
+                    })
                 });
         } else {
-            let mut pool = Pool::default();
-            for (image, features) in pixels.chunks(per_image).zip(out.chunks_mut(self.features)) {
-                self.forward_image(image, features, &mut pool, threads > 1);
+            let mut run = || {
+                self.with_pool(|pool| {
+                    for (image, f) in pixels.chunks(per_image).zip(out.chunks_mut(self.features)) {
+                        self.forward_image(image, f, pool, threads > 1);
+                    }
+                })
+            };
+            if threads > 1 {
+                // On a worker thread, each layer's split is a cheap local job for the other
+                // workers to steal, not a job injected from outside and waited for.
+                rayon::scope(|_| run());
+            } else {
+                run();
             }
         }
         Ok(out)
     }
 
+    /// Runs `work` with a warm buffer pool, kept for the next call.
+    fn with_pool(&self, work: impl FnOnce(&mut Pool)) {
+        let stashed = self.pools.lock().ok().and_then(|mut pools| pools.pop());
+        let mut pool = stashed.unwrap_or_default();
+        work(&mut pool);
+        if let Ok(mut pools) = self.pools.lock() {
+            pools.push(pool);
+        }
+    }
+
     /// One image through the network into `features`.
     fn forward_image(&self, image: &[f32], features: &mut [f32], pool: &mut Pool, parallel: bool) {
-        let parallelism = if parallel {
-            Parallelism::Rayon(0)
-        } else {
-            Parallelism::None
-        };
-        let mut values: Vec<Option<Vec<f32>>> = vec![None; self.steps.len()];
+        let mut values: Vec<Option<Buffer>> = std::iter::repeat_with(|| None)
+            .take(self.steps.len())
+            .collect();
         for (i, step) in self.steps.iter().enumerate() {
+            if self.inside_block.get(i) == Some(&true) {
+                continue;
+            }
             let [h, w, c] = step.shape;
             let input = |k: usize| -> &[f32] {
                 step.inputs
@@ -160,12 +301,30 @@ impl NativeNetwork {
                 let mut out = pool.take(h * w * c);
                 match &step.kernel {
                     Kernel::Input => out.copy_from_slice(image),
+                    Kernel::Conv(_) if self.blocks[i].is_some() => {
+                        let residual = self.residual[i]
+                            .and_then(|j| values.get(j))
+                            .and_then(|v| v.as_deref());
+                        if let Some(block) = &self.blocks[i] {
+                            let x = values.get(block.input).and_then(|v| v.as_deref());
+                            self.run_block(
+                                i,
+                                block,
+                                x.unwrap_or_default(),
+                                &mut out,
+                                residual,
+                                parallel,
+                            );
+                        }
+                    }
                     Kernel::Conv(conv) => {
                         let residual = self.residual[i]
                             .and_then(|j| values.get(j))
                             .and_then(|v| v.as_deref());
                         run_conv(
                             conv,
+                            self.packed.get(i).and_then(Option::as_ref),
+                            self.kernels,
                             input(0),
                             in_shape(0),
                             &mut out,
@@ -173,7 +332,6 @@ impl NativeNetwork {
                             residual,
                             pool,
                             parallel,
-                            parallelism,
                         );
                     }
                     Kernel::Affine {
@@ -274,7 +432,8 @@ impl NativeNetwork {
                     }
                 }
             }
-            if let Some(j) = self.residual[i] {
+            let extra = [self.residual[i], self.blocks[i].as_ref().map(|b| b.input)];
+            for j in extra.into_iter().flatten() {
                 if self.last_use.get(j) == Some(&i) {
                     if let Some(buffer) = values.get_mut(j).and_then(Option::take) {
                         pool.give(buffer);
@@ -290,33 +449,308 @@ impl NativeNetwork {
     }
 }
 
-/// Reusable f32 buffers of one thread.
+/// An inverted-residual block (1×1 expansion → depthwise → 1×1 projection) run as one step,
+/// band by band of output rows: the expanded activations, 6× the width of the block's input,
+/// live in an L2-sized band and never go to memory. MobileNet V2 is memory-bound on a
+/// laptop's 10 GB/s per core; its expansions wrote and re-read ~40 MB per image.
+#[derive(Debug, Clone)]
+struct Block {
+    /// The block's input (the expansion's).
+    input: usize,
+    expand: usize,
+    depthwise: usize,
+}
+
+/// A 1×1, stride-1, unpadded, full convolution: a plain matrix product.
+fn is_pointwise(conv: &Conv) -> bool {
+    !conv.depthwise && conv.kernel == (1, 1) && conv.stride == 1 && conv.pad == [0; 4]
+}
+
+/// The blocks among `steps`: a packed pointwise convolution whose only input is a depthwise
+/// convolution, read by nothing else, whose only input is a packed pointwise convolution,
+/// read by nothing else. Extends the block input's life to the projection.
+fn find_blocks(
+    steps: &[Step],
+    readers: &[usize],
+    packed: &[Option<PackedWeights>],
+    last_use: &mut [usize],
+) -> (Vec<Option<Block>>, Vec<bool>) {
+    let n = steps.len();
+    let mut blocks = vec![None; n];
+    let mut inside = vec![false; n];
+    let conv = |i: usize| match steps.get(i).map(|s| &s.kernel) {
+        Some(Kernel::Conv(c)) => Some(c),
+        _ => None,
+    };
+    let only_input = |i: usize| match steps.get(i).map(|s| s.inputs.as_slice()) {
+        Some(&[j]) => Some(j),
+        _ => None,
+    };
+    let packed_pointwise =
+        |i: usize| conv(i).is_some_and(is_pointwise) && packed.get(i).is_some_and(Option::is_some);
+    for (project, slot) in blocks.iter_mut().enumerate() {
+        if !packed_pointwise(project) {
+            continue;
+        }
+        let Some(depthwise) = only_input(project) else {
+            continue;
+        };
+        let Some(expand) = only_input(depthwise) else {
+            continue;
+        };
+        let Some(input) = only_input(expand) else {
+            continue;
+        };
+        if conv(depthwise).is_some_and(|c| c.depthwise)
+            && packed_pointwise(expand)
+            && readers.get(depthwise) == Some(&1)
+            && readers.get(expand) == Some(&1)
+        {
+            *slot = Some(Block {
+                input,
+                expand,
+                depthwise,
+            });
+            inside[expand] = true;
+            inside[depthwise] = true;
+            if let Some(l) = last_use.get_mut(input) {
+                *l = (*l).max(project);
+            }
+        }
+    }
+    (blocks, inside)
+}
+
+/// Bytes of expanded activations one band aims for (Zen 3 has 512 KB of L2 per core).
+const BAND_BYTES: usize = 192 * 1024;
+
+thread_local! {
+    /// A block's band buffers (expanded rows, depthwise output), per thread.
+    static BANDS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+impl NativeNetwork {
+    /// `block` on input `x` into `out` (the projection's output), with the residual
+    /// addend; output rows split among threads when `parallel`.
+    fn run_block(
+        &self,
+        project: usize,
+        block: &Block,
+        x: &[f32],
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+        parallel: bool,
+    ) {
+        let part = |i: usize| {
+            let step = self.steps.get(i)?;
+            match (&step.kernel, self.packed.get(i)) {
+                (Kernel::Conv(c), Some(p)) => Some((step, c, p.as_ref())),
+                _ => None,
+            }
+        };
+        // `find_blocks` checked these kinds; a mismatch leaves `out` as it is.
+        let (
+            Some((e_step, expand, Some(e_packed))),
+            Some((_, depthwise, _)),
+            Some((p_step, project, Some(p_packed))),
+        ) = (part(block.expand), part(block.depthwise), part(project))
+        else {
+            return;
+        };
+        let [h, w, _] = self.steps.get(block.input).map_or([0; 3], |s| s.shape);
+        let [ho, wo, cout] = p_step.shape;
+        let band = BlockBand {
+            x,
+            w,
+            h,
+            expanded: e_step.shape[2],
+            expand: (e_packed, expand.activation),
+            depthwise,
+            project: (p_packed, project.activation),
+            wo,
+            kernels: self.kernels,
+        };
+        let threads = rayon::current_num_threads();
+        let macs = ho * wo * cout * e_step.shape[2];
+        if parallel && threads > 1 && ho >= threads && macs >= MIN_PARALLEL_MACS {
+            let rows = ho.div_ceil(threads);
+            out.par_chunks_mut(rows * wo * cout)
+                .enumerate()
+                .for_each(|(t, out)| {
+                    let first = t * rows;
+                    let count = out.len() / (wo * cout);
+                    let res = residual.map(|r| &r[first * wo * cout..(first + count) * wo * cout]);
+                    band.rows(first..first + count, out, res);
+                });
+        } else {
+            band.rows(0..ho, out, residual);
+        }
+    }
+}
+
+/// What one thread needs to run output rows of a block.
+struct BlockBand<'a> {
+    x: &'a [f32],
+    h: usize,
+    w: usize,
+    /// Channels after the expansion.
+    expanded: usize,
+    expand: (&'a PackedWeights, Activation),
+    depthwise: &'a Conv,
+    project: (&'a PackedWeights, Activation),
+    wo: usize,
+    kernels: Kernels,
+}
+
+impl BlockBand<'_> {
+    /// Output rows `rows` into `out` (those rows only), band by band.
+    fn rows(&self, rows: std::ops::Range<usize>, out: &mut [f32], residual: Option<&[f32]>) {
+        let BlockBand {
+            x,
+            h,
+            w,
+            expanded: ce,
+            wo,
+            ..
+        } = *self;
+        let (kh, _) = self.depthwise.kernel;
+        let stride = self.depthwise.stride;
+        let pad_top = self.depthwise.pad[0];
+        let cin = self.expand.0.k();
+        let cout = out.len() / (rows.len() * wo).max(1);
+        let in_row = w * ce;
+        // Output rows per band: as many as keep the band's expanded rows near BAND_BYTES.
+        let band_rows_in = (BAND_BYTES / (4 * in_row).max(1)).max(kh);
+        let per_band = ((band_rows_in - kh) / stride + 1).max(1);
+        BANDS.with(|bands| {
+            let Ok(mut bands) = bands.try_borrow_mut() else {
+                return;
+            };
+            let (expanded, dw_out) = &mut *bands;
+            let need = ((per_band - 1) * stride + kh) * in_row;
+            if expanded.len() < need {
+                expanded.resize(need, 0.0);
+            }
+            if dw_out.len() < per_band * wo * ce {
+                dw_out.resize(per_band * wo * ce, 0.0);
+            }
+            // Expanded input rows held at the front of `expanded`.
+            let mut held = 0..0;
+            let mut start = rows.start;
+            while start < rows.end {
+                let end = (start + per_band).min(rows.end);
+                let lo = (start * stride).saturating_sub(pad_top).min(h);
+                let hi = ((end - 1) * stride + kh).saturating_sub(pad_top).min(h);
+                // Rows already expanded for the last band move to the front.
+                let mut from = lo;
+                if held.start <= lo && lo < held.end {
+                    expanded.copy_within(
+                        (lo - held.start) * in_row..(held.end - held.start) * in_row,
+                        0,
+                    );
+                    from = held.end.min(hi);
+                }
+                let fresh = &mut expanded[(from - lo) * in_row..(hi - lo) * in_row];
+                let (weights, activation) = self.expand;
+                packed::product(
+                    fresh,
+                    &x[from * w * cin..hi * w * cin],
+                    (hi - from) * w,
+                    weights,
+                    Epilogue::new(activation, None),
+                    false,
+                );
+                if !Epilogue::clamps(activation) {
+                    activate(fresh, activation);
+                }
+                held = lo..hi;
+                let band = &expanded[..(hi - lo) * in_row];
+                let count = end - start;
+                let dw = &mut dw_out[..count * wo * ce];
+                // Rows above the band's first are padding only where they are above the image.
+                let pad = pad_top + lo - start * stride;
+                Depthwise::of(self.depthwise, band, (hi - lo, w), pad, self.kernels).run(
+                    dw,
+                    (count, wo),
+                    false,
+                );
+                if self.depthwise.activation != Activation::Relu6 {
+                    activate(dw, self.depthwise.activation);
+                }
+                let at = (start - rows.start) * wo * cout..(end - rows.start) * wo * cout;
+                let (weights, activation) = self.project;
+                let target = &mut out[at.clone()];
+                packed::product(
+                    target,
+                    dw,
+                    count * wo,
+                    weights,
+                    Epilogue::new(activation, residual.map(|r| &r[at])),
+                    false,
+                );
+                if !Epilogue::clamps(activation) {
+                    activate(target, activation);
+                }
+                start = end;
+            }
+        });
+    }
+}
+
+/// Reusable f32 buffers of one worker. A network keeps one per thread between calls, so a
+/// warm forward pass allocates nothing and touches no fresh pages.
 #[derive(Default)]
 struct Pool {
-    free: Vec<Vec<f32>>,
+    free: Vec<Buffer>,
 }
 
 impl Pool {
     /// A buffer of `len` values (contents unspecified: every kernel writes all of them).
-    fn take(&mut self, len: usize) -> Vec<f32> {
+    fn take(&mut self, len: usize) -> Buffer {
         let best = self
             .free
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
+            .filter(|(_, b)| b.data.len() >= len)
+            .min_by_key(|(_, b)| b.data.len())
             .map(|(i, _)| i);
-        let mut buffer = match best {
-            Some(i) => self.free.swap_remove(i),
-            None => Vec::with_capacity(len),
-        };
-        // Shrinks, or zero-fills only the part never used before.
-        buffer.resize(len, 0.0);
-        buffer
+        match best {
+            Some(i) => {
+                let mut buffer = self.free.swap_remove(i);
+                buffer.len = len;
+                buffer
+            }
+            None => Buffer {
+                data: vec![0.0; len],
+                len,
+            },
+        }
     }
 
-    fn give(&mut self, buffer: Vec<f32>) {
+    fn give(&mut self, buffer: Buffer) {
         self.free.push(buffer);
+    }
+}
+
+/// The first `len` values of a pooled allocation. Unlike `Vec::resize`, handing a larger
+/// buffer out for a smaller layer writes nothing (re-zeroing cost 8 % of a forward pass).
+#[derive(Default)]
+struct Buffer {
+    data: Vec<f32>,
+    len: usize,
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        self.data.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl std::ops::DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        self.data.get_mut(..self.len).unwrap_or_default()
     }
 }
 
@@ -395,6 +829,8 @@ fn exp(x: f32) -> f32 {
 #[allow(clippy::too_many_arguments)]
 fn run_conv(
     conv: &Conv,
+    packed: Option<&PackedWeights>,
+    kernels: Kernels,
     input: &[f32],
     [h, w, cin]: Shape,
     out: &mut [f32],
@@ -402,28 +838,26 @@ fn run_conv(
     residual: Option<&[f32]>,
     pool: &mut Pool,
     parallel: bool,
-    parallelism: Parallelism,
 ) {
     if conv.depthwise {
-        let clamp = match conv.activation {
-            Activation::Relu6 => Some(6.0),
-            Activation::Linear => None,
-            _ => None,
-        };
-        let layer = Depthwise {
-            input,
-            h,
-            w,
-            c: cin,
-            stride: conv.stride,
-            kernel: conv.kernel,
-            pad: (conv.pad[0], conv.pad[2]),
-            weights: &conv.weights,
-            bias: &conv.bias,
-            relu6: clamp.is_some(),
-        };
-        layer.run(out, (ho, wo), parallel);
-        if clamp.is_none() {
+        Depthwise::of(conv, input, (h, w), conv.pad[0], kernels).run(out, (ho, wo), parallel);
+        if conv.activation != Activation::Relu6 {
+            activate(out, conv.activation);
+        }
+        return;
+    }
+    if let Some(weights) = packed {
+        let epilogue = Epilogue::new(conv.activation, residual);
+        let m = ho * wo;
+        if conv.kernel == (1, 1) && conv.stride == 1 && conv.pad == [0; 4] {
+            packed::product(out, input, m, weights, epilogue, parallel);
+        } else {
+            let mut cols = pool.take(m * weights.k());
+            im2col(input, (h, w, cin), conv, (ho, wo), &mut cols);
+            packed::product(out, &cols, m, weights, epilogue, parallel);
+            pool.give(cols);
+        }
+        if !Epilogue::clamps(conv.activation) {
             activate(out, conv.activation);
         }
         return;
@@ -446,22 +880,13 @@ fn run_conv(
             cin,
             cout,
             accumulate,
-            parallelism,
+            parallel,
         );
     } else {
         let k = kh * kw * cin;
         let mut cols = pool.take(m * k);
         im2col(input, (h, w, cin), conv, (ho, wo), &mut cols);
-        matmul(
-            out,
-            &cols,
-            &conv.weights,
-            m,
-            k,
-            cout,
-            accumulate,
-            parallelism,
-        );
+        matmul(out, &cols, &conv.weights, m, k, cout, accumulate, parallel);
         pool.give(cols);
     }
     if accumulate {
@@ -575,9 +1000,12 @@ fn fill_rows(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
 
 /// Below this many multiply-adds a layer runs on one thread: splitting a small layer across
 /// threads costs more than it saves (batch 1 at 0.35/128 ran 3× slower on 2 threads).
-const MIN_PARALLEL_MACS: usize = 1 << 22;
+pub(crate) const MIN_PARALLEL_MACS: usize = 1 << 22;
 
-/// `out[m, n] = a[m, k] · b[k, n]` (with `accumulate`: `+=`), all row-major.
+/// `out[m, n] = a[m, k] · b[k, n]` (with `accumulate`: `+=`), all row-major. With
+/// `parallel`, a large product is split into one band of rows per thread, each a
+/// single-threaded gemm: gemm's own threading cost more than it saved on these shapes
+/// (batch 1 at 1.0/224 ran at 33 images/s on 2 threads against 52 on one).
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     out: &mut [f32],
@@ -587,7 +1015,7 @@ fn matmul(
     k: usize,
     n: usize,
     accumulate: bool,
-    parallelism: Parallelism,
+    parallel: bool,
 ) {
     // Checked in release builds too: gemm reads and writes through raw pointers below.
     assert!(
@@ -596,11 +1024,14 @@ fn matmul(
             && Some(b.len()) == k.checked_mul(n),
         "matmul shapes do not match the slices"
     );
-    let parallelism = if m * k * n < MIN_PARALLEL_MACS {
-        Parallelism::None
-    } else {
-        parallelism
-    };
+    let threads = rayon::current_num_threads();
+    if parallel && threads > 1 && m >= 2 * threads && m * k * n >= MIN_PARALLEL_MACS {
+        let rows = m.div_ceil(threads);
+        out.par_chunks_mut(rows * n)
+            .zip(a.par_chunks(rows * k))
+            .for_each(|(out, a)| matmul(out, a, b, a.len() / k.max(1), k, n, accumulate, false));
+        return;
+    }
     // SAFETY: the assert above proves that the three slices hold exactly m×n, m×k and k×n
     // elements; the strides describe those row-major layouts, so every address gemm forms is
     // inside its slice; `out` is a `&mut` and so cannot alias the inputs.
@@ -624,7 +1055,7 @@ fn matmul(
             false,
             false,
             false,
-            parallelism,
+            Parallelism::None,
         );
     }
 }
@@ -644,9 +1075,34 @@ struct Depthwise<'a> {
     weights: &'a [f32],
     bias: &'a [f32],
     relu6: bool,
+    kernels: Kernels,
 }
 
-impl Depthwise<'_> {
+impl<'a> Depthwise<'a> {
+    /// Depthwise `conv` on an `(h, w)` input, with `pad_top` rows of padding above it
+    /// (ReLU6 is applied in the kernel; another activation is left to the caller).
+    fn of(
+        conv: &'a Conv,
+        input: &'a [f32],
+        (h, w): (usize, usize),
+        pad_top: usize,
+        kernels: Kernels,
+    ) -> Depthwise<'a> {
+        Depthwise {
+            input,
+            h,
+            w,
+            c: conv.cin,
+            stride: conv.stride,
+            kernel: conv.kernel,
+            pad: (pad_top, conv.pad[2]),
+            weights: &conv.weights,
+            bias: &conv.bias,
+            relu6: conv.activation == Activation::Relu6,
+            kernels,
+        }
+    }
+
     /// The whole `[ho, wo, c]` output, row by row (rows in parallel for a large layer).
     fn run(&self, output: &mut [f32], (ho, wo): (usize, usize), parallel: bool) {
         let (kh, kw) = self.kernel;
@@ -673,15 +1129,27 @@ impl Depthwise<'_> {
     fn row(&self, oy: usize, row: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
-            if self.kernel.0 * self.kernel.1 <= avx512::MAX_TAPS
+            // `NativeNetwork::with_kernels` refused kernels this CPU lacks; checked again
+            // here because the safety of the calls below rests on it.
+            if self.kernels == Kernels::Avx512
+                && self.kernel.0 * self.kernel.1 <= avx512::MAX_TAPS
                 && is_x86_feature_detected!("avx512f")
             {
                 // SAFETY: the CPU supports AVX-512F, checked just above.
                 return unsafe { avx512::row(self, oy, row) };
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if self.kernels != Kernels::Portable
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
                 // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                return unsafe { row_avx2(self, oy, row) };
+                return unsafe {
+                    if matches!(self.kernel, (3, 3) | (5, 5)) {
+                        avx2::row(self, oy, row)
+                    } else {
+                        row_avx2(self, oy, row)
+                    }
+                };
             }
         }
         self.checked(oy, row, 0..row.len() / self.c)
@@ -749,6 +1217,200 @@ impl Depthwise<'_> {
     }
 }
 
+/// Which output columns of a row see their whole window inside the image.
+#[cfg(target_arch = "x86_64")]
+fn interior_columns(
+    w: usize,
+    wo: usize,
+    kw: usize,
+    stride: usize,
+    pad_x: usize,
+) -> std::ops::Range<usize> {
+    let first = pad_x.div_ceil(stride);
+    // Largest ox with ox·stride − pad_x + kw − 1 ≤ w − 1.
+    let last = (w + pad_x)
+        .checked_sub(kw)
+        .map_or(0, |v| v / stride + 1)
+        .min(wo);
+    first.min(last)..last
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The depthwise kernel with explicit AVX2 + FMA for 3×3 and 5×5 windows, stride 1 or 2.
+    //!
+    //! Depthwise layers do 7 % of MobileNet V2's multiply-adds but, written as one channel
+    //! block at a time along a whole row, took a quarter of its time: the rows they read do
+    //! not fit Zen 3's 32 KB L1, so every block re-read them from L2. Here a group of four
+    //! output columns runs through all channel blocks (reading each pixel's channels in
+    //! order), with the block's taps in registers and each input vector loaded once and
+    //! used for every output column whose window covers it.
+
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::{interior_columns, Depthwise};
+
+    /// Output columns computed together.
+    const GROUP: usize = 4;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn row(layer: &Depthwise, oy: usize, row: &mut [f32]) {
+        let Depthwise {
+            h,
+            w,
+            c,
+            stride,
+            kernel: (kh, kw),
+            pad: (pad_y, pad_x),
+            relu6,
+            ..
+        } = *layer;
+        let wo = row.len() / c;
+        let top = (oy * stride).checked_sub(pad_y);
+        let rows_inside = top.is_some_and(|t| t + kh <= h);
+        let known = matches!((kh, kw), (3, 3) | (5, 5)) && matches!(stride, 1 | 2);
+        let interior = if rows_inside && known {
+            interior_columns(w, wo, kw, stride, pad_x)
+        } else {
+            0..0
+        };
+        // Border pixels (and rows touching the padding) take the bounds-checked path.
+        layer.checked(oy, row, 0..interior.start);
+        layer.checked(oy, row, interior.end..wo);
+        let Some(top) = top.filter(|_| !interior.is_empty()) else {
+            return;
+        };
+        // The furthest input and output values the interior touches: the window of its last
+        // column, in its bottom row, last channel. The unchecked loads below rely on it.
+        let last_input = ((top + kh - 1) * w + (interior.end - 1) * stride + kw - pad_x) * c;
+        assert!(
+            last_input <= layer.input.len()
+                && interior.end * c <= row.len()
+                && kh * kw * c <= layer.weights.len()
+                && c <= layer.bias.len(),
+            "depthwise interior outside its buffers"
+        );
+        macro_rules! run {
+            ($kh:literal, $kw:literal, $s:literal, $relu6:literal) => {
+                // SAFETY: AVX2 and FMA were checked by the caller; every address formed is at
+                // most the ones just asserted (columns, rows and channels only grow towards
+                // them).
+                unsafe { columns::<$kh, $kw, $s, $relu6>(layer, top, row, interior.clone()) }
+            };
+        }
+        match ((kh, kw), stride, relu6) {
+            ((3, 3), 1, true) => run!(3, 3, 1, true),
+            ((3, 3), 1, false) => run!(3, 3, 1, false),
+            ((3, 3), 2, true) => run!(3, 3, 2, true),
+            ((3, 3), 2, false) => run!(3, 3, 2, false),
+            ((5, 5), 1, true) => run!(5, 5, 1, true),
+            ((5, 5), 1, false) => run!(5, 5, 1, false),
+            ((5, 5), 2, true) => run!(5, 5, 2, true),
+            ((5, 5), 2, false) => run!(5, 5, 2, false),
+            _ => layer.checked(oy, row, interior),
+        }
+    }
+
+    /// Output columns `columns` (all inside the image) of one row, every channel.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available, the window is `KH × KW` with stride `S`, and `row`
+    /// checked that every value this reads and writes is inside its slice.
+    #[inline(always)]
+    unsafe fn columns<const KH: usize, const KW: usize, const S: usize, const RELU6: bool>(
+        layer: &Depthwise,
+        top: usize,
+        row: &mut [f32],
+        columns: Range<usize>,
+    ) {
+        let mut ox = columns.start;
+        while ox + GROUP <= columns.end {
+            group::<KH, KW, S, RELU6, GROUP>(layer, top, row, ox);
+            ox += GROUP;
+        }
+        while ox < columns.end {
+            group::<KH, KW, S, RELU6, 1>(layer, top, row, ox);
+            ox += 1;
+        }
+    }
+
+    /// `N` output columns from `ox`, every channel block.
+    ///
+    /// # Safety
+    /// As [`columns`], for columns `ox..ox + N`.
+    #[inline(always)]
+    unsafe fn group<
+        const KH: usize,
+        const KW: usize,
+        const S: usize,
+        const RELU6: bool,
+        const N: usize,
+    >(
+        layer: &Depthwise,
+        top: usize,
+        row: &mut [f32],
+        ox: usize,
+    ) {
+        let Depthwise {
+            input,
+            w,
+            c,
+            pad: (_, pad_x),
+            weights,
+            bias,
+            ..
+        } = *layer;
+        let origin = input.as_ptr().add((top * w + ox * S - pad_x) * c);
+        let out = row.as_mut_ptr().add(ox * c);
+        let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+        let mut block = 0;
+        while block < c {
+            let lanes = (c - block).min(8);
+            let mask = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(lanes as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            );
+            let full = lanes == 8;
+            let load = |p: *const f32| {
+                if full {
+                    _mm256_loadu_ps(p)
+                } else {
+                    _mm256_maskload_ps(p, mask)
+                }
+            };
+            let b = load(bias.as_ptr().add(block));
+            let mut acc = [b; N];
+            for ky in 0..KH {
+                let line = origin.add(ky * w * c + block);
+                let taps = weights.as_ptr().add(ky * KW * c + block);
+                // Input column j of the group's window serves output o with tap j − o·S.
+                for j in 0..(N - 1) * S + KW {
+                    let x = load(line.add(j * c));
+                    for (o, acc) in acc.iter_mut().enumerate() {
+                        if let Some(kx) = j.checked_sub(o * S).filter(|&kx| kx < KW) {
+                            *acc = _mm256_fmadd_ps(x, load(taps.add(kx * c)), *acc);
+                        }
+                    }
+                }
+            }
+            for (o, mut v) in acc.into_iter().enumerate() {
+                if RELU6 {
+                    v = _mm256_min_ps(_mm256_max_ps(v, zero), six);
+                }
+                let p = out.add(o * c + block);
+                if full {
+                    _mm256_storeu_ps(p, v);
+                } else {
+                    _mm256_maskstore_ps(p, mask, v);
+                }
+            }
+            block += 8;
+        }
+    }
+}
+
+/// The bounds-checked loop compiled for AVX2 + FMA: borders and windows over 3×3.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn row_avx2(layer: &Depthwise, oy: usize, row: &mut [f32]) {
@@ -762,27 +1424,10 @@ mod avx512 {
 
     use std::arch::x86_64::*;
 
-    use super::Depthwise;
+    use super::{interior_columns, Depthwise};
 
     /// Most taps kept in registers (a 5×5 kernel).
     pub(super) const MAX_TAPS: usize = 25;
-
-    /// Which output columns of a row see their whole window inside the image.
-    fn interior_columns(
-        w: usize,
-        wo: usize,
-        kw: usize,
-        stride: usize,
-        pad_x: usize,
-    ) -> std::ops::Range<usize> {
-        let first = pad_x.div_ceil(stride);
-        // Largest ox with ox·stride − pad_x + kw − 1 ≤ w − 1.
-        let last = (w + pad_x)
-            .checked_sub(kw)
-            .map_or(0, |v| v / stride + 1)
-            .min(wo);
-        first.min(last)..last
-    }
 
     #[target_feature(enable = "avx512f")]
     pub(super) fn row(layer: &Depthwise, oy: usize, row: &mut [f32]) {
@@ -797,6 +1442,7 @@ mod avx512 {
             weights,
             bias,
             relu6,
+            ..
         } = *layer;
         let wo = row.len() / c;
         let top = (oy * stride).checked_sub(pad_y);

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use crate::backend::native::{Kernels, NativeNetwork};
 use crate::backend::Network;
 use crate::data::image::{load_resized_bytes, read_photo, Image, PhotoLimits, Resize};
 use crate::data::{cache_home, Split};
@@ -284,6 +285,28 @@ impl FeatureExtractor {
             self.engine = Engine::new(&self.network, self.device, backend)?;
             self.backend = backend;
         }
+        Ok(self)
+    }
+
+    /// Runs the native backend on the CPU with the instruction set `kernels` instead of the
+    /// widest this CPU has: to compare the kernels with each other, or with the reference.
+    /// An error if this CPU lacks them.
+    ///
+    /// ```
+    /// use flowers_kit::backend::native::Kernels;
+    /// use flowers_kit::backend::Network;
+    /// use flowers_kit::prelude::*;
+    ///
+    /// let network = Network::random(Model::parse("mobilenet_v2_0.35_96")?, 0)?;
+    /// let extractor = FeatureExtractor::from_network(network)?
+    ///     .with_native_kernels(Kernels::Portable)?;
+    /// assert_eq!(extractor.backend(), BackendKind::Native);
+    /// # Ok::<(), flowers_kit::Error>(())
+    /// ```
+    pub fn with_native_kernels(mut self, kernels: Kernels) -> Result<FeatureExtractor> {
+        self.engine = Engine::Native(NativeNetwork::with_kernels(&self.network, kernels)?);
+        self.backend = BackendKind::Native;
+        self.device = DeviceKind::Cpu;
         Ok(self)
     }
 

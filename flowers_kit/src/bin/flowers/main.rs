@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use flowers_kit::backend::native::Kernels;
 use flowers_kit::backend::Network;
 use flowers_kit::data::{self, Dataset, FetchOptions};
 use flowers_kit::features::{BackendKind, DeviceKind, FeatureExtractor};
@@ -53,6 +54,27 @@ impl From<BackendArg> for BackendKind {
         match arg {
             BackendArg::Native => BackendKind::Native,
             BackendArg::Dfdx => BackendKind::Dfdx,
+        }
+    }
+}
+
+/// The instruction set of the native kernels.
+#[derive(Clone, Copy, ValueEnum)]
+enum KernelsArg {
+    /// AVX-512.
+    Avx512,
+    /// AVX2 and FMA: packed products, fused inverted-residual blocks.
+    Avx2,
+    /// Portable loops, any CPU.
+    Portable,
+}
+
+impl From<KernelsArg> for Kernels {
+    fn from(arg: KernelsArg) -> Self {
+        match arg {
+            KernelsArg::Avx512 => Kernels::Avx512,
+            KernelsArg::Avx2 => Kernels::Avx2,
+            KernelsArg::Portable => Kernels::Portable,
         }
     }
 }
@@ -168,6 +190,9 @@ struct ExtractorArgs {
     /// Which implementation runs it on the CPU.
     #[arg(long, value_enum, default_value_t = BackendArg::Native)]
     backend: BackendArg,
+    /// The native backend's instruction set [default: the widest this CPU has].
+    #[arg(long, value_enum)]
+    kernels: Option<KernelsArg>,
 }
 
 impl ExtractorArgs {
@@ -178,9 +203,13 @@ impl ExtractorArgs {
             (None, true) => FeatureExtractor::from_network(Network::random(self.model, 0)?)?,
             (weights, _) => FeatureExtractor::with_weights(self.model, weights.as_deref())?,
         };
-        extractor
+        let extractor = extractor
             .with_backend(self.backend.into())?
-            .on(self.device.into())
+            .on(self.device.into())?;
+        match self.kernels {
+            Some(kernels) => extractor.with_native_kernels(kernels.into()),
+            None => Ok(extractor),
+        }
     }
 }
 
