@@ -844,7 +844,10 @@ fn exp(x: f32) -> f32 {
     let e = p * r * r + r + 1.0;
     // 2^n from its exponent bits: n + 127 is within 1..=254 for the clamped range, and
     // `shifted`'s low bits hold n + 0x40_0000.
-    let biased = shifted.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127);
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(0x4B40_0000)
+        .wrapping_add(127);
     e * f32::from_bits(biased << 23)
 }
 
