@@ -1,7 +1,7 @@
 """Peers end to end: decode + resize every photo of a folder with Pillow (a thread per
 core), then the forward pass in batches of 16, with ONNX Runtime or PyTorch.
 
-Usage: end_to_end.py ort|torch ALPHA RESOLUTION THREADS PHOTO_DIR
+Usage: end_to_end.py ort|openvino|torch ALPHA RESOLUTION THREADS PHOTO_DIR
 Prints: images_per_second
 """
 import pathlib
@@ -29,6 +29,22 @@ def main():
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(build(alpha, res).SerializeToString(), options, providers=["CPUExecutionProvider"])
         run = lambda batch: session.run(None, {"input": batch.transpose(0, 3, 1, 2).copy() * 2 - 1})
+    elif engine == "openvino":
+        import os
+        import tempfile
+
+        import onnx
+        import openvino as ov
+        from ort_mobilenet import build
+
+        tmp = tempfile.mkdtemp()
+        path = os.path.join(tmp, "mobilenet_v2.onnx")
+        onnx.save(build(alpha, res), path)
+        compiled = ov.Core().compile_model(path, "CPU", {
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        run = lambda batch: request.infer({0: batch.transpose(0, 3, 1, 2).copy() * 2 - 1})
     else:
         import torch
         import torchvision
