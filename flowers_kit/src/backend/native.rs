@@ -354,9 +354,23 @@ impl NativeNetwork {
                         shift,
                         activation,
                     } => {
-                        for (row, x) in out.chunks_exact_mut(c).zip(input(0).chunks_exact(c)) {
-                            for (((o, v), s), t) in row.iter_mut().zip(x).zip(scale).zip(shift) {
+                        let uniform = |v: &[f32]| v.iter().all(|x| Some(x) == v.first());
+                        if let (true, true, Some(s), Some(t)) =
+                            (uniform(scale), uniform(shift), scale.first(), shift.first())
+                        {
+                            // One flat loop (an input rescaling): rows of 3 channels do not
+                            // vectorise.
+                            for (o, v) in out.iter_mut().zip(input(0)) {
                                 *o = v * s + t;
+                            }
+                        } else {
+                            for (row, x) in out.chunks_exact_mut(c).zip(input(0).chunks_exact(c))
+                            {
+                                for (((o, v), s), t) in
+                                    row.iter_mut().zip(x).zip(scale).zip(shift)
+                                {
+                                    *o = v * s + t;
+                                }
                             }
                         }
                         activate(&mut out, *activation);
@@ -894,7 +908,7 @@ fn run_conv(
             packed::product(out, input, m, weights, epilogue, parallel);
         } else {
             let mut cols = pool.take(m * weights.k());
-            im2col(input, (h, w, cin), conv, (ho, wo), &mut cols);
+            im2col(input, (h, w, cin), conv, (ho, wo), &mut cols, parallel);
             packed::product(out, &cols, m, weights, epilogue, parallel);
             pool.give(cols);
         }
@@ -926,7 +940,7 @@ fn run_conv(
     } else {
         let k = kh * kw * cin;
         let mut cols = pool.take(m * k);
-        im2col(input, (h, w, cin), conv, (ho, wo), &mut cols);
+        im2col(input, (h, w, cin), conv, (ho, wo), &mut cols, parallel);
         matmul(out, &cols, &conv.weights, m, k, cout, accumulate, parallel);
         pool.give(cols);
     }
@@ -937,36 +951,54 @@ fn run_conv(
     }
 }
 
-/// The `[kh, kw, cin]` patch of every output pixel, zeros for padding: `[ho·wo, kh·kw·cin]`.
+/// The `[kh, kw, cin]` patch of every output pixel, zeros for padding: `[ho·wo, kh·kw·cin]`
+/// (output rows in parallel with `parallel`).
 fn im2col(
     input: &[f32],
     (h, w, c): (usize, usize, usize),
     conv: &Conv,
     (ho, wo): (usize, usize),
     cols: &mut [f32],
+    parallel: bool,
 ) {
     let (kh, kw) = conv.kernel;
     let (pad_y, pad_x) = (conv.pad[0], conv.pad[2]);
     let row_len = kh * kw * c;
-    for oy in 0..ho {
-        for ox in 0..wo {
-            let row = &mut cols[(oy * wo + ox) * row_len..][..row_len];
-            for ky in 0..kh {
-                let iy = (oy * conv.stride + ky)
-                    .checked_sub(pad_y)
-                    .filter(|&y| y < h);
-                for kx in 0..kw {
-                    let tap = &mut row[(ky * kw + kx) * c..][..c];
-                    let ix = (ox * conv.stride + kx)
-                        .checked_sub(pad_x)
-                        .filter(|&x| x < w);
-                    match (iy, ix) {
-                        (Some(y), Some(x)) => tap.copy_from_slice(&input[(y * w + x) * c..][..c]),
-                        _ => tap.fill(0.0),
+    let fill = |(oy, rows): (usize, &mut [f32])| {
+        for (ox, row) in rows.chunks_exact_mut(row_len).enumerate() {
+            let left = (ox * conv.stride).checked_sub(pad_x);
+            // A window row inside the image is one contiguous run of kw·c values.
+            let inside = left.filter(|&x| x + kw <= w);
+            for (ky, taps) in row.chunks_exact_mut(kw * c).enumerate() {
+                let Some(y) = (oy * conv.stride + ky).checked_sub(pad_y).filter(|&y| y < h) else {
+                    taps.fill(0.0);
+                    continue;
+                };
+                if let Some(x) = inside {
+                    // An element loop, not a memcpy call: runs of 9–27 values are common.
+                    for (t, v) in taps.iter_mut().zip(&input[(y * w + x) * c..][..kw * c]) {
+                        *t = *v;
+                    }
+                    continue;
+                }
+                for (kx, tap) in taps.chunks_exact_mut(c).enumerate() {
+                    match (ox * conv.stride + kx).checked_sub(pad_x).filter(|&x| x < w) {
+                        Some(x) => {
+                            for (t, v) in tap.iter_mut().zip(&input[(y * w + x) * c..][..c]) {
+                                *t = *v;
+                            }
+                        }
+                        None => tap.fill(0.0),
                     }
                 }
             }
         }
+    };
+    let rows = &mut cols[..ho * wo * row_len];
+    if parallel && rows.len() >= MIN_PARALLEL_MACS {
+        rows.par_chunks_mut(wo * row_len).enumerate().for_each(fill);
+    } else {
+        rows.chunks_mut(wo * row_len).enumerate().for_each(fill);
     }
 }
 
