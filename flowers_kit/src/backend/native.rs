@@ -364,10 +364,8 @@ impl NativeNetwork {
                                 *o = v * s + t;
                             }
                         } else {
-                            for (row, x) in out.chunks_exact_mut(c).zip(input(0).chunks_exact(c))
-                            {
-                                for (((o, v), s), t) in
-                                    row.iter_mut().zip(x).zip(scale).zip(shift)
+                            for (row, x) in out.chunks_exact_mut(c).zip(input(0).chunks_exact(c)) {
+                                for (((o, v), s), t) in row.iter_mut().zip(x).zip(scale).zip(shift)
                                 {
                                     *o = v * s + t;
                                 }
@@ -690,9 +688,6 @@ impl BlockBand<'_> {
                     Epilogue::new(activation, None),
                     false,
                 );
-                if !Epilogue::clamps(activation) {
-                    activate(fresh, activation);
-                }
                 held = lo..hi;
                 let band = &expanded[..(hi - lo) * in_row];
                 let count = end - start;
@@ -704,9 +699,7 @@ impl BlockBand<'_> {
                     (count, wo),
                     false,
                 );
-                if self.depthwise.activation != Activation::Relu6 {
-                    activate(dw, self.depthwise.activation);
-                }
+
                 let at = (start - rows.start) * wo * cout..(end - rows.start) * wo * cout;
                 let (weights, activation) = self.project;
                 let target = &mut out[at.clone()];
@@ -718,9 +711,6 @@ impl BlockBand<'_> {
                     Epilogue::new(activation, residual.map(|r| &r[at])),
                     false,
                 );
-                if !Epilogue::clamps(activation) {
-                    activate(target, activation);
-                }
                 start = end;
             }
         });
@@ -896,9 +886,6 @@ fn run_conv(
 ) {
     if conv.depthwise {
         Depthwise::of(conv, input, (h, w), conv.pad[0], kernels).run(out, (ho, wo), parallel);
-        if conv.activation != Activation::Relu6 {
-            activate(out, conv.activation);
-        }
         return;
     }
     if let Some(weights) = packed {
@@ -911,9 +898,6 @@ fn run_conv(
             im2col(input, (h, w, cin), conv, (ho, wo), &mut cols, parallel);
             packed::product(out, &cols, m, weights, epilogue, parallel);
             pool.give(cols);
-        }
-        if !Epilogue::clamps(conv.activation) {
-            activate(out, conv.activation);
         }
         return;
     }
@@ -970,7 +954,10 @@ fn im2col(
             // A window row inside the image is one contiguous run of kw·c values.
             let inside = left.filter(|&x| x + kw <= w);
             for (ky, taps) in row.chunks_exact_mut(kw * c).enumerate() {
-                let Some(y) = (oy * conv.stride + ky).checked_sub(pad_y).filter(|&y| y < h) else {
+                let Some(y) = (oy * conv.stride + ky)
+                    .checked_sub(pad_y)
+                    .filter(|&y| y < h)
+                else {
                     taps.fill(0.0);
                     continue;
                 };
@@ -982,7 +969,10 @@ fn im2col(
                     continue;
                 }
                 for (kx, tap) in taps.chunks_exact_mut(c).enumerate() {
-                    match (ox * conv.stride + kx).checked_sub(pad_x).filter(|&x| x < w) {
+                    match (ox * conv.stride + kx)
+                        .checked_sub(pad_x)
+                        .filter(|&x| x < w)
+                    {
                         Some(x) => {
                             for (t, v) in tap.iter_mut().zip(&input[(y * w + x) * c..][..c]) {
                                 *t = *v;
@@ -1155,12 +1145,14 @@ struct Depthwise<'a> {
     weights: &'a [f32],
     bias: &'a [f32],
     relu6: bool,
+    /// Any other activation, applied to each output row while it is in L1.
+    then: Activation,
     kernels: Kernels,
 }
 
 impl<'a> Depthwise<'a> {
     /// Depthwise `conv` on an `(h, w)` input, with `pad_top` rows of padding above it
-    /// (ReLU6 is applied in the kernel; another activation is left to the caller).
+    /// (ReLU6 is applied in the kernel, another activation to each row after it).
     fn of(
         conv: &'a Conv,
         input: &'a [f32],
@@ -1179,6 +1171,10 @@ impl<'a> Depthwise<'a> {
             weights: &conv.weights,
             bias: &conv.bias,
             relu6: conv.activation == Activation::Relu6,
+            then: match conv.activation {
+                Activation::Relu6 => Activation::Linear,
+                other => other,
+            },
             kernels,
         }
     }
@@ -1197,7 +1193,10 @@ impl<'a> Depthwise<'a> {
             "depthwise buffers do not match the layer's shape"
         );
         let row_len = wo * self.c;
-        let run = |(oy, row): (usize, &mut [f32])| self.row(oy, row);
+        let run = |(oy, row): (usize, &mut [f32])| {
+            self.row(oy, row);
+            activate(row, self.then);
+        };
         if parallel && output.len() * kh * kw >= MIN_PARALLEL_MACS {
             output.par_chunks_mut(row_len).enumerate().for_each(run);
         } else {

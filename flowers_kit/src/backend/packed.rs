@@ -72,26 +72,24 @@ pub(crate) struct Epilogue<'a> {
     /// The result is clamped to `[lo, hi]` (ReLU: 0, ∞; ReLU6: 0, 6; none: −∞, ∞).
     pub(crate) lo: f32,
     pub(crate) hi: f32,
+    /// Any other activation, applied to each chunk of rows while it is in L2.
+    pub(crate) then: Activation,
 }
 
 impl<'a> Epilogue<'a> {
-    /// The clamp for `activation` where it is one (ReLU, ReLU6), none otherwise: the
-    /// caller applies any other activation afterwards (see [`Epilogue::clamps`]).
+    /// `activation` as a clamp where it is one (ReLU, ReLU6), else applied chunk by chunk.
     pub(crate) fn new(activation: Activation, residual: Option<&'a [f32]>) -> Epilogue<'a> {
-        let (lo, hi) = match activation {
-            Activation::Relu => (0.0, f32::INFINITY),
-            Activation::Relu6 => (0.0, 6.0),
-            _ => (f32::NEG_INFINITY, f32::INFINITY),
+        let (lo, hi, then) = match activation {
+            Activation::Relu => (0.0, f32::INFINITY, Activation::Linear),
+            Activation::Relu6 => (0.0, 6.0, Activation::Linear),
+            other => (f32::NEG_INFINITY, f32::INFINITY, other),
         };
-        Epilogue { residual, lo, hi }
-    }
-
-    /// Whether [`Epilogue::new`] applies `activation` entirely.
-    pub(crate) fn clamps(activation: Activation) -> bool {
-        matches!(
-            activation,
-            Activation::Linear | Activation::Relu | Activation::Relu6
-        )
+        Epilogue {
+            residual,
+            lo,
+            hi,
+            then,
+        }
     }
 }
 
@@ -146,6 +144,7 @@ pub(crate) fn product(
         let a = &a[first * k..(first + rows) * k];
         let residual = epilogue.residual.map(|r| &r[first * n..(first + rows) * n]);
         chunk_product(out, a, rows, w, residual, epilogue.lo, epilogue.hi);
+        super::native::activate(out, epilogue.then);
     };
     if parallel {
         out.par_chunks_mut(chunk * n).enumerate().for_each(run);
@@ -328,6 +327,7 @@ mod tests {
                         residual: res,
                         lo,
                         hi,
+                        then: Activation::Linear,
                     };
                     product(&mut out, &a, m, &packed, epilogue, parallel);
                     for i in 0..m {
