@@ -1,24 +1,27 @@
-//! The fast CPU path: any [`Network`] on plain NHWC buffers.
+//! The fast CPU path: any [`Network`] on plain NHWC buffers, with the kernels of the widest
+//! instruction set the CPU has ([`Kernels`], chosen at run time).
 //!
-//! - Convolutions are one `gemm` call each (AVX-512 or AVX2 kernels, chosen at run time):
-//!   a 1×1 stride-1 convolution multiplies the activation directly, others go through an
-//!   im2col buffer. The output is pre-filled with the bias — and, when the convolution feeds
-//!   a residual add and nothing else, with the other addend too — so both are fused into the
-//!   product for free.
-//! - Depthwise convolutions walk output pixels and vectorise over channels: an explicit
-//!   AVX-512 kernel (taps in registers), the bounds-checked loop compiled for AVX2+FMA, or
-//!   the same loop for any other CPU, chosen at run time. Stride 2 reads every other pixel.
-//! - Pooling, padding, concatenation, squeeze-and-excitation products and activations are
-//!   plain loops over channels.
-//! - Buffers come from a per-thread pool and return to it after their last reader; nothing
-//!   is allocated per layer once the pool is warm. A batch runs its images in parallel on
-//!   rayon; a single image parallelises inside the layers instead.
+//! - Convolutions are matrix products: a 1×1 stride-1 convolution multiplies the activation
+//!   directly, others go through an im2col buffer. With [`Kernels::Avx2`] the weights are
+//!   packed once for a 6×16 FMA micro-kernel (`packed.rs`) that adds the bias, a residual
+//!   addend and the ReLU/ReLU6 clamp as it stores; otherwise each is one `gemm` call into an
+//!   output pre-filled with the bias (and the addend).
+//! - With [`Kernels::Avx2`], an inverted-residual block (expand → depthwise → project) is one
+//!   step, run band by band of output rows so that its expanded activations stay in L2.
+//! - Depthwise convolutions vectorise over channels: explicit AVX-512 and AVX2 kernels (taps
+//!   in registers) inside the image, a bounds-checked loop at its borders and for any other
+//!   CPU.
+//! - Pooling, concatenation, squeeze-and-excitation products and activations are plain loops
+//!   over channels (activations compiled for AVX2 where the CPU has it).
+//! - Buffers come from pools kept between calls and return to them after their last reader;
+//!   nothing is allocated per layer once warm. A batch runs its images in parallel on rayon;
+//!   a single large image parallelises inside the layers instead.
 //!
-//! Memory safety: the gemm call and the AVX-512 loads are `unsafe`. They rely on the shapes
-//! that [`Network::new`] validated (weights `[kh, kw, cin, cout]` or `[kh, kw, c]`, each
-//! step's shape following from its inputs'), and each kernel re-checks the lengths of the
-//! slices it is handed with `assert!` before any unchecked access, so a broken invariant
-//! panics instead of reading out of bounds.
+//! Memory safety: the gemm call, the micro-kernel and the explicit SIMD loads are `unsafe`.
+//! They rely on the shapes that [`Network::new`] validated (weights `[kh, kw, cin, cout]` or
+//! `[kh, kw, c]`, each step's shape following from its inputs'), and each kernel re-checks
+//! the lengths of the slices it is handed with `assert!` before any unchecked access, so a
+//! broken invariant panics instead of reading out of bounds.
 
 use gemm::Parallelism;
 use rayon::prelude::*;

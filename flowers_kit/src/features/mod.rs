@@ -1,7 +1,7 @@
-//! The frozen feature extractor: a MobileNet V2, its weights, a device, and the on-disk cache
+//! The frozen feature extractor: an image model, its weights, a device, and the on-disk cache
 //! that makes re-running a notebook after a hyperparameter edit instant.
 //!
-//! [`engine`] picks the implementation that runs the network; [`cache`] is the per-photo
+//! `engine` (private) picks the implementation that runs the network; [`cache`] is the per-photo
 //! cache file format. Features leave this module as plain `Vec<f32>` rows ([`FeatureSet`]):
 //! training uploads them to whatever device it runs on.
 
