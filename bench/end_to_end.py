@@ -30,20 +30,9 @@ def main():
         session = ort.InferenceSession(build(alpha, res).SerializeToString(), options, providers=["CPUExecutionProvider"])
         run = lambda batch: session.run(None, {"input": batch.transpose(0, 3, 1, 2).copy() * 2 - 1})
     elif engine == "openvino":
-        import os
-        import tempfile
+        from openvino_mobilenet import compile_cpu
 
-        import onnx
-        import openvino as ov
-        from ort_mobilenet import build
-
-        tmp = tempfile.mkdtemp()
-        path = os.path.join(tmp, "mobilenet_v2.onnx")
-        onnx.save(build(alpha, res), path)
-        compiled = ov.Core().compile_model(path, "CPU", {
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
-            "INFERENCE_PRECISION_HINT": "f32"})
-        request = compiled.create_infer_request()
+        request = compile_cpu(alpha, res, threads, "LATENCY").create_infer_request()
         run = lambda batch: request.infer({0: batch.transpose(0, 3, 1, 2).copy() * 2 - 1})
     else:
         import torch

@@ -20,6 +20,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ort_mobilenet import build  # noqa: E402
 
 
+def compile_cpu(alpha, res, threads, mode, batch=None):
+    """The ONNX graph of ort_mobilenet.build, compiled for the CPU in f32 with `mode`
+    (LATENCY or THROUGHPUT), for a fixed `batch` or, without one, any batch size."""
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "mobilenet_v2.onnx")
+        onnx.save(build(alpha, res), path)
+        model = core.read_model(path)
+        if batch is not None:
+            model.reshape([batch, 3, res, res])
+        return core.compile_model(model, "CPU", {
+            "PERFORMANCE_HINT": mode,
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": "f32",
+        })
+
+
 def measure(compiled, x, batch, seconds, mode):
     if mode == "LATENCY":
         request = compiled.create_infer_request()
@@ -46,21 +63,11 @@ def measure(compiled, x, batch, seconds, mode):
 def main():
     alpha, res, batch, threads, seconds = (float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
                                            int(sys.argv[4]), float(sys.argv[5]))
-    core = ov.Core()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "mobilenet_v2.onnx")
-        onnx.save(build(alpha, res), path)
-        model = core.read_model(path)
-        model.reshape([batch, 3, res, res])
-        x = np.random.default_rng(1).random((batch, 3, res, res), dtype=np.float32)
-        best = 0.0
-        for mode in ("LATENCY", "THROUGHPUT"):
-            compiled = core.compile_model(model, "CPU", {
-                "PERFORMANCE_HINT": mode,
-                "INFERENCE_NUM_THREADS": threads,
-                "INFERENCE_PRECISION_HINT": "f32",
-            })
-            best = max(best, measure(compiled, x, batch, seconds / 2, mode))
+    x = np.random.default_rng(1).random((batch, 3, res, res), dtype=np.float32)
+    best = 0.0
+    for mode in ("LATENCY", "THROUGHPUT"):
+        compiled = compile_cpu(alpha, res, threads, mode, batch)
+        best = max(best, measure(compiled, x, batch, seconds / 2, mode))
     print(f"{best:.1f}")
 
 

@@ -126,8 +126,7 @@ impl<D: DfdxDevice> DfdxNetwork<D> {
                 }
                 (Kernel::Conv(conv), DeviceStep::Conv { weights, bias }) => {
                     let x = input(0)?;
-                    let plain_1x1 = conv.kernel == (1, 1) && conv.stride == 1 && conv.pad == [0; 4];
-                    let y = if plain_1x1 && !conv.depthwise {
+                    let y = if conv.is_pointwise() {
                         x.try_matmul(weights.clone()).map_err(backend_error)?
                     } else {
                         let window =

@@ -45,6 +45,13 @@ pub struct Conv {
     pub activation: Activation,
 }
 
+impl Conv {
+    /// A 1×1, stride-1, unpadded, full convolution: a plain matrix product of the input.
+    pub fn is_pointwise(&self) -> bool {
+        !self.depthwise && self.kernel == (1, 1) && self.stride == 1 && self.pad == [0; 4]
+    }
+}
+
 /// What one step computes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kernel {

@@ -491,11 +491,6 @@ struct Block {
     depthwise: usize,
 }
 
-/// A 1×1, stride-1, unpadded, full convolution: a plain matrix product.
-fn is_pointwise(conv: &Conv) -> bool {
-    !conv.depthwise && conv.kernel == (1, 1) && conv.stride == 1 && conv.pad == [0; 4]
-}
-
 /// The blocks among `steps`: a packed pointwise convolution whose only input is a depthwise
 /// convolution, read by nothing else, whose only input is a packed pointwise convolution,
 /// read by nothing else. Extends the block input's life to the projection.
@@ -516,8 +511,9 @@ fn find_blocks(
         Some(&[j]) => Some(j),
         _ => None,
     };
-    let packed_pointwise =
-        |i: usize| conv(i).is_some_and(is_pointwise) && packed.get(i).is_some_and(Option::is_some);
+    let packed_pointwise = |i: usize| {
+        conv(i).is_some_and(Conv::is_pointwise) && packed.get(i).is_some_and(Option::is_some)
+    };
     for (project, slot) in blocks.iter_mut().enumerate() {
         if !packed_pointwise(project) {
             continue;
@@ -891,50 +887,38 @@ fn run_conv(
         Depthwise::of(conv, input, (h, w), conv.pad[0], kernels).run(out, (ho, wo), parallel);
         return;
     }
-    if let Some(weights) = packed {
-        let epilogue = Epilogue::new(conv.activation, residual);
-        let m = ho * wo;
-        if conv.kernel == (1, 1) && conv.stride == 1 && conv.pad == [0; 4] {
-            packed::product(out, input, m, weights, epilogue, parallel);
-        } else {
-            let mut cols = pool.take(m * weights.k());
-            im2col(input, (h, w, cin), conv, (ho, wo), &mut cols, parallel);
-            packed::product(out, &cols, m, weights, epilogue, parallel);
-            pool.give(cols);
-        }
-        return;
-    }
-    // A linear convolution, or one feeding a residual add, starts from bias (+ addend) and
-    // lets gemm accumulate; one followed by an activation lets gemm overwrite, then adds the
-    // bias and applies the activation in one pass.
-    let accumulate = residual.is_some() || conv.activation == Activation::Linear;
-    if accumulate {
-        fill_rows(out, &conv.bias, residual);
-    }
-    let (kh, kw) = conv.kernel;
+    // The product's left operand: the input itself for a 1×1 convolution, else its patches.
     let m = ho * wo;
-    if (kh, kw) == (1, 1) && conv.stride == 1 && conv.pad == [0; 4] {
-        matmul(
-            out,
-            input,
-            &conv.weights,
-            m,
-            cin,
-            cout,
-            accumulate,
-            parallel,
-        );
-    } else {
-        let k = kh * kw * cin;
+    let k = conv.kernel.0 * conv.kernel.1 * cin;
+    let cols = (!conv.is_pointwise()).then(|| {
         let mut cols = pool.take(m * k);
         im2col(input, (h, w, cin), conv, (ho, wo), &mut cols, parallel);
-        matmul(out, &cols, &conv.weights, m, k, cout, accumulate, parallel);
-        pool.give(cols);
+        cols
+    });
+    let a = cols.as_deref().unwrap_or(input);
+    match packed {
+        Some(weights) => {
+            let epilogue = Epilogue::new(conv.activation, residual);
+            packed::product(out, a, m, weights, epilogue, parallel);
+        }
+        None => {
+            // A linear convolution, or one feeding a residual add, starts from bias
+            // (+ addend) and lets gemm accumulate; one followed by an activation lets gemm
+            // overwrite, then adds the bias and applies the activation in one pass.
+            let accumulate = residual.is_some() || conv.activation == Activation::Linear;
+            if accumulate {
+                fill_rows(out, &conv.bias, residual);
+            }
+            matmul(out, a, &conv.weights, m, k, cout, accumulate, parallel);
+            if accumulate {
+                activate(out, conv.activation);
+            } else {
+                bias_activate(out, &conv.bias, conv.activation);
+            }
+        }
     }
-    if accumulate {
-        activate(out, conv.activation);
-    } else {
-        bias_activate(out, &conv.bias, conv.activation);
+    if let Some(cols) = cols {
+        pool.give(cols);
     }
 }
 
@@ -1299,22 +1283,40 @@ impl<'a> Depthwise<'a> {
     }
 }
 
-/// Which output columns of a row see their whole window inside the image.
 #[cfg(target_arch = "x86_64")]
-fn interior_columns(
-    w: usize,
-    wo: usize,
-    kw: usize,
-    stride: usize,
-    pad_x: usize,
-) -> std::ops::Range<usize> {
-    let first = pad_x.div_ceil(stride);
-    // Largest ox with ox·stride − pad_x + kw − 1 ≤ w − 1.
-    let last = (w + pad_x)
-        .checked_sub(kw)
-        .map_or(0, |v| v / stride + 1)
-        .min(wo);
-    first.min(last)..last
+impl Depthwise<'_> {
+    /// Splits output row `oy` for an explicit kernel: runs the bounds-checked loop on the
+    /// columns whose window leaves the image (on the whole row when the window leaves it
+    /// vertically, or when `explicit` is false), and returns the window's top input row and
+    /// the interior columns left to the caller, if any.
+    #[inline(always)]
+    fn interior(
+        &self,
+        oy: usize,
+        row: &mut [f32],
+        explicit: bool,
+    ) -> Option<(usize, std::ops::Range<usize>)> {
+        let (kh, kw) = self.kernel;
+        let (stride, pad_x) = (self.stride, self.pad.1);
+        let wo = row.len() / self.c;
+        let top = (oy * stride).checked_sub(self.pad.0);
+        let rows_inside = top.is_some_and(|t| t + kh <= self.h);
+        let interior = if rows_inside && explicit {
+            // From the first ox with ox·stride ≥ pad_x to the last with
+            // ox·stride − pad_x + kw − 1 ≤ w − 1.
+            let first = pad_x.div_ceil(stride);
+            let last = (self.w + pad_x)
+                .checked_sub(kw)
+                .map_or(0, |v| v / stride + 1)
+                .min(wo);
+            first.min(last)..last
+        } else {
+            0..0
+        };
+        self.checked(oy, row, 0..interior.start);
+        self.checked(oy, row, interior.end..wo);
+        top.filter(|_| !interior.is_empty()).map(|t| (t, interior))
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1331,7 +1333,7 @@ mod avx2 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{interior_columns, Depthwise};
+    use super::Depthwise;
 
     /// Output columns computed together.
     const GROUP: usize = 4;
@@ -1339,28 +1341,16 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn row(layer: &Depthwise, oy: usize, row: &mut [f32]) {
         let Depthwise {
-            h,
             w,
             c,
             stride,
             kernel: (kh, kw),
-            pad: (pad_y, pad_x),
+            pad: (_, pad_x),
             relu6,
             ..
         } = *layer;
-        let wo = row.len() / c;
-        let top = (oy * stride).checked_sub(pad_y);
-        let rows_inside = top.is_some_and(|t| t + kh <= h);
         let known = matches!((kh, kw), (3, 3) | (5, 5)) && matches!(stride, 1 | 2);
-        let interior = if rows_inside && known {
-            interior_columns(w, wo, kw, stride, pad_x)
-        } else {
-            0..0
-        };
-        // Border pixels (and rows touching the padding) take the bounds-checked path.
-        layer.checked(oy, row, 0..interior.start);
-        layer.checked(oy, row, interior.end..wo);
-        let Some(top) = top.filter(|_| !interior.is_empty()) else {
+        let Some((top, interior)) = layer.interior(oy, row, known) else {
             return;
         };
         // The furthest input and output values the interior touches: the window of its last
@@ -1506,7 +1496,7 @@ mod avx512 {
 
     use std::arch::x86_64::*;
 
-    use super::{interior_columns, Depthwise};
+    use super::Depthwise;
 
     /// Most taps kept in registers (a 5×5 kernel).
     pub(super) const MAX_TAPS: usize = 25;
@@ -1515,29 +1505,17 @@ mod avx512 {
     pub(super) fn row(layer: &Depthwise, oy: usize, row: &mut [f32]) {
         let Depthwise {
             input,
-            h,
             w,
             c,
             stride,
             kernel: (kh, kw),
-            pad: (pad_y, pad_x),
+            pad: (_, pad_x),
             weights,
             bias,
             relu6,
             ..
         } = *layer;
-        let wo = row.len() / c;
-        let top = (oy * stride).checked_sub(pad_y);
-        let rows_inside = top.is_some_and(|t| t + kh <= h);
-        let interior = if rows_inside && kh * kw <= MAX_TAPS {
-            interior_columns(w, wo, kw, stride, pad_x)
-        } else {
-            0..0
-        };
-        // Border pixels (and rows touching the padding) take the bounds-checked path.
-        layer.checked(oy, row, 0..interior.start);
-        layer.checked(oy, row, interior.end..wo);
-        let Some(top) = top.filter(|_| !interior.is_empty()) else {
+        let Some((top, interior)) = layer.interior(oy, row, kh * kw <= MAX_TAPS) else {
             return;
         };
         let taps_count = kh * kw;
