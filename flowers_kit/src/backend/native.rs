@@ -681,7 +681,7 @@ impl BlockBand<'_> {
                 let (weights, activation) = self.expand;
                 packed::product(
                     fresh,
-                    &x[from * w * cin..hi * w * cin],
+                    packed::Operand::Rows(&x[from * w * cin..hi * w * cin]),
                     (hi - from) * w,
                     weights,
                     Epilogue::new(activation, None),
@@ -704,7 +704,7 @@ impl BlockBand<'_> {
                 let target = &mut out[at.clone()];
                 packed::product(
                     target,
-                    dw,
+                    packed::Operand::Rows(dw),
                     count * wo,
                     weights,
                     Epilogue::new(activation, residual.map(|r| &r[at])),
@@ -887,10 +887,16 @@ fn run_conv(
         Depthwise::of(conv, input, (h, w), conv.pad[0], kernels).run(out, (ho, wo), parallel);
         return;
     }
-    // The product's left operand: the input itself for a 1×1 convolution, else its patches.
+    // The product's left operand: the input itself for a 1×1 convolution, else its patches:
+    // read in place by the packed product where each tap is a run of at least
+    // WINDOW_CHANNELS values, else copied by im2col (the 3-channel stems).
     let m = ho * wo;
     let k = conv.kernel.0 * conv.kernel.1 * cin;
-    let cols = (!conv.is_pointwise()).then(|| {
+    let windows = packed.is_some()
+        && !conv.is_pointwise()
+        && cin >= WINDOW_CHANNELS
+        && conv.kernel.0 * conv.kernel.1 <= packed::MAX_TAPS;
+    let cols = (!conv.is_pointwise() && !windows).then(|| {
         let mut cols = pool.take(m * k);
         im2col(input, (h, w, cin), conv, (ho, wo), &mut cols, parallel);
         cols
@@ -899,7 +905,20 @@ fn run_conv(
     match packed {
         Some(weights) => {
             let epilogue = Epilogue::new(conv.activation, residual);
-            packed::product(out, a, m, weights, epilogue, parallel);
+            let operand = if windows {
+                packed::Operand::Windows(packed::Windows {
+                    input,
+                    size: (h, w),
+                    channels: cin,
+                    kernel: conv.kernel,
+                    stride: conv.stride,
+                    pad: (conv.pad[0], conv.pad[2]),
+                    out_width: wo,
+                })
+            } else {
+                packed::Operand::Rows(a)
+            };
+            packed::product(out, operand, m, weights, epilogue, parallel);
         }
         None => {
             // A linear convolution, or one feeding a residual add, starts from bias
@@ -921,6 +940,10 @@ fn run_conv(
         pool.give(cols);
     }
 }
+
+/// The fewest input channels for which the packed product reads a convolution's windows in
+/// place rather than from an im2col copy: each tap is one run of the micro-kernel.
+const WINDOW_CHANNELS: usize = 16;
 
 /// The `[kh, kw, cin]` patch of every output pixel, zeros for padding: `[ho·wo, kh·kw·cin]`
 /// (output rows in parallel with `parallel`).

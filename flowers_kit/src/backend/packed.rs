@@ -1,7 +1,10 @@
 //! Convolutions as matrix products on weights packed once, with AVX2 and FMA.
 //!
 //! Every non-depthwise convolution is `out[m, n] = a[m, k] · w[k, n]`, where `a` is the input
-//! itself (1×1, stride 1) or its im2col patches. A general gemm re-packs `w` on every call and
+//! itself (1×1, stride 1) or its patches. Patches are read from the image in place
+//! ([`Windows`]): the micro-kernel walks each window tap by tap, so ResNet's and Inception's
+//! k×k convolutions never write an im2col copy (25 MB per image for Inception's second
+//! convolution) only to read it back. A general gemm re-packs `w` on every call and
 //! needs separate passes for the bias, the activation and a residual addend. Here `w` is
 //! packed when the network is built, into panels of [`NR`] columns (`[k][NR]`, zero-padded),
 //! and a 6×16 micro-kernel keeps its tile in 12 registers over the whole `k`, reading `a`'s
@@ -20,6 +23,58 @@ pub(crate) const NR: usize = 16;
 const MR: usize = 6;
 /// Bytes of `a` one row chunk aims to keep in cache.
 const CHUNK_BYTES: usize = 256 * 1024;
+/// The most taps a [`Windows`] operand may have (5×5, and Inception's 1×7 and 7×1).
+pub(crate) const MAX_TAPS: usize = 25;
+
+/// The left operand of a product.
+#[derive(Clone, Copy)]
+pub(crate) enum Operand<'a> {
+    /// `m` rows of `k` values, in place.
+    Rows(&'a [f32]),
+    /// A convolution's windows over one NHWC image, read in place.
+    Windows(Windows<'a>),
+}
+
+/// The windows of a convolution over one `[h, w, channels]` image: row `oy · out_width + ox`
+/// of the operand is, tap by tap (`ky`, then `kx`), the channels of input pixel
+/// `(oy · stride + ky − pad.0, ox · stride + kx − pad.1)`, zeros outside the image, exactly
+/// as im2col lays it out.
+#[derive(Clone, Copy)]
+pub(crate) struct Windows<'a> {
+    pub(crate) input: &'a [f32],
+    pub(crate) size: (usize, usize),
+    pub(crate) channels: usize,
+    pub(crate) kernel: (usize, usize),
+    pub(crate) stride: usize,
+    /// Top and left padding.
+    pub(crate) pad: (usize, usize),
+    pub(crate) out_width: usize,
+}
+
+impl Windows<'_> {
+    /// The `channels` values tap (`ky`, `kx`) of operand row `row` reads: a run of the
+    /// image, or `zeros` where the tap falls outside it.
+    fn tap<'z>(&self, row: usize, (ky, kx): (usize, usize), zeros: &'z [f32]) -> &'z [f32]
+    where
+        Self: 'z,
+    {
+        let (h, w) = self.size;
+        let (oy, ox) = (row / self.out_width, row % self.out_width);
+        let y = (oy * self.stride + ky)
+            .checked_sub(self.pad.0)
+            .filter(|&y| y < h);
+        let x = (ox * self.stride + kx)
+            .checked_sub(self.pad.1)
+            .filter(|&x| x < w);
+        match (y, x) {
+            (Some(y), Some(x)) => self
+                .input
+                .get((y * w + x) * self.channels..(y * w + x + 1) * self.channels)
+                .unwrap_or(zeros),
+            _ => zeros,
+        }
+    }
+}
 
 /// A `[k, n]` weight matrix and its bias, in micro-kernel order.
 #[derive(Debug, Clone)]
@@ -108,20 +163,33 @@ pub(crate) fn supported() -> bool {
 /// `out[m, n] = clamp(a[m, k] · w + bias (+ residual))`.
 ///
 /// # Panics
-/// When the slices do not hold `m × k`, `m × n` (and `m × n` for the residual) values, or
-/// the CPU lacks AVX2/FMA: the micro-kernel's unchecked loads rely on both.
+/// When the slices do not hold `m × k` (rows; windows: `h × w × channels` with
+/// `k = kh · kw · channels`, at most [`MAX_TAPS`] taps), `m × n` (and `m × n` for the
+/// residual) values, or the CPU lacks AVX2/FMA: the micro-kernel's unchecked loads rely on
+/// both.
 pub(crate) fn product(
     out: &mut [f32],
-    a: &[f32],
+    a: Operand,
     m: usize,
     w: &PackedWeights,
     epilogue: Epilogue,
     parallel: bool,
 ) {
     let (k, n) = (w.k, w.n);
+    let operand_fits = match a {
+        Operand::Rows(a) => Some(a.len()) == m.checked_mul(k),
+        Operand::Windows(win) => {
+            let (kh, kw) = win.kernel;
+            win.channels > 0
+                && win.out_width > 0
+                && kh * kw <= MAX_TAPS
+                && Some(k) == (kh * kw).checked_mul(win.channels)
+                && Some(win.input.len()) == win.size.0.checked_mul(win.size.1 * win.channels)
+        }
+    };
     assert!(
         supported()
-            && Some(a.len()) == m.checked_mul(k)
+            && operand_fits
             && Some(out.len()) == m.checked_mul(n)
             && epilogue.residual.is_none_or(|r| r.len() == out.len())
             && w.panels.len() == n.div_ceil(NR) * k * NR
@@ -141,9 +209,16 @@ pub(crate) fn product(
     let run = |(index, out): (usize, &mut [f32])| {
         let first = index * chunk;
         let rows = out.len() / n;
-        let a = &a[first * k..(first + rows) * k];
         let residual = epilogue.residual.map(|r| &r[first * n..(first + rows) * n]);
-        chunk_product(out, a, rows, w, residual, epilogue.lo, epilogue.hi);
+        chunk_product(
+            out,
+            a,
+            first..first + rows,
+            w,
+            residual,
+            epilogue.lo,
+            epilogue.hi,
+        );
         super::native::activate(out, epilogue.then);
     };
     if parallel {
@@ -153,17 +228,47 @@ pub(crate) fn product(
     }
 }
 
-/// One chunk of rows against every panel.
+/// One chunk of rows (`out` and `residual` hold just those) against every panel.
 fn chunk_product(
     out: &mut [f32],
-    a: &[f32],
-    rows: usize,
+    a: Operand,
+    rows: std::ops::Range<usize>,
     w: &PackedWeights,
     residual: Option<&[f32]>,
     lo: f32,
     hi: f32,
 ) {
     let (k, n) = (w.k, w.n);
+    // Each tile's operand as segments: MR row starts of `run` values each, consecutive
+    // along `k` (one segment of k for rows; one per tap for windows). Worked out once per
+    // chunk, as safe slices, then met by every panel.
+    let (taps, run) = match a {
+        Operand::Rows(_) => (1, k),
+        Operand::Windows(win) => (win.kernel.0 * win.kernel.1, win.channels),
+    };
+    let zeros = match a {
+        Operand::Rows(_) => Vec::new(),
+        Operand::Windows(win) => vec![0f32; win.channels],
+    };
+    let count = rows.len();
+    let mut segments: Vec<[*const f32; MR]> = Vec::with_capacity(count.div_ceil(MR) * taps);
+    for first in (0..count).step_by(MR) {
+        // Missing rows repeat the tile's last row: computed, never stored.
+        let row = |r: usize| rows.start + (first + r).min(count - 1);
+        match a {
+            Operand::Rows(a) => {
+                segments.push(std::array::from_fn(|r| a[row(r) * k..][..k].as_ptr()));
+            }
+            Operand::Windows(win) => {
+                for tap in 0..taps {
+                    let at = (tap / win.kernel.1, tap % win.kernel.1);
+                    segments.push(std::array::from_fn(|r| {
+                        win.tap(row(r), at, &zeros).as_ptr()
+                    }));
+                }
+            }
+        }
+    }
     for (p, (panel, bias)) in w
         .panels
         .chunks_exact(k * NR)
@@ -172,18 +277,19 @@ fn chunk_product(
     {
         let first_col = p * NR;
         let cols = (n - first_col).min(NR);
-        for first_row in (0..rows).step_by(MR) {
-            let tile_rows = (rows - first_row).min(MR);
-            // SAFETY: `product` asserted AVX2/FMA and the lengths: `a` holds rows × k values,
-            // `out` (and `residual`) rows × n, the panel k × NR and the bias NR. The tile
-            // reads rows first_row..first_row + tile_rows < rows of `a` (k values each),
-            // the panel's k × NR values, and writes (reads) `cols` ≤ n − first_col values of
-            // those rows of `out` (`residual`) from column first_col.
+        for (t, tile_segments) in segments.chunks_exact(taps).enumerate() {
+            let first_row = t * MR;
+            let tile_rows = (count - first_row).min(MR);
+            // SAFETY: `product` asserted AVX2/FMA and the lengths: every segment pointer
+            // starts a slice of at least `run` values (a row of `a`, a run of the image, or
+            // `zeros`), taps · run = k, the panel holds k × NR values and the bias NR; `out`
+            // (and `residual`) hold `count` rows of n, of which the tile writes (reads) rows
+            // first_row..first_row + tile_rows, `cols` ≤ n − first_col values from first_col.
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 avx2::tile(
-                    a.as_ptr().add(first_row * k),
-                    k,
+                    tile_segments,
+                    run,
                     tile_rows,
                     panel.as_ptr(),
                     bias.as_ptr(),
@@ -208,14 +314,15 @@ mod avx2 {
     /// One `rows × cols` (≤ 6 × 16) tile of the product, with its epilogue.
     ///
     /// # Safety
-    /// AVX2 and FMA are available; `a` points at `rows` rows of `k` values `lda` apart; `panel`
-    /// at `k × NR` values and `bias` at `NR`; `out` (and `residual`) at `rows` rows of `cols`
-    /// writable (readable) values, `ldo` apart.
+    /// AVX2 and FMA are available; every pointer of `segments` points at `run` values (the
+    /// tile's six operand rows, segment after segment along `k`); `panel` at
+    /// `segments.len() · run × NR` values and `bias` at `NR`; `out` (and `residual`) at
+    /// `rows` rows of `cols` writable (readable) values, `ldo` apart.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile(
-        a: *const f32,
-        k: usize,
+        segments: &[[*const f32; MR]],
+        run: usize,
         rows: usize,
         panel: *const f32,
         bias: *const f32,
@@ -226,33 +333,32 @@ mod avx2 {
         lo: f32,
         hi: f32,
     ) {
-        // Missing rows repeat the last one: computed, never stored.
-        let row = |r: usize| a.add(r.min(rows - 1) * k);
-        let (a0, a1, a2, a3, a4, a5) = (row(0), row(1), row(2), row(3), row(4), row(5));
         let mut c = [_mm256_setzero_ps(); 2 * MR];
         let mut b = panel;
-        for p in 0..k {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            b = b.add(NR);
-            let x = _mm256_broadcast_ss(&*a0.add(p));
-            c[0] = _mm256_fmadd_ps(x, b0, c[0]);
-            c[1] = _mm256_fmadd_ps(x, b1, c[1]);
-            let x = _mm256_broadcast_ss(&*a1.add(p));
-            c[2] = _mm256_fmadd_ps(x, b0, c[2]);
-            c[3] = _mm256_fmadd_ps(x, b1, c[3]);
-            let x = _mm256_broadcast_ss(&*a2.add(p));
-            c[4] = _mm256_fmadd_ps(x, b0, c[4]);
-            c[5] = _mm256_fmadd_ps(x, b1, c[5]);
-            let x = _mm256_broadcast_ss(&*a3.add(p));
-            c[6] = _mm256_fmadd_ps(x, b0, c[6]);
-            c[7] = _mm256_fmadd_ps(x, b1, c[7]);
-            let x = _mm256_broadcast_ss(&*a4.add(p));
-            c[8] = _mm256_fmadd_ps(x, b0, c[8]);
-            c[9] = _mm256_fmadd_ps(x, b1, c[9]);
-            let x = _mm256_broadcast_ss(&*a5.add(p));
-            c[10] = _mm256_fmadd_ps(x, b0, c[10]);
-            c[11] = _mm256_fmadd_ps(x, b1, c[11]);
+        for &[a0, a1, a2, a3, a4, a5] in segments {
+            for p in 0..run {
+                let b0 = _mm256_loadu_ps(b);
+                let b1 = _mm256_loadu_ps(b.add(8));
+                b = b.add(NR);
+                let x = _mm256_broadcast_ss(&*a0.add(p));
+                c[0] = _mm256_fmadd_ps(x, b0, c[0]);
+                c[1] = _mm256_fmadd_ps(x, b1, c[1]);
+                let x = _mm256_broadcast_ss(&*a1.add(p));
+                c[2] = _mm256_fmadd_ps(x, b0, c[2]);
+                c[3] = _mm256_fmadd_ps(x, b1, c[3]);
+                let x = _mm256_broadcast_ss(&*a2.add(p));
+                c[4] = _mm256_fmadd_ps(x, b0, c[4]);
+                c[5] = _mm256_fmadd_ps(x, b1, c[5]);
+                let x = _mm256_broadcast_ss(&*a3.add(p));
+                c[6] = _mm256_fmadd_ps(x, b0, c[6]);
+                c[7] = _mm256_fmadd_ps(x, b1, c[7]);
+                let x = _mm256_broadcast_ss(&*a4.add(p));
+                c[8] = _mm256_fmadd_ps(x, b0, c[8]);
+                c[9] = _mm256_fmadd_ps(x, b1, c[9]);
+                let x = _mm256_broadcast_ss(&*a5.add(p));
+                c[10] = _mm256_fmadd_ps(x, b0, c[10]);
+                c[11] = _mm256_fmadd_ps(x, b1, c[11]);
+            }
         }
         let (bias0, bias1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)));
         let (low, high) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
@@ -329,7 +435,7 @@ mod tests {
                         hi,
                         then: Activation::Linear,
                     };
-                    product(&mut out, &a, m, &packed, epilogue, parallel);
+                    product(&mut out, Operand::Rows(&a), m, &packed, epilogue, parallel);
                     for i in 0..m {
                         for j in 0..n {
                             let mut want = bias[j] + res.map_or(0.0, |r| r[i * n + j]);
@@ -341,6 +447,84 @@ mod tests {
                             assert!((got - want).abs() < 1e-5, "{m}×{k}×{n} [{i},{j}]");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Windows read in place give the product of an im2col copy, for strides, paddings,
+    /// 1×7 and 3×3 kernels, taps that fall outside the image, and both threading modes.
+    #[test]
+    fn windows_match_copied_patches() {
+        if !supported() {
+            return;
+        }
+        let (h, w, c, n) = (9, 7, 16, 20);
+        let value = |i: usize| ((i * 7919) % 101) as f32 / 101.0 - 0.5;
+        let input: Vec<f32> = (0..h * w * c).map(value).collect();
+        for (kernel, stride, pad) in [
+            ((3, 3), 1, (1, 1)),
+            ((3, 3), 2, (0, 0)),
+            ((1, 7), 1, (0, 3)),
+        ] {
+            let (kh, kw) = kernel;
+            let (ho, wo) = (
+                (h + 2 * pad.0 - kh) / stride + 1,
+                (w + 2 * pad.1 - kw) / stride + 1,
+            );
+            let k = kh * kw * c;
+            let mut patches = vec![0f32; ho * wo * k];
+            for (row, patch) in patches.chunks_exact_mut(k).enumerate() {
+                let (oy, ox) = (row / wo, row % wo);
+                for (tap, values) in patch.chunks_exact_mut(c).enumerate() {
+                    let y = (oy * stride + tap / kw)
+                        .checked_sub(pad.0)
+                        .filter(|&y| y < h);
+                    let x = (ox * stride + tap % kw)
+                        .checked_sub(pad.1)
+                        .filter(|&x| x < w);
+                    if let (Some(y), Some(x)) = (y, x) {
+                        values.copy_from_slice(&input[(y * w + x) * c..][..c]);
+                    }
+                }
+            }
+            let weights: Vec<f32> = (0..k * n).map(|i| value(i + 13)).collect();
+            let packed = PackedWeights::new(&weights, &[0.25; 20], k, n).unwrap();
+            let windows = Windows {
+                input: &input,
+                size: (h, w),
+                channels: c,
+                kernel,
+                stride,
+                pad,
+                out_width: wo,
+            };
+            for parallel in [false, true] {
+                let m = ho * wo;
+                let mut want = vec![0f32; m * n];
+                let mut got = vec![f32::NAN; m * n];
+                let epilogue = Epilogue::new(Activation::Relu6, None);
+                product(
+                    &mut want,
+                    Operand::Rows(&patches),
+                    m,
+                    &packed,
+                    epilogue,
+                    parallel,
+                );
+                product(
+                    &mut got,
+                    Operand::Windows(windows),
+                    m,
+                    &packed,
+                    epilogue,
+                    parallel,
+                );
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - e).abs() < 1e-5,
+                        "{kernel:?}/{stride} [{i}]: {g} vs {e}"
+                    );
                 }
             }
         }
