@@ -39,7 +39,7 @@ pub mod prelude {
     pub use crate::data::cache_home;
     pub use crate::data::image::{Image, Resize};
     pub use crate::data::{
-        download_flowers, Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTION,
+        download_flowers, Augment, Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTION,
     };
     pub use crate::error::{Error, Result};
     pub use crate::features::{BackendKind, DeviceKind, FeatureExtractor, Features};

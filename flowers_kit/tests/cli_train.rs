@@ -113,6 +113,36 @@ fn train_writes_results_and_reaches_80_percent_when_converged() {
 }
 
 #[test]
+fn train_on_augmented_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("augmented");
+    let stdout = train(
+        &out,
+        &[
+            "--augment",
+            "flip,crop=10,scale=10,brightness=10",
+            "--views",
+            "2",
+            "--steps",
+            "500",
+            "--batch",
+            "full",
+            "--lr",
+            "0.1",
+            "--eval-every",
+            "100",
+        ],
+    );
+    // Progress of each view's extraction, like the plain one's.
+    for view in ["augmented view 1", "augmented view 2"] {
+        assert!(stdout.contains(view), "{stdout}");
+    }
+    let accuracy = final_accuracy(&out);
+    println!("augmented: {:.2}%", accuracy * 100.0);
+    assert!(accuracy >= 0.75, "accuracy {accuracy}");
+}
+
+#[test]
 fn predict_in_a_fresh_process_reproduces_the_trained_classifier() {
     let dir = tempfile::tempdir().unwrap();
     train(
@@ -210,6 +240,9 @@ fn train_rejects_bad_arguments() {
         ("--lr", "0", "finite number above 0"),
         ("--weight-decay", "-1", "finite number of at least 0"),
         ("--model", "mobilenet_v2_0.35_128/../x", "unknown model"),
+        ("--augment", "zoom=3", "unknown setting"),
+        ("--augment", "crop=500", "a percentage from 0 to 100"),
+        ("--views", "0", "at least 1"),
         (
             "--model",
             "https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/classification/2",

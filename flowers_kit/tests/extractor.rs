@@ -422,3 +422,97 @@ fn linear_probe_on_real_features_of_the_sample_beats_75_percent() {
     println!("linear probe test accuracy: {:.1}%", accuracy * 100.0);
     assert!(accuracy >= 0.75, "accuracy {accuracy}");
 }
+
+/// Two classes of four golden photos each, as a dataset folder.
+fn two_class_folder(root: &Path) -> Dataset {
+    for (i, photo) in golden_pngs().iter().enumerate() {
+        let class = root.join(if i % 2 == 0 { "daisy" } else { "roses" });
+        fs::create_dir_all(&class).unwrap();
+        fs::copy(photo, class.join(photo.file_name().unwrap())).unwrap();
+    }
+    Dataset::open(root).unwrap()
+}
+
+#[test]
+fn augmented_views_are_extracted_once_and_trained_on() {
+    use flowers_kit::data::Augment;
+    use flowers_kit::train::{train, TrainConfig};
+
+    let cache = tempfile::tempdir().unwrap();
+    let photos = tempfile::tempdir().unwrap();
+    let split = two_class_folder(photos.path()).split(0.5, 1).unwrap();
+    let ex = extractor("0.35_128", cache.path()).quiet();
+    let config = TrainConfig {
+        augment: Some(Augment::default()),
+        views: 2,
+        steps: 5,
+        verbose: false,
+        ..Default::default()
+    };
+    let features = ex.extract_for(&split, &config).unwrap();
+    let plain = ex.extract(&split).unwrap();
+    let n = features.train.len();
+    assert!(n >= 2);
+    // The test photos and the plain training rows are untouched; each view is its own.
+    assert_eq!(
+        (&features.train, &features.test),
+        (&plain.train, &plain.test)
+    );
+    assert_eq!(features.augment, config.augment);
+    assert_eq!(features.train_views.len(), 2);
+    let [one, two] = &features.train_views[..] else {
+        unreachable!()
+    };
+    assert_eq!((one.len(), one.labels()), (n, plain.train.labels()));
+    assert_ne!(one.values(), plain.train.values());
+    assert_ne!(one.values(), two.values());
+    // A view's features are the network's on the view's pixels.
+    let path = &features.train.paths()[0];
+    let bytes = fs::read(path).unwrap();
+    let key: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let rgb = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    let view = Augment::default()
+        .view(&rgb, 128, ex.resize_method(), &key, 1)
+        .unwrap();
+    let direct = ex.forward(&view.data, 1).unwrap();
+    let worst = direct
+        .iter()
+        .zip(two.row(0).unwrap())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "view 2 of photo 0 differs by {worst}");
+
+    // Every view is cached under its own key: one file per photo plus one per view.
+    let files = walk(cache.path());
+    assert_eq!(files.len(), split.train.len() + split.test.len() + 2 * n);
+    // A re-run reads them back: a planted row under view 1's key comes out as view 1.
+    let view_file = files
+        .iter()
+        .find(|f| f.file_stem().unwrap().to_str() == Some(&Augment::default().view_key(&key, 0)))
+        .expect("the cache file of photo 0, view 1");
+    let plain_file = files
+        .iter()
+        .find(|f| f.file_stem().unwrap().to_str() == Some(&key))
+        .expect("the cache file of photo 0");
+    fs::copy(plain_file, view_file).unwrap();
+    let again = ex.extract_for(&split, &config).unwrap();
+    assert_eq!(again.train_views[0].row(0), plain.train.row(0));
+    assert_eq!(again.train_views[1], features.train_views[1]);
+    assert_eq!(walk(cache.path()).len(), files.len());
+
+    // Training draws from the views; features without them are refused with the fix.
+    let (_, history) = train(&features, &config).unwrap();
+    assert_eq!(history.step.last(), Some(&4));
+    let err = train(&plain, &config).unwrap_err().to_string();
+    assert!(err.contains("extract_for"), "{err}");
+    let other = TrainConfig {
+        views: 3,
+        ..config.clone()
+    };
+    assert!(train(&features, &other).is_err());
+    let bad = TrainConfig { views: 0, ..config };
+    assert!(ex.extract_for(&split, &bad).is_err());
+}

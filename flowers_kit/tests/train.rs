@@ -43,6 +43,8 @@ fn synthetic(classes: usize, dim: usize) -> Features {
         dim,
         train: FeatureSet::new(train_x, dim, train_y, vec![]).unwrap(),
         test: FeatureSet::new(test_x, dim, test_y, vec![]).unwrap(),
+        train_views: Vec::new(),
+        augment: None,
     }
 }
 

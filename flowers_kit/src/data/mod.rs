@@ -1,6 +1,7 @@
 //! The flower photos: download, safe extraction, the class folders, the split, and images.
 
 pub mod archive;
+pub mod augment;
 pub mod dataset;
 pub mod fetch;
 pub mod image;
@@ -8,6 +9,7 @@ pub mod split;
 
 use std::path::{Path, PathBuf};
 
+pub use augment::Augment;
 pub use dataset::{Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTION};
 pub use fetch::FetchOptions;
 pub use split::PyRandom;

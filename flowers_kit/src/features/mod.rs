@@ -14,7 +14,10 @@ use rayon::prelude::*;
 
 use crate::backend::native::{Kernels, NativeNetwork};
 use crate::backend::Network;
-use crate::data::image::{load_resized_bytes, read_photo, Image, PhotoLimits, Resize};
+use crate::data::image::{
+    decode_rgb8_bytes, load_resized_bytes, read_photo, Image, PhotoLimits, Resize,
+};
+use crate::data::Augment;
 use crate::data::{cache_home, Split};
 pub use crate::device::DeviceKind;
 use crate::digest::sha256_hex;
@@ -226,6 +229,11 @@ pub struct Features {
     pub train: FeatureSet,
     /// Test examples.
     pub test: FeatureSet,
+    /// Augmented views of the training photos, each row for row like `train` (empty unless
+    /// extracted with [`FeatureExtractor::extract_for`] and an augmentation).
+    pub train_views: Vec<FeatureSet>,
+    /// The distortions the views were drawn with.
+    pub augment: Option<Augment>,
 }
 
 impl FeatureExtractor {
@@ -466,13 +474,26 @@ impl FeatureExtractor {
     /// A photo that cannot be read is skipped with a warning and listed in `skipped`. A
     /// cache that cannot be written is reported once; the run carries on without it.
     pub fn extract_paths(&self, paths: &[PathBuf]) -> Result<Extracted> {
+        self.extract_views(paths, None)
+    }
+
+    /// [`extract_paths`](Self::extract_paths) of view `view` of each photo under
+    /// `augment`, or of the photos themselves.
+    fn extract_views(
+        &self,
+        paths: &[PathBuf],
+        view: Option<(Augment, usize)>,
+    ) -> Result<Extracted> {
         let dim = self.feature_dim();
         let mut cache = self.cache.as_ref().map(|dir| self.cache_folder(dir));
         let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
         let mut skipped = Vec::new();
         let mut cache_hits = 0;
         let model = self.network.model().name();
-        let label = format!("Extracting features ({model})");
+        let label = match view {
+            None => format!("Extracting features ({model})"),
+            Some((_, v)) => format!("Extracting features ({model}), augmented view {}", v + 1),
+        };
         let total = Some(paths.len() as u64);
         let mut progress = if self.progress {
             Progress::new(&label, total, Unit::Items)
@@ -491,17 +512,25 @@ impl FeatureExtractor {
         );
         let load = move |path: &PathBuf| -> Result<Loaded> {
             let bytes = read_photo(path, &limits)?;
-            let key = sha256_hex(&bytes);
+            let photo_key = sha256_hex(&bytes);
+            let key = match view {
+                None => photo_key.clone(),
+                Some((augment, v)) => augment.view_key(&photo_key, v),
+            };
             if let Some(hit) = loader_cache
                 .as_ref()
                 .and_then(|dir| cache::read_cached(dir, &key, dim))
             {
                 return Ok(Loaded::Cached(hit));
             }
-            Ok(Loaded::Decoded(
-                key,
-                load_resized_bytes(&bytes, path, size, resize, &limits)?,
-            ))
+            let image = match view {
+                None => load_resized_bytes(&bytes, path, size, resize, &limits)?,
+                Some((augment, v)) => {
+                    let rgb = decode_rgb8_bytes(&bytes, path, &limits)?;
+                    augment.view(&rgb, size, resize, &photo_key, v)?
+                }
+            };
+            Ok(Loaded::Decoded(key, image))
         };
         // Pipeline: a loader thread reads, hashes and decodes the next chunk (in parallel)
         // while this thread runs the current one through the network.
@@ -562,12 +591,15 @@ impl FeatureExtractor {
             return Err(e);
         }
         let hits = cache_hits;
+        let which = view.map_or(String::new(), |(_, v)| {
+            format!(" (augmented view {})", v + 1)
+        });
         progress.finish_with(|s| {
             if hits as u64 == s.done {
-                format!("{} photos from the cache in {:.1} s", s.done, s.seconds)
+                format!("{} photos{which} from the cache in {:.1} s", s.done, s.seconds)
             } else {
                 format!(
-                    "Extracted {} photos with {model} in {:.1} s ({:.1} photos/s; {hits} from cache)",
+                    "Extracted {} photos{which} with {model} in {:.1} s ({:.1} photos/s; {hits} from cache)",
                     s.done,
                     s.seconds,
                     s.rate()
@@ -618,7 +650,42 @@ impl FeatureExtractor {
             dim,
             train: FeatureSet::new(train.values, dim, train.labels, train.paths)?,
             test: FeatureSet::new(test.values, dim, test.labels, test.paths)?,
+            train_views: Vec::new(),
+            augment: None,
         })
+    }
+
+    /// [`extract`](Self::extract), plus `views` augmented views of every training photo
+    /// under `augment` (the test photos are never augmented). Views are cached like plain
+    /// features, keyed by the photo, the augmentation and the view's index: a second run
+    /// decodes nothing. [`FeatureExtractor::extract_for`] takes both from a `TrainConfig`.
+    pub fn extract_augmented(
+        &self,
+        split: &Split,
+        augment: Augment,
+        views: usize,
+    ) -> Result<Features> {
+        augment.validate()?;
+        let mut features = self.extract(split)?;
+        let paths = features.train.paths().to_vec();
+        for v in 0..views {
+            let out = self.extract_views(&paths, Some((augment, v)))?;
+            if let Some((path, e)) = out.skipped.into_iter().next() {
+                return Err(Error::Image {
+                    path,
+                    reason: format!("its augmented view {} failed: {e}", v + 1),
+                });
+            }
+            let set = FeatureSet::new(
+                out.values,
+                out.dim,
+                features.train.labels().to_vec(),
+                paths.clone(),
+            )?;
+            features.train_views.push(set);
+        }
+        features.augment = Some(augment);
+        Ok(features)
     }
 
     /// `dir/<model>-<key>`: one folder per model, weights and preprocessing, so that a change

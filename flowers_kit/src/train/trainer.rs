@@ -9,9 +9,11 @@ use serde::Serialize;
 use super::classifier::Classifier;
 use super::head::{forward_from_first, Activation, DeviceParams, Head};
 use super::optim::{update, Optimizer, Slots};
+use crate::data::{Augment, Split};
 use crate::device::{dfdx_error as backend, DeviceKind, DfdxDevice};
 use crate::error::{Error, Result};
-use crate::features::Features;
+use crate::features::{FeatureExtractor, FeatureSet, Features};
+use std::borrow::Cow;
 
 /// Hyperparameters, named after the tutorial's constants where it has them.
 ///
@@ -47,6 +49,13 @@ pub struct TrainConfig {
     pub device: DeviceKind,
     /// Print the tutorial's `Test accuracy at step N` lines.
     pub verbose: bool,
+    /// Train on augmented views of the training photos instead of the photos themselves
+    /// (`None`, the tutorial: no augmentation). The features must hold the views:
+    /// extract them with [`FeatureExtractor::extract_for`].
+    pub augment: Option<Augment>,
+    /// How many augmented views of each training photo batches are drawn from (with
+    /// `augment`; default 4).
+    pub views: usize,
 }
 
 impl Default for TrainConfig {
@@ -63,6 +72,8 @@ impl Default for TrainConfig {
             seed: 0,
             device: DeviceKind::Cpu,
             verbose: true,
+            augment: None,
+            views: 4,
         }
     }
 }
@@ -122,8 +133,78 @@ impl TrainConfig {
                 self.weight_decay
             ));
         }
+        if let Some(augment) = &self.augment {
+            augment.validate()?;
+            if !(1..=MAX_VIEWS).contains(&self.views) {
+                return bad(format!(
+                    "views must be from 1 to {MAX_VIEWS} with augmentation, got {}",
+                    self.views
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// The most augmented views per training photo: each is a full extraction of the
+/// training set.
+pub const MAX_VIEWS: usize = 64;
+
+impl FeatureExtractor {
+    /// The features `config` trains on: [`extract`](FeatureExtractor::extract), plus, with
+    /// `config.augment`, `config.views` augmented views of every training photo
+    /// ([`extract_augmented`](FeatureExtractor::extract_augmented)).
+    ///
+    /// ```no_run
+    /// # use flowers_kit::prelude::*;
+    /// # fn main() -> flowers_kit::Result<()> {
+    /// # let (extractor, split): (FeatureExtractor, Split) = unimplemented!();
+    /// let config = TrainConfig { augment: Some(Augment::default()), views: 4, ..Default::default() };
+    /// let features = extractor.extract_for(&split, &config)?;   // cached after the first run
+    /// let (classifier, history) = train(&features, &config)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn extract_for(&self, split: &Split, config: &TrainConfig) -> Result<Features> {
+        config.validate()?;
+        match config.augment {
+            Some(augment) => self.extract_augmented(split, augment, config.views),
+            None => self.extract(split),
+        }
+    }
+}
+
+/// The rows training draws its batches from: the photos, or with `config.augment` their
+/// first `config.views` augmented views, which the features must hold.
+fn training_rows<'a>(features: &'a Features, config: &TrainConfig) -> Result<Cow<'a, FeatureSet>> {
+    let Some(augment) = config.augment else {
+        return Ok(Cow::Borrowed(&features.train));
+    };
+    if features.augment != Some(augment) || features.train_views.len() < config.views {
+        return Err(Error::InvalidArgument(format!(
+            "the config asks for {} augmented views ({}), but the features hold {} ({}): \
+             extract them with `extractor.extract_for(&split, &config)`",
+            config.views,
+            augment.key(),
+            features.train_views.len(),
+            features
+                .augment
+                .map_or("no augmentation".into(), |a| a.key()),
+        )));
+    }
+    let views = &features.train_views[..config.views];
+    let mut values = Vec::with_capacity(views.iter().map(|v| v.values().len()).sum());
+    let (mut labels, mut paths) = (Vec::new(), Vec::new());
+    for view in views {
+        values.extend_from_slice(view.values());
+        labels.extend_from_slice(view.labels());
+        paths.extend_from_slice(view.paths());
+    }
+    Ok(Cow::Owned(FeatureSet::new(
+        values,
+        features.dim,
+        labels,
+        paths,
+    )?))
 }
 
 /// Checks the features and the config before any work is done.
@@ -137,7 +218,11 @@ fn validate(features: &Features, config: &TrainConfig) -> Result<()> {
             features.test.len()
         ));
     }
-    for (name, set) in [("train", &features.train), ("test", &features.test)] {
+    let views = features.train_views.iter().map(|v| ("augmented view", v));
+    for (name, set) in [("train", &features.train), ("test", &features.test)]
+        .into_iter()
+        .chain(views)
+    {
         let cols = set.dim();
         if cols != features.dim {
             return bad(format!(
@@ -166,7 +251,8 @@ fn validate(features: &Features, config: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// Trains a head on `features.train`, evaluating on `features.test` as the tutorial does.
+/// Trains a head on `features.train` (or, with `config.augment`, on its augmented views),
+/// evaluating on `features.test` as the tutorial does.
 ///
 /// ```no_run
 /// # use flowers_kit::prelude::*;
@@ -293,7 +379,8 @@ fn train_on<D: DfdxDevice>(
 ) -> Result<(Head, History)> {
     let classes = features.classes.len();
     let dim = features.dim;
-    let (train_rows, train_labels) = (features.train.values(), features.train.labels());
+    let train_set = training_rows(features, config)?;
+    let (train_rows, train_labels) = (train_set.values(), train_set.labels());
     let n_train = train_labels.len();
     let batch_size = config.batch_size.map(|b| b.min(n_train));
     // The full sets are uploaded once; random batches are gathered on the host (they are small).

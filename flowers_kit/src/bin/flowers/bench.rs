@@ -171,6 +171,8 @@ pub fn train_steps(dim: usize, device: &flowers_kit::features::DeviceKind) -> Re
         dim,
         train: set(2934)?,
         test: set(736)?,
+        train_views: Vec::new(),
+        augment: None,
     };
     let config = TrainConfig {
         steps: 1000,

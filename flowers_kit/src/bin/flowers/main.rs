@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use flowers_kit::backend::native::Kernels;
 use flowers_kit::backend::Network;
-use flowers_kit::data::{self, Dataset, FetchOptions};
+use flowers_kit::data::{self, Augment, Dataset, FetchOptions};
 use flowers_kit::features::{BackendKind, DeviceKind, FeatureExtractor};
 use flowers_kit::models::Model;
 use flowers_kit::train::{Activation, Optimizer};
@@ -171,6 +171,10 @@ fn non_negative(text: &str) -> Result<f32, String> {
     }
 }
 
+fn parse_augment(text: &str) -> Result<Augment, String> {
+    text.parse().map_err(|e: flowers_kit::Error| e.to_string())
+}
+
 fn parse_model(text: &str) -> Result<Model, String> {
     Model::parse(text).map_err(|e| e.to_string())
 }
@@ -296,6 +300,13 @@ enum Command {
         /// Seed of the initial weights and the batches.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Train on augmented views of the training photos, as retrain.py distorts them:
+        /// e.g. flip,crop=10,scale=10,brightness=10 (percentages; seed=N draws other views).
+        #[arg(long, value_parser = parse_augment)]
+        augment: Option<Augment>,
+        /// Augmented views per training photo (with --augment), each cached like features.
+        #[arg(long, default_value_t = 4, value_parser = positive)]
+        views: usize,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
@@ -430,6 +441,8 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             activation,
             weight_decay,
             seed,
+            augment,
+            views,
             out,
         } => {
             let config = flowers_kit::train::TrainConfig {
@@ -443,6 +456,8 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                 weight_decay,
                 seed,
                 device: extractor.device.into(),
+                augment,
+                views,
                 ..Default::default()
             };
             // Everything that can be checked is checked before the dataset is scanned or a

@@ -44,7 +44,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         split.train.len(),
         split.test.len()
     );
-    let features = args.extractor.extract(&split)?;
+    let features = args.extractor.extract_for(&split, &args.config)?;
     let config = args.config;
     let (classifier, history) = train(&features, &config)?;
     let metrics = classifier.evaluate(&features.test)?;
