@@ -144,20 +144,43 @@ fn train_on_augmented_views() {
 
 #[test]
 fn predict_in_a_fresh_process_reproduces_the_trained_classifier() {
+    predicts_in_a_fresh_process(&[
+        "--steps",
+        "50",
+        "--hidden",
+        "32",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.001",
+    ]);
+}
+
+#[test]
+fn a_fine_tuned_classifier_predicts_in_a_fresh_process() {
+    predicts_in_a_fresh_process(&[
+        "--fine-tune-blocks",
+        "1",
+        "--fine-tune-lr",
+        "0.001",
+        "--schedule",
+        "cosine",
+        "--steps",
+        "20",
+        "--batch",
+        "16",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.001",
+    ]);
+}
+
+/// Trains with `args`, then classifies photos with `flowers predict` in new processes:
+/// the same answers each time, and the same as this process computes from the saved file.
+fn predicts_in_a_fresh_process(args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    train(
-        dir.path(),
-        &[
-            "--steps",
-            "50",
-            "--hidden",
-            "32",
-            "--optimizer",
-            "adam",
-            "--lr",
-            "0.001",
-        ],
-    );
+    train(dir.path(), args);
     let classifier_path = dir.path().join("classifier.safetensors");
     let photos: Vec<PathBuf> = ["00_daisy.jpg", "03_roses.jpg", "06_tulips.jpg"]
         .iter()
@@ -243,6 +266,9 @@ fn train_rejects_bad_arguments() {
         ("--augment", "zoom=3", "unknown setting"),
         ("--augment", "crop=500", "a percentage from 0 to 100"),
         ("--views", "0", "at least 1"),
+        ("--fine-tune-blocks", "4", "1 to 3"),
+        ("--fine-tune-lr", "-1", "finite number above 0"),
+        ("--schedule", "step", "[possible values: constant, cosine]"),
         (
             "--model",
             "https://tfhub.dev/google/imagenet/mobilenet_v2_035_128/classification/2",

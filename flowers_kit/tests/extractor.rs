@@ -516,3 +516,93 @@ fn augmented_views_are_extracted_once_and_trained_on() {
     let bad = TrainConfig { views: 0, ..config };
     assert!(ex.extract_for(&split, &bad).is_err());
 }
+
+#[test]
+fn fine_tuning_trains_the_top_and_the_classifier_file_keeps_it() {
+    use flowers_kit::train::{train, Classifier, FineTune, Schedule, TrainConfig};
+
+    let cache = tempfile::tempdir().unwrap();
+    let photos = tempfile::tempdir().unwrap();
+    let split = two_class_folder(photos.path()).split(0.5, 1).unwrap();
+    let ex = extractor("0.35_128", cache.path()).quiet();
+    let config = TrainConfig {
+        fine_tune: Some(FineTune {
+            blocks: 2,
+            learning_rate: 0.01,
+        }),
+        schedule: Schedule::Cosine,
+        batch_size: Some(4),
+        steps: 8,
+        eval_every: 4,
+        verbose: false,
+        ..Default::default()
+    };
+    let rows = ex.extract_for(&split, &config).unwrap();
+    let top = rows.top.clone().expect("the top to fine-tune");
+    assert_eq!(
+        (top.cut.as_str(), top.input_shape),
+        ("block_14_add", [4, 4, 56])
+    );
+    assert_eq!(rows.dim, 4 * 4 * 56);
+    let (classifier, history) = train(&rows, &config).unwrap();
+    assert_eq!(history.step, vec![0, 4, 7]);
+    let trained = classifier
+        .top()
+        .expect("a fine-tuned classifier has its top");
+    // Every convolution of the top moved; the structure did not.
+    assert_eq!(trained.layers.len(), top.layers.len());
+    for (after, before) in trained.layers.iter().zip(&top.layers) {
+        if !before.weights.is_empty() {
+            assert_ne!(after.weights, before.weights, "{}", after.name);
+        }
+    }
+    // The classifier's test accuracy is what training last measured.
+    let metrics = classifier.evaluate(&rows.test).unwrap();
+    assert_eq!(Some(metrics.accuracy), history.final_test_accuracy());
+
+    // The file keeps the top; a photo is classified through it, from the photo alone.
+    let file = cache.path().join("classifier.safetensors");
+    classifier.save(&file).unwrap();
+    let loaded = Classifier::load(&file).unwrap();
+    assert_eq!(loaded, classifier);
+    let photo = &rows.test.paths()[0];
+    let ranked = loaded.predict(&ex, photo, 2).unwrap();
+    let probabilities = classifier
+        .probabilities(rows.test.row(0).unwrap(), 1)
+        .unwrap();
+    let best = probabilities[ranked[0].label];
+    assert!((ranked[0].probability - best).abs() < 1e-5);
+
+    // Another backbone (other weights) is refused.
+    let other = FeatureExtractor::from_network(Network::random(ex.model(), 2).unwrap()).unwrap();
+    let err = loaded.predict(&other, photo, 2).unwrap_err().to_string();
+    assert!(err.contains("weights"), "{err}");
+
+    // Rows and config must agree.
+    let plain = ex.extract(&split).unwrap();
+    let err = train(&plain, &config).unwrap_err().to_string();
+    assert!(err.contains("extract_for"), "{err}");
+    let head_only = TrainConfig {
+        fine_tune: None,
+        ..config.clone()
+    };
+    assert!(train(&rows, &head_only).is_err());
+    let full_batch = TrainConfig {
+        batch_size: None,
+        ..config
+    };
+    assert!(ex.extract_for(&split, &full_batch).is_err());
+
+    // A damaged description of the top is refused, not run.
+    // Same length, so the safetensors header still parses.
+    let mut bytes = fs::read(&file).unwrap();
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"depthwise")
+        .expect("a depthwise layer in the metadata");
+    bytes[at..at + 9].copy_from_slice(b"dilatedxx");
+    let bad = cache.path().join("bad.safetensors");
+    fs::write(&bad, &bytes).unwrap();
+    let err = Classifier::load(&bad).unwrap_err().to_string();
+    assert!(err.contains("dilatedxx"), "{err}");
+}

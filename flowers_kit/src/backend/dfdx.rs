@@ -299,7 +299,7 @@ impl<D: DfdxDevice> DfdxNetwork<D> {
 
 /// Where each tap of each output pixel reads, in `[n·h·w (+ the fill row), c]`.
 #[derive(Debug, Clone)]
-struct Window {
+pub(crate) struct Window {
     n: usize,
     h: usize,
     w: usize,
@@ -317,7 +317,7 @@ struct Window {
 }
 
 impl Window {
-    fn new(
+    pub(crate) fn new(
         n: usize,
         [h, w, _]: Shape,
         kernel: (usize, usize),
@@ -376,11 +376,16 @@ impl Window {
         self
     }
 
-    fn pixels(&self) -> usize {
+    pub(crate) fn pixels(&self) -> usize {
         self.n * self.ho * self.wo
     }
 
-    fn taps(&self) -> usize {
+    /// `[pixels, taps]` row indices into the input with its fill row appended.
+    pub(crate) fn indices(&self) -> &[usize] {
+        &self.indices
+    }
+
+    pub(crate) fn taps(&self) -> usize {
         self.kernel.0 * self.kernel.1
     }
 }

@@ -238,6 +238,25 @@ impl Network {
         self.weights_path.as_deref()
     }
 
+    /// The network up to and including step `last`, whose output becomes the network's
+    /// (fine-tuning caches the activations that enter the trainable top this way).
+    pub fn truncated(&self, last: usize) -> Result<Network> {
+        let steps = self.steps.get(..=last).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{} has {} steps, not {}",
+                self.model.name(),
+                self.steps.len(),
+                last + 1
+            ))
+        })?;
+        Network::new(
+            self.model,
+            steps.to_vec(),
+            self.weights_id.clone(),
+            self.weights_path.clone(),
+        )
+    }
+
     /// Length of the feature vector.
     pub fn feature_dim(&self) -> usize {
         self.steps.last().map_or(0, |s| s.shape[2])

@@ -103,6 +103,8 @@ pub struct NativeNetwork {
     split_layers: bool,
     /// Warm buffer pools between calls, one per thread that ran (a few MB each).
     pools: std::sync::Mutex<Vec<Pool>>,
+    /// The output is the last step's whole map, not its average over pixels.
+    maps: bool,
 }
 
 impl Clone for NativeNetwork {
@@ -120,6 +122,7 @@ impl Clone for NativeNetwork {
             inside_block: self.inside_block.clone(),
             split_layers: self.split_layers,
             pools: Default::default(),
+            maps: self.maps,
         }
     }
 }
@@ -223,7 +226,27 @@ impl NativeNetwork {
             inside_block,
             split_layers: macs >= MIN_PARALLEL_IMAGE_MACS,
             pools: Default::default(),
+            maps: false,
         })
+    }
+
+    /// The network whose [`forward`](Self::forward) returns the last step's whole
+    /// `[h, w, c]` map per image instead of its average over pixels.
+    pub fn output_maps(mut self) -> NativeNetwork {
+        self.maps = true;
+        self.features = self.steps.last().map_or(0, |s| s.shape.iter().product());
+        self
+    }
+
+    /// Whether [`forward`](Self::forward) returns whole maps ([`output_maps`](Self::output_maps)).
+    pub fn outputs_maps(&self) -> bool {
+        self.maps
+    }
+
+    /// Values per image that [`forward`](Self::forward) returns: the feature length, or the
+    /// map's size with [`output_maps`](Self::output_maps).
+    pub fn output_len(&self) -> usize {
+        self.features
     }
 
     /// Features `[n, F]` of `n` images given as NHWC pixels in [0, 1].
@@ -472,7 +495,13 @@ impl NativeNetwork {
             }
         }
         let last = values.last().and_then(|v| v.as_deref()).unwrap_or_default();
-        average_pool(last, self.features, features);
+        if self.maps {
+            if let Some(map) = last.get(..features.len()) {
+                features.copy_from_slice(map);
+            }
+        } else {
+            average_pool(last, self.features, features);
+        }
         for buffer in values.into_iter().flatten() {
             pool.give(buffer);
         }

@@ -24,6 +24,7 @@ use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::progress::{Progress, Unit};
+use crate::train::finetune::Top;
 use crate::weights::{fetch_weights, KerasWeights};
 pub use engine::BackendKind;
 use engine::Engine;
@@ -234,6 +235,9 @@ pub struct Features {
     pub train_views: Vec<FeatureSet>,
     /// The distortions the views were drawn with.
     pub augment: Option<Augment>,
+    /// For fine-tuning: the backbone's trainable top, whose input the rows are (the
+    /// activations entering it, not features); `None` for plain features.
+    pub top: Option<Top>,
 }
 
 impl FeatureExtractor {
@@ -412,6 +416,34 @@ impl FeatureExtractor {
         self.network.feature_dim()
     }
 
+    /// Values per photo this extractor outputs: the feature length, or for the frozen part
+    /// below a fine-tuned top, the whole map entering it.
+    fn row_len(&self) -> usize {
+        match &self.engine {
+            Engine::Native(net) => net.output_len(),
+            _ => self.network.feature_dim(),
+        }
+    }
+
+    /// The frozen part of the network, steps up to `cut`, as an extractor whose rows are
+    /// the whole `[h, w, c]` map of step `cut` (cached apart from the features).
+    pub(crate) fn below(&self, cut: usize) -> Result<FeatureExtractor> {
+        let network = self.network.truncated(cut)?;
+        // The native backend runs on every CPU; the part below is run once per photo.
+        let engine = Engine::Native(NativeNetwork::new(&network)?.output_maps());
+        Ok(FeatureExtractor {
+            network,
+            engine,
+            device: DeviceKind::Cpu,
+            backend: BackendKind::Native,
+            resize: self.resize,
+            batch_size: self.batch_size,
+            cache: self.cache.clone(),
+            limits: self.limits,
+            progress: self.progress,
+        })
+    }
+
     /// The network (layer table and folded weights).
     pub fn network(&self) -> &Network {
         &self.network
@@ -428,7 +460,7 @@ impl FeatureExtractor {
                 pixels.len()
             )));
         }
-        let mut out = Vec::with_capacity(pixels.len() / per_image * self.feature_dim());
+        let mut out = Vec::with_capacity(pixels.len() / per_image * self.row_len());
         for chunk in pixels.chunks(self.batch_size * per_image) {
             out.extend(self.engine.forward(chunk, chunk.len() / per_image)?);
         }
@@ -484,7 +516,7 @@ impl FeatureExtractor {
         paths: &[PathBuf],
         view: Option<(Augment, usize)>,
     ) -> Result<Extracted> {
-        let dim = self.feature_dim();
+        let dim = self.row_len();
         let mut cache = self.cache.as_ref().map(|dir| self.cache_folder(dir));
         let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
         let mut skipped = Vec::new();
@@ -652,6 +684,7 @@ impl FeatureExtractor {
             test: FeatureSet::new(test.values, dim, test.labels, test.paths)?,
             train_views: Vec::new(),
             augment: None,
+            top: None,
         })
     }
 
@@ -691,17 +724,22 @@ impl FeatureExtractor {
     /// `dir/<model>-<key>`: one folder per model, weights and preprocessing, so that a change
     /// of any of them never serves stale features.
     fn cache_folder(&self, dir: &Path) -> PathBuf {
-        let key = sha256_hex(
-            format!(
-                "{}|{}|{}",
-                self.network.model().name(),
-                self.network.weights_id(),
-                self.resize.name()
-            )
-            .as_bytes(),
+        let mut key = format!(
+            "{}|{}|{}",
+            self.network.model().name(),
+            self.network.weights_id(),
+            self.resize.name()
         );
         let name = self.network.model().name();
-        dir.join(format!("{name}-{}", key.get(..16).unwrap_or(&key)))
+        let mut folder = name.to_string();
+        if matches!(&self.engine, Engine::Native(net) if net.outputs_maps()) {
+            // Activations below a fine-tuned top: keyed by the layer they come out of.
+            let layer = self.network.steps().last().map_or("", |s| s.name.as_str());
+            key.push_str(&format!("|map of {layer}"));
+            folder.push_str(&format!("-{layer}"));
+        }
+        let key = sha256_hex(key.as_bytes());
+        dir.join(format!("{folder}-{}", key.get(..16).unwrap_or(&key)))
     }
 }
 

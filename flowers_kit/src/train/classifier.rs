@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::finetune::{Top, TopLayer, TopOp, MAX_TOP_LAYERS};
 use super::head::{Activation, Dense, Head};
 use super::metrics::Metrics;
 use crate::data::image::Resize;
 use crate::error::{Error, Result};
 use crate::features::{FeatureExtractor, FeatureSet, FeatureSource, Features};
+use crate::models::graph::Activation as GraphActivation;
 
 /// Marks classifier files; bumped if the layout changes.
 const FORMAT: &str = "flowers_kit classifier v1";
@@ -33,6 +35,9 @@ pub struct Classifier {
     head: Head,
     classes: Vec<String>,
     source: FeatureSource,
+    /// A fine-tuned top of the backbone: the head reads its features, and the classifier's
+    /// rows are the activations entering it.
+    top: Option<Top>,
 }
 
 /// One of the top-k answers for a photo.
@@ -70,7 +75,28 @@ impl Classifier {
             head,
             classes,
             source,
+            top: None,
         })
+    }
+
+    /// The classifier with a fine-tuned top of the backbone in front of its head: the top's
+    /// features must be the head's inputs.
+    pub fn with_top(mut self, top: Top) -> Result<Classifier> {
+        top.validate()?;
+        if top.feature_dim() != self.head.inputs() {
+            return Err(Error::InvalidArgument(format!(
+                "the fine-tuned top gives {} features, the head takes {}",
+                top.feature_dim(),
+                self.head.inputs()
+            )));
+        }
+        self.top = Some(top);
+        Ok(self)
+    }
+
+    /// The fine-tuned top of the backbone, if the classifier has one.
+    pub fn top(&self) -> Option<&Top> {
+        self.top.as_ref()
     }
 
     /// The trained layers.
@@ -88,9 +114,13 @@ impl Classifier {
         &self.source
     }
 
-    /// Class probabilities `[n, classes]` for `n` feature rows.
-    pub fn probabilities(&self, features: &[f32], n: usize) -> Result<Vec<f32>> {
-        self.head.probabilities(features, n)
+    /// Class probabilities `[n, classes]` for `n` rows: features, or with a fine-tuned
+    /// top, the activations entering it.
+    pub fn probabilities(&self, rows: &[f32], n: usize) -> Result<Vec<f32>> {
+        match &self.top {
+            None => self.head.probabilities(rows, n),
+            Some(top) => self.head.probabilities(&top.features(rows, n)?, n),
+        }
     }
 
     /// Accuracy, loss, confusion matrix, per-class metrics and mistakes on a feature set.
@@ -127,8 +157,25 @@ impl Classifier {
         k: usize,
     ) -> Result<Vec<Prediction>> {
         self.source.check(extractor)?;
-        let features = extractor.extract_one(photo.as_ref())?;
-        self.top_k(&features, k)
+        let rows = match &self.top {
+            None => extractor.extract_one(photo.as_ref())?,
+            Some(top) => {
+                // The frozen part runs up to the layer whose output enters the top.
+                let network = extractor.network();
+                let cut = network
+                    .steps()
+                    .iter()
+                    .position(|s| s.name == top.cut && s.shape == top.input_shape)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "the extractor has no layer {} of shape {:?} for the fine-tuned top",
+                            top.cut, top.input_shape
+                        ))
+                    })?;
+                extractor.below(cut)?.extract_one(photo.as_ref())?
+            }
+        };
+        self.top_k(&rows, k)
     }
 
     /// Saves head weights and metadata to one safetensors file, atomically.
@@ -146,6 +193,24 @@ impl Classifier {
                 vec![layer.outputs],
                 bytes(&layer.bias),
             ));
+        }
+        if let Some(top) = &self.top {
+            for layer in &top.layers {
+                if layer.weights.is_empty() {
+                    continue;
+                }
+                let c = layer.shape[2];
+                tensors.push((
+                    format!("top.{}.weight", layer.name),
+                    vec![layer.weights.len().checked_div(c).unwrap_or(0), c],
+                    bytes(&layer.weights),
+                ));
+                tensors.push((
+                    format!("top.{}.bias", layer.name),
+                    vec![c],
+                    bytes(&layer.bias),
+                ));
+            }
         }
         let views = tensors
             .iter()
@@ -178,6 +243,13 @@ impl Classifier {
             ("resize", source.resize.name().to_string()),
             ("activation", format!("{:?}", self.head.activation())),
             ("layers", self.head.layers().len().to_string()),
+            (
+                "top",
+                self.top
+                    .as_ref()
+                    .map(|top| serde_json::to_string(&TopSpec::of(top)).unwrap_or_default())
+                    .unwrap_or_default(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -304,6 +376,42 @@ impl Classifier {
             });
         }
         let head = Head::from_layers(layers, activation).map_err(|e| bad(e.to_string()))?;
+        let top = match meta.get("top").filter(|t| !t.is_empty()) {
+            None => None,
+            Some(spec) => {
+                let spec: TopSpec = serde_json::from_str(spec)
+                    .map_err(|e| bad(format!("bad fine-tuned top description: {e}")))?;
+                if spec.layers.len() > MAX_TOP_LAYERS {
+                    return Err(bad(format!("{} fine-tuned layers", spec.layers.len())));
+                }
+                let mut layers = Vec::with_capacity(spec.layers.len());
+                for layer in spec.layers {
+                    let op = layer.op()?;
+                    let (weights, bias) = if op == TopOp::Add {
+                        (Vec::new(), Vec::new())
+                    } else {
+                        let (_, weights) = get(format!("top.{}.weight", layer.name), 2)?;
+                        let (_, bias) = get(format!("top.{}.bias", layer.name), 1)?;
+                        (weights, bias)
+                    };
+                    layers.push(TopLayer {
+                        name: layer.name,
+                        op,
+                        inputs: layer.inputs,
+                        shape: layer.shape,
+                        weights,
+                        bias,
+                    });
+                }
+                let top = Top {
+                    cut: spec.cut,
+                    input_shape: spec.input_shape,
+                    layers,
+                };
+                top.validate().map_err(|e| bad(e.to_string()))?;
+                Some(top)
+            }
+        };
         let weights_path = meta
             .get("weights_path")
             .filter(|p| !p.is_empty())
@@ -314,7 +422,83 @@ impl Classifier {
             weights_path,
             resize,
         };
-        Classifier::from_parts(head, classes, source).map_err(|e| bad(e.to_string()))
+        let classifier =
+            Classifier::from_parts(head, classes, source).map_err(|e| bad(e.to_string()))?;
+        match top {
+            Some(top) => classifier.with_top(top).map_err(|e| bad(e.to_string())),
+            None => Ok(classifier),
+        }
+    }
+}
+
+/// A fine-tuned top's structure, as the file's metadata holds it (the weights are tensors).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TopSpec {
+    cut: String,
+    input_shape: [usize; 3],
+    layers: Vec<TopLayerSpec>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TopLayerSpec {
+    name: String,
+    /// `pointwise`, `depthwise` or `add`.
+    op: String,
+    /// `Linear`, `Relu` or `Relu6`.
+    activation: String,
+    inputs: Vec<usize>,
+    shape: [usize; 3],
+}
+
+impl TopSpec {
+    fn of(top: &Top) -> TopSpec {
+        TopSpec {
+            cut: top.cut.clone(),
+            input_shape: top.input_shape,
+            layers: top
+                .layers
+                .iter()
+                .map(|l| {
+                    let (op, activation) = match l.op {
+                        TopOp::Pointwise(a) => ("pointwise", a),
+                        TopOp::Depthwise(a) => ("depthwise", a),
+                        TopOp::Add => ("add", GraphActivation::Linear),
+                    };
+                    TopLayerSpec {
+                        name: l.name.clone(),
+                        op: op.into(),
+                        activation: format!("{activation:?}"),
+                        inputs: l.inputs.clone(),
+                        shape: l.shape,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TopLayerSpec {
+    fn op(&self) -> Result<TopOp> {
+        let activation = match self.activation.as_str() {
+            "Linear" => GraphActivation::Linear,
+            "Relu" => GraphActivation::Relu,
+            "Relu6" => GraphActivation::Relu6,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "fine-tuned layer {}: unknown activation '{other}'",
+                    self.name
+                )))
+            }
+        };
+        match self.op.as_str() {
+            "pointwise" => Ok(TopOp::Pointwise(activation)),
+            "depthwise" => Ok(TopOp::Depthwise(activation)),
+            "add" => Ok(TopOp::Add),
+            other => Err(Error::InvalidArgument(format!(
+                "fine-tuned layer {}: unknown operation '{other}'",
+                self.name
+            ))),
+        }
     }
 }
 

@@ -2,12 +2,14 @@
 
 pub mod classifier;
 mod denormals;
+pub mod finetune;
 pub mod head;
 pub mod metrics;
 pub mod optim;
 pub mod trainer;
 
 pub use classifier::{Classifier, Prediction};
+pub use finetune::{FineTune, Schedule, Top};
 pub use head::{Activation, Head};
 pub use metrics::{ClassMetrics, Metrics, Mistake};
 pub use optim::Optimizer;

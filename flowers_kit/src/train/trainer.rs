@@ -7,6 +7,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use super::classifier::Classifier;
+use super::finetune::{top_forward, FineTune, Schedule, Top, TopParams, EVAL_CHUNK};
 use super::head::{forward_from_first, Activation, DeviceParams, Head};
 use super::optim::{update, Optimizer, Slots};
 use crate::data::{Augment, Split};
@@ -56,6 +57,12 @@ pub struct TrainConfig {
     /// How many augmented views of each training photo batches are drawn from (with
     /// `augment`; default 4).
     pub views: usize,
+    /// Also train the top of the backbone (`None`, the tutorial: the backbone is frozen).
+    /// The features must be the activations entering it: extract them with
+    /// [`FeatureExtractor::extract_for`].
+    pub fine_tune: Option<FineTune>,
+    /// How the learning rates change over the steps (the tutorial: constant).
+    pub schedule: Schedule,
 }
 
 impl Default for TrainConfig {
@@ -74,6 +81,8 @@ impl Default for TrainConfig {
             verbose: true,
             augment: None,
             views: 4,
+            fine_tune: None,
+            schedule: Schedule::Constant,
         }
     }
 }
@@ -133,6 +142,16 @@ impl TrainConfig {
                 self.weight_decay
             ));
         }
+        if let Some(fine_tune) = &self.fine_tune {
+            fine_tune.validate()?;
+            if self.batch_size.is_none_or(|b| b > MAX_FINE_TUNE_BATCH) {
+                return bad(format!(
+                    "fine-tuning trains on batches of 1 to {MAX_FINE_TUNE_BATCH} photos, \
+                     got {:?}",
+                    self.batch_size
+                ));
+            }
+        }
         if let Some(augment) = &self.augment {
             augment.validate()?;
             if !(1..=MAX_VIEWS).contains(&self.views) {
@@ -150,6 +169,11 @@ impl TrainConfig {
 /// training set.
 pub const MAX_VIEWS: usize = 64;
 
+/// Largest batch when fine-tuning: the gathered depthwise taps of a batch take
+/// `photos · 49 · 9 · 960` values at 1.0/224 (68 MB for 256 photos, and as much again for
+/// their gradient).
+pub const MAX_FINE_TUNE_BATCH: usize = 256;
+
 impl FeatureExtractor {
     /// The features `config` trains on: [`extract`](FeatureExtractor::extract), plus, with
     /// `config.augment`, `config.views` augmented views of every training photo
@@ -166,10 +190,22 @@ impl FeatureExtractor {
     /// ```
     pub fn extract_for(&self, split: &Split, config: &TrainConfig) -> Result<Features> {
         config.validate()?;
-        match config.augment {
-            Some(augment) => self.extract_augmented(split, augment, config.views),
-            None => self.extract(split),
-        }
+        let below;
+        let (extractor, top) = match config.fine_tune {
+            Some(fine_tune) => {
+                let (top, cut) = Top::of(self.network(), fine_tune.blocks)?;
+                below = self.below(cut)?;
+                (&below, Some(top))
+            }
+            None => (self, None),
+        };
+        let mut features = match config.augment {
+            Some(augment) => extractor.extract_augmented(split, augment, config.views)?,
+            None => extractor.extract(split)?,
+        };
+        features.source = self.source();
+        features.top = top;
+        Ok(features)
     }
 }
 
@@ -265,30 +301,84 @@ fn validate(features: &Features, config: &TrainConfig) -> Result<()> {
 /// ```
 pub fn train(features: &Features, config: &TrainConfig) -> Result<(Classifier, History)> {
     validate(features, config)?;
+    let top = match (&features.top, config.fine_tune) {
+        (None, None) => None,
+        (Some(top), Some(_)) => {
+            top.validate()?;
+            if top.input_len() != features.dim {
+                return Err(Error::InvalidArgument(format!(
+                    "the rows hold {} values, but the top to fine-tune takes {}",
+                    features.dim,
+                    top.input_len()
+                )));
+            }
+            Some(top.clone())
+        }
+        (None, Some(_)) => {
+            return Err(Error::InvalidArgument(
+                "fine-tuning needs the activations entering the top, not features: extract \
+                 them with `extractor.extract_for(&split, &config)`"
+                    .into(),
+            ))
+        }
+        (Some(top), None) => {
+            return Err(Error::InvalidArgument(format!(
+                "these rows are the activations entering {} (extracted for fine-tuning), \
+                 but the config fine-tunes nothing",
+                top.cut
+            )))
+        }
+    };
+    let inputs = top.as_ref().map_or(features.dim, Top::feature_dim);
     let head = Head::new(
-        features.dim,
+        inputs,
         &config.hidden,
         features.classes.len(),
         config.activation,
         config.seed,
     )?;
-    let head = match config.device {
-        DeviceKind::Cpu => {
-            let _flush = super::denormals::FlushDenormals::new();
-            train_on(Cpu::default(), head, features, config)?
-        }
+    let _flush = super::denormals::FlushDenormals::new();
+    let (head, top, history) = match config.device {
+        DeviceKind::Cpu => run_on(Cpu::default(), head, top, features, config)?,
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => train_on(
+        DeviceKind::Cuda => run_on(
             crate::device::open_cuda(config.seed)?,
             head,
+            top,
             features,
             config,
         )?,
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => return Err(crate::device::no_cuda()),
     };
-    let (head, history) = head;
-    Ok((Classifier::new(head, features)?, history))
+    let classifier = Classifier::new(head, features)?;
+    Ok((
+        match top {
+            Some(top) => classifier.with_top(top)?,
+            None => classifier,
+        },
+        history,
+    ))
+}
+
+/// The head alone, or the top and the head, on `dev`.
+fn run_on<D: DfdxDevice>(
+    dev: D,
+    head: Head,
+    top: Option<Top>,
+    features: &Features,
+    config: &TrainConfig,
+) -> Result<(Head, Option<Top>, History)> {
+    match top {
+        None => {
+            let (head, history) = train_on(dev, head, features, config)?;
+            Ok((head, None, history))
+        }
+        Some(top) => {
+            let (head, top, history) = fine_tune_on(dev, head, top, features, config)?;
+            Ok((head, Some(top), history))
+        }
+    }
 }
 
 /// A batch on the device: features `[n, dim]`, the same transposed, one-hot targets.
@@ -434,7 +524,7 @@ fn train_on<D: DfdxDevice>(
         }
         let grads: Gradients<f32, D> = loss.backward();
         let t = step as i32 + 1;
-        let lr = config.learning_rate;
+        let lr = config.learning_rate * config.schedule.factor(step, config.steps);
         for (i, (w, slots)) in params.w.iter_mut().zip(&mut w_slots).enumerate() {
             let g = if i == 0 {
                 batch
@@ -480,6 +570,188 @@ fn train_on<D: DfdxDevice>(
     }
     params.download(&mut head);
     Ok((head, history))
+}
+
+/// One-hot `[n, classes]` targets of `labels`.
+fn one_hot<D: DfdxDevice>(
+    dev: &D,
+    labels: &[usize],
+    classes: usize,
+) -> Tensor<(usize, usize), f32, D> {
+    let mut values = vec![0f32; labels.len() * classes];
+    for (row, &label) in values.chunks_exact_mut(classes).zip(labels) {
+        if let Some(v) = row.get_mut(label) {
+            *v = 1.0;
+        }
+    }
+    dev.tensor((values, (labels.len(), classes)))
+}
+
+/// Loss and logits of the top and head on `rows` (`n` photos' activations), without
+/// recording gradients, [`EVAL_CHUNK`] photos at a time.
+fn evaluate_top<D: DfdxDevice>(
+    dev: &D,
+    top: &Top,
+    top_params: &TopParams<D>,
+    params: &DeviceParams<D>,
+    set: &FeatureSet,
+    classes: usize,
+    activation: Activation,
+) -> Result<(f32, Vec<f32>)> {
+    let per_photo = top.input_len();
+    let (mut loss, mut logits) = (0f32, Vec::with_capacity(set.len() * classes));
+    for (rows, labels) in set
+        .values()
+        .chunks(EVAL_CHUNK * per_photo)
+        .zip(set.labels().chunks(EVAL_CHUNK))
+    {
+        let n = labels.len();
+        let x = top.upload_inputs(dev, rows, n)?;
+        let features = top_forward(top, x, n, top_params.untraced())?;
+        let (w1, rest) = params
+            .w
+            .split_first()
+            .ok_or_else(|| Error::InvalidArgument("a head without layers".into()))?;
+        let first = features.try_matmul(w1.clone()).map_err(backend)?;
+        let chunk_logits = forward_from_first(first, params.b.clone(), rest.to_vec(), activation)?;
+        logits.extend(chunk_logits.as_vec());
+        let chunk_loss = cross_entropy(chunk_logits, one_hot(dev, labels, classes), n)?;
+        loss += chunk_loss.as_vec().first().copied().unwrap_or(f32::NAN) * n as f32;
+    }
+    Ok((loss / set.len().max(1) as f32, logits))
+}
+
+/// Trains the top of the backbone and the head together on batches of activations.
+fn fine_tune_on<D: DfdxDevice>(
+    dev: D,
+    mut head: Head,
+    mut top: Top,
+    features: &Features,
+    config: &TrainConfig,
+) -> Result<(Head, Top, History)> {
+    let fine_tune = config
+        .fine_tune
+        .ok_or_else(|| Error::InvalidArgument("nothing to fine-tune".into()))?;
+    let classes = features.classes.len();
+    let per_photo = top.input_len();
+    let train_set = training_rows(features, config)?;
+    let n_train = train_set.len();
+    let batch_size = config.batch_size.unwrap_or(1).clamp(1, n_train.max(1));
+    let mut params = DeviceParams::upload(&head, &dev)?;
+    let mut top_params = TopParams::upload(&top, &dev)?;
+    let mut w_slots: Vec<Slots<(usize, usize), D>> =
+        params.w.iter().map(|_| Slots::new()).collect();
+    let mut b_slots: Vec<Slots<(usize,), D>> = params.b.iter().map(|_| Slots::new()).collect();
+    // An optimizer's state for each kernel and bias of the top.
+    type KernelSlots<D> = (Slots<(usize, usize), D>, Slots<(usize,), D>);
+    let mut top_slots: Vec<KernelSlots<D>> = top_params
+        .layers
+        .iter()
+        .map(|_| (Slots::new(), Slots::new()))
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let mut history = History::default();
+    for step in 0..config.steps {
+        let picked = rand::seq::index::sample(&mut rng, n_train, batch_size).into_vec();
+        let mut rows = Vec::with_capacity(batch_size * per_photo);
+        let mut labels = Vec::with_capacity(batch_size);
+        for &i in &picked {
+            let row = train_set
+                .row(i)
+                .ok_or_else(|| Error::Backend(format!("training row {i} is missing")))?;
+            rows.extend_from_slice(row);
+            labels.push(train_set.labels().get(i).copied().unwrap_or(0));
+        }
+        let n = labels.len();
+        let x = top.upload_inputs(&dev, &rows, n)?;
+        // The input needs no gradient, but the tape must start somewhere before the first
+        // trained kernel: it starts at the input, with an empty record.
+        let traced = top_forward(&top, x.retaped(), n, top_params.traced())?;
+        let (w1, rest) = params
+            .w
+            .split_first()
+            .ok_or_else(|| Error::InvalidArgument("a head without layers".into()))?;
+        let first = traced.try_matmul(w1.leaky_trace()).map_err(backend)?;
+        let b_traced: Vec<_> = params.b.iter().map(|b| b.leaky_trace()).collect();
+        let w_traced: Vec<_> = rest.iter().map(|w| w.leaky_trace()).collect();
+        let logits = forward_from_first(first, b_traced, w_traced, config.activation)?;
+        let logits_values = logits.as_vec();
+        let loss = cross_entropy(logits, one_hot(&dev, &labels, classes), n)?;
+        let loss_value = loss.as_vec().first().copied().unwrap_or(f32::NAN);
+        if !loss_value.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "fine-tuning diverged at step {step} (loss {loss_value}): lower the learning \
+                 rates (now {} and {})",
+                config.learning_rate, fine_tune.learning_rate
+            )));
+        }
+        let grads: Gradients<f32, D> = loss.backward();
+        let t = step as i32 + 1;
+        let factor = config.schedule.factor(step, config.steps);
+        let (lr, top_lr) = (
+            config.learning_rate * factor,
+            fine_tune.learning_rate * factor,
+        );
+        for (w, slots) in params.w.iter_mut().zip(&mut w_slots) {
+            let g = grads.get(&*w);
+            *w = update(
+                &config.optimizer,
+                w.clone(),
+                g,
+                slots,
+                lr,
+                config.weight_decay,
+                t,
+            )?;
+        }
+        for (b, slots) in params.b.iter_mut().zip(&mut b_slots) {
+            let g = grads.get(&*b);
+            *b = update(&config.optimizer, b.clone(), g, slots, lr, 0.0, t)?;
+        }
+        for (layer, (w_slots, b_slots)) in top_params.layers.iter_mut().zip(&mut top_slots) {
+            if let Some((w, b)) = layer {
+                let (gw, gb) = (grads.get(&*w), grads.get(&*b));
+                *w = update(
+                    &config.optimizer,
+                    w.clone(),
+                    gw,
+                    w_slots,
+                    top_lr,
+                    config.weight_decay,
+                    t,
+                )?;
+                *b = update(&config.optimizer, b.clone(), gb, b_slots, top_lr, 0.0, t)?;
+            }
+        }
+        if step % config.eval_every == 0 || step + 1 == config.steps {
+            let (test_loss, test_logits) = evaluate_top(
+                &dev,
+                &top,
+                &top_params,
+                &params,
+                &features.test,
+                classes,
+                config.activation,
+            )?;
+            let test_accuracy = accuracy(&test_logits, features.test.labels(), classes);
+            history.step.push(step);
+            history.train_loss.push(loss_value);
+            history
+                .train_accuracy
+                .push(accuracy(&logits_values, &labels, classes));
+            history.test_loss.push(test_loss);
+            history.test_accuracy.push(test_accuracy);
+            if config.verbose {
+                println!(
+                    "Test accuracy at step {step}: {:.2}%",
+                    test_accuracy * 100.0
+                );
+            }
+        }
+    }
+    params.download(&mut head);
+    top_params.download(&mut top);
+    Ok((head, top, history))
 }
 
 /// Mean softmax cross-entropy of `[n, classes]` logits against one-hot targets.

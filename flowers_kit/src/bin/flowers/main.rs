@@ -9,7 +9,7 @@ use flowers_kit::backend::Network;
 use flowers_kit::data::{self, Augment, Dataset, FetchOptions};
 use flowers_kit::features::{BackendKind, DeviceKind, FeatureExtractor};
 use flowers_kit::models::Model;
-use flowers_kit::train::{Activation, Optimizer};
+use flowers_kit::train::{Activation, FineTune, Optimizer, Schedule};
 
 #[derive(Parser)]
 #[command(
@@ -112,6 +112,15 @@ impl From<OptimizerArg> for Optimizer {
     }
 }
 
+/// How the learning rates change over the steps.
+#[derive(Clone, Copy, ValueEnum)]
+enum ScheduleArg {
+    /// The same rate at every step (the tutorial).
+    Constant,
+    /// From the full rate down to zero along half a cosine.
+    Cosine,
+}
+
 /// The non-linearity between hidden layers.
 #[derive(Clone, Copy, ValueEnum)]
 enum ActivationArg {
@@ -169,6 +178,14 @@ fn non_negative(text: &str) -> Result<f32, String> {
             "expected a finite number of at least 0, not '{text}'"
         )),
     }
+}
+
+fn parse_fine_tune_blocks(text: &str) -> Result<usize, String> {
+    let max = flowers_kit::train::finetune::MAX_FINE_TUNE_BLOCKS;
+    text.parse()
+        .ok()
+        .filter(|b| (1..=max).contains(b))
+        .ok_or_else(|| format!("takes 1 to {max} blocks"))
 }
 
 fn parse_augment(text: &str) -> Result<Augment, String> {
@@ -307,6 +324,16 @@ enum Command {
         /// Augmented views per training photo (with --augment), each cached like features.
         #[arg(long, default_value_t = 4, value_parser = positive)]
         views: usize,
+        /// Also train the backbone's last N inverted-residual blocks and its last 1×1
+        /// convolution (MobileNet V2, 1 to 3), from activations cached per photo.
+        #[arg(long, value_parser = parse_fine_tune_blocks)]
+        fine_tune_blocks: Option<usize>,
+        /// The backbone's learning rate when fine-tuning.
+        #[arg(long, default_value_t = 0.001, value_parser = positive_rate)]
+        fine_tune_lr: f32,
+        /// How the learning rates change over the steps.
+        #[arg(long, value_enum, default_value_t = ScheduleArg::Constant)]
+        schedule: ScheduleArg,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
@@ -443,6 +470,9 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             seed,
             augment,
             views,
+            fine_tune_blocks,
+            fine_tune_lr,
+            schedule,
             out,
         } => {
             let config = flowers_kit::train::TrainConfig {
@@ -458,6 +488,14 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                 device: extractor.device.into(),
                 augment,
                 views,
+                fine_tune: fine_tune_blocks.map(|blocks| FineTune {
+                    blocks,
+                    learning_rate: fine_tune_lr,
+                }),
+                schedule: match schedule {
+                    ScheduleArg::Constant => Schedule::Constant,
+                    ScheduleArg::Cosine => Schedule::Cosine,
+                },
                 ..Default::default()
             };
             // Everything that can be checked is checked before the dataset is scanned or a
