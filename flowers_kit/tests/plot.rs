@@ -2,7 +2,7 @@
 
 mod support;
 
-use flowers_kit::data::{Dataset, Example};
+use flowers_kit::data::{Augment, Dataset, Example};
 use flowers_kit::plot::{self, Chart, Picture, Series};
 use flowers_kit::train::{History, Metrics, Prediction};
 use flowers_kit::Error;
@@ -137,6 +137,22 @@ fn photo_figures_are_pngs_with_the_photos_in_them() {
     assert_eq!(png.dimensions(), gallery.size());
     // One mistake (roses predicted as daisy): one cell wide.
     assert_eq!(gallery.size().0, 190 + 10);
+
+    // Augmented views: four per row, each different, none of them blank.
+    let photo = &split.train[0].path;
+    let views = Picture::views(photo, &Augment::default(), 6, 224).unwrap();
+    assert_eq!(views.size().0, 4 * 190 + 10);
+    let png = decode_png(&views.png().unwrap());
+    let tile = |i: u32| {
+        let (x, y) = (10 + (i % 4) * 190 + 20, 10 + (i / 4) * (150 + 18 + 10));
+        image::imageops::crop_imm(&png, x, y, 150, 150).to_image()
+    };
+    for i in 1..6 {
+        assert_ne!(tile(i), tile(0), "view {i} looks like view 0");
+    }
+    assert!(Picture::views(photo, &Augment::default(), 0, 224).is_err());
+    assert!(Picture::views(photo, &Augment::default(), 4, 0).is_err());
+    assert!(Picture::views("/no/such.jpg", &Augment::default(), 4, 224).is_err());
 }
 
 #[test]

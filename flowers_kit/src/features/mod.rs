@@ -506,27 +506,29 @@ impl FeatureExtractor {
     /// A photo that cannot be read is skipped with a warning and listed in `skipped`. A
     /// cache that cannot be written is reported once; the run carries on without it.
     pub fn extract_paths(&self, paths: &[PathBuf]) -> Result<Extracted> {
-        self.extract_views(paths, None)
+        let items: Vec<(&PathBuf, Option<View>)> = paths.iter().map(|p| (p, None)).collect();
+        self.extract_items(&items)
     }
 
-    /// [`extract_paths`](Self::extract_paths) of view `view` of each photo under
-    /// `augment`, or of the photos themselves.
-    fn extract_views(
-        &self,
-        paths: &[PathBuf],
-        view: Option<(Augment, usize)>,
-    ) -> Result<Extracted> {
+    /// [`extract_paths`](Self::extract_paths) of photos, or of augmented views of them
+    /// (an augmentation and a view index per item), as one operation with one progress
+    /// report.
+    fn extract_items(&self, items: &[(&PathBuf, Option<View>)]) -> Result<Extracted> {
         let dim = self.row_len();
         let mut cache = self.cache.as_ref().map(|dir| self.cache_folder(dir));
-        let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
+        let mut rows: Vec<Option<Vec<f32>>> = vec![None; items.len()];
         let mut skipped = Vec::new();
         let mut cache_hits = 0;
         let model = self.network.model().name();
-        let label = match view {
+        let views = items
+            .iter()
+            .filter_map(|(_, v)| v.map(|(_, i)| i + 1))
+            .max();
+        let label = match views {
             None => format!("Extracting features ({model})"),
-            Some((_, v)) => format!("Extracting features ({model}), augmented view {}", v + 1),
+            Some(n) => format!("Extracting features ({model}) of {n} augmented views"),
         };
-        let total = Some(paths.len() as u64);
+        let total = Some(items.len() as u64);
         let mut progress = if self.progress {
             Progress::new(&label, total, Unit::Items)
         } else {
@@ -542,7 +544,7 @@ impl FeatureExtractor {
             self.limits,
             cache.clone(),
         );
-        let load = move |path: &PathBuf| -> Result<Loaded> {
+        let load = move |&(path, view): &(&PathBuf, Option<View>)| -> Result<Loaded> {
             let bytes = read_photo(path, &limits)?;
             let photo_key = sha256_hex(&bytes);
             let key = match view {
@@ -569,8 +571,8 @@ impl FeatureExtractor {
         let run = std::thread::scope(|scope| -> Result<()> {
             let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Result<Loaded>>>(1);
             scope.spawn(move || {
-                for chunk_paths in paths.chunks(chunk) {
-                    let loaded = chunk_paths.par_iter().map(&load).collect();
+                for chunk_items in items.chunks(chunk) {
+                    let loaded = chunk_items.par_iter().map(&load).collect();
                     if sender.send(loaded).is_err() {
                         break; // the consumer stopped on an error
                     }
@@ -593,8 +595,8 @@ impl FeatureExtractor {
                         }
                         Err(e) => {
                             eprintln!("warning: skipping {e}");
-                            if let Some(path) = paths.get(base + i) {
-                                skipped.push((path.clone(), e));
+                            if let Some((path, _)) = items.get(base + i) {
+                                skipped.push(((*path).clone(), e));
                             }
                         }
                     }
@@ -623,23 +625,23 @@ impl FeatureExtractor {
             return Err(e);
         }
         let hits = cache_hits;
-        let which = view.map_or(String::new(), |(_, v)| {
-            format!(" (augmented view {})", v + 1)
+        let what = views.map_or("photos".into(), |n| {
+            format!("augmented views ({n} per photo)")
         });
         progress.finish_with(|s| {
             if hits as u64 == s.done {
-                format!("{} photos{which} from the cache in {:.1} s", s.done, s.seconds)
+                format!("{} {what} from the cache in {:.1} s", s.done, s.seconds)
             } else {
                 format!(
-                    "Extracted {} photos{which} with {model} in {:.1} s ({:.1} photos/s; {hits} from cache)",
+                    "Extracted {} {what} with {model} in {:.1} s ({:.1} photos/s; {hits} from cache)",
                     s.done,
                     s.seconds,
                     s.rate()
                 )
             }
         });
-        let mut values = Vec::with_capacity(paths.len() * dim);
-        let mut kept = Vec::with_capacity(paths.len());
+        let mut values = Vec::with_capacity(items.len() * dim);
+        let mut kept = Vec::with_capacity(items.len());
         for (i, row) in rows.into_iter().enumerate() {
             if let Some(row) = row {
                 values.extend(row);
@@ -701,16 +703,23 @@ impl FeatureExtractor {
         augment.validate()?;
         let mut features = self.extract(split)?;
         let paths = features.train.paths().to_vec();
-        for v in 0..views {
-            let out = self.extract_views(&paths, Some((augment, v)))?;
-            if let Some((path, e)) = out.skipped.into_iter().next() {
-                return Err(Error::Image {
-                    path,
-                    reason: format!("its augmented view {} failed: {e}", v + 1),
-                });
-            }
+        let items: Vec<(&PathBuf, Option<View>)> = (0..views)
+            .flat_map(|v| paths.iter().map(move |p| (p, Some((augment, v)))))
+            .collect();
+        let out = self.extract_items(&items)?;
+        if let Some((path, e)) = out.skipped.into_iter().next() {
+            return Err(Error::Image {
+                path,
+                reason: format!("an augmented view of it failed: {e}"),
+            });
+        }
+        if paths.is_empty() {
+            features.augment = Some(augment);
+            return Ok(features);
+        }
+        for rows in out.values.chunks_exact(paths.len() * out.dim) {
             let set = FeatureSet::new(
-                out.values,
+                rows.to_vec(),
                 out.dim,
                 features.train.labels().to_vec(),
                 paths.clone(),
@@ -750,6 +759,9 @@ struct Side {
     labels: Vec<usize>,
     paths: Vec<PathBuf>,
 }
+
+/// An augmentation and the index of one of its views.
+type View = (Augment, usize);
 
 enum Loaded {
     Cached(Vec<f32>),

@@ -6,8 +6,9 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{ensure_fonts, plot_error};
-use crate::data::image::decode_rgb8;
-use crate::data::Example;
+use crate::backend::MAX_RESOLUTION;
+use crate::data::image::{decode_rgb8, decode_rgb8_bytes, read_photo, PhotoLimits, Resize};
+use crate::data::{Augment, Example};
 use crate::display::{emit_png, extension, write_atomically};
 use crate::error::{Error, Result};
 use crate::train::Metrics;
@@ -40,32 +41,82 @@ impl Picture {
     /// Photos in a grid of `columns`, each scaled to fit a square tile, captions below.
     /// A photo that cannot be decoded becomes a grey tile saying so.
     pub fn grid(tiles: &[Tile], columns: usize) -> Result<Picture> {
+        let images: Vec<Thumbnail> = tiles
+            .iter()
+            .map(|t| (decode_rgb8(&t.path).map(|rgb| fit(&rgb)), t.caption.clone()))
+            .collect();
+        Picture::of_thumbnails(&images, columns)
+    }
+
+    /// Augmented views of one photo side by side, as the network sees them (before its own
+    /// input scaling), captioned with their index: what [`Augment`] does to a photo.
+    ///
+    /// ```no_run
+    /// # use flowers_kit::prelude::*;
+    /// # let path = std::path::Path::new("daisy.jpg");
+    /// Picture::views(path, &Augment::default(), 8, 224)?.evcxr_display();
+    /// # Ok::<(), flowers_kit::Error>(())
+    /// ```
+    pub fn views(
+        photo: impl AsRef<Path>,
+        augment: &Augment,
+        views: usize,
+        size: usize,
+    ) -> Result<Picture> {
+        let path = photo.as_ref();
+        if views == 0 || views > MAX_VIEWS_SHOWN || size == 0 || size > MAX_RESOLUTION {
+            return Err(Error::InvalidArgument(format!(
+                "show 1 to {MAX_VIEWS_SHOWN} views of 1 to {MAX_RESOLUTION} pixels, not {views} of {size}"
+            )));
+        }
+        let bytes = read_photo(path, &PhotoLimits::default())?;
+        let rgb = decode_rgb8_bytes(&bytes, path, &PhotoLimits::default())?;
+        let key = crate::digest::sha256_hex(&bytes);
+        let mut images = Vec::with_capacity(views);
+        for v in 0..views {
+            let view = augment.view(&rgb, size, Resize::TfV1Bilinear, &key, v)?;
+            // Brighter than white is shown as white.
+            let pixels: Vec<u8> = view
+                .data
+                .iter()
+                .map(|&x| (x * 255.0).round().clamp(0.0, 255.0) as u8)
+                .collect();
+            let side = size as u32;
+            let rgb = image::RgbImage::from_raw(side, side, pixels)
+                .ok_or_else(|| Error::Plot("view buffer has the wrong size".into()))?;
+            images.push((Ok(fit(&rgb)), vec![format!("view {}", v + 1)]));
+        }
+        Picture::of_thumbnails(&images, views.min(4))
+    }
+
+    /// Thumbnails in a grid of `columns`, captions below; an error shows as a grey tile.
+    fn of_thumbnails(tiles: &[Thumbnail], columns: usize) -> Result<Picture> {
         ensure_fonts();
         if tiles.is_empty() {
             return Err(Error::InvalidArgument("no photos to show".into()));
         }
         let columns = columns.clamp(1, tiles.len()) as u32;
         let rows = (tiles.len() as u32).div_ceil(columns);
-        let lines = tiles.iter().map(|t| t.caption.len()).max().unwrap_or(0) as u32;
+        let lines = tiles.iter().map(|t| t.1.len()).max().unwrap_or(0) as u32;
         let cell_w = CELL_W;
         let cell_h = TILE + lines * LINE + GAP;
         let (width, height) = (columns * cell_w + GAP, rows * cell_h + GAP);
         let mut pixels = vec![255u8; (width * height * 3) as usize];
         {
             let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
-            for (i, tile) in tiles.iter().enumerate() {
+            for (i, (thumbnail, caption)) in tiles.iter().enumerate() {
                 let (col, row) = (i as u32 % columns, i as u32 / columns);
                 let (x, y) = (
                     GAP + col * cell_w + (CELL_W - GAP - TILE) / 2,
                     GAP + row * cell_h,
                 );
-                match thumbnail(&tile.path) {
+                match thumbnail {
                     Ok((w, h, rgb)) => {
                         let (dx, dy) = ((TILE - w) / 2, (TILE - h) / 2);
                         let element = BitMapElement::<_>::with_owned_buffer(
                             ((x + dx) as i32, (y + dy) as i32),
-                            (w, h),
-                            rgb,
+                            (*w, *h),
+                            rgb.clone(),
                         )
                         .ok_or_else(|| Error::Plot("thumbnail buffer too small".into()))?;
                         root.draw(&element).map_err(plot_error)?;
@@ -87,7 +138,7 @@ impl Picture {
                         .map_err(plot_error)?;
                     }
                 }
-                for (l, line) in tile.caption.iter().enumerate() {
+                for (l, line) in caption.iter().enumerate() {
                     root.draw(&Text::new(
                         line.clone(),
                         (
@@ -196,16 +247,23 @@ impl Picture {
 }
 
 /// The photo scaled to fit a `TILE` square: (width, height, RGB bytes).
-fn thumbnail(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
-    let rgb = decode_rgb8(path)?;
+/// A photo scaled to fit a tile (width, height, RGB), or why it could not be read; and its
+/// caption lines.
+type Thumbnail = (Result<(u32, u32, Vec<u8>)>, Vec<String>);
+
+/// Most views [`Picture::views`] draws.
+pub const MAX_VIEWS_SHOWN: usize = 64;
+
+/// `rgb` scaled to fit a square tile.
+fn fit(rgb: &image::RgbImage) -> (u32, u32, Vec<u8>) {
     let (w, h) = rgb.dimensions();
     let scale = TILE as f32 / w.max(h) as f32;
     let (tw, th) = (
         ((w as f32 * scale).round() as u32).clamp(1, TILE),
         ((h as f32 * scale).round() as u32).clamp(1, TILE),
     );
-    let small = image::imageops::resize(&rgb, tw, th, image::imageops::FilterType::Triangle);
-    Ok((tw, th, small.into_raw()))
+    let small = image::imageops::resize(rgb, tw, th, image::imageops::FilterType::Triangle);
+    (tw, th, small.into_raw())
 }
 
 /// Encodes RGB pixels as PNG.
