@@ -105,10 +105,11 @@ impl Augment {
         view: usize,
     ) -> Result<Image> {
         self.validate()?;
-        if size == 0 {
-            return Err(Error::InvalidArgument(
-                "a view needs a size of at least 1".into(),
-            ));
+        if size == 0 || size > crate::backend::MAX_RESOLUTION {
+            return Err(Error::InvalidArgument(format!(
+                "a view is 1 to {} pixels wide, not {size}",
+                crate::backend::MAX_RESOLUTION
+            )));
         }
         let digest = sha256_hex(self.view_key(photo_key, view).as_bytes());
         let seed = u64::from_str_radix(digest.get(..16).unwrap_or("0"), 16).unwrap_or(0);
@@ -288,6 +289,13 @@ mod tests {
         };
         assert!(bad
             .view(&gradient(8, 8), 4, Resize::TfV1Bilinear, "k", 0)
+            .is_err());
+        let fine = Augment::default();
+        assert!(fine
+            .view(&gradient(8, 8), 0, Resize::TfV1Bilinear, "k", 0)
+            .is_err());
+        assert!(fine
+            .view(&gradient(8, 8), 1 << 20, Resize::TfV1Bilinear, "k", 0)
             .is_err());
     }
 }
