@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use flowers_kit::features::FeatureExtractor;
-use flowers_kit::plot::{self, Chart, Picture, Series};
+use flowers_kit::plot::{self, Chart, Gallery, Picture, Series};
 use flowers_kit::prelude::*;
 
 fn main() -> flowers_kit::Result<()> {
@@ -27,7 +27,7 @@ fn main() -> flowers_kit::Result<()> {
     plot::curves(&history).save(out.join("curves.png"))?;
     let metrics = classifier.evaluate(&features.test)?;
     plot::confusion(&metrics)?.save(out.join("confusion.png"))?;
-    Picture::mistakes(&metrics, 10, 5)?.save(out.join("misclassified.png"))?;
+    Picture::mistakes(&metrics, Gallery::default())?.save(out.join("misclassified.png"))?;
     let photo = &split.test[0].path;
     plot::top_k(&classifier.predict(&extractor, photo, 5)?).save(out.join("top_k.png"))?;
 
@@ -71,10 +71,7 @@ fn main() -> flowers_kit::Result<()> {
                 ..quiet.clone()
             };
             row.push(f64::from(
-                train(&features, &config)?
-                    .1
-                    .final_test_accuracy()
-                    .unwrap_or(0.0),
+                train(&features, &config)?.1.final_test_accuracy(),
             ));
         }
         grid.push(row);
@@ -83,9 +80,9 @@ fn main() -> flowers_kit::Result<()> {
         "Test accuracy after 100 steps",
         "batch size",
         "learning rate",
-        batches.iter().map(|b| b.to_string()).collect(),
-        lrs.iter().map(|l| l.to_string()).collect(),
-        grid,
+        batches,
+        lrs,
+        &grid,
     )?
     .save(out.join("sweep_heatmap.png"))?;
     println!("figures written to {}", out.display());

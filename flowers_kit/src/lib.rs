@@ -44,7 +44,7 @@ pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::features::{BackendKind, DeviceKind, FeatureExtractor, Features};
     pub use crate::models::{MobileNetV2, Model};
-    pub use crate::plot::{self, Chart, Picture, Series};
+    pub use crate::plot::{self, Chart, Gallery, Picture, Series};
     pub use crate::train::{
         train, Activation, Classifier, History, Metrics, Optimizer, TrainConfig,
     };

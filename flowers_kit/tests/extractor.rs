@@ -558,7 +558,7 @@ fn fine_tuning_trains_the_top_and_the_classifier_file_keeps_it() {
     }
     // The classifier's test accuracy is what training last measured.
     let metrics = classifier.evaluate(&rows.test).unwrap();
-    assert_eq!(Some(metrics.accuracy), history.final_test_accuracy());
+    assert_eq!(metrics.accuracy, history.final_test_accuracy());
 
     // The file keeps the top; a photo is classified through it, from the photo alone.
     let file = cache.path().join("classifier.safetensors");

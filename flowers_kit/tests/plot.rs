@@ -3,7 +3,7 @@
 mod support;
 
 use flowers_kit::data::{Augment, Dataset, Example};
-use flowers_kit::plot::{self, Chart, Picture, Series};
+use flowers_kit::plot::{self, Chart, Gallery, Picture, Series};
 use flowers_kit::train::{History, Metrics, Prediction};
 use flowers_kit::Error;
 
@@ -93,19 +93,33 @@ fn every_chart_kind_renders_as_svg_and_png() {
         ],
     );
     assert!(sweep.svg().unwrap().contains("adam"));
+    // A training run's curves, borrowed by the chart: the caller keeps them.
+    let history = history();
+    let curves = vec![
+        Series::test_accuracy("accuracy", &history),
+        Series::test_loss("loss", &history),
+    ];
+    let borrowed = Chart::lines("Run", "step", "value", &curves);
+    assert!(borrowed.svg().unwrap().contains("loss"));
+    assert_eq!(curves[0].points.len(), history.step.len());
+    assert_eq!(curves[1].points[1].0, history.step[1] as f64);
+    assert_eq!(
+        history.final_test_accuracy(),
+        *history.test_accuracy.last().unwrap()
+    );
     check_chart(&sweep, dir.path(), "sweep");
     let heatmap = Chart::heatmap(
         "lr × batch",
         "batch size",
         "learning rate",
-        vec!["10".into(), "100".into()],
-        vec!["0.01".into(), "0.1".into(), "1".into()],
-        vec![vec![0.7, 0.8], vec![0.75, 0.85], vec![0.5, f64::NAN]],
+        [10, 100],
+        ["0.01", "0.1", "1"],
+        [[0.7, 0.8], [0.75, 0.85], [0.5, f64::NAN]],
     )
     .unwrap();
     check_chart(&heatmap, dir.path(), "heatmap");
     check_chart(
-        &Chart::bars("Results", "accuracy", vec![("linear".into(), 0.8)]),
+        &Chart::bars("Results", "accuracy", [("linear".to_string(), 0.8)]),
         dir.path(),
         "bars",
     );
@@ -132,7 +146,7 @@ fn photo_figures_are_pngs_with_the_photos_in_them() {
     grid.save(dir.path().join("grid.png")).unwrap();
     assert!(dir.path().join("grid.png").is_file());
 
-    let gallery = Picture::mistakes(&metrics(), 10, 5).unwrap();
+    let gallery = Picture::mistakes(&metrics(), Gallery::default()).unwrap();
     let png = decode_png(&gallery.png().unwrap());
     assert_eq!(png.dimensions(), gallery.size());
     // One mistake (roses predicted as daisy): one cell wide.
@@ -162,23 +176,21 @@ fn bad_figure_requests_are_errors() {
         .save(dir.path().join("c.jpg"))
         .unwrap_err();
     assert!(err.to_string().contains("c.jpg"), "{err}");
-    let err = Chart::heatmap(
-        "x",
-        "a",
-        "b",
-        vec!["1".into()],
-        vec!["1".into()],
-        vec![vec![1.0, 2.0]],
-    )
-    .unwrap_err();
+    let err = Chart::heatmap("x", "a", "b", ["1"], ["1"], [[1.0, 2.0]]).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)));
     assert!(Picture::labelled(&[], &[], 3).is_err());
     let all_right =
         Metrics::from_probabilities(&["a".into(), "b".into()], &[0], &[0.9, 0.1], &[]).unwrap();
-    assert!(Picture::mistakes(&all_right, 5, 5)
-        .unwrap_err()
-        .to_string()
-        .contains("every prediction was right"));
+    assert!(Picture::mistakes(
+        &all_right,
+        Gallery {
+            photos: 5,
+            columns: 5
+        }
+    )
+    .unwrap_err()
+    .to_string()
+    .contains("every prediction was right"));
     // An unreadable photo becomes a grey tile rather than failing the whole grid.
     let bad = dir.path().join("bad.jpg");
     std::fs::write(&bad, "nope").unwrap();

@@ -69,11 +69,7 @@ fn linear_and_mlp_heads_reach_100_percent_on_separable_features() {
             ..Default::default()
         });
         let (classifier, history) = train(&features, &config).unwrap();
-        assert_eq!(
-            history.final_test_accuracy(),
-            Some(1.0),
-            "hidden {hidden:?}"
-        );
+        assert_eq!(history.final_test_accuracy(), 1.0, "hidden {hidden:?}");
         let metrics = classifier.evaluate(&features.train).unwrap();
         assert_eq!(metrics.accuracy, 1.0, "hidden {hidden:?}");
         assert_eq!(classifier.head().hidden(), hidden);

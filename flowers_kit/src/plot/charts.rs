@@ -1,5 +1,6 @@
 //! Charts as data, drawn on demand to SVG (inline display) or PNG (files).
 
+use std::borrow::Borrow;
 use std::path::Path;
 
 use plotters::coord::ranged1d::SegmentValue;
@@ -9,6 +10,7 @@ use plotters::prelude::*;
 use super::{ensure_fonts, plot_error};
 use crate::display::{emit, extension, write_atomically};
 use crate::error::{Error, Result};
+use crate::train::History;
 
 /// A named line: (x, y) points.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +28,38 @@ impl Series {
             name: name.into(),
             points,
         }
+    }
+
+    /// Test accuracy against step, from a training run's history.
+    ///
+    /// ```
+    /// use flowers_kit::plot::Series;
+    /// use flowers_kit::train::History;
+    /// let history = History { step: vec![0, 10], test_accuracy: vec![0.2, 0.7], ..Default::default() };
+    /// assert_eq!(Series::test_accuracy("sgd", &history).points, vec![(0.0, 0.2f32 as f64), (10.0, 0.7f32 as f64)]);
+    /// ```
+    pub fn test_accuracy(name: impl Into<String>, history: &History) -> Series {
+        Series::against_step(name, history, &history.test_accuracy)
+    }
+
+    /// Test loss (cross-entropy) against step.
+    pub fn test_loss(name: impl Into<String>, history: &History) -> Series {
+        Series::against_step(name, history, &history.test_loss)
+    }
+
+    /// Accuracy on each step's training batch against step.
+    pub fn train_accuracy(name: impl Into<String>, history: &History) -> Series {
+        Series::against_step(name, history, &history.train_accuracy)
+    }
+
+    fn against_step(name: impl Into<String>, history: &History, values: &[f32]) -> Series {
+        let points = history
+            .step
+            .iter()
+            .zip(values)
+            .map(|(&step, &value)| (step as f64, f64::from(value)))
+            .collect();
+        Series::new(name, points)
     }
 }
 
@@ -81,14 +115,20 @@ const COLORS: [RGBColor; 8] = [
 ];
 
 impl Chart {
-    /// Several curves on one pair of axes (training curves, sweeps, optimizers).
-    pub fn lines(title: &str, x_label: &str, y_label: &str, series: Vec<Series>) -> Chart {
+    /// Several curves on one pair of axes (training curves, sweeps, optimizers). `series`
+    /// may be a vector or a borrowed slice (`&curves`): a notebook keeps its own.
+    pub fn lines(
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        series: impl IntoIterator<Item = impl Borrow<Series>>,
+    ) -> Chart {
         Chart {
             kind: Kind::Lines {
                 title: title.into(),
                 x_label: x_label.into(),
                 y_label: y_label.into(),
-                series,
+                series: series.into_iter().map(|s| s.borrow().clone()).collect(),
             },
             width: 640,
             height: 420,
@@ -96,15 +136,19 @@ impl Chart {
     }
 
     /// A grid of values with row and column names, each cell annotated (confusion matrix,
-    /// learning rate × batch size accuracy).
+    /// learning rate × batch size accuracy). Names are anything printable (`&BATCH_SIZES`);
+    /// `values` is one row per row name, vectors or slices (`&grid`).
     pub fn heatmap(
         title: &str,
         x_label: &str,
         y_label: &str,
-        columns: Vec<String>,
-        rows: Vec<String>,
-        values: Vec<Vec<f64>>,
+        columns: impl IntoIterator<Item = impl ToString>,
+        rows: impl IntoIterator<Item = impl ToString>,
+        values: impl IntoIterator<Item = impl AsRef<[f64]>>,
     ) -> Result<Chart> {
+        let columns: Vec<String> = columns.into_iter().map(|c| c.to_string()).collect();
+        let rows: Vec<String> = rows.into_iter().map(|r| r.to_string()).collect();
+        let values: Vec<Vec<f64>> = values.into_iter().map(|r| r.as_ref().to_vec()).collect();
         if values.len() != rows.len() || values.iter().any(|r| r.len() != columns.len()) {
             return Err(Error::InvalidArgument(format!(
                 "heatmap values must be {} rows of {} columns",
@@ -127,8 +171,14 @@ impl Chart {
         })
     }
 
-    /// Horizontal bars, one per item, largest first as given (top-k probabilities, results).
-    pub fn bars(title: &str, value_label: &str, items: Vec<(String, f64)>) -> Chart {
+    /// Horizontal bars, one per item, in the order given (top-k probabilities, results).
+    /// `items` may be a vector or a borrowed slice (`&results`).
+    pub fn bars(
+        title: &str,
+        value_label: &str,
+        items: impl IntoIterator<Item = impl Borrow<(String, f64)>>,
+    ) -> Chart {
+        let items: Vec<(String, f64)> = items.into_iter().map(|i| i.borrow().clone()).collect();
         let height = 110 + 44 * items.len() as u32;
         Chart {
             kind: Kind::Bars {

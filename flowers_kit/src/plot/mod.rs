@@ -6,7 +6,7 @@ pub mod charts;
 pub mod pictures;
 
 pub use charts::{Chart, Series};
-pub use pictures::Picture;
+pub use pictures::{Gallery, Picture};
 
 use std::sync::Once;
 
@@ -72,8 +72,7 @@ pub fn confusion(metrics: &Metrics) -> crate::Result<Chart> {
     let values = metrics
         .confusion_normalized()
         .into_iter()
-        .map(|row| row.into_iter().map(f64::from).collect())
-        .collect();
+        .map(|row| row.into_iter().map(f64::from).collect::<Vec<f64>>());
     Chart::heatmap(
         &format!(
             "Confusion matrix (test accuracy {:.1}%)",
@@ -81,8 +80,8 @@ pub fn confusion(metrics: &Metrics) -> crate::Result<Chart> {
         ),
         "predicted label",
         "true label",
-        metrics.classes.clone(),
-        metrics.classes.clone(),
+        &metrics.classes,
+        &metrics.classes,
         values,
     )
 }
@@ -94,7 +93,6 @@ pub fn top_k(predictions: &[Prediction]) -> Chart {
         "probability",
         predictions
             .iter()
-            .map(|p| (p.class.clone(), f64::from(p.probability)))
-            .collect(),
+            .map(|p| (p.class.clone(), f64::from(p.probability))),
     )
 }

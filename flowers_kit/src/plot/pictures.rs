@@ -22,6 +22,24 @@ pub struct Picture {
     pixels: Vec<u8>,
 }
 
+/// How many photos a gallery shows, and in how many columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gallery {
+    /// At most this many photos (default 10).
+    pub photos: usize,
+    /// Photos per row (default 5).
+    pub columns: usize,
+}
+
+impl Default for Gallery {
+    fn default() -> Self {
+        Gallery {
+            photos: 10,
+            columns: 5,
+        }
+    }
+}
+
 /// One photo with its caption lines.
 #[derive(Debug, Clone)]
 pub struct Tile {
@@ -188,8 +206,21 @@ impl Picture {
         Picture::grid(&tiles, columns)
     }
 
-    /// The wrong predictions, captioned "prediction: X" / "label: Y" (at most `max`).
-    pub fn mistakes(metrics: &Metrics, max: usize, columns: usize) -> Result<Picture> {
+    /// The wrong predictions, captioned "prediction: X" / "label: Y", as many and in as
+    /// many columns as `gallery` says.
+    ///
+    /// ```no_run
+    /// # use flowers_kit::prelude::*;
+    /// # let metrics: Metrics = unimplemented!();
+    /// Picture::mistakes(&metrics, Gallery::default())?;                        // 10, 5 per row
+    /// Picture::mistakes(&metrics, Gallery { photos: 20, ..Gallery::default() })?;
+    /// # Ok::<(), flowers_kit::Error>(())
+    /// ```
+    pub fn mistakes(metrics: &Metrics, gallery: Gallery) -> Result<Picture> {
+        let Gallery {
+            photos: max,
+            columns,
+        } = gallery;
         let name = |i: usize| metrics.classes.get(i).cloned().unwrap_or_default();
         let tiles: Vec<Tile> = metrics
             .misclassified

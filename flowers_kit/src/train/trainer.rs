@@ -103,9 +103,10 @@ pub struct History {
 }
 
 impl History {
-    /// The last test accuracy, if any evaluation ran.
-    pub fn final_test_accuracy(&self) -> Option<f32> {
-        self.test_accuracy.last().copied()
+    /// The test accuracy after the last step (training always evaluates it); NaN for an
+    /// empty history.
+    pub fn final_test_accuracy(&self) -> f32 {
+        self.test_accuracy.last().copied().unwrap_or(f32::NAN)
     }
 }
 
@@ -296,7 +297,7 @@ fn validate(features: &Features, config: &TrainConfig) -> Result<()> {
 /// # let features: Features = unimplemented!();
 /// let config = TrainConfig::default();                 // the tutorial's settings
 /// let (classifier, history) = train(&features, &config)?;
-/// println!("final test accuracy {:?}", history.final_test_accuracy());
+/// println!("final test accuracy {:.1}%", history.final_test_accuracy() * 100.0);
 /// # Ok(()) }
 /// ```
 pub fn train(features: &Features, config: &TrainConfig) -> Result<(Classifier, History)> {

@@ -6,7 +6,7 @@ use flowers_kit::data::{self, Dataset};
 use flowers_kit::display::write_atomically;
 use flowers_kit::features::FeatureExtractor;
 use flowers_kit::models::Model;
-use flowers_kit::plot::{self, Picture};
+use flowers_kit::plot::{self, Gallery, Picture};
 use flowers_kit::train::{train, Classifier, TrainConfig};
 use flowers_kit::{Error, Result};
 
@@ -70,7 +70,13 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     write_atomically(&out.join("metrics.json"), &json)?;
     plot::curves(&history).save(out.join("curves.svg"))?;
     plot::confusion(&metrics)?.save(out.join("confusion.svg"))?;
-    match Picture::mistakes(&metrics, 20, 5) {
+    match Picture::mistakes(
+        &metrics,
+        Gallery {
+            photos: 20,
+            columns: 5,
+        },
+    ) {
         Ok(gallery) => gallery.save(out.join("misclassified.png"))?,
         Err(_) => println!("No misclassified test photos: nothing to show in misclassified.png"),
     }
