@@ -13,6 +13,7 @@
 //! - padding and cropping are a one-tap gather.
 
 use dfdx::shapes::{Axis, HasShape};
+use dfdx::tensor::{Merge, Tape, WithEmptyTape};
 use dfdx::tensor::{Tensor, TensorFrom};
 use dfdx::tensor_ops::*;
 
@@ -149,7 +150,7 @@ impl<D: DfdxDevice> DfdxNetwork<D> {
                                 .map_err(backend_error)?
                         }
                     };
-                    activate(add_row(y, bias)?, conv.activation)?
+                    activate(add_row(y, bias.clone())?, conv.activation)?
                 }
                 (Kernel::Affine { activation, .. }, DeviceStep::Affine { scale, shift }) => {
                     let x = input(0)?;
@@ -159,7 +160,7 @@ impl<D: DfdxDevice> DfdxNetwork<D> {
                         .try_broadcast_like::<_, Axis<0>>(&shape)
                         .map_err(backend_error)?;
                     activate(
-                        add_row(x.try_mul(s).map_err(backend_error)?, shift)?,
+                        add_row(x.try_mul(s).map_err(backend_error)?, shift.clone())?,
                         *activation,
                     )?
                 }
@@ -390,19 +391,33 @@ impl Window {
     }
 }
 
-/// `y + bias` with the bias broadcast over rows.
-fn add_row<D: DfdxDevice>(y: Matrix<D>, bias: &Vector<D>) -> Result<Matrix<D>> {
+/// `y + bias` with the bias broadcast over rows; either may carry a tape (fine-tuning).
+pub(crate) fn add_row<D: DfdxDevice, T, R>(
+    y: Tensor<(usize, usize), f32, D, T>,
+    bias: Tensor<(usize,), f32, D, R>,
+) -> Result<Tensor<(usize, usize), f32, D, T>>
+where
+    T: Tape<f32, D> + Merge<R>,
+    R: Tape<f32, D>,
+{
     let shape = *y.shape();
     let b = bias
-        .clone()
         .try_broadcast_like::<_, Axis<0>>(&shape)
         .map_err(backend_error)?;
     y.try_add(b).map_err(backend_error)
 }
 
-/// Applies `activation`.
-fn activate<D: DfdxDevice>(x: Matrix<D>, activation: Activation) -> Result<Matrix<D>> {
-    let hard_sigmoid = |x: Matrix<D>| {
+/// Applies `activation`; `x` may carry a tape (fine-tuning). Where `x` is read twice
+/// (swish, hard-swish) the first read gets a copy with an empty tape, so the tape's record
+/// reaches the result once.
+pub(crate) fn activate<D: DfdxDevice, T>(
+    x: Tensor<(usize, usize), f32, D, T>,
+    activation: Activation,
+) -> Result<Tensor<(usize, usize), f32, D, T>>
+where
+    T: Tape<f32, D> + Merge<T> + Default,
+{
+    let hard_sigmoid = |x: Tensor<(usize, usize), f32, D, T>| {
         x.try_add(3.0)
             .and_then(|t| t.try_clamp(0.0, 6.0))
             .and_then(|t| t.try_mul(1.0 / 6.0))
@@ -412,9 +427,9 @@ fn activate<D: DfdxDevice>(x: Matrix<D>, activation: Activation) -> Result<Matri
         Activation::Relu => x.try_relu(),
         Activation::Relu6 => x.try_clamp(0.0, 6.0),
         Activation::Sigmoid => x.try_sigmoid(),
-        Activation::Swish => x.clone().try_sigmoid().and_then(|s| x.try_mul(s)),
+        Activation::Swish => x.with_empty_tape().try_sigmoid().and_then(|s| x.try_mul(s)),
         Activation::HardSigmoid => hard_sigmoid(x),
-        Activation::HardSwish => hard_sigmoid(x.clone()).and_then(|s| x.try_mul(s)),
+        Activation::HardSwish => hard_sigmoid(x.with_empty_tape()).and_then(|s| x.try_mul(s)),
     }
     .map_err(backend_error)
 }

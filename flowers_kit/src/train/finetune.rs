@@ -15,7 +15,7 @@ use dfdx::tensor::Trace;
 use dfdx::tensor_ops::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::dfdx::Window;
+use crate::backend::dfdx::{activate, add_row, Window};
 use crate::backend::{Kernel, Network};
 use crate::device::{dfdx_error as backend, DfdxDevice};
 use crate::error::{Error, Result};
@@ -470,7 +470,7 @@ where
             (TopOp::Pointwise(activation), Some((w, b))) => {
                 let x = take(*layer.inputs.first().unwrap_or(&0))?;
                 let y = x.try_matmul(w).map_err(backend)?;
-                activate(add_bias(y, b)?, activation)?
+                activate(add_row(y, b)?, activation)?
             }
             (TopOp::Depthwise(activation), Some((w, b))) => {
                 let j = *layer.inputs.first().unwrap_or(&0);
@@ -493,7 +493,7 @@ where
                     .try_mul(kernel)
                     .and_then(|t| t.try_sum::<(usize, usize), Axis<1>>())
                     .map_err(backend)?;
-                activate(add_bias(y, b)?, activation)?
+                activate(add_row(y, b)?, activation)?
             }
             _ => {
                 return Err(Error::Backend(format!(
@@ -513,28 +513,6 @@ where
         .try_reshape_like(&(n, h * w, c))
         .and_then(|t| t.try_mean::<(usize, usize), Axis<1>>())
         .map_err(backend)
-}
-
-fn add_bias<D: DfdxDevice, T>(y: Matrix<D, T>, b: Vector<D, T>) -> Result<Matrix<D, T>>
-where
-    T: Tape<f32, D> + Merge<T>,
-{
-    let shape = *y.shape();
-    let b = b
-        .try_broadcast_like::<_, Axis<0>>(&shape)
-        .map_err(backend)?;
-    y.try_add(b).map_err(backend)
-}
-
-fn activate<D: DfdxDevice, T: Tape<f32, D>>(
-    x: Matrix<D, T>,
-    activation: Activation,
-) -> Result<Matrix<D, T>> {
-    match activation {
-        Activation::Relu => x.try_relu().map_err(backend),
-        Activation::Relu6 => x.try_clamp(0.0, 6.0).map_err(backend),
-        _ => Ok(x),
-    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,19 @@ pub struct History {
 }
 
 impl History {
+    /// Appends one evaluation: the step's training batch `(loss, accuracy)` and the test
+    /// set's; with `verbose`, prints the tutorial's line.
+    fn record(&mut self, step: usize, train: (f32, f32), test: (f32, f32), verbose: bool) {
+        self.step.push(step);
+        self.train_loss.push(train.0);
+        self.train_accuracy.push(train.1);
+        self.test_loss.push(test.0);
+        self.test_accuracy.push(test.1);
+        if verbose {
+            println!("Test accuracy at step {step}: {:.2}%", test.1 * 100.0);
+        }
+    }
+
     /// The test accuracy after the last step (training always evaluates it); NaN for an
     /// empty history.
     pub fn final_test_accuracy(&self) -> f32 {
@@ -417,14 +430,10 @@ impl<D: DfdxDevice> Batch<D> {
                 transposed[j * n + i] = *v;
             }
         }
-        let mut one_hot = vec![0f32; n * classes];
-        for (i, &l) in labels.iter().enumerate() {
-            one_hot[i * classes + l] = 1.0;
-        }
         Batch {
             x: dev.tensor((values, (n, dim))),
             xt: dev.tensor((transposed, (dim, n))),
-            targets: dev.tensor((one_hot, (n, classes))),
+            targets: one_hot(dev, &labels, classes),
             labels,
         }
     }
@@ -553,20 +562,12 @@ fn train_on<D: DfdxDevice>(
 
         if step % config.eval_every == 0 || step + 1 == config.steps {
             let (test_loss, test_logits) = evaluate(&params, &test, config.activation)?;
-            let test_accuracy = accuracy(&test_logits, &test.labels, classes);
-            history.step.push(step);
-            history.train_loss.push(loss_value);
-            history
-                .train_accuracy
-                .push(accuracy(&logits_values, &batch.labels, classes));
-            history.test_loss.push(test_loss);
-            history.test_accuracy.push(test_accuracy);
-            if config.verbose {
-                println!(
-                    "Test accuracy at step {step}: {:.2}%",
-                    test_accuracy * 100.0
-                );
-            }
+            history.record(
+                step,
+                (loss_value, accuracy(&logits_values, &batch.labels, classes)),
+                (test_loss, accuracy(&test_logits, &test.labels, classes)),
+                config.verbose,
+            );
         }
     }
     params.download(&mut head);
@@ -734,20 +735,15 @@ fn fine_tune_on<D: DfdxDevice>(
                 classes,
                 config.activation,
             )?;
-            let test_accuracy = accuracy(&test_logits, features.test.labels(), classes);
-            history.step.push(step);
-            history.train_loss.push(loss_value);
-            history
-                .train_accuracy
-                .push(accuracy(&logits_values, &labels, classes));
-            history.test_loss.push(test_loss);
-            history.test_accuracy.push(test_accuracy);
-            if config.verbose {
-                println!(
-                    "Test accuracy at step {step}: {:.2}%",
-                    test_accuracy * 100.0
-                );
-            }
+            history.record(
+                step,
+                (loss_value, accuracy(&logits_values, &labels, classes)),
+                (
+                    test_loss,
+                    accuracy(&test_logits, features.test.labels(), classes),
+                ),
+                config.verbose,
+            );
         }
     }
     params.download(&mut head);
