@@ -31,9 +31,20 @@ fi
 
 # Kernel specs in <venv>/share/jupyter/kernels are found by this venv's Jupyter only.
 export JUPYTER_PATH="$venv/share/jupyter"
+# The kernel runs through scripts/evcxr-kernel, which gives each kernel a scratch folder and
+# removes it afterwards (evcxr alone leaves ~700 MB in /tmp at every kernel start).
 kernel="$JUPYTER_PATH/kernels/rust/kernel.json"
-if [ ! -f "$kernel" ] || ! grep -q "$(command -v evcxr_jupyter)" "$kernel"; then
+if [ ! -f "$kernel" ] || ! grep -q "$repo/scripts/evcxr-kernel" "$kernel" \
+  || ! grep -q "$(command -v evcxr_jupyter)" "$kernel"; then
   evcxr_jupyter --install >/dev/null
+  "$venv/bin/python" - "$kernel" "$repo/scripts/evcxr-kernel" "$(command -v evcxr_jupyter)" <<'PY'
+import json, sys
+path, wrapper, evcxr = sys.argv[1:]
+spec = json.load(open(path))
+spec["argv"] = [wrapper] + spec["argv"][1:]
+spec["env"] = {"EVCXR_JUPYTER": evcxr}
+json.dump(spec, open(path, "w"), indent=2)
+PY
 fi
 
 # JupyterLab 4 only renders cells near the viewport by default; render them all, so that

@@ -117,6 +117,8 @@ def product_env(mirror, tmp_path_factory):
         FLOWERS_DATA_URL=f"{mirror}/flower_photos.tgz",
         FLOWERS_WEIGHTS_URL=f"{mirror}/",
         FLOWERS_KIT_HOME=str(home),
+        # Kernels' scratch crates (scripts/evcxr-kernel), where the tests can check them.
+        FLOWERS_KIT_KERNELS_DIR=str(tmp_path_factory.mktemp("kernels")),
     )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return env
