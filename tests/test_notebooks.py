@@ -44,7 +44,8 @@ def execute(path, env):
     try:
         client.execute()
     finally:
-        km.shutdown_kernel(now=True)
+        # A graceful shutdown, as JupyterLab does it, so the kernel removes its scratch crate.
+        km.shutdown_kernel()
     nbformat.write(nb, ARTIFACTS / path.name)
     return nb
 
@@ -135,9 +136,64 @@ def test_editing_the_learning_rate_reruns_training_from_cache(product_env):
             client.execute_cell(probe, probe_index)
             after = "".join(text_of(o) for o in probe.outputs)
     finally:
-        km.shutdown_kernel(now=True)
+        km.shutdown_kernel()
     assert "Final test accuracy:" in printed, printed
     assert before.startswith("[") and after.startswith("["), (before, after)
     # The edit took effect: the same seed with another learning rate gives another history.
     assert after != before, after
     print(f"re-running the training cell after editing LEARNING_RATE: {seconds:.2f} s")
+
+
+ZH_CN = ROOT / "notebooks" / "zh-CN"
+
+
+def program(source):
+    """A code cell without its comments and blank lines: what the compiler sees."""
+    out, i, in_string = [], 0, False
+    while i < len(source):
+        ch = source[i]
+        if in_string:
+            out.append(ch)
+            if ch == "\\":
+                out.append(source[i + 1 : i + 2])
+                i += 1
+            elif ch == '"':
+                in_string = False
+        elif source.startswith("//", i):
+            while i < len(source) and source[i] != "\n":
+                i += 1
+            continue
+        else:
+            in_string = ch == '"'
+            out.append(ch)
+        i += 1
+    return [line.rstrip() for line in "".join(out).splitlines() if line.strip()]
+
+
+def test_program_ignores_comments_but_not_strings():
+    assert program('let a = "https://x"; // note\n// only a comment\nlet b = 1;') == [
+        'let a = "https://x";',
+        "let b = 1;",
+    ]
+    assert program('let a = "https://x";') != program('let a = "https://y";')
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_zh_cn_edition_runs_the_same_code(path):
+    """Every notebook has a zh-CN edition (the tutorial's original language) with translated
+    prose and comments and exactly the same code, so the run above covers it as well."""
+    zh_path = ZH_CN / path.name
+    assert zh_path.exists(), f"{zh_path} is missing"
+    en, zh = nbformat.read(path, as_version=4), nbformat.read(zh_path, as_version=4)
+    assert [c.cell_type for c in zh.cells] == [c.cell_type for c in en.cells], "cells differ"
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    for i, (a, b) in enumerate(zip(en.cells, zh.cells)):
+        if a.cell_type == "code":
+            expected = program(a.source.replace('path = "../flowers_kit"', 'path = "../../flowers_kit"'))
+            assert program(b.source) == expected, f"code cell {i} differs from the English edition"
+        else:
+            assert cjk.search(b.source), f"markdown cell {i} is not translated: {b.source[:80]!r}"
+            for link in re.findall(r"\]\(([^)#]+\.ipynb)\)", b.source):
+                assert (zh_path.parent / link).exists(), f"cell {i} links to a missing {link}"
+        assert not b.get("outputs"), f"cell {i} of {zh_path.name} is saved with outputs"
+

@@ -77,6 +77,53 @@ fn linear_and_mlp_heads_reach_100_percent_on_separable_features() {
 }
 
 #[test]
+fn predicted_labels_are_the_answers_evaluate_counts() {
+    let features = synthetic(4, 12);
+    let config = quiet(TrainConfig {
+        steps: 3,
+        batch_size: Some(4),
+        ..Default::default()
+    });
+    // Three steps: far from perfect, so some answers are wrong and the comparison bites.
+    let (classifier, _) = train(&features, &config).unwrap();
+    let predicted = classifier.predicted_labels(&features.test).unwrap();
+    let metrics = classifier.evaluate(&features.test).unwrap();
+    assert_eq!(predicted.len(), features.test.len());
+    for (label, row) in metrics.confusion.iter().enumerate() {
+        for (answer, &count) in row.iter().enumerate() {
+            let got = features
+                .test
+                .labels()
+                .iter()
+                .zip(&predicted)
+                .filter(|&(&l, &p)| l == label && p == answer)
+                .count();
+            assert_eq!(got, count, "true {label}, predicted {answer}");
+        }
+    }
+}
+
+#[test]
+fn optimizer_names_read_back_as_the_same_optimizer() {
+    let mut names = Vec::new();
+    for optimizer in Optimizer::all().into_iter().chain([Optimizer::Momentum {
+        momentum: 0.9,
+        nesterov: true,
+    }]) {
+        let name = optimizer.to_string();
+        assert_eq!(name.parse::<Optimizer>().unwrap(), optimizer, "{name}");
+        names.push(name);
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        6,
+        "every optimizer has its own name: {names:?}"
+    );
+}
+
+#[test]
 fn every_optimizer_lowers_the_loss() {
     let features = synthetic(3, 8);
     for optimizer in Optimizer::all() {

@@ -52,6 +52,21 @@ impl Series {
         Series::against_step(name, history, &history.train_accuracy)
     }
 
+    /// The same line with every x multiplied by `factor`: for example steps × batch size,
+    /// to compare runs by how many photos they have seen rather than by step.
+    ///
+    /// ```
+    /// use flowers_kit::plot::Series;
+    /// let steps = Series::new("batch 10", vec![(0.0, 0.2), (100.0, 0.8)]);
+    /// assert_eq!(steps.scale_x(10.0).points, vec![(0.0, 0.2), (1000.0, 0.8)]);
+    /// ```
+    pub fn scale_x(mut self, factor: f64) -> Series {
+        for point in &mut self.points {
+            point.0 *= factor;
+        }
+        self
+    }
+
     fn against_step(name: impl Into<String>, history: &History, values: &[f32]) -> Series {
         let points = history
             .step

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::finetune::{Top, TopLayer, TopOp, MAX_TOP_LAYERS};
 use super::head::{Activation, Dense, Head};
-use super::metrics::Metrics;
+use super::metrics::{most_probable, Metrics};
 use crate::data::image::Resize;
 use crate::error::{Error, Result};
 use crate::features::{FeatureExtractor, FeatureSet, FeatureSource, Features};
@@ -128,6 +128,16 @@ impl Classifier {
         set.check_labels(self.classes.len())?;
         let probabilities = self.probabilities(set.values(), set.len())?;
         Metrics::from_probabilities(&self.classes, set.labels(), &probabilities, set.paths())
+    }
+
+    /// The predicted label (most probable class) of every example of a feature set, in
+    /// order: to compare what two classifiers answer photo by photo.
+    pub fn predicted_labels(&self, set: &FeatureSet) -> Result<Vec<usize>> {
+        let probabilities = self.probabilities(set.values(), set.len())?;
+        Ok(probabilities
+            .chunks(self.classes.len().max(1))
+            .map(|row| most_probable(row).0)
+            .collect())
     }
 
     /// The `k` most likely classes for one feature vector, most likely first.

@@ -84,16 +84,7 @@ impl Metrics {
         let mut loss = 0f64;
         for (i, &label) in labels.iter().enumerate() {
             let row = &probabilities[i * k..][..k];
-            let (prediction, &probability) =
-                row.iter()
-                    .enumerate()
-                    .fold((0, &f32::NEG_INFINITY), |best, (c, p)| {
-                        if *p > *best.1 {
-                            (c, p)
-                        } else {
-                            best
-                        }
-                    });
+            let (prediction, probability) = most_probable(row);
             confusion[label][prediction] += 1;
             loss -= f64::from(row[label].max(1e-12)).ln();
             if prediction != label {
@@ -191,4 +182,18 @@ impl Metrics {
             })
             .collect()
     }
+}
+
+/// The most probable class of one row of probabilities and its probability; the first one
+/// on ties, and class 0 for an empty or all-NaN row.
+pub(crate) fn most_probable(row: &[f32]) -> (usize, f32) {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (class, &p)| {
+            if p > best.1 {
+                (class, p)
+            } else {
+                best
+            }
+        })
 }

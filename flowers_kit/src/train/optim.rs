@@ -97,11 +97,15 @@ impl Optimizer {
         }
     }
 
-    /// Short name: sgd, momentum, adagrad, adam, rmsprop.
+    /// Short name, which [`str::parse`] reads back: sgd, momentum, nesterov, adagrad, adam,
+    /// rmsprop.
     pub fn name(&self) -> &'static str {
         match self {
             Optimizer::Sgd => "sgd",
-            Optimizer::Momentum { .. } => "momentum",
+            Optimizer::Momentum {
+                nesterov: false, ..
+            } => "momentum",
+            Optimizer::Momentum { nesterov: true, .. } => "nesterov",
             Optimizer::Adagrad { .. } => "adagrad",
             Optimizer::Adam { .. } => "adam",
             Optimizer::RmsProp { .. } => "rmsprop",
