@@ -1,7 +1,7 @@
 # Sourced by ./lab and ./test: makes the Rust notebook environment ready, skipping what is done.
 #  - evcxr_jupyter (pinned) via `cargo install --locked`, plus rust-src for its type inference;
 #  - a Python venv in ./.venv with pinned JupyterLab and the notebook test runner;
-#  - the Rust kernel registered into that venv (not system-wide);
+#  - the Rust kernel registered into that venv (not system-wide), run by scripts/evcxr-kernel;
 #  - an evcxr config folder in ./.lab/evcxr whose init.evcxr turns on the compilation cache.
 # Exports JUPYTER_PATH, EVCXR_CONFIG_DIR and PATH for the commands that follow.
 
@@ -31,8 +31,8 @@ fi
 
 # Kernel specs in <venv>/share/jupyter/kernels are found by this venv's Jupyter only.
 export JUPYTER_PATH="$venv/share/jupyter"
-# The kernel runs through scripts/evcxr-kernel, which gives each kernel a scratch folder and
-# removes it afterwards (evcxr alone leaves ~700 MB in /tmp at every kernel start).
+# The kernel runs through scripts/evcxr-kernel, which gives each kernel a reusable slot in
+# .lab/kernels (evcxr alone rebuilt the kit per kernel and left ~700 MB in /tmp each time).
 kernel="$JUPYTER_PATH/kernels/rust/kernel.json"
 if [ ! -f "$kernel" ] || ! grep -q "$repo/scripts/evcxr-kernel" "$kernel" \
   || ! grep -q "$(command -v evcxr_jupyter)" "$kernel"; then
@@ -56,5 +56,7 @@ printf '{\n  "@jupyterlab/notebook-extension:tracker": { "windowingMode": "none"
 
 export EVCXR_CONFIG_DIR="$repo/.lab/evcxr"
 mkdir -p "$EVCXR_CONFIG_DIR"
-# A 2 GB compilation cache: re-running `:dep` takes seconds instead of a minute.
+# A 2 GB compilation cache for registry crates, shared by every kernel. The optimisation levels
+# are set in scripts/evcxr-kernel, not here: the kit and its dependencies at opt-level 3 without
+# debug assertions or overflow checks (as the release CLI), the learner's cells at evcxr's own.
 printf ':cache 2000\n' > "$EVCXR_CONFIG_DIR/init.evcxr"
