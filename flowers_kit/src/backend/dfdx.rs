@@ -13,7 +13,7 @@
 //! - padding and cropping are a one-tap gather.
 
 use dfdx::shapes::{Axis, HasShape};
-use dfdx::tensor::{Merge, Tape, WithEmptyTape};
+use dfdx::tensor::{Merge, NoneTape, Tape, WithEmptyTape};
 use dfdx::tensor::{Tensor, TensorFrom};
 use dfdx::tensor_ops::*;
 
@@ -25,6 +25,8 @@ use crate::models::graph::{Activation, Shape};
 
 type Matrix<D> = Tensor<(usize, usize), f32, D>;
 type Vector<D> = Tensor<(usize,), f32, D>;
+/// `[pixels, taps, channels]`: every tap of every output pixel of a window.
+type Taps<D, T> = Tensor<(usize, usize, usize), f32, D, T>;
 
 /// A step with its weights on the device.
 enum DeviceStep<D: DfdxDevice> {
@@ -132,7 +134,7 @@ impl<D: DfdxDevice> DfdxNetwork<D> {
                     } else {
                         let window =
                             Window::new(n, in_shape(0), conv.kernel, conv.stride, conv.pad);
-                        let taps = self.gather(x, &window, 0.0)?;
+                        let taps = gather_taps(x, &window, 0.0)?;
                         let m = window.pixels();
                         if conv.depthwise {
                             let shape = *taps.shape();
@@ -205,14 +207,13 @@ impl<D: DfdxDevice> DfdxNetwork<D> {
                 }
                 (Kernel::MaxPool { size, stride, pad }, _) => {
                     let window = Window::new(n, in_shape(0), *size, *stride, *pad);
-                    self.gather(input(0)?, &window, f32::NEG_INFINITY)?
+                    gather_taps(input(0)?, &window, f32::NEG_INFINITY)?
                         .try_max::<(usize, usize), Axis<1>>()
                         .map_err(backend_error)?
                 }
                 (Kernel::AvgPool { size, stride, pad }, _) => {
                     let window = Window::new(n, in_shape(0), *size, *stride, *pad);
-                    let sum = self
-                        .gather(input(0)?, &window, 0.0)?
+                    let sum = gather_taps(input(0)?, &window, 0.0)?
                         .try_sum::<(usize, usize), Axis<1>>()
                         .map_err(backend_error)?;
                     let inverse: Vec<f32> = window
@@ -266,36 +267,44 @@ impl<D: DfdxDevice> DfdxNetwork<D> {
             .map_err(backend_error)
     }
 
-    /// `[pixels, taps, channels]`: the window of each output pixel; padded taps read a row
-    /// of `fill`.
-    fn gather(
-        &self,
-        x: Matrix<D>,
-        window: &Window,
-        fill: f32,
-    ) -> Result<Tensor<(usize, usize, usize), f32, D>> {
-        let padded = self.with_fill_row(x, fill)?;
-        let idx: Tensor<(usize, usize), usize, D> = self
-            .device
-            .tensor((window.indices.clone(), (window.pixels(), window.taps())));
-        padded.try_gather(idx).map_err(backend_error)
-    }
-
     /// A one-tap window (padding, cropping): `[pixels, channels]`.
     fn gather_one(&self, x: Matrix<D>, window: &Window) -> Result<Matrix<D>> {
-        let padded = self.with_fill_row(x, 0.0)?;
+        let padded = with_fill_row(x, 0.0)?;
         let idx: Tensor<(usize,), usize, D> = self
             .device
             .tensor((window.indices.clone(), (window.pixels(),)));
         padded.try_gather(idx).map_err(backend_error)
     }
+}
 
-    /// `x` with one more row of `fill` at the end (what padded taps point at).
-    fn with_fill_row(&self, x: Matrix<D>, fill: f32) -> Result<Matrix<D>> {
-        let c = x.shape().1;
-        let row: Matrix<D> = self.device.tensor((vec![fill; c], (1, c)));
-        (x, row).try_concat_along(Axis::<0>).map_err(backend_error)
-    }
+/// Every tap of every output pixel of `window`, `[pixels, taps, channels]`; taps outside the
+/// image read `fill`. `x` may carry a tape (fine-tuning's depthwise convolutions).
+pub(crate) fn gather_taps<D: DfdxDevice, T>(
+    x: Tensor<(usize, usize), f32, D, T>,
+    window: &Window,
+    fill: f32,
+) -> Result<Taps<D, T>>
+where
+    T: Tape<f32, D> + Merge<NoneTape>,
+{
+    let dev = x.device().clone();
+    let padded = with_fill_row(x, fill)?;
+    let idx: Tensor<(usize, usize), usize, D> =
+        dev.tensor((window.indices.clone(), (window.pixels(), window.taps())));
+    padded.try_gather(idx).map_err(backend_error)
+}
+
+/// `x` with one more row of `fill` at the end (what padded taps point at).
+fn with_fill_row<D: DfdxDevice, T>(
+    x: Tensor<(usize, usize), f32, D, T>,
+    fill: f32,
+) -> Result<Tensor<(usize, usize), f32, D, T>>
+where
+    T: Tape<f32, D> + Merge<NoneTape>,
+{
+    let c = x.shape().1;
+    let row: Matrix<D> = x.device().tensor((vec![fill; c], (1, c)));
+    (x, row).try_concat_along(Axis::<0>).map_err(backend_error)
 }
 
 /// Where each tap of each output pixel reads, in `[n·h·w (+ the fill row), c]`.
@@ -382,10 +391,6 @@ impl Window {
     }
 
     /// `[pixels, taps]` row indices into the input with its fill row appended.
-    pub(crate) fn indices(&self) -> &[usize] {
-        &self.indices
-    }
-
     pub(crate) fn taps(&self) -> usize {
         self.kernel.0 * self.kernel.1
     }

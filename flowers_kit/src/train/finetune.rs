@@ -15,7 +15,7 @@ use dfdx::tensor::Trace;
 use dfdx::tensor_ops::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::dfdx::{activate, add_row, Window};
+use crate::backend::dfdx::{activate, add_row, gather_taps, Window};
 use crate::backend::{Kernel, Network};
 use crate::device::{dfdx_error as backend, DfdxDevice};
 use crate::error::{Error, Result};
@@ -435,7 +435,6 @@ pub(crate) fn top_forward<D: DfdxDevice, T>(
 where
     T: Tape<f32, D> + Merge<T> + Merge<NoneTape> + Default,
 {
-    let dev = x.device().clone();
     let mut readers = vec![0usize; top.layers.len() + 1];
     for layer in &top.layers {
         for &j in &layer.inputs {
@@ -475,16 +474,8 @@ where
             (TopOp::Depthwise(activation), Some((w, b))) => {
                 let j = *layer.inputs.first().unwrap_or(&0);
                 let shape = *shapes.get(j).unwrap_or(&[0; 3]);
-                let x = take(j)?;
-                let c = shape[2];
                 let window = Window::new(n, shape, (3, 3), 1, [1; 4]);
-                // Padded taps read an appended zero row.
-                let zero: Matrix<D> = dev.tensor((vec![0f32; c], (1, c)));
-                let padded = (x, zero).try_concat_along(Axis::<0>).map_err(backend)?;
-                let idx: Tensor<(usize, usize), usize, D> =
-                    dev.tensor((window.indices().to_vec(), (window.pixels(), window.taps())));
-                let taps: Tensor<(usize, usize, usize), f32, D, T> =
-                    padded.try_gather(idx).map_err(backend)?;
+                let taps = gather_taps(take(j)?, &window, 0.0)?;
                 let tap_shape = *taps.shape();
                 let kernel = w
                     .try_broadcast_like::<_, Axis<0>>(&tap_shape)

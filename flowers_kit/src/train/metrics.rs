@@ -184,8 +184,9 @@ impl Metrics {
     }
 }
 
-/// The most probable class of one row of probabilities and its probability; the first one
-/// on ties, and class 0 for an empty or all-NaN row.
+/// The most probable class of one row of probabilities (or logits: softmax keeps the order)
+/// and its value; the first one on ties, and class 0 for an empty or all-NaN row. Training's
+/// accuracy and [`Metrics`] both answer with it, so they agree on the same classifier.
 pub(crate) fn most_probable(row: &[f32]) -> (usize, f32) {
     row.iter()
         .enumerate()

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::classifier::Classifier;
 use super::finetune::{top_forward, FineTune, Schedule, Top, TopParams, EVAL_CHUNK};
 use super::head::{forward_from_first, Activation, DeviceParams, Head};
+use super::metrics::most_probable;
 use super::optim::{update, Optimizer, Slots};
 use crate::data::{Augment, Split};
 use crate::device::{dfdx_error as backend, DeviceKind, DfdxDevice};
@@ -444,12 +445,7 @@ fn accuracy(logits: &[f32], labels: &[usize], classes: usize) -> f32 {
     let correct = labels
         .iter()
         .zip(logits.chunks_exact(classes))
-        .filter(|(&label, row)| {
-            let best = (0..classes)
-                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                .unwrap_or(0);
-            best == label
-        })
+        .filter(|(&label, row)| most_probable(row).0 == label)
         .count();
     correct as f32 / labels.len() as f32
 }
