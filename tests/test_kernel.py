@@ -4,6 +4,7 @@ disk use stays bounded however often kernels are killed (evcxr alone left ~700 M
 every kernel start, which filled CI's disk)."""
 
 import pathlib
+import tomllib
 
 from jupyter_client.manager import KernelManager
 
@@ -73,4 +74,8 @@ def test_kernels_reuse_slots_never_share_one_and_keep_cells_checked(product_env)
             stop(km, client, now=now)
     assert folders(env) == ["slot-0", "slot-1"], folders(env)
     assert lib.stat().st_mtime_ns != before, "a new kernel did not work in the free slot-0"
-    assert "opt-level = 3" in (root / ".cargo" / "config.toml").read_text()
+    # The kit and its hot dependencies build as for release, the rest quickly, none with checks.
+    profiles = tomllib.loads((root / ".cargo" / "config.toml").read_text())["profile"]["dev"]["package"]
+    assert profiles["*"] == {"opt-level": 0, "debug-assertions": False, "overflow-checks": False}, profiles
+    for hot in ("flowers_kit", "dfdx", "gemm-common", "zune-jpeg", "rayon-core"):
+        assert profiles[hot] == {"opt-level": 3}, (hot, profiles)

@@ -4,30 +4,108 @@
 // justified where it is allowed.
 #![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
-/// Creates the folder if needed; the file gets the usual `rw-r--r--` permissions.
+/// Creates the folder if needed; the file gets the usual `rw-r--r--` permissions (less the
+/// umask). If anything fails, the temporary file is removed and `path` is untouched.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).at(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).at(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes).at(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // tempfile creates 0600 files; results are meant to be shared like any other file.
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .at(path)?;
-    }
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    let (tmp, mut file) = create_unique(dir, ".write-", |candidate| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o644);
+        }
+        options.open(candidate)
+    })?;
+    let tmp = RemoveOnDrop(tmp);
+    std::io::Write::write_all(&mut file, bytes).at(path)?;
+    drop(file);
+    std::fs::rename(&tmp.0, path).at(path)?;
+    std::mem::forget(tmp);
     Ok(())
+}
+
+/// A folder of scratch files that is removed, with everything in it, when dropped.
+///
+/// ```
+/// let scratch = flowers_kit::files::ScratchDir::new_in(&std::env::temp_dir(), "doc-")?;
+/// std::fs::write(scratch.path().join("a.txt"), "a")?;
+/// let kept = scratch.path().to_path_buf();
+/// drop(scratch);
+/// assert!(!kept.exists());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Creates `<parent>/<prefix><pid>-<n>`, a name no other process or thread is using.
+    /// The process id comes first so that tidying code can tell a killed process's folders.
+    pub fn new_in(parent: &Path, prefix: &str) -> Result<ScratchDir> {
+        let (path, ()) = create_unique(parent, prefix, |p| std::fs::create_dir(p))?;
+        Ok(ScratchDir(path))
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // Tidying up: a failure leaves a folder that the next extraction's tidying removes.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes a temporary file unless forgotten once it has been renamed into place.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs `create` on `<dir>/<prefix><pid>-<n>` for fresh `n` until a name is free. Names are
+/// short whatever the final file is called, so they never exceed the file system's limit.
+fn create_unique<T>(
+    dir: &Path,
+    prefix: &str,
+    create: impl Fn(&Path) -> std::io::Result<T>,
+) -> Result<(PathBuf, T)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // The clock's nanoseconds make a name from an earlier run with the same process id unlikely;
+    // the counter makes names within this process distinct; create_new/create_dir decides.
+    let salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let mut last = None;
+    for _ in 0..100 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(salt);
+        let candidate = dir.join(format!("{prefix}{}-{n:x}", std::process::id()));
+        match create(&candidate) {
+            Ok(made) => return Ok((candidate, made)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(Error::io(dir, e)),
+        }
+    }
+    Err(Error::io(
+        dir,
+        last.unwrap_or_else(|| std::io::Error::other("no free temporary name")),
+    ))
 }
 
 /// Reads a file that must be a regular file (links followed) of at most `max_bytes`: the
@@ -79,4 +157,75 @@ pub fn read_regular(
 /// `chunks_exact(4)` never yields).
 pub(crate) fn le_f32(chunk: &[u8]) -> f32 {
     <[u8; 4]>::try_from(chunk).map_or(0.0, f32::from_le_bytes)
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn writes_and_replaces_leaving_only_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("out.json");
+        write_atomically(&path, b"first").unwrap();
+        write_atomically(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(names(&dir.path().join("sub")), ["out.json"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o600, 0o600, "owner can read and write: {mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_failed_rename_keeps_the_old_content_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A non-empty folder where the file should go: the rename fails.
+        let path = dir.path().join("taken");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("inside"), b"kept").unwrap();
+        let error = write_atomically(&path, b"new").unwrap_err();
+        assert!(error.to_string().contains("taken"), "{error}");
+        assert_eq!(names(dir.path()), ["taken"]);
+        assert_eq!(std::fs::read(path.join("inside")).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn scratch_folders_are_distinct_and_removed_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ScratchDir::new_in(dir.path(), ".extracting-").unwrap();
+        let b = ScratchDir::new_in(dir.path(), ".extracting-").unwrap();
+        assert_ne!(a.path(), b.path());
+        let pid = format!(".extracting-{}-", std::process::id());
+        assert!(a
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&pid));
+        std::fs::write(a.path().join("photo.jpg"), b"x").unwrap();
+        drop(a);
+        drop(b);
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+    }
+
+    #[test]
+    fn a_scratch_folder_in_a_missing_parent_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let error = ScratchDir::new_in(&missing, "x-").unwrap_err();
+        assert!(error.to_string().contains("missing"), "{error}");
+    }
 }

@@ -114,6 +114,7 @@ impl std::fmt::Debug for Progress {
 }
 
 enum Style {
+    #[cfg(feature = "cli")]
     Bar(indicatif::ProgressBar, Instant),
     Lines(Lines),
     Silent,
@@ -142,12 +143,25 @@ impl Progress {
         if std::env::var_os("FLOWERS_KIT_QUIET").is_some() {
             Progress::silent(label, total, unit)
         } else if !in_notebook() && std::io::stderr().is_terminal() {
-            let bar = Style::Bar(terminal_bar(label, total, unit), Instant::now());
-            Progress::with_style(label, total, unit, bar)
+            Progress::terminal(label, total, unit)
         } else {
             let stdout: Sink = Arc::new(|line: &str| println!("{line}"));
             Progress::lines(label, total, unit, Box::<SystemClock>::default(), stdout)
         }
+    }
+
+    /// A bar that redraws itself in place.
+    #[cfg(feature = "cli")]
+    fn terminal(label: &str, total: Option<u64>, unit: Unit) -> Self {
+        let bar = Style::Bar(terminal_bar(label, total, unit), Instant::now());
+        Progress::with_style(label, total, unit, bar)
+    }
+
+    /// Without the `cli` feature (and its bar), lines on standard error.
+    #[cfg(not(feature = "cli"))]
+    fn terminal(label: &str, total: Option<u64>, unit: Unit) -> Self {
+        let stderr: Sink = Arc::new(|line: &str| eprintln!("{line}"));
+        Progress::lines(label, total, unit, Box::<SystemClock>::default(), stderr)
     }
 
     /// A report that prints nothing.
@@ -188,6 +202,7 @@ impl Progress {
     /// Units already done before this run (a resumed download starts part-way).
     pub fn resume_from(&mut self, done: u64) {
         self.resumed = done;
+        #[cfg(feature = "cli")]
         if let Style::Bar(bar, _) = &self.style {
             bar.set_position(done);
         }
@@ -199,6 +214,7 @@ impl Progress {
         let position = self.resumed.saturating_add(self.done);
         let amount = self.amount();
         match &mut self.style {
+            #[cfg(feature = "cli")]
             Style::Bar(bar, _) => bar.set_position(position),
             Style::Lines(lines) => {
                 let now = lines.clock.now();
@@ -255,6 +271,7 @@ impl Progress {
 
     fn summary(&self) -> Summary {
         let seconds = match &self.style {
+            #[cfg(feature = "cli")]
             Style::Bar(_, started) => started.elapsed().as_secs_f64(),
             Style::Lines(lines) => lines
                 .clock
@@ -275,6 +292,7 @@ impl Progress {
     pub fn finish_with(self, message: impl FnOnce(&Summary) -> String) {
         let summary = self.summary();
         match self.style {
+            #[cfg(feature = "cli")]
             Style::Bar(bar, _) => {
                 bar.finish_and_clear();
                 eprintln!("{}", message(&summary));
@@ -312,6 +330,7 @@ impl Progress {
     }
 }
 
+#[cfg(feature = "cli")]
 fn terminal_bar(label: &str, total: Option<u64>, unit: Unit) -> indicatif::ProgressBar {
     let bar = match total {
         Some(t) => indicatif::ProgressBar::new(t),

@@ -19,6 +19,7 @@ use std::path::{Component, Path, PathBuf};
 use flate2::read::MultiGzDecoder;
 
 use crate::error::{Error, IoContext, Result};
+use crate::files::ScratchDir;
 
 /// Extracts the `.tgz` at `archive` so that its content appears at `dest`, all at once.
 ///
@@ -39,10 +40,7 @@ pub fn extract_tgz_checked(
     let parent = dest.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).at(parent)?;
     remove_stale_staging(parent);
-    let staging = tempfile::Builder::new()
-        .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
-        .tempdir_in(parent)
-        .at(parent)?;
+    let staging = ScratchDir::new_in(parent, STAGING_PREFIX)?;
     let file = File::open(archive).at(archive)?;
     unpack(BufReader::new(file), staging.path(), archive)?;
 
@@ -58,7 +56,7 @@ pub fn extract_tgz_checked(
     Ok(())
 }
 
-/// Staging folders are named `.extracting-<pid>-<random>`.
+/// Staging folders are named `.extracting-<pid>-<n>` ([`ScratchDir`]).
 const STAGING_PREFIX: &str = ".extracting-";
 
 /// A staging folder is stale when its process is gone, or when it is older than this (the

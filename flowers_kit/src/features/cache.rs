@@ -11,8 +11,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::error::Result;
 
 const MAGIC: &[u8; 4] = b"FKF1";
@@ -56,7 +54,7 @@ pub fn parse(bytes: &[u8], dim: usize) -> Option<Vec<f32>> {
     let count = u32::from_le_bytes(count.try_into().ok()?);
     if magic != MAGIC
         || usize::try_from(count).ok()? != dim
-        || Sha256::digest(body).get(..8) != Some(check)
+        || crate::digest::sha256(body).get(..8) != Some(check)
     {
         return None;
     }
@@ -73,7 +71,7 @@ pub fn encode(row: &[f32]) -> Vec<u8> {
     for v in row {
         body.extend_from_slice(&v.to_le_bytes());
     }
-    let check = Sha256::digest(&body);
+    let check = crate::digest::sha256(&body);
     body.extend_from_slice(check.get(..8).unwrap_or_default());
     body
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use flowers_kit::data::image::load_resized;
 use flowers_kit::data::Dataset;
 use flowers_kit::features::FeatureExtractor;
+use flowers_kit::files::ScratchDir;
 use flowers_kit::{Error, Result};
 use rayon::prelude::*;
 
@@ -129,7 +130,7 @@ pub fn decode(extractor: &FeatureExtractor, photos: &Dataset, seconds: f64) -> R
 
 /// Extraction over every photo twice with a fresh cache: cold, then warm.
 pub fn cold_and_warm(extractor: FeatureExtractor, photos: &Dataset) -> Result<()> {
-    let cache = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let cache = ScratchDir::new_in(&std::env::temp_dir(), "flowers-bench-")?;
     let extractor = extractor.cache_dir(cache.path());
     let paths: Vec<PathBuf> = photos.examples().into_iter().map(|e| e.path).collect();
     let mut times = Vec::new();
