@@ -1,6 +1,7 @@
 //! Progress reporting that reads well where the code runs.
 //!
-//! In an interactive terminal, progress is an indicatif bar on stderr. Elsewhere — in a
+//! In an interactive terminal, progress is an indicatif bar on stderr (with the `cli` feature;
+//! without it, the lines below on stderr). Elsewhere — in a
 //! notebook, where evcxr streams stdout live but renders neither `\r` nor bars, and in logs —
 //! it is a few plain lines, the way tqdm, Keras' `verbose=2` and cargo report:
 //!
