@@ -3,7 +3,9 @@ slot, so a new kernel finds the kit already built, kernels open at once never sh
 disk use stays bounded however often kernels are killed (evcxr alone left ~700 MB in /tmp at
 every kernel start, which filled CI's disk)."""
 
+import json
 import pathlib
+import subprocess
 import tomllib
 
 from jupyter_client.manager import KernelManager
@@ -79,3 +81,21 @@ def test_kernels_reuse_slots_never_share_one_and_keep_cells_checked(product_env)
     assert profiles["*"] == {"opt-level": 0, "debug-assertions": False, "overflow-checks": False}, profiles
     for hot in ("flowers_kit", "dfdx", "gemm-common", "zune-jpeg", "rayon-core"):
         assert profiles[hot] == {"opt-level": 3}, (hot, profiles)
+
+
+def test_every_crate_the_kernel_optimises_is_one_the_kit_builds():
+    """The opt-level 3 list in scripts/evcxr-kernel names crates; a renamed or dropped
+    dependency would silently fall back to opt-level 0 (cargo only warns), so check the names."""
+    script = (ROOT / "scripts" / "evcxr-kernel").read_text()
+    config = script.split("<<'TOML'\n", 1)[1].split("\nTOML\n", 1)[0]
+    named = set(tomllib.loads(config)["profile"]["dev"]["package"]) - {"*"}
+    assert {"flowers_kit", "dfdx", "gemm-common", "zune-jpeg"} <= named, named
+    rustc = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    host = next(line.split(": ", 1)[1] for line in rustc.splitlines() if line.startswith("host: "))
+    metadata = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--filter-platform", host,
+         "--manifest-path", str(ROOT / "flowers_kit" / "Cargo.toml")],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    built = {package["name"] for package in json.loads(metadata)["packages"]}
+    assert named <= built, f"not dependencies of the kit: {sorted(named - built)}"
