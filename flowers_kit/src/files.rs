@@ -27,12 +27,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         }
         options.open(candidate)
     })?;
-    let tmp = RemoveOnDrop(tmp);
+    let tmp = TempFile(Some(tmp));
     std::io::Write::write_all(&mut file, bytes).at(path)?;
     drop(file);
-    std::fs::rename(&tmp.0, path).at(path)?;
-    std::mem::forget(tmp);
-    Ok(())
+    tmp.rename_to(path).at(path)
 }
 
 /// A folder of scratch files that is removed, with everything in it, when dropped.
@@ -69,12 +67,25 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Removes a temporary file unless forgotten once it has been renamed into place.
-struct RemoveOnDrop(PathBuf);
+/// A temporary file, removed when dropped unless it has been renamed into place.
+struct TempFile(Option<PathBuf>);
 
-impl Drop for RemoveOnDrop {
+impl TempFile {
+    /// Renames the file to `path`, after which it is no longer this guard's to remove.
+    fn rename_to(mut self, path: &Path) -> std::io::Result<()> {
+        if let Some(tmp) = &self.0 {
+            std::fs::rename(tmp, path)?;
+        }
+        self.0 = None;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if let Some(tmp) = &self.0 {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
 }
 

@@ -390,7 +390,7 @@ impl Window {
         self.n * self.ho * self.wo
     }
 
-    /// `[pixels, taps]` row indices into the input with its fill row appended.
+    /// Taps per output pixel: the kernel's height times its width.
     pub(crate) fn taps(&self) -> usize {
         self.kernel.0 * self.kernel.1
     }
