@@ -89,22 +89,48 @@ def generate(layer, weight, shape, gain):
     return v.astype(np.float32).reshape(shape)
 
 
+def keras_attr(value):
+    """What Keras hands h5py: a list of names as bytes (an empty list as np.asarray([]))."""
+    if isinstance(value, list):
+        return [v.encode() for v in value] if value else np.asarray([])
+    return value
+
+
 def write_family_h5(family, path):
+    """The family's weights in the exact HDF5 tree tf_keras' save_weights writes
+    (<family>.keras_layout.json: weightless layers in layer_names, layer names with '/'
+    nesting groups inside other layers' groups), written through h5py as Keras writes it,
+    with the generator's values. Weighted layers map to the generator's names by order (the
+    published Inception V3 file carries other generated names than a fresh session)."""
     import h5py
 
-    spec = json.loads((SHARED / "golden" / "families" / f"{family}.json").read_text())
+    families = SHARED / "golden" / "families"
+    spec = json.loads((families / f"{family}.json").read_text())
+    layout = json.loads((families / f"{family}.keras_layout.json").read_text())
     gain = spec.get("kernel_gain", 1.0)
-    layers = []
+    groups = {g["path"]: g["attrs"] for g in layout["groups"]}
+    weighted = [n for n in layout["attrs"]["layer_names"] if groups[n].get("weight_names")]
+    spec_layers = []
+    for layer, weight, _ in spec["weights"]:
+        if not spec_layers or spec_layers[-1][0] != layer:
+            spec_layers.append((layer, []))
+        spec_layers[-1][1].append(weight)
+    assert len(weighted) == len(spec_layers), family
+    owner = {}
+    for name, (layer, weights) in zip(weighted, spec_layers):
+        for file_weight, weight in zip(groups[name]["weight_names"], weights):
+            owner[f"{name}/{file_weight}"] = (layer, weight)
     with h5py.File(path, "w") as f:
-        for layer, weight, shape in spec["weights"]:
-            if not layers or layers[-1] != layer:
-                layers.append(layer)
-            group = f.require_group(layer)
-            name = f"{layer}/{weight}:0"
-            names = list(group.attrs.get("weight_names", []))
-            group.attrs["weight_names"] = np.array(names + [name.encode()], dtype="S")
-            group.create_dataset(name, data=generate(layer, weight, shape, gain))
-        f.attrs["layer_names"] = np.array([l.encode() for l in layers], dtype="S")
+        for key, value in layout["attrs"].items():
+            f.attrs[key] = keras_attr(value)
+        for group_path, attrs in groups.items():
+            group = f.require_group(group_path)
+            for key, value in attrs.items():
+                group.attrs[key] = keras_attr(value)
+        for dataset in layout["datasets"]:
+            layer, weight = owner[dataset["path"]]
+            values = generate(layer, weight, dataset["shape"], gain)
+            f.create_dataset(dataset["path"], data=values.astype(dataset["dtype"]))
 
 
 @pytest.fixture(scope="session")

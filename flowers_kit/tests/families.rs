@@ -49,12 +49,19 @@ fn generate(layer: &str, weight: &str, shape: &[usize], gain: f64) -> Vec<f32> {
         .collect()
 }
 
-/// A group of the HDF5 file being written.
+/// A group of the HDF5 file being written: sub-groups and datasets in name order, as h5py
+/// (and so Keras) lays them out.
 #[derive(Default)]
 struct Tree {
     groups: BTreeMap<String, Tree>,
-    datasets: Vec<(String, Vec<f32>, Vec<u64>)>,
-    attrs: Vec<(String, Vec<String>)>,
+    datasets: BTreeMap<String, (Data, Vec<u64>)>,
+    attrs: Vec<(String, hdf5_pure::AttrValue)>,
+}
+
+/// A dataset's values in the dtype the listing gives.
+enum Data {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
 }
 
 impl Tree {
@@ -65,14 +72,16 @@ impl Tree {
     }
 
     fn emit_group(self, mut group: hdf5_pure::GroupBuilder) -> hdf5_pure::FinishedGroup {
-        for (name, values, shape) in self.datasets {
-            group
-                .create_dataset(&name)
-                .with_f32_data(&values)
-                .with_shape(&shape);
+        for (name, (data, shape)) in self.datasets {
+            let builder = group.create_dataset(&name);
+            match &data {
+                Data::F32(values) => builder.with_f32_data(values),
+                Data::I64(values) => builder.with_i64_data(values),
+            }
+            .with_shape(&shape);
         }
-        for (name, values) in self.attrs {
-            group.set_attr(&name, hdf5_pure::AttrValue::StringArray(values));
+        for (name, value) in self.attrs {
+            group.set_attr(&name, value);
         }
         for (name, child) in self.groups {
             let sub = group.create_group(&name);
@@ -82,54 +91,197 @@ impl Tree {
     }
 }
 
-/// Writes the family's weights in Keras' `save_weights` layout: root `layer_names`, each
-/// layer's `weight_names`, datasets at `<layer>/<layer>/<weight>:0`.
+/// An attribute as h5py stores what Keras hands it: a `str` as a variable-length UTF-8
+/// string, a list of `bytes` as variable-length ASCII strings, an empty list as an empty
+/// float64 array (`np.asarray([])`).
+fn keras_attr(value: &serde_json::Value) -> hdf5_pure::AttrValue {
+    match value {
+        serde_json::Value::String(s) => hdf5_pure::AttrValue::VarLenString(s.clone()),
+        serde_json::Value::Array(items) if items.is_empty() => {
+            hdf5_pure::AttrValue::F64Array(Vec::new())
+        }
+        serde_json::Value::Array(items) => hdf5_pure::AttrValue::VarLenAsciiStringArray(
+            items
+                .iter()
+                .map(|i| i.as_str().unwrap().to_string())
+                .collect(),
+        ),
+        other => panic!("unexpected attribute value {other}"),
+    }
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The family's HDF5 tree exactly as `tf_keras`'s `save_weights` wrote it
+/// (`<family>.keras_layout.json`: every group, dataset and attribute, weightless layers and
+/// `/`-nested layer names included), filled with the generator's values. The generator
+/// names weights as a fresh Keras session does; the file may carry other layer names
+/// (Inception V3's published ones), so weighted layers are matched by order, as Keras loads
+/// such files.
 fn write_h5(family: &str, path: &Path) -> serde_json::Value {
-    let spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(families().join(format!("{family}.json"))).unwrap())
-            .unwrap();
+    let spec = read_json(&families().join(format!("{family}.json")));
+    let layout = read_json(&families().join(format!("{family}.keras_layout.json")));
     let gain = spec["kernel_gain"].as_f64().unwrap_or(1.0);
-    let mut root = Tree::default();
-    let mut layer_names: Vec<String> = Vec::new();
+    // The generator's (layer, weight) for each dataset path of the file.
+    let groups = layout["groups"].as_array().unwrap();
+    let weight_names = |group: &str| -> Vec<String> {
+        groups
+            .iter()
+            .find(|g| g["path"] == group)
+            .and_then(|g| g["attrs"]["weight_names"].as_array())
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|n| n.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let weighted: Vec<&str> = layout["attrs"]["layer_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .filter(|n| !weight_names(n).is_empty())
+        .collect();
+    let mut spec_layers: Vec<(String, Vec<String>)> = Vec::new();
     for entry in spec["weights"].as_array().unwrap() {
-        let layer = entry[0].as_str().unwrap();
-        let weight = entry[1].as_str().unwrap();
-        let shape: Vec<usize> = entry[2]
+        let (layer, weight) = (entry[0].as_str().unwrap(), entry[1].as_str().unwrap());
+        if spec_layers.last().map(|(l, _)| l.as_str()) != Some(layer) {
+            spec_layers.push((layer.to_string(), Vec::new()));
+        }
+        spec_layers.last_mut().unwrap().1.push(weight.to_string());
+    }
+    assert_eq!(
+        weighted.len(),
+        spec_layers.len(),
+        "{family}: weighted layers"
+    );
+    let mut owner = BTreeMap::new();
+    for (name, (layer, weights)) in weighted.iter().zip(&spec_layers) {
+        let names = weight_names(name);
+        assert_eq!(names.len(), weights.len(), "{family}: weights of {name}");
+        for (file_weight, weight) in names.iter().zip(weights) {
+            owner.insert(
+                format!("{name}/{file_weight}"),
+                (layer.clone(), weight.clone()),
+            );
+        }
+    }
+
+    let mut root = Tree::default();
+    for (name, value) in layout["attrs"].as_object().unwrap() {
+        root.attrs.push((name.clone(), keras_attr(value)));
+    }
+    for group in groups {
+        let tree = root.at(group["path"].as_str().unwrap());
+        for (name, value) in group["attrs"].as_object().unwrap() {
+            tree.attrs.push((name.clone(), keras_attr(value)));
+        }
+    }
+    for dataset in layout["datasets"].as_array().unwrap() {
+        let full = dataset["path"].as_str().unwrap();
+        let shape: Vec<usize> = dataset["shape"]
             .as_array()
             .unwrap()
             .iter()
             .map(|d| d.as_u64().unwrap() as usize)
             .collect();
-        if layer_names.last().map(String::as_str) != Some(layer) {
-            layer_names.push(layer.to_string());
-        }
+        let (layer, weight) = &owner[full];
         let values = generate(layer, weight, &shape, gain);
-        let group = root.at(layer);
-        let full = format!("{layer}/{weight}:0");
-        match group.attrs.iter_mut().find(|(n, _)| n == "weight_names") {
-            Some((_, names)) => names.push(full.clone()),
-            None => group
-                .attrs
-                .push(("weight_names".into(), vec![full.clone()])),
-        }
+        let data = match dataset["dtype"].as_str().unwrap() {
+            "float32" => Data::F32(values),
+            "int64" => Data::I64(values.iter().map(|&v| v as i64).collect()),
+            other => panic!("{full}: dtype {other}"),
+        };
         let (folder, file) = full.rsplit_once('/').unwrap();
         let dims = shape.iter().map(|&d| d as u64).collect();
-        group
-            .at(folder)
+        root.at(folder)
             .datasets
-            .push((file.to_string(), values, dims));
+            .insert(file.to_string(), (data, dims));
     }
     let mut builder = hdf5_pure::FileBuilder::new();
-    builder.set_attr(
-        "layer_names",
-        hdf5_pure::AttrValue::StringArray(layer_names),
-    );
+    for (name, value) in std::mem::take(&mut root.attrs) {
+        builder.set_attr(&name, value);
+    }
+    assert!(root.datasets.is_empty(), "{family}: datasets at the root");
     for (name, child) in root.groups {
         let group = builder.create_group(&name);
         builder.add_group(child.emit_group(group));
     }
     std::fs::write(path, builder.finish().unwrap()).unwrap();
     spec
+}
+
+/// The HDF5 tree of a file as `<family>.keras_layout.json` lists it: groups (with their
+/// attributes) and datasets (with shape and dtype), depth first, in file order.
+fn listing(path: &Path) -> serde_json::Value {
+    use serde_json::json;
+    fn attr_json(value: &hdf5_pure::AttrValue) -> serde_json::Value {
+        use hdf5_pure::AttrValue;
+        match value {
+            AttrValue::VarLenString(s) => json!(s),
+            AttrValue::VarLenAsciiStringArray(v) => json!(v),
+            AttrValue::F64Array(v) if v.is_empty() => json!([]),
+            other => panic!("an attribute h5py would not write for Keras: {other:?}"),
+        }
+    }
+    fn attrs_json(
+        attrs: &std::collections::HashMap<String, hdf5_pure::AttrValue>,
+    ) -> serde_json::Value {
+        let sorted: BTreeMap<&String, serde_json::Value> =
+            attrs.iter().map(|(k, v)| (k, attr_json(v))).collect();
+        json!(sorted)
+    }
+    fn visit(
+        group: &hdf5_pure::Group,
+        prefix: &str,
+        groups: &mut Vec<serde_json::Value>,
+        datasets: &mut Vec<serde_json::Value>,
+    ) {
+        let group_names = group.groups().unwrap();
+        let dataset_names = group.datasets().unwrap();
+        for names in [&group_names, &dataset_names] {
+            assert!(
+                names.windows(2).all(|w| w[0] < w[1]),
+                "{prefix}: not in name order"
+            );
+        }
+        let mut links: Vec<(&String, bool)> = group_names
+            .iter()
+            .map(|n| (n, true))
+            .chain(dataset_names.iter().map(|n| (n, false)))
+            .collect();
+        links.sort();
+        for (name, is_group) in links {
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if is_group {
+                let child = group.group(name).unwrap();
+                groups.push(json!({"path": path, "attrs": attrs_json(&child.attrs().unwrap())}));
+                visit(&child, &path, groups, datasets);
+            } else {
+                let dataset = group.dataset(name).unwrap();
+                let dtype = match dataset.dtype().unwrap() {
+                    hdf5_pure::DType::F32 => "float32",
+                    hdf5_pure::DType::I64 => "int64",
+                    other => panic!("{path}: {other:?}"),
+                };
+                datasets
+                    .push(json!({"path": path, "shape": dataset.shape().unwrap(), "dtype": dtype}));
+            }
+        }
+    }
+    let file = hdf5_pure::File::open(path).unwrap();
+    let root = file.root();
+    let (mut groups, mut datasets) = (Vec::new(), Vec::new());
+    visit(&root, "", &mut groups, &mut datasets);
+    json!({"attrs": attrs_json(&root.attrs().unwrap()), "groups": groups, "datasets": datasets})
 }
 
 fn golden_pngs() -> Vec<PathBuf> {
@@ -181,6 +333,40 @@ fn check(family: &str) {
         );
         println!("{run}: max |Δ| {max:.3e}, mean {mean:.3e} (bound {bound:.1e})");
         assert!(max <= bound, "{run}: max |Δ| {max} > {bound}");
+    }
+}
+
+/// The test's files are laid out exactly as `tf_keras` writes them: same groups, datasets,
+/// shapes, dtypes and attributes, in the same order, for every family.
+#[test]
+fn every_family_file_has_the_tree_keras_writes() {
+    for family in [
+        "inception_v3",
+        "resnet50_v2",
+        "nasnet_mobile",
+        "efficientnet_b0",
+        "mobilenet_v3_large",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let h5 = dir.path().join(format!("{family}.h5"));
+        write_h5(family, &h5);
+        let mut expected = read_json(&families().join(format!("{family}.keras_layout.json")));
+        // Attribute maps compare regardless of key order; lists keep theirs.
+        for group in expected["groups"].as_array_mut().unwrap() {
+            let attrs: BTreeMap<String, serde_json::Value> =
+                serde_json::from_value(group["attrs"].take()).unwrap();
+            group["attrs"] = serde_json::json!(attrs);
+        }
+        let attrs: BTreeMap<String, serde_json::Value> =
+            serde_json::from_value(expected["attrs"].take()).unwrap();
+        expected["attrs"] = serde_json::json!(attrs);
+        let written = listing(&h5);
+        for key in ["attrs", "groups", "datasets"] {
+            assert_eq!(
+                written[key], expected[key],
+                "{family}: the written {key} differ from tf_keras' listing"
+            );
+        }
     }
 }
 

@@ -84,7 +84,7 @@ impl KerasWeights {
             Some(group) => group,
             None => root,
         };
-        let layers = match string_list(&top, "layer_names") {
+        let layers = match string_list(&top, "layer_names", "the root group").map_err(&bad)? {
             Some(names) => by_attributes(&top, &names),
             None => {
                 let mut layers = Vec::new();
@@ -95,7 +95,15 @@ impl KerasWeights {
         let mut index = HashMap::new();
         for (l, layer) in layers.iter().enumerate() {
             for (w, (weight, _)) in layer.weights.iter().enumerate() {
-                index.insert(format!("{}/{weight}", layer.name), (l, w));
+                let name = format!("{}/{weight}", layer.name);
+                // Two tensors under one name would leave the model with whichever came last:
+                // a wrong answer, not an error, so it is refused here.
+                if index.insert(name.clone(), (l, w)).is_some() {
+                    return Err(bad(format!(
+                        "two tensors are named {name} (a file without Keras' layer_names \
+                         attribute whose groups repeat a name); cannot tell which is which"
+                    )));
+                }
             }
         }
         if index.is_empty() {
@@ -189,24 +197,65 @@ fn child(group: &hdf5_pure::Group, path: &str) -> Option<hdf5_pure::Group> {
     Some(current)
 }
 
-/// A string-list attribute (Keras writes fixed-length byte strings).
-fn string_list(group: &hdf5_pure::Group, name: &str) -> Option<Vec<String>> {
+/// A string-list attribute, as Keras' `load_attributes_from_hdf5_group` reads it: `name`
+/// itself, or when Keras had to split a list too long for one object header, `name0`,
+/// `name1`, … in order. `Ok(None)` when the group has neither.
+///
+/// h5py stores the list Keras hands it in whatever string datatype its version picks:
+/// fixed-length in the 2018 Keras Applications files, variable-length ASCII from `tf_keras`
+/// today. Every string form is accepted. An empty list is stored by Keras as an empty
+/// float64 array (`np.asarray([])`), which reads as an empty list; any other value is an
+/// error, not a silently empty list.
+fn string_list(
+    group: &hdf5_pure::Group,
+    name: &str,
+    at: &str,
+) -> std::result::Result<Option<Vec<String>>, String> {
+    let attrs = group
+        .attrs()
+        .map_err(|e| format!("cannot read the attributes of {at}: {e}"))?;
+    if let Some(value) = attrs.get(name) {
+        return strings_of(value)
+            .map(Some)
+            .ok_or_else(|| format!("attribute {name} of {at} is not a list of names"));
+    }
+    let mut chunks = Vec::new();
+    for chunk in 0usize.. {
+        let Some(value) = attrs.get(&format!("{name}{chunk}")) else {
+            break;
+        };
+        let names = strings_of(value)
+            .ok_or_else(|| format!("attribute {name}{chunk} of {at} is not a list of names"))?;
+        chunks.extend(names);
+    }
+    Ok((!chunks.is_empty()).then_some(chunks))
+}
+
+/// The strings of a string or string-list attribute (without fixed-length padding), or an
+/// empty list for an empty numeric array; `None` for anything else.
+fn strings_of(value: &hdf5_pure::AttrValue) -> Option<Vec<String>> {
     use hdf5_pure::AttrValue;
     let trim = |s: &String| s.trim_end_matches('\0').to_string();
-    match group.attrs().ok()?.get(name)? {
-        AttrValue::StringArray(v) | AttrValue::AsciiStringArray(v) => {
-            Some(v.iter().map(trim).collect())
-        }
+    let list = match value {
+        AttrValue::StringArray(v)
+        | AttrValue::AsciiStringArray(v)
+        | AttrValue::VarLenStringArray(v)
+        | AttrValue::VarLenAsciiStringArray(v)
+        | AttrValue::VarLenAsciiCharArray(v) => v.iter().map(trim).collect(),
         AttrValue::StringArraySized { values, .. }
-        | AttrValue::AsciiStringArraySized { values, .. } => {
-            Some(values.iter().map(trim).collect())
-        }
-        AttrValue::String(s) | AttrValue::AsciiString(s) => Some(vec![trim(s)]),
+        | AttrValue::AsciiStringArraySized { values, .. } => values.iter().map(trim).collect(),
+        AttrValue::String(s)
+        | AttrValue::AsciiString(s)
+        | AttrValue::VarLenString(s)
+        | AttrValue::VarLenAsciiString(s) => vec![trim(s)],
         AttrValue::StringSized { value, .. } | AttrValue::AsciiStringSized { value, .. } => {
-            Some(vec![trim(value)])
+            vec![trim(value)]
         }
-        _ => None,
-    }
+        AttrValue::F64Array(v) if v.is_empty() => Vec::new(),
+        AttrValue::F32Array(v) if v.is_empty() => Vec::new(),
+        _ => return None,
+    };
+    Some(list)
 }
 
 /// Reads one dataset as a tensor.
@@ -245,7 +294,9 @@ fn by_attributes(
     let mut by_layer: Vec<KerasLayer> = Vec::new();
     for name in names {
         let group = child(top, name).ok_or_else(|| format!("layer group {name} is missing"))?;
-        let weights = string_list(&group, "weight_names").unwrap_or_default();
+        // A weightless layer (an activation, an addition) has an empty list or none at all.
+        let weights =
+            string_list(&group, "weight_names", &format!("layer {name}"))?.unwrap_or_default();
         for weight in weights {
             let (folder, file) = match weight.rsplit_once('/') {
                 Some((folder, file)) => (Some(folder), file),
