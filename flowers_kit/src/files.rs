@@ -164,6 +164,96 @@ pub fn read_regular(
     Ok(bytes)
 }
 
+/// An exclusive lock on one cache entry (`.<name>.lock` beside it), held until dropped.
+///
+/// Learners in a class share a cache, and a notebook and a terminal may fetch the same file
+/// at once: whoever holds the lock downloads, verifies and renames; the others wait, then find
+/// the file in place. The lock is an advisory `flock` on `<entry>.lock`, which the operating
+/// system releases when its holder exits or is killed, so a crashed run never leaves the
+/// entry locked. The lock file stays (removing it would let a third process lock a new file
+/// of the same name while a second still waits on the old one); it is hidden and empty.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    /// Locks `.<name>.lock` beside `path`, waiting at most `patience` for another process
+    /// to release it. `what` names the entry in the one line printed while waiting.
+    pub fn acquire(path: &Path, what: &str, patience: std::time::Duration) -> Result<FileLock> {
+        let mut name = std::ffi::OsString::from(".");
+        name.push(path.file_name().ok_or_else(|| {
+            Error::InvalidArgument(format!("cannot lock {}: no file name", path.display()))
+        })?);
+        name.push(".lock");
+        let lock_path = path.with_file_name(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        let start = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            match try_lock(&file) {
+                Ok(true) => return Ok(FileLock { _file: file }),
+                Ok(false) => {}
+                Err(e) => return Err(Error::io(&lock_path, e)),
+            }
+            if start.elapsed() >= patience {
+                return Err(Error::io(
+                    &lock_path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "another process has been fetching {what} for over {} s; \
+                             try again later",
+                            patience.as_secs()
+                        ),
+                    ),
+                ));
+            }
+            if !said {
+                eprintln!("Waiting for another process that is fetching {what}…");
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// `Ok(true)` when the lock was taken, `Ok(false)` when another process holds it.
+#[cfg(unix)]
+fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor this function borrows for the call; the lock lives
+    // as long as the descriptor, which FileLock owns.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if taken == 0 {
+        return Ok(true);
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(error)
+    }
+}
+
+/// Without `flock`, one process at a time is assumed.
+#[cfg(not(unix))]
+fn try_lock(_file: &std::fs::File) -> std::io::Result<bool> {
+    Ok(true)
+}
+
+/// `path` with `suffix` appended to its file name (`a.h5` → `a.h5.part`).
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// A little-endian f32 from 4 bytes (0.0 for a chunk of another length, which
 /// `chunks_exact(4)` never yields).
 pub(crate) fn le_f32(chunk: &[u8]) -> f32 {

@@ -21,7 +21,7 @@
 pub mod backend;
 pub mod data;
 pub mod device;
-mod digest;
+pub mod digest;
 pub mod display;
 pub mod error;
 pub mod features;

@@ -11,11 +11,12 @@ use support::http::{Behaviour, Server};
 
 use support::quick_fetch as quick;
 
-/// The names in `dir`, sorted.
+/// The names in `dir`, sorted, without the (empty) lock files cache entries keep.
 fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match fs::read_dir(dir) {
         Ok(entries) => entries
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.ends_with(".lock"))
             .collect(),
         Err(_) => Vec::new(),
     };
@@ -50,11 +51,13 @@ fn downloads_extracts_and_then_stays_offline() {
     );
     let url = server.url("flower_photos.tgz");
     let dir = data::download_dataset(&url, home.path(), &quick(3)).unwrap();
-    assert_eq!(dir, home.path().join("datasets").join("flower_photos"));
+    // Keyed by the URL it came from.
+    let folder = format!("flower_photos-{}", fetch::source_key(&url));
+    assert_eq!(dir, home.path().join("datasets").join(&folder));
     assert_complete_sample(&dir);
     // The archive is removed after extraction and no staging folder is left over.
     assert!(listing(&home.path().join("downloads")).is_empty());
-    assert_eq!(listing(&home.path().join("datasets")), ["flower_photos"]);
+    assert_eq!(listing(&home.path().join("datasets")), [folder]);
     assert_eq!(server.seen().len(), 1);
 
     // Second call: served from the cache, no request at all.
@@ -107,10 +110,14 @@ fn interrupted_download_is_resumed_by_the_next_call() {
     let err = data::download_dataset(&url, home.path(), &quick(1)).unwrap_err();
     assert!(matches!(err, Error::Download { .. }), "{err}");
     assert!(err.to_string().contains("flower_photos.tgz"), "{err}");
-    let part = home.path().join("downloads").join("flower_photos.tgz.part");
+    let key = fetch::source_key(&url);
+    let part = home
+        .path()
+        .join("downloads")
+        .join(format!("{key}-flower_photos.tgz.part"));
     let kept = fs::metadata(&part).unwrap().len() as usize;
     assert!(kept > 0 && kept <= half);
-    assert!(!home.path().join("datasets").join("flower_photos").exists());
+    assert!(listing(&home.path().join("datasets")).is_empty());
 
     let dir = data::download_dataset(&url, home.path(), &quick(1)).unwrap();
     assert_complete_sample(&dir);
@@ -124,12 +131,13 @@ fn server_without_range_support_restarts_cleanly() {
     let home = tempfile::tempdir().unwrap();
     let tgz = support::sample_tgz();
     // A stale partial file of garbage must not end up in the result.
+    let server = Server::one("flower_photos.tgz", tgz.to_vec(), Behaviour::NoRange);
+    let url = server.url("flower_photos.tgz");
     let downloads = home.path().join("downloads");
     fs::create_dir_all(&downloads).unwrap();
-    fs::write(downloads.join("flower_photos.tgz.part"), vec![0xAB; 1000]).unwrap();
-    let server = Server::one("flower_photos.tgz", tgz.to_vec(), Behaviour::NoRange);
-    let dir =
-        data::download_dataset(&server.url("flower_photos.tgz"), home.path(), &quick(2)).unwrap();
+    let part = format!("{}-flower_photos.tgz.part", fetch::source_key(&url));
+    fs::write(downloads.join(part), vec![0xAB; 1000]).unwrap();
+    let dir = data::download_dataset(&url, home.path(), &quick(2)).unwrap();
     assert_complete_sample(&dir);
     assert_eq!(server.seen()[0].range.as_deref(), Some("bytes=1000-"));
 }
@@ -255,10 +263,11 @@ fn cli_download_uses_the_environment_url() {
         support::sample_tgz().to_vec(),
         Behaviour::Normal,
     );
+    let url = server.url("flower_photos.tgz");
     let out = std::process::Command::new(support::flowers_bin())
         .args(["download", "--dir"])
         .arg(home.path())
-        .env("FLOWERS_DATA_URL", server.url("flower_photos.tgz"))
+        .env("FLOWERS_DATA_URL", &url)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -278,5 +287,6 @@ fn cli_download_uses_the_environment_url() {
         progress[0].starts_with("Downloaded flower_photos.tgz: "),
         "{stdout}"
     );
-    assert_complete_sample(&home.path().join("datasets").join("flower_photos"));
+    let folder = format!("flower_photos-{}", fetch::source_key(&url));
+    assert_complete_sample(&home.path().join("datasets").join(folder));
 }

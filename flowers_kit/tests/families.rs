@@ -432,10 +432,13 @@ fn cli_fetches_a_family_by_its_hub_handle_from_the_weights_mirror() {
     let (_, golden) = support::tensor_f32(&families().join("inception_v3.safetensors"), "features");
     let (max, _) = support::max_mean_abs_diff(&ours, &golden);
     assert!(max <= 1e-4 * 2.61, "max |Δ| {max}");
-    // Downloaded once into the cache, under the family's folder.
+    // Downloaded once into the cache, under the family's folder, keyed by its URL.
+    let file = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5";
+    let url = format!("{}/inception_v3/{file}", server.base);
+    let key = flowers_kit::data::fetch::source_key(&url);
     assert!(dir
         .path()
-        .join("home/weights/inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")
+        .join(format!("home/weights/inception_v3/{key}-{file}"))
         .is_file());
 }
 

@@ -447,10 +447,14 @@ fn an_extraction_that_fails_for_a_local_reason_keeps_the_download() {
     );
     // `datasets` is a file: extraction cannot even start. That is not the archive's fault.
     fs::write(home.path().join("datasets"), "").unwrap();
-    let err = data::download_dataset(&server.url("flower_photos.tgz"), home.path(), &quick(3))
-        .unwrap_err();
+    let url = server.url("flower_photos.tgz");
+    let err = data::download_dataset(&url, home.path(), &quick(3)).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
-    assert!(home.path().join("downloads/flower_photos.tgz").is_file());
+    let key = data::fetch::source_key(&url);
+    assert!(home
+        .path()
+        .join(format!("downloads/{key}-flower_photos.tgz"))
+        .is_file());
 }
 
 #[test]

@@ -26,6 +26,10 @@ pub struct PhotoLimits {
     pub max_file_bytes: u64,
     /// Largest width × height decoded (default 50 megapixels).
     pub max_pixels: u64,
+    /// Most memory one decode may take, estimated from the header before anything is
+    /// decoded (default 512 MiB: a 50-megapixel progressive JPEG needs about 450 MB).
+    /// Decodes running at once also share the process-wide [`decode_budget`].
+    pub max_decode_bytes: u64,
 }
 
 impl Default for PhotoLimits {
@@ -33,7 +37,57 @@ impl Default for PhotoLimits {
         PhotoLimits {
             max_file_bytes: 64 << 20,
             max_pixels: 50_000_000,
+            max_decode_bytes: 512 << 20,
         }
+    }
+}
+
+/// The default of [`decode_budget`]: 768 MiB.
+pub const DEFAULT_DECODE_BUDGET: u64 = 768 << 20;
+
+/// The memory all photo decodes running at once may take together, in bytes:
+/// `$FLOWERS_KIT_DECODE_MIB` mebibytes if set (a class server may lower it per learner),
+/// else [`DEFAULT_DECODE_BUDGET`]. Decoding threads wait for their share, so peak memory
+/// does not grow with the number of threads: eight threads meeting eight 50-megapixel photos
+/// decode one or two at a time, while ordinary photos (a few MB each) never wait.
+pub fn decode_budget() -> u64 {
+    static BUDGET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::env::var("FLOWERS_KIT_DECODE_MIB")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&mib| mib >= 1)
+            .map_or(DEFAULT_DECODE_BUDGET, |mib| mib.saturating_mul(1 << 20))
+    })
+}
+
+/// Memory reserved from the decode budget, returned when dropped.
+struct Permit(u64);
+
+/// Bytes of the decode budget in use.
+static IN_USE: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+static RETURNED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl Permit {
+    /// Waits until `bytes` (at most the whole budget, checked by the caller) are free.
+    fn reserve(bytes: u64) -> Permit {
+        let budget = decode_budget();
+        // The counter is always consistent (updated in one statement), so a panic elsewhere
+        // while it was locked leaves nothing to repair.
+        let mut used = IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+        while used.saturating_add(bytes) > budget && *used > 0 {
+            used = RETURNED.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used = used.saturating_add(bytes);
+        Permit(bytes)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut used = IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+        *used = used.saturating_sub(self.0);
+        RETURNED.notify_all();
     }
 }
 
@@ -216,31 +270,65 @@ pub fn decode_rgb8(path: &Path) -> Result<image::RgbImage> {
 }
 
 /// Decodes image bytes; `path` only names the source in errors. The dimensions are read from
-/// the header and checked against `limits.max_pixels` before anything is decoded.
+/// the header and checked against `limits.max_pixels`, and the memory the decode needs
+/// against `limits.max_decode_bytes`, before anything is decoded.
 pub fn decode_rgb8_bytes(
     bytes: &[u8],
     path: &Path,
     limits: &PhotoLimits,
 ) -> Result<image::RgbImage> {
+    decode_with_permit(bytes, path, limits).map(|(rgb, _)| rgb)
+}
+
+/// Decodes image bytes and runs `use_pixels` on them while their memory is counted against
+/// the [`decode_budget`]: how the parallel loaders decode, so that a full-size photo never
+/// outlives its share of the budget.
+pub fn with_decoded<T>(
+    bytes: &[u8],
+    path: &Path,
+    limits: &PhotoLimits,
+    use_pixels: impl FnOnce(&image::RgbImage) -> Result<T>,
+) -> Result<T> {
+    let (rgb, _permit) = decode_with_permit(bytes, path, limits)?;
+    use_pixels(&rgb)
+}
+
+/// What a decode costs at most, per pixel, beyond the 8-bit RGB result: a JPEG decoder may
+/// hold 16-bit coefficients of every component (progressive files) besides its output.
+const JPEG_BYTES_PER_PIXEL: u64 = 9;
+
+fn decode_with_permit(
+    bytes: &[u8],
+    path: &Path,
+    limits: &PhotoLimits,
+) -> Result<(image::RgbImage, Permit)> {
     let bad = |reason: String| Error::Image {
         path: path.to_path_buf(),
         reason,
     };
-    let reader = || {
-        image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| bad(e.to_string()))
-    };
-    match reader()?.format() {
-        None => return Err(bad("not a JPEG or PNG file".into())),
-        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
-            return Err(bad("truncated JPEG (no end-of-image marker)".into()))
+    let format = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?
+        .format();
+    match format {
+        Some(image::ImageFormat::Png) => decode_png(bytes, limits, &bad),
+        Some(image::ImageFormat::Jpeg) => {
+            if !jpeg_is_complete(bytes) {
+                return Err(bad("truncated JPEG (no end-of-image marker)".into()));
+            }
+            decode_jpeg(bytes, limits, &bad)
         }
-        Some(_) => {}
+        _ => Err(bad("not a JPEG or PNG file".into())),
     }
-    let (width, height) = reader()?
-        .into_dimensions()
-        .map_err(|e| bad(format!("cannot read the image header: {e}")))?;
+}
+
+/// Errors unless `width × height` is within the pixel cap.
+fn check_pixels(
+    width: u32,
+    height: u32,
+    limits: &PhotoLimits,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<u64> {
     let pixels = u64::from(width).saturating_mul(u64::from(height));
     if pixels > limits.max_pixels {
         return Err(bad(format!(
@@ -250,11 +338,127 @@ pub fn decode_rgb8_bytes(
             limits.max_pixels as f64 / 1e6
         )));
     }
-    let decoded = reader()?
+    Ok(pixels)
+}
+
+/// Reserves `cost` bytes of the decode budget, or errors when one photo would need more than
+/// it may.
+fn reserve(
+    cost: u64,
+    (width, height): (u32, u32),
+    limits: &PhotoLimits,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<Permit> {
+    let most = limits.max_decode_bytes.min(decode_budget());
+    if cost > most {
+        return Err(bad(format!(
+            "{width}×{height} would take {} MiB to decode, over the {} MiB a photo may take \
+             (PhotoLimits::max_decode_bytes, $FLOWERS_KIT_DECODE_MIB)",
+            cost >> 20,
+            most >> 20
+        )));
+    }
+    Ok(Permit::reserve(cost))
+}
+
+fn decode_jpeg(
+    bytes: &[u8],
+    limits: &PhotoLimits,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<(image::RgbImage, Permit)> {
+    let reader =
+        || image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg);
+    let (width, height) = reader()
+        .into_dimensions()
+        .map_err(|e| bad(format!("cannot read the image header: {e}")))?;
+    let pixels = check_pixels(width, height, limits, bad)?;
+    let cost = pixels.saturating_mul(JPEG_BYTES_PER_PIXEL);
+    let permit = reserve(cost, (width, height), limits, bad)?;
+    let mut reader = reader();
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(cost);
+    reader.limits(decoder_limits);
+    let decoded = reader
         .decode()
         .map_err(|e| bad(format!("cannot decode: {e}")))?;
     // into_rgb8 keeps an RGB8 buffer as it is instead of copying it.
-    Ok(decoded.into_rgb8())
+    Ok((decoded.into_rgb8(), permit))
+}
+
+/// PNG through the `png` crate directly: colour profiles and text chunks are skipped unread
+/// (a kilobyte of compressed iCCP can inflate to a gigabyte, and the pixels never need it),
+/// 16-bit samples keep their high byte (as TensorFlow's `decode_png` to `uint8` does),
+/// palettes expand, and alpha is dropped.
+fn decode_png(
+    bytes: &[u8],
+    limits: &PhotoLimits,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<(image::RgbImage, Permit)> {
+    let png_error = |e: png::DecodingError| bad(format!("cannot decode: {e}"));
+    let own_limit = usize::try_from(limits.max_decode_bytes).unwrap_or(usize::MAX);
+    let mut decoder = png::Decoder::new_with_limits(
+        std::io::Cursor::new(bytes),
+        png::Limits { bytes: own_limit },
+    );
+    decoder.set_ignore_iccp_chunk(true);
+    decoder.set_ignore_text_chunk(true);
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    let (width, height) = {
+        let info = decoder
+            .read_header_info()
+            .map_err(|e| bad(format!("cannot read the image header: {e}")))?;
+        (info.width, info.height)
+    };
+    let pixels = check_pixels(width, height, limits, bad)?;
+    let mut reader = decoder.read_info().map_err(png_error)?;
+    let frame = reader
+        .output_buffer_size()
+        .ok_or_else(|| bad(format!("{width}×{height} is too large to address")))?;
+    let rgb_len = usize::try_from(pixels.saturating_mul(3))
+        .map_err(|_| bad(format!("{width}×{height} is too large to address")))?;
+    let (color, _) = reader.output_color_type();
+    let direct = color == png::ColorType::Rgb && frame == rgb_len;
+    let cost = if direct {
+        rgb_len as u64
+    } else {
+        (frame as u64).saturating_add(rgb_len as u64)
+    };
+    let permit = reserve(cost, (width, height), limits, bad)?;
+    let mut buffer = vec![0u8; frame];
+    reader.next_frame(&mut buffer).map_err(png_error)?;
+    let rgb = if direct {
+        buffer
+    } else {
+        let channels = match color {
+            png::ColorType::Grayscale => 1,
+            png::ColorType::GrayscaleAlpha => 2,
+            png::ColorType::Rgb => 3,
+            png::ColorType::Rgba => 4,
+            png::ColorType::Indexed => {
+                return Err(bad("a palette the decoder did not expand".into()))
+            }
+        };
+        to_rgb(&buffer, channels, rgb_len)
+    };
+    let image = image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| {
+        bad(format!(
+            "the decoder returned too few pixels for {width}×{height}"
+        ))
+    })?;
+    Ok((image, permit))
+}
+
+/// 8-bit pixels of 1–4 channels (grey, grey + alpha, RGB, RGBA) as RGB, alpha dropped.
+fn to_rgb(samples: &[u8], channels: usize, rgb_len: usize) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(rgb_len);
+    for pixel in samples.chunks_exact(channels).take(rgb_len / 3) {
+        match pixel {
+            [grey] | [grey, _] => rgb.extend_from_slice(&[*grey, *grey, *grey]),
+            [r, g, b, ..] => rgb.extend_from_slice(&[*r, *g, *b]),
+            [] => {}
+        }
+    }
+    rgb
 }
 
 /// True when an end-of-image marker follows the last start-of-scan.
@@ -292,6 +496,7 @@ pub fn load_resized_bytes(
     method: Resize,
     limits: &PhotoLimits,
 ) -> Result<Image> {
-    let rgb = decode_rgb8_bytes(bytes, path, limits)?;
-    resize_rgb8(&rgb, size, size, method)
+    with_decoded(bytes, path, limits, |rgb| {
+        resize_rgb8(rgb, size, size, method)
+    })
 }

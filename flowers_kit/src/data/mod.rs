@@ -14,7 +14,7 @@ pub use dataset::{Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTIO
 pub use fetch::FetchOptions;
 pub use split::PyRandom;
 
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 
 /// The archive the tutorial downloads: 3,670 photos of 5 classes.
 pub const FLOWERS_URL: &str = "http://download.tensorflow.org/example_images/flower_photos.tgz";
@@ -51,7 +51,8 @@ pub fn download_flowers() -> Result<Dataset> {
     Dataset::open(dir)
 }
 
-/// Makes sure the `.tgz` at `url` is extracted under `home/datasets`, returning its folder.
+/// Makes sure the `.tgz` at `url` is extracted under `home/datasets`, returning its folder,
+/// `<archive name>-<first 8 hex digits of the URL's SHA-256>` (see [`fetch::source_key`]).
 ///
 /// With the folder already there, nothing touches the network. Otherwise the archive is
 /// fetched into `home/downloads` (resuming a partial download), extracted atomically, checked
@@ -65,11 +66,27 @@ pub fn download_dataset(url: &str, home: &Path, options: &FetchOptions) -> Resul
         .next()
         .filter(|n| !n.is_empty())
         .unwrap_or("dataset.tgz");
-    let expected = home.join("datasets").join(archive_stem(file_name));
+    // Keyed by where it came from: two mirrors serving different archives under one name
+    // never share a folder.
+    let key = fetch::source_key(url);
+    let expected = home
+        .join("datasets")
+        .join(format!("{}-{key}", archive_stem(file_name)));
     if expected.is_dir() {
         return Ok(expected);
     }
-    let archive_path = home.join("downloads").join(file_name);
+    let downloads = home.join("downloads");
+    std::fs::create_dir_all(&downloads).at(&downloads)?;
+    // One process downloads and extracts; another waits, then finds the folder. (The lock
+    // sits with the downloads, so that a broken `datasets` folder is reported by the
+    // extraction, with the archive kept.)
+    let stem = archive_stem(file_name);
+    let lock = downloads.join(format!("{stem}-{key}-extraction"));
+    let _lock = crate::files::FileLock::acquire(&lock, file_name, options.deadline)?;
+    if expected.is_dir() {
+        return Ok(expected);
+    }
+    let archive_path = downloads.join(format!("{key}-{file_name}"));
     fetch::fetch(url, &archive_path, options)?;
     let extracted = archive::extract_tgz_checked(&archive_path, &expected, |content| {
         Dataset::open(content).map(|_| ())

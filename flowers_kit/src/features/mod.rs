@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::backend::native::{Kernels, NativeNetwork};
 use crate::backend::Network;
 use crate::data::image::{
-    decode_rgb8_bytes, load_resized_bytes, read_photo, Image, PhotoLimits, Resize,
+    load_resized_bytes, read_photo, with_decoded, Image, PhotoLimits, Resize,
 };
 use crate::data::Augment;
 use crate::data::{cache_home, Split};
@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::progress::{Progress, Unit};
 use crate::train::finetune::Top;
-use crate::weights::{fetch_weights, KerasWeights};
+use crate::weights::{fetch_weights, KerasWeights, WeightsRequest};
 pub use engine::BackendKind;
 use engine::Engine;
 
@@ -256,7 +256,20 @@ impl FeatureExtractor {
     /// `no_top` HDF5 file), or the published ones for `None`.
     pub fn with_weights(model: impl Into<Model>, source: Option<&str>) -> Result<FeatureExtractor> {
         let model = model.into();
-        let path = fetch_weights(&model.weights_file(), &model.published_url(), source)?;
+        let relative = model.weights_file();
+        let published_url = model.published_url();
+        let request = WeightsRequest {
+            relative: &relative,
+            published_url: &published_url,
+            pinned_md5: model.published_md5(),
+            source,
+        };
+        // A downloaded file Keras pins no digest for must load as this model's weights
+        // before it enters the cache.
+        let loads_as_model = |path: &Path| -> Result<()> {
+            Network::from_keras(model, &KerasWeights::open(path)?).map(|_| ())
+        };
+        let path = fetch_weights(request, &loads_as_model)?;
         let weights = KerasWeights::open(&path)?;
         let network = match source {
             // Keras' weights="imagenet": the published file, fetched by the kit.
@@ -559,10 +572,9 @@ impl FeatureExtractor {
             }
             let image = match view {
                 None => load_resized_bytes(&bytes, path, size, resize, &limits)?,
-                Some((augment, v)) => {
-                    let rgb = decode_rgb8_bytes(&bytes, path, &limits)?;
-                    augment.view(&rgb, size, resize, &photo_key, v)?
-                }
+                Some((augment, v)) => with_decoded(&bytes, path, &limits, |rgb| {
+                    augment.view(rgb, size, resize, &photo_key, v)
+                })?,
             };
             Ok(Loaded::Decoded(key, image))
         };
@@ -664,6 +676,7 @@ impl FeatureExtractor {
         let examples: Vec<&crate::data::Example> = split.train.iter().chain(&split.test).collect();
         let paths: Vec<PathBuf> = examples.iter().map(|e| e.path.clone()).collect();
         let out = self.extract_paths(&paths)?;
+        check_every_class_kept(split, &out)?;
         let dim = out.dim;
         let (mut train, mut test) = (Side::default(), Side::default());
         for (row, &i) in out.values.chunks_exact(dim).zip(&out.kept) {
@@ -750,6 +763,38 @@ impl FeatureExtractor {
         let key = sha256_hex(key.as_bytes());
         dir.join(format!("{folder}-{}", key.get(..16).unwrap_or(&key)))
     }
+}
+
+/// Errors unless every class of `split` kept at least one training photo: a class whose
+/// photos were all unreadable would otherwise be trained without a single example (and the
+/// counts printed would be of files, not of photos). The error names the class and says why
+/// its photos were skipped.
+fn check_every_class_kept(split: &Split, out: &Extracted) -> Result<()> {
+    let mut kept = vec![0usize; split.classes.len()];
+    for &i in &out.kept {
+        if let Some(label) = split.train.get(i).map(|e| e.label) {
+            if let Some(count) = kept.get_mut(label) {
+                *count += 1;
+            }
+        }
+    }
+    let Some(label) = kept.iter().position(|&n| n == 0) else {
+        return Ok(());
+    };
+    let class = split.classes.get(label).map_or("?", String::as_str);
+    let files = split.train.iter().filter(|e| e.label == label).count();
+    let first = out
+        .skipped
+        .iter()
+        .find(|(path, _)| path.parent().and_then(|p| p.file_name()) == Some(class.as_ref()))
+        .map_or(String::new(), |(_, e)| format!(" (for example {e})"));
+    Err(Error::Dataset {
+        path: split.root.join(class),
+        reason: format!(
+            "class '{class}' has no readable training photo: all {files} of its training files \
+             were skipped{first}"
+        ),
+    })
 }
 
 /// Rows of one side of a split, while they are sorted out.

@@ -223,6 +223,21 @@ impl Model {
         }
     }
 
+    /// The MD5 Keras Applications pins for the published `no_top` file
+    /// (`get_file(..., file_hash=...)` in `tf_keras.applications`); `None` for MobileNet V2,
+    /// whose files Keras fetches without one.
+    pub fn published_md5(&self) -> Option<&'static str> {
+        match self {
+            Model::MobileNetV2(_) => None,
+            Model::InceptionV3 => Some("bcbd6486424b2319ff4ef7d526e38f63"),
+            Model::ResNet50V2 => Some("fac2f116257151a9d068a22e544a4917"),
+            Model::NasNetMobile => Some("1ed92395b5b598bdda52abe5c0dbfd63"),
+            Model::EfficientNetB0 => Some("50bc09e76180e00e4465e1a485ddc09d"),
+            // WEIGHTS_HASHES["large_224_1.0_float"][1], the no_top_v2 file.
+            Model::MobileNetV3Large => Some("07fb09a5933dd0c8eaafa16978110389"),
+        }
+    }
+
     /// Where the published weight file is downloaded from when `$FLOWERS_WEIGHTS_URL` is
     /// not set (EfficientNet's live on another bucket than the others).
     pub fn published_url(&self) -> String {

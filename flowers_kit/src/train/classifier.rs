@@ -269,6 +269,16 @@ impl Classifier {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
+        // What save writes, load must read.
+        if serialized.len() as u64 > MAX_CLASSIFIER_BYTES {
+            return Err(Error::Write {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{} bytes is more than a classifier file may hold ({MAX_CLASSIFIER_BYTES})",
+                    serialized.len()
+                ),
+            });
+        }
         crate::files::write_atomically(path, &serialized)
     }
 

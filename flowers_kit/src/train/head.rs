@@ -36,6 +36,46 @@ impl std::str::FromStr for Activation {
     }
 }
 
+/// The most weights and biases a head may have: 2²⁴ (64 MiB of f32, the largest hidden layer
+/// about 8,000 units on 2,048 features). Training holds three more copies (the gradient and
+/// Adam's two moments), so a head stays within 256 MiB, and its classifier file within
+/// [`MAX_CLASSIFIER_BYTES`](super::classifier::MAX_CLASSIFIER_BYTES), which `load` reads.
+pub const MAX_HEAD_PARAMETERS: usize = 1 << 24;
+
+/// Weights and biases of a head for `inputs` features, `hidden` layer sizes and `classes`
+/// outputs; `None` when the count does not fit in a `usize`.
+///
+/// ```
+/// use flowers_kit::train::head::head_parameters;
+/// assert_eq!(head_parameters(1280, &[100], 5), Some(128_605));
+/// assert_eq!(head_parameters(1280, &[], 5), Some(6_405));
+/// assert_eq!(head_parameters(1280, &[1 << 62], 5), None);
+/// ```
+pub fn head_parameters(inputs: usize, hidden: &[usize], classes: usize) -> Option<usize> {
+    let mut sizes = Vec::with_capacity(hidden.len() + 2);
+    sizes.push(inputs);
+    sizes.extend_from_slice(hidden);
+    sizes.push(classes);
+    sizes.windows(2).try_fold(0usize, |total, pair| {
+        let layer = pair[0].checked_mul(pair[1])?.checked_add(pair[1])?;
+        total.checked_add(layer)
+    })
+}
+
+/// Errors unless a head of these sizes has at most [`MAX_HEAD_PARAMETERS`]: checked before
+/// anything is allocated for it.
+pub fn check_head_size(inputs: usize, hidden: &[usize], classes: usize) -> Result<()> {
+    match head_parameters(inputs, hidden, classes) {
+        Some(n) if n <= MAX_HEAD_PARAMETERS => Ok(()),
+        count => Err(Error::InvalidArgument(format!(
+            "a head with hidden layers {hidden:?} on {inputs} features and {classes} classes \
+             would have {} weights, more than the {MAX_HEAD_PARAMETERS} allowed; use smaller \
+             hidden layers",
+            count.map_or("too many".to_string(), |n| n.to_string())
+        ))),
+    }
+}
+
 /// One fully connected layer, `y = W x + b`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dense {
@@ -77,6 +117,7 @@ impl Head {
                  (got {inputs} inputs, hidden {hidden:?}, {classes} classes)"
             )));
         }
+        check_head_size(inputs, hidden, classes)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut sizes = vec![inputs];
         sizes.extend_from_slice(hidden);

@@ -145,6 +145,17 @@ impl TrainConfig {
                 self.hidden
             ));
         }
+        if let Some(&too_big) = self
+            .hidden
+            .iter()
+            .find(|&&h| h > super::head::MAX_HEAD_PARAMETERS)
+        {
+            return bad(format!(
+                "a hidden layer of {too_big} units is more than a head may hold ({} weights in \
+                 all)",
+                super::head::MAX_HEAD_PARAMETERS
+            ));
+        }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return bad(format!(
                 "the learning rate must be a positive number, got {}",

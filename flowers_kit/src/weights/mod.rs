@@ -2,12 +2,13 @@
 
 pub mod keras_h5;
 
-pub use keras_h5::{KerasWeights, NamedTensor};
+pub use keras_h5::{KerasWeights, NamedTensor, MAX_WEIGHTS_BYTES};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::data::{cache_home, fetch, FetchOptions};
-use crate::error::Result;
+use crate::data::fetch::{self, Verify};
+use crate::data::{cache_home, FetchOptions};
+use crate::error::{Error, Result};
 
 /// The base URL or folder that replaces Keras Applications' for every weight file:
 /// `$FLOWERS_WEIGHTS_URL`, if set. Files are looked up at `<base>/<family folder>/<file>`
@@ -18,17 +19,50 @@ pub fn weights_base() -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
+/// Where a weight file comes from, and how to tell it is the right one.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightsRequest<'a> {
+    /// The file's path under Keras Applications' bucket (`<family folder>/<file>`), also
+    /// its place under [`weights_base`] and in the cache.
+    pub relative: &'a str,
+    /// The published file's URL.
+    pub published_url: &'a str,
+    /// The MD5 Keras Applications pins for the published file (its `get_file(file_hash=…)`),
+    /// if it pins one.
+    pub pinned_md5: Option<&'a str>,
+    /// A weight file (path or URL) given instead of the published one.
+    pub source: Option<&'a str>,
+}
+
 /// Makes sure a weight file is on disk and returns its path.
 ///
-/// `source` is a weight file (path or URL); with `None`, the published file: `relative`
-/// under [`weights_base`] when it is set, else `published_url`. Remote files are downloaded
-/// once into `<cache>/weights/<relative>` (resumable, atomic); local files are used where
-/// they are.
-pub fn fetch_weights(relative: &str, published_url: &str, source: Option<&str>) -> Result<PathBuf> {
-    let source = match (source, weights_base()) {
+/// The source is `request.source`, or the published file: `relative` under [`weights_base`]
+/// when it is set, else the published URL. Local files are used where they are (reading them
+/// checks them). Remote files are downloaded once into
+/// `<cache>/weights/<family folder>/<source key>-<file>` (resumable, atomic, one process at a
+/// time; [`fetch::source_key`]), and checked before they enter the cache: the published file
+/// against the MD5 Keras pins for it, any other file (a mirror, a URL given by hand, a file
+/// Keras pins nothing for) by `check`, which the caller makes load it as its model. A file
+/// that fails is deleted, so the next call fetches afresh.
+pub fn fetch_weights(request: WeightsRequest<'_>, check: Verify<'_>) -> Result<PathBuf> {
+    let options = FetchOptions {
+        max_bytes: MAX_WEIGHTS_BYTES,
+        ..FetchOptions::default()
+    };
+    fetch_weights_into(&cache_home(), request, &options, check)
+}
+
+/// [`fetch_weights`] with the cache at `home` and the given download options.
+pub fn fetch_weights_into(
+    home: &Path,
+    request: WeightsRequest<'_>,
+    options: &FetchOptions,
+    check: Verify<'_>,
+) -> Result<PathBuf> {
+    let source = match (request.source, weights_base()) {
         (Some(s), _) => s.to_string(),
-        (None, Some(base)) => format!("{}/{relative}", base.trim_end_matches('/')),
-        (None, None) => published_url.to_string(),
+        (None, Some(base)) => format!("{}/{}", base.trim_end_matches('/'), request.relative),
+        (None, None) => request.published_url.to_string(),
     };
     if let Some(local) = fetch::local_source(&source) {
         // Local weights need no copy; reading them checks them.
@@ -40,13 +74,46 @@ pub fn fetch_weights(relative: &str, published_url: &str, source: Option<&str>) 
         .filter(|n| !n.is_empty() && *n != "." && *n != "..")
         .unwrap_or("weights.h5");
     // Keep the family folder, so that files of different families never collide.
-    let folder = relative
+    let folder = request
+        .relative
         .rsplit_once('/')
         .map(|(folder, _)| folder)
         .filter(|f| f.split('/').all(|p| !p.is_empty() && p != "." && p != ".."));
-    let mut dest = cache_home().join("weights");
+    let mut dest = home.join("weights");
     if let Some(folder) = folder {
         dest = dest.join(folder);
     }
-    fetch::fetch(&source, &dest.join(file_name), &FetchOptions::default())
+    let dest = dest.join(format!("{}-{file_name}", fetch::source_key(&source)));
+    let pin = request
+        .pinned_md5
+        .filter(|_| source == request.published_url);
+    let verify = |path: &Path| -> Result<()> {
+        match pin {
+            Some(pin) => check_md5(path, pin),
+            None => check(path),
+        }
+    };
+    fetch::fetch_verified(&source, &dest, options, &verify)
+}
+
+/// Errors unless the file's MD5 is `pin`.
+fn check_md5(path: &Path, pin: &str) -> Result<()> {
+    let bytes = crate::files::read_regular(path, MAX_WEIGHTS_BYTES, "weight file", |reason| {
+        Error::Tensors {
+            path: path.to_path_buf(),
+            reason,
+        }
+    })?;
+    let md5 = crate::digest::md5_hex(&bytes);
+    if md5 != pin {
+        return Err(Error::Tensors {
+            path: path.to_path_buf(),
+            reason: format!(
+                "its MD5 is {md5}, but Keras Applications pins {pin} for this file ({} bytes \
+                 received: an error page, a truncated or another file?)",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(())
 }

@@ -20,6 +20,18 @@ pub enum Behaviour {
     Status(u16),
     /// Answers every request with a redirect to the same path: a redirect loop.
     RedirectToSelf,
+    /// Sends the headers at once, then the body `bytes` at a time with a pause of `every`
+    /// between writes (a slow or stalled line).
+    Trickle {
+        /// Bytes per write.
+        bytes: usize,
+        /// Pause before each write.
+        every: std::time::Duration,
+    },
+    /// Answers 200 without a length and sends the file over and over, forever.
+    Endless,
+    /// Announces the whole file's length but always closes after this many bytes.
+    AlwaysCutAfter(usize),
 }
 
 /// One request as the server saw it.
@@ -31,11 +43,16 @@ pub struct Seen {
     pub range: Option<String>,
 }
 
+/// URL path → bytes, shared with the connection threads so a test can change a file.
+type Files = Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>;
+
 /// A running server; it lives until the test process ends.
 pub struct Server {
     /// Base URL, e.g. `http://127.0.0.1:40123`.
     pub base: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    files: Files,
+    behaviour: Arc<Mutex<Behaviour>>,
 }
 
 impl Server {
@@ -45,17 +62,39 @@ impl Server {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let files = Arc::new(files);
+        let files: Files = Arc::new(Mutex::new(files));
+        let served = files.clone();
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let current = behaviour.clone();
         let cut_done = Arc::new(Mutex::new(false));
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (files, log, cut_done) = (files.clone(), log.clone(), cut_done.clone());
+                let (files, log, cut_done) = (served.clone(), log.clone(), cut_done.clone());
+                let behaviour = *current.lock().unwrap();
                 thread::spawn(move || {
                     let _ = handle(stream, &files, behaviour, &log, &cut_done);
                 });
             }
         });
-        Server { base, seen }
+        Server {
+            base,
+            seen,
+            files,
+            behaviour,
+        }
+    }
+
+    /// Serves `bytes` at `/name` from now on (a server that was fixed, or changed a file).
+    pub fn set_file(&self, name: &str, bytes: Vec<u8>) {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(format!("/{name}"), Arc::new(bytes));
+    }
+
+    /// Behaves as `behaviour` for the requests that follow.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
     }
 
     /// Serves one file at `/name`.
@@ -78,7 +117,7 @@ impl Server {
 
 fn handle(
     stream: TcpStream,
-    files: &HashMap<String, Arc<Vec<u8>>>,
+    files: &Mutex<HashMap<String, Arc<Vec<u8>>>>,
     behaviour: Behaviour,
     log: &Mutex<Vec<Seen>>,
     cut_done: &Mutex<bool>,
@@ -120,7 +159,7 @@ fn handle(
             "HTTP/1.1 302 Found\r\nLocation: {path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
     }
-    let Some(body) = files.get(&path) else {
+    let Some(body) = files.lock().unwrap().get(&path).cloned() else {
         return write!(
             out,
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -148,7 +187,13 @@ fn handle(
             total - start,
             total - 1
         )?;
-        return out.write_all(&body[start..]);
+        return send_body(out, &body[start..], behaviour);
+    }
+    if behaviour == Behaviour::Endless {
+        write!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+        loop {
+            out.write_all(&body)?;
+        }
     }
     write!(
         out,
@@ -164,5 +209,25 @@ fn handle(
             return out.shutdown(std::net::Shutdown::Both);
         }
     }
-    out.write_all(body)
+    send_body(out, &body, behaviour)
+}
+
+/// Writes a response body as `behaviour` says.
+fn send_body(mut out: TcpStream, body: &[u8], behaviour: Behaviour) -> std::io::Result<()> {
+    match behaviour {
+        Behaviour::AlwaysCutAfter(n) => {
+            out.write_all(&body[..n.min(body.len())])?;
+            out.flush()?;
+            out.shutdown(std::net::Shutdown::Both)
+        }
+        Behaviour::Trickle { bytes, every } => {
+            for chunk in body.chunks(bytes.max(1)) {
+                thread::sleep(every);
+                out.write_all(chunk)?;
+                out.flush()?;
+            }
+            Ok(())
+        }
+        _ => out.write_all(body),
+    }
 }

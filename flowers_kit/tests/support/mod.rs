@@ -112,5 +112,6 @@ pub fn quick_fetch(attempts: u32) -> flowers_kit::data::FetchOptions {
         attempts,
         backoff: std::time::Duration::from_millis(20),
         timeout: std::time::Duration::from_secs(10),
+        ..Default::default()
     }
 }

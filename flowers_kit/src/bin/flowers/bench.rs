@@ -44,7 +44,10 @@ pub fn write_features(extractor: &FeatureExtractor, images: &[PathBuf], out: &Pa
         ("weights".to_string(), network.weights_id().to_string()),
         (
             "images".to_string(),
-            serde_json::to_string(images).unwrap_or_default(),
+            serde_json::to_string(images).map_err(|e| Error::Write {
+                path: out.to_path_buf(),
+                reason: format!("cannot list the photos: {e}"),
+            })?,
         ),
     ]
     .into_iter()
@@ -66,25 +69,67 @@ pub fn write_features(extractor: &FeatureExtractor, images: &[PathBuf], out: &Pa
     Ok(())
 }
 
-/// An existing `out` must be a safetensors file that this command wrote.
+/// An existing `out` must be a safetensors file that this command wrote. Only its header is
+/// read, and only from a regular file: `/dev/zero`, a FIFO or a huge sparse file is refused
+/// without reading it.
 fn refuse_foreign(out: &Path) -> Result<()> {
-    if !out.exists() {
-        return Ok(());
-    }
-    let ours = std::fs::read(out).ok().is_some_and(|bytes| {
-        safetensors::SafeTensors::read_metadata(&bytes)
-            .ok()
-            .and_then(|(_, meta)| meta.metadata().clone())
-            .is_some_and(|m| m.get("producer").map(String::as_str) == Some(PRODUCER))
-    });
-    if ours {
-        Ok(())
-    } else {
+    let metadata = match std::fs::metadata(out) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(out, e)),
+    };
+    let refuse = |why: &str| {
         Err(Error::InvalidArgument(format!(
-            "refusing to overwrite {}: it was not written by `flowers features`",
+            "refusing to overwrite {}: {why}",
             out.display()
         )))
+    };
+    if !metadata.is_file() {
+        return refuse("it is not a regular file (a device, a FIFO or a folder?)");
     }
+    match producer(out) {
+        Ok(Some(producer)) if producer == PRODUCER => Ok(()),
+        Ok(_) => refuse("it was not written by `flowers features`"),
+        Err(e) => Err(Error::io(out, e)),
+    }
+}
+
+/// The `producer` of a safetensors file's metadata, reading nothing but its header (at most
+/// 1 MiB); `None` for a file that is not safetensors or has no producer.
+fn producer(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    const MAX_HEADER: u64 = 1 << 20;
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__")]
+        metadata: Option<std::collections::HashMap<String, String>>,
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A FIFO swapped in after the check above must not block the open.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let mut file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let mut length = [0u8; 8];
+    if file.read_exact(&mut length).is_err() {
+        return Ok(None);
+    }
+    let length = u64::from_le_bytes(length);
+    if length > MAX_HEADER {
+        return Ok(None);
+    }
+    let mut header = Vec::new();
+    file.take(length).read_to_end(&mut header)?;
+    Ok(serde_json::from_slice::<Header>(&header)
+        .ok()
+        .and_then(|h| h.metadata)
+        .and_then(|mut m| m.remove("producer")))
 }
 
 /// Forward-pass images/s over about `seconds`.

@@ -180,6 +180,16 @@ fn non_negative(text: &str) -> Result<f32, String> {
     }
 }
 
+/// A measurement time: a finite number of seconds above 0, at most an hour.
+fn bench_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!(
+            "expected a number of seconds above 0 and at most 3600, not '{text}'"
+        )),
+    }
+}
+
 fn parse_fine_tune_blocks(text: &str) -> Result<usize, String> {
     let max = flowers_kit::train::finetune::MAX_FINE_TUNE_BLOCKS;
     text.parse()
@@ -371,8 +381,8 @@ enum Command {
         /// Images per forward pass.
         #[arg(long, default_value_t = 16, value_parser = positive)]
         batch: usize,
-        /// Seconds to run each measurement.
-        #[arg(long, default_value_t = 5.0)]
+        /// Seconds to run each measurement (at most an hour).
+        #[arg(long, default_value_t = 5.0, value_parser = bench_seconds)]
         seconds: f64,
         /// Photo folder (class sub-folders) for the decode and extraction measurements
         /// [default: the downloaded flower photos].
@@ -502,8 +512,16 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             // weight file fetched.
             config.validate()?;
             train_cmd::check_out_folder(&out)?;
+            let photos = photos(data)?;
+            // The head's size is known once the classes are: refused before any weights
+            // are fetched or photos decoded.
+            flowers_kit::train::head::check_head_size(
+                extractor.model.feature_dim(),
+                &config.hidden,
+                photos.classes().len(),
+            )?;
             train_cmd::run_train(train_cmd::TrainArgs {
-                photos: photos(data)?,
+                photos,
                 extractor: extractor.build(false)?,
                 config,
                 out,

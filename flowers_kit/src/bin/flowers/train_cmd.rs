@@ -39,12 +39,20 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         split.classes.len(),
         split.classes
     );
-    println!(
-        "There are {} training images and {} test images",
-        split.train.len(),
-        split.test.len()
-    );
     let features = args.extractor.extract_for(&split, &args.config)?;
+    // Counts of the photos actually used: unreadable ones were skipped with a warning.
+    let skipped = (split.train.len() + split.test.len())
+        .saturating_sub(features.train.len() + features.test.len());
+    println!(
+        "There are {} training images and {} test images{}",
+        features.train.len(),
+        features.test.len(),
+        if skipped > 0 {
+            format!(" ({skipped} unreadable files skipped)")
+        } else {
+            String::new()
+        }
+    );
     let config = args.config;
     let (classifier, history) = train(&features, &config)?;
     let metrics = classifier.evaluate(&features.test)?;
