@@ -248,9 +248,11 @@ fn cli_downloads_weights_once_and_writes_golden_features() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let cached = home.path().join(
-        "weights/mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_128_no_top.h5",
-    );
+    let file = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_128_no_top.h5";
+    let key = flowers_kit::data::fetch::source_key(&format!("{}/mobilenet_v2/{file}", server.base));
+    let cached = home
+        .path()
+        .join(format!("weights/mobilenet_v2/{key}-{file}"));
     assert_eq!(
         fs::read(&cached).unwrap(),
         fs::read(golden_h5("0.35_128")).unwrap()

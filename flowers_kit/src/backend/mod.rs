@@ -6,7 +6,7 @@
 
 pub mod dfdx;
 pub mod native;
-mod packed;
+
 pub mod padding;
 
 use std::path::PathBuf;

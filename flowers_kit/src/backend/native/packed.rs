@@ -15,6 +15,9 @@
 
 use rayon::prelude::*;
 
+use super::eltwise::activate;
+use super::isa::has_avx2_fma;
+use super::threads::MIN_PARALLEL_MACS;
 use crate::models::graph::Activation;
 
 /// Columns per panel: two AVX2 registers.
@@ -148,18 +151,6 @@ impl<'a> Epilogue<'a> {
     }
 }
 
-/// Whether this CPU can run [`product`].
-pub(crate) fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// `out[m, n] = clamp(a[m, k] · w + bias (+ residual))`.
 ///
 /// # Panics
@@ -188,7 +179,7 @@ pub(crate) fn product(
         }
     };
     assert!(
-        supported()
+        has_avx2_fma()
             && operand_fits
             && Some(out.len()) == m.checked_mul(n)
             && epilogue.residual.is_none_or(|r| r.len() == out.len())
@@ -200,7 +191,7 @@ pub(crate) fn product(
         return;
     }
     let threads = rayon::current_num_threads();
-    let parallel = parallel && threads > 1 && m * k * n >= super::native::MIN_PARALLEL_MACS;
+    let parallel = parallel && threads > 1 && m * k * n >= MIN_PARALLEL_MACS;
     let mut chunk = (CHUNK_BYTES / (4 * (k + n))).max(MR) / MR * MR;
     if parallel {
         // Enough chunks for every thread, each still a whole number of tiles.
@@ -219,7 +210,7 @@ pub(crate) fn product(
             epilogue.lo,
             epilogue.hi,
         );
-        super::native::activate(out, epilogue.then);
+        activate(out, epilogue.then);
     };
     if parallel {
         out.par_chunks_mut(chunk * n).enumerate().for_each(run);
@@ -403,7 +394,7 @@ mod tests {
     /// panels, a residual, each clamp, and both threading modes.
     #[test]
     fn matches_the_plain_product() {
-        if !supported() {
+        if !has_avx2_fma() {
             return;
         }
         let mut seed = 1u32;
@@ -456,7 +447,7 @@ mod tests {
     /// 1×7 and 3×3 kernels, taps that fall outside the image, and both threading modes.
     #[test]
     fn windows_match_copied_patches() {
-        if !supported() {
+        if !has_avx2_fma() {
             return;
         }
         let (h, w, c, n) = (9, 7, 16, 20);

@@ -1,0 +1,61 @@
+//! The instruction sets the native kernels are written for, detected at run time.
+
+/// Which instruction set the native kernels are written for. [`Kernels::detect`] picks the
+/// widest this CPU has; tests force each available one to compare it with the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// AVX-512: the explicit depthwise kernel, and gemm's AVX-512 matrix products.
+    Avx512,
+    /// AVX2 + FMA: matrix products on weights packed once, with the bias, residual and
+    /// clamp fused into the store, and the depthwise loop compiled for AVX2.
+    Avx2,
+    /// Any CPU: portable loops (gemm still picks its own kernels at run time).
+    Portable,
+}
+
+impl Kernels {
+    /// The widest set this CPU supports.
+    ///
+    /// ```
+    /// use flowers_kit::backend::native::Kernels;
+    /// assert!(Kernels::detect().is_supported());
+    /// ```
+    pub fn detect() -> Kernels {
+        [Kernels::Avx512, Kernels::Avx2]
+            .into_iter()
+            .find(|k| k.is_supported())
+            .unwrap_or(Kernels::Portable)
+    }
+
+    /// Every set this CPU can run, widest first.
+    pub fn available() -> Vec<Kernels> {
+        [Kernels::Avx512, Kernels::Avx2, Kernels::Portable]
+            .into_iter()
+            .filter(|k| k.is_supported())
+            .collect()
+    }
+
+    /// Whether this CPU has the instructions.
+    pub fn is_supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernels::Avx512 => false,
+            Kernels::Avx2 => has_avx2_fma(),
+            Kernels::Portable => true,
+        }
+    }
+}
+
+/// Whether this CPU has AVX2 and FMA (the packed product and the AVX2 kernels need both).
+pub(super) fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -1,0 +1,47 @@
+//! The fast CPU path: any [`Network`] on plain NHWC buffers, with the kernels of the widest
+//! instruction set the CPU has ([`Kernels`], chosen at run time).
+//!
+//! - Convolutions are matrix products: a 1×1 stride-1 convolution multiplies the activation
+//!   directly, others go through an im2col buffer. With [`Kernels::Avx2`] the weights are
+//!   packed once for a 6×16 FMA micro-kernel (`packed.rs`) that adds the bias, a residual
+//!   addend and the ReLU/ReLU6 clamp as it stores; otherwise each is one `gemm` call into an
+//!   output pre-filled with the bias (and the addend).
+//! - With [`Kernels::Avx2`], an inverted-residual block (expand → depthwise → project) is one
+//!   step, run band by band of output rows so that its expanded activations stay in L2.
+//! - Depthwise convolutions vectorise over channels: explicit AVX-512 and AVX2 kernels (taps
+//!   in registers) inside the image, a bounds-checked loop at its borders and for any other
+//!   CPU.
+//! - Pooling, concatenation, squeeze-and-excitation products and activations are plain loops
+//!   over channels (activations compiled for AVX2 where the CPU has it).
+//! - Buffers come from pools kept between calls and return to them after their last reader;
+//!   nothing is allocated per layer once warm. A batch runs its images in parallel on rayon;
+//!   a single large image parallelises inside the layers instead.
+//!
+//! Memory safety: the gemm call, the micro-kernel and the explicit SIMD loads are `unsafe`.
+//! They rely on the shapes that [`Network::new`] validated (weights `[kh, kw, cin, cout]` or
+//! `[kh, kw, c]`, each step's shape following from its inputs'), and each kernel re-checks
+//! the lengths of the slices it is handed with `assert!` before any unchecked access, so a
+//! broken invariant panics instead of reading out of bounds.
+//!
+//! Files, one concern each: `plan` prepares a network (which buffers live how long, which
+//! steps fuse, packed weights), `exec` runs it image by image, `block` runs an
+//! inverted-residual block band by band, `conv` holds the matrix-product convolutions,
+//! `depthwise/` the depthwise kernel per instruction set (`portable`, `avx2`, `avx512`),
+//! `packed` the AVX2 micro-kernel, `isa` which instruction sets the CPU has, `threads` when work
+//! is split among threads, `eltwise` the activations, `pooling` the pooling loops and
+//! `pool` the reusable buffers.
+
+mod block;
+mod conv;
+mod depthwise;
+mod eltwise;
+mod exec;
+mod isa;
+mod packed;
+mod plan;
+mod pool;
+mod pooling;
+mod threads;
+
+pub use isa::Kernels;
+pub use plan::NativeNetwork;

@@ -1,0 +1,183 @@
+//! Preparing a [`Network`] for the native kernels: when each buffer is released, which
+//! convolutions take a residual addend, which weights are packed, which inverted-residual
+//! blocks run as one step, and whether a single image splits its layers among threads.
+
+use super::block::{find_blocks, Block};
+use super::isa::Kernels;
+use super::packed::PackedWeights;
+use super::pool::Pool;
+use super::threads::MIN_PARALLEL_IMAGE_MACS;
+use crate::backend::{Kernel, Network, Step};
+use crate::error::{Error, Result};
+use crate::models::graph::Activation;
+
+/// A [`Network`] prepared for the native CPU kernels.
+pub struct NativeNetwork {
+    pub(super) steps: std::sync::Arc<[Step]>,
+    /// The last step reading each step's output (its buffer is released after it).
+    pub(super) last_use: Vec<usize>,
+    /// For a convolution feeding a residual add and nothing else: the add's other input,
+    /// pre-filled into the convolution's output.
+    pub(super) residual: Vec<Option<usize>>,
+    /// For such an add: the convolution whose buffer already holds the sum.
+    pub(super) fused_into: Vec<Option<usize>>,
+    pub(super) resolution: usize,
+    pub(super) features: usize,
+    pub(super) kernels: Kernels,
+    /// With [`Kernels::Avx2`]: each non-depthwise convolution's packed weights.
+    pub(super) packed: Vec<Option<PackedWeights>>,
+    /// At the projection of an inverted-residual block run as one step: its parts.
+    pub(super) blocks: Vec<Option<Block>>,
+    /// Expansions and depthwise convolutions computed inside such a block's step.
+    pub(super) inside_block: Vec<bool>,
+    /// Whether a single image splits its layers among threads (see
+    /// [`MIN_PARALLEL_IMAGE_MACS`]).
+    pub(super) split_layers: bool,
+    /// Warm buffer pools between calls, one per thread that ran (a few MB each).
+    pub(super) pools: std::sync::Mutex<Vec<Pool>>,
+    /// The output is the last step's whole map, not its average over pixels.
+    pub(super) maps: bool,
+}
+
+impl Clone for NativeNetwork {
+    fn clone(&self) -> NativeNetwork {
+        NativeNetwork {
+            steps: self.steps.clone(),
+            last_use: self.last_use.clone(),
+            residual: self.residual.clone(),
+            fused_into: self.fused_into.clone(),
+            resolution: self.resolution,
+            features: self.features,
+            kernels: self.kernels,
+            packed: self.packed.clone(),
+            blocks: self.blocks.clone(),
+            inside_block: self.inside_block.clone(),
+            split_layers: self.split_layers,
+            pools: Default::default(),
+            maps: self.maps,
+        }
+    }
+}
+
+impl std::fmt::Debug for NativeNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeNetwork")
+            .field("steps", &self.steps.len())
+            .field("resolution", &self.resolution)
+            .field("features", &self.features)
+            .field("kernels", &self.kernels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NativeNetwork {
+    /// Prepares `network` (its steps are shared, not copied) for this CPU's widest kernels.
+    pub fn new(network: &Network) -> Result<NativeNetwork> {
+        NativeNetwork::with_kernels(network, Kernels::detect())
+    }
+
+    /// Prepares `network` for the `kernels` given; an error if this CPU cannot run them.
+    pub fn with_kernels(network: &Network, kernels: Kernels) -> Result<NativeNetwork> {
+        if !kernels.is_supported() {
+            return Err(Error::InvalidArgument(format!(
+                "this CPU cannot run the {kernels:?} kernels"
+            )));
+        }
+        let steps = network.shared_steps();
+        let n = steps.len();
+        let mut last_use: Vec<usize> = (0..n).collect();
+        let mut readers = vec![0usize; n];
+        for (i, step) in steps.iter().enumerate() {
+            for &j in &step.inputs {
+                if let Some(l) = last_use.get_mut(j) {
+                    *l = (*l).max(i);
+                }
+                if let Some(r) = readers.get_mut(j) {
+                    *r += 1;
+                }
+            }
+        }
+        // The output is read by the final pooling.
+        if let Some(l) = last_use.last_mut() {
+            *l = usize::MAX;
+        }
+        let mut residual = vec![None; n];
+        let mut fused_into = vec![None; n];
+        for (a, step) in steps.iter().enumerate() {
+            let (Kernel::Add(_), [p, q]) = (&step.kernel, step.inputs.as_slice()) else {
+                continue;
+            };
+            // The later addend is the convolution; the earlier one must already exist.
+            let (early, late) = if p < q { (*p, *q) } else { (*q, *p) };
+            let is_plain_conv = steps.get(late).is_some_and(|s| {
+                matches!(&s.kernel, Kernel::Conv(c) if !c.depthwise && c.activation == Activation::Linear)
+            });
+            if is_plain_conv && readers.get(late) == Some(&1) && early != late {
+                residual[late] = Some(early);
+                fused_into[a] = Some(late);
+                // The early addend must live until the convolution has read it.
+                if let Some(l) = last_use.get_mut(early) {
+                    *l = (*l).max(late);
+                }
+            }
+        }
+        let packed: Vec<Option<PackedWeights>> = steps
+            .iter()
+            .map(|step| match &step.kernel {
+                Kernel::Conv(c) if kernels == Kernels::Avx2 && !c.depthwise => {
+                    PackedWeights::new(&c.weights, &c.bias, c.kernel.0 * c.kernel.1 * c.cin, c.cout)
+                }
+                _ => None,
+            })
+            .collect();
+        let (blocks, inside_block) = find_blocks(&steps, &readers, &packed, &mut last_use);
+        let macs: usize = steps
+            .iter()
+            .map(|step| match &step.kernel {
+                Kernel::Conv(c) => {
+                    let per_output = c.kernel.0 * c.kernel.1 * if c.depthwise { 1 } else { c.cin };
+                    step.shape.iter().product::<usize>() * per_output
+                }
+                _ => 0,
+            })
+            .sum();
+        let features = network.feature_dim();
+        if features == 0 {
+            return Err(Error::InvalidArgument("a network without features".into()));
+        }
+        Ok(NativeNetwork {
+            steps,
+            last_use,
+            residual,
+            fused_into,
+            resolution: network.model().resolution(),
+            features,
+            kernels,
+            packed,
+            blocks,
+            inside_block,
+            split_layers: macs >= MIN_PARALLEL_IMAGE_MACS,
+            pools: Default::default(),
+            maps: false,
+        })
+    }
+
+    /// The network whose [`forward`](Self::forward) returns the last step's whole
+    /// `[h, w, c]` map per image instead of its average over pixels.
+    pub fn output_maps(mut self) -> NativeNetwork {
+        self.maps = true;
+        self.features = self.steps.last().map_or(0, |s| s.shape.iter().product());
+        self
+    }
+
+    /// Whether [`forward`](Self::forward) returns whole maps ([`output_maps`](Self::output_maps)).
+    pub fn outputs_maps(&self) -> bool {
+        self.maps
+    }
+
+    /// Values per image that [`forward`](Self::forward) returns: the feature length, or the
+    /// map's size with [`output_maps`](Self::output_maps).
+    pub fn output_len(&self) -> usize {
+        self.features
+    }
+}
