@@ -1,31 +1,8 @@
 //! Inline display in evcxr notebooks, and saving what is displayed.
 //!
-//! evcxr shows a cell's value by calling its `evcxr_display` method, which prints a MIME
-//! bundle between `EVCXR_BEGIN_CONTENT` and `EVCXR_END_CONTENT` on stdout: charts as SVG
-//! (sharp at any zoom, small), photos as PNG.
-
-use std::path::Path;
+//! Every figure type of [`crate::plot`] has an `evcxr_display` method; these are the
+//! functions behind it, for a cell that wants to show something of its own (a MIME bundle
+//! printed on stdout), and the atomic write behind every `save`.
 
 pub use crate::files::write_atomically;
-
-use base64::Engine;
-
-/// Prints `content` as an evcxr MIME bundle.
-pub fn emit(mime: &str, content: &str) {
-    println!("EVCXR_BEGIN_CONTENT {mime}\n{content}\nEVCXR_END_CONTENT");
-}
-
-/// Prints PNG bytes as an evcxr `image/png` bundle.
-pub fn emit_png(png: &[u8]) {
-    emit(
-        "image/png",
-        &base64::engine::general_purpose::STANDARD.encode(png),
-    );
-}
-
-/// The lowercase extension of `path`, for choosing a format.
-pub(crate) fn extension(path: &Path) -> String {
-    path.extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default()
-}
+pub use crate::plot::inline::{emit, emit_png};

@@ -17,9 +17,9 @@ use crate::models::Model;
 use crate::weights::KerasWeights;
 use padding::resolve;
 
-/// Largest input resolution a network is built for: far above any published model, and small
-/// enough that every buffer size computed from it fits comfortably in memory and in `usize`.
-pub const MAX_RESOLUTION: usize = 2048;
+/// Largest input resolution a network is built for (defined with the image code, which
+/// bounds every resize by it).
+pub use crate::data::image::MAX_RESOLUTION;
 
 /// A convolution with its batch norm folded in: `[kh, kw, cin, cout]` weights (depthwise:
 /// `[kh, kw, c]`), a bias per output channel, explicit padding and a fused activation.

@@ -105,10 +105,10 @@ impl Augment {
         view: usize,
     ) -> Result<Image> {
         self.validate()?;
-        if size == 0 || size > crate::backend::MAX_RESOLUTION {
+        if size == 0 || size > super::image::MAX_RESOLUTION {
             return Err(Error::InvalidArgument(format!(
                 "a view is 1 to {} pixels wide, not {size}",
-                crate::backend::MAX_RESOLUTION
+                super::image::MAX_RESOLUTION
             )));
         }
         let digest = sha256_hex(self.view_key(photo_key, view).as_bytes());

@@ -13,6 +13,11 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// Largest side of an image the kit resizes to, and of a network's input: far above any
+/// published model, and small enough that every buffer size computed from it fits
+/// comfortably in memory and in `usize`.
+pub const MAX_RESOLUTION: usize = 2048;
+
 /// Caps on what one photo may cost to read and decode.
 ///
 /// ```

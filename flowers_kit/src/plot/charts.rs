@@ -7,9 +7,10 @@ use plotters::coord::ranged1d::SegmentValue;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::inline::{emit, extension};
 use super::{ensure_fonts, plot_error};
-use crate::display::{emit, extension, write_atomically};
 use crate::error::{Error, Result};
+use crate::files::write_atomically;
 use crate::train::History;
 
 /// A named line: (x, y) points.
@@ -258,12 +259,13 @@ impl Chart {
     /// Saves as SVG or PNG, by the file's extension.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let bytes = match extension(path).as_str() {
-            "svg" => self.svg()?.into_bytes(),
-            "png" => self.png()?,
+        let bytes = match extension(path).as_deref() {
+            Some("svg") => self.svg()?.into_bytes(),
+            Some("png") => self.png()?,
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "cannot save a chart as '.{other}' ({}): use .svg or .png",
+                    "cannot save a chart as '.{}' ({}): use .svg or .png",
+                    other.unwrap_or(""),
                     path.display()
                 )))
             }

@@ -3,6 +3,7 @@
 //! Every figure displays inline in evcxr and saves with `.save("x.svg" | "x.png")`.
 
 pub mod charts;
+pub mod inline;
 pub mod pictures;
 
 pub use charts::{Chart, Series};

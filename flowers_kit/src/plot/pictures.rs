@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use super::inline::{emit_png, extension};
 use super::{ensure_fonts, plot_error};
-use crate::backend::MAX_RESOLUTION;
-use crate::data::image::{decode_rgb8, decode_rgb8_bytes, read_photo, PhotoLimits, Resize};
+use crate::data::image::{
+    decode_rgb8, decode_rgb8_bytes, read_photo, PhotoLimits, Resize, MAX_RESOLUTION,
+};
 use crate::data::{Augment, Example};
-use crate::display::{emit_png, extension, write_atomically};
 use crate::error::{Error, Result};
+use crate::files::write_atomically;
 use crate::train::Metrics;
 
 /// A raster figure of photos with captions: displays inline in evcxr (PNG), saves as `.png`.
@@ -259,7 +261,7 @@ impl Picture {
     /// Saves as PNG (the only format for photos).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        if extension(path) != "png" {
+        if extension(path).as_deref() != Some("png") {
             return Err(Error::InvalidArgument(format!(
                 "photo figures are saved as .png, not {}",
                 path.display()

@@ -5,7 +5,6 @@ use rayon::prelude::*;
 use super::depthwise::Depthwise;
 use super::isa::Kernels;
 use super::packed::{self, Epilogue, PackedWeights};
-use super::plan::NativeNetwork;
 use super::threads::MIN_PARALLEL_MACS;
 use crate::backend::{Conv, Kernel, Step};
 use crate::models::graph::Activation;
@@ -87,62 +86,64 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-impl NativeNetwork {
-    /// `block` on input `x` into `out` (the projection's output), with the residual
-    /// addend; output rows split among threads when `parallel`.
-    pub(super) fn run_block(
-        &self,
-        project: usize,
-        block: &Block,
-        x: &[f32],
-        out: &mut [f32],
-        residual: Option<&[f32]>,
-        parallel: bool,
-    ) {
-        let part = |i: usize| {
-            let step = self.steps.get(i)?;
-            match (&step.kernel, self.packed.get(i)) {
-                (Kernel::Conv(c), Some(p)) => Some((step, c, p.as_ref())),
-                _ => None,
-            }
-        };
-        // `find_blocks` checked these kinds; a mismatch leaves `out` as it is.
-        let (
-            Some((e_step, expand, Some(e_packed))),
-            Some((_, depthwise, _)),
-            Some((p_step, project, Some(p_packed))),
-        ) = (part(block.expand), part(block.depthwise), part(project))
-        else {
-            return;
-        };
-        let [h, w, _] = self.steps.get(block.input).map_or([0; 3], |s| s.shape);
-        let [ho, wo, cout] = p_step.shape;
-        let band = BlockBand {
-            x,
-            w,
-            h,
-            expanded: e_step.shape[2],
-            expand: (e_packed, expand.activation),
-            depthwise,
-            project: (p_packed, project.activation),
-            wo,
-            kernels: self.kernels,
-        };
-        let threads = rayon::current_num_threads();
-        let macs = ho * wo * cout * e_step.shape[2];
-        if parallel && threads > 1 && ho >= threads && macs >= MIN_PARALLEL_MACS {
-            let rows = ho.div_ceil(threads);
-            out.par_chunks_mut(rows * wo * cout)
-                .enumerate()
-                .for_each(|(t, out)| {
-                    let first = t * rows;
-                    let count = out.len() / (wo * cout);
-                    let res = residual.map(|r| &r[first * wo * cout..(first + count) * wo * cout]);
-                    band.rows(first..first + count, out, res);
-                });
-        } else {
-            band.rows(0..ho, out, residual);
+/// `block` of `steps` (whose weights `packed` holds) on input `x` into `out` (the
+/// projection's output), with the residual addend; output rows split among threads when
+/// `parallel`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_block(
+    steps: &[Step],
+    packed: &[Option<PackedWeights>],
+    kernels: Kernels,
+    project: usize,
+    block: &Block,
+    x: &[f32],
+    out: &mut [f32],
+    residual: Option<&[f32]>,
+    parallel: bool,
+) {
+    let part = |i: usize| {
+        let step = steps.get(i)?;
+        match (&step.kernel, packed.get(i)) {
+            (Kernel::Conv(c), Some(p)) => Some((step, c, p.as_ref())),
+            _ => None,
         }
+    };
+    // `find_blocks` checked these kinds; a mismatch leaves `out` as it is.
+    let (
+        Some((e_step, expand, Some(e_packed))),
+        Some((_, depthwise, _)),
+        Some((p_step, project, Some(p_packed))),
+    ) = (part(block.expand), part(block.depthwise), part(project))
+    else {
+        return;
+    };
+    let [h, w, _] = steps.get(block.input).map_or([0; 3], |s| s.shape);
+    let [ho, wo, cout] = p_step.shape;
+    let band = BlockBand {
+        x,
+        w,
+        h,
+        expanded: e_step.shape[2],
+        expand: (e_packed, expand.activation),
+        depthwise,
+        project: (p_packed, project.activation),
+        wo,
+        kernels,
+    };
+    let threads = rayon::current_num_threads();
+    let macs = ho * wo * cout * e_step.shape[2];
+    if parallel && threads > 1 && ho >= threads && macs >= MIN_PARALLEL_MACS {
+        let rows = ho.div_ceil(threads);
+        out.par_chunks_mut(rows * wo * cout)
+            .enumerate()
+            .for_each(|(t, out)| {
+                let first = t * rows;
+                let count = out.len() / (wo * cout);
+                let res = residual.map(|r| &r[first * wo * cout..(first + count) * wo * cout]);
+                band.rows(first..first + count, out, res);
+            });
+    } else {
+        band.rows(0..ho, out, residual);
     }
 }
 

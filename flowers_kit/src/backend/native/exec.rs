@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::block::run_block;
 use super::conv::run_conv;
 use super::eltwise::activate;
 use super::plan::NativeNetwork;
@@ -112,7 +113,10 @@ impl NativeNetwork {
                             .and_then(|v| v.as_deref());
                         if let Some(block) = &self.blocks[i] {
                             let x = values.get(block.input).and_then(|v| v.as_deref());
-                            self.run_block(
+                            run_block(
+                                &self.steps,
+                                &self.packed,
+                                self.kernels,
                                 i,
                                 block,
                                 x.unwrap_or_default(),
