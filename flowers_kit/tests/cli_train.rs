@@ -268,7 +268,9 @@ fn train_rejects_bad_arguments() {
         ("--augment", "zoom=3", "unknown setting"),
         ("--augment", "crop=500", "a percentage from 0 to 100"),
         ("--views", "0", "at least 1"),
-        ("--fine-tune-blocks", "4", "1 to 3"),
+        ("--fine-tune-blocks", "0", "1 to 64"),
+        ("--fine-tune-blocks", "65", "1 to 64"),
+        ("--head-steps", "-1", "invalid digit"),
         ("--fine-tune-lr", "-1", "finite number above 0"),
         ("--schedule", "step", "[possible values: constant, cosine]"),
         (

@@ -520,7 +520,7 @@ fn augmented_views_are_extracted_once_and_trained_on() {
 }
 
 #[test]
-fn fine_tuning_trains_the_top_and_the_classifier_file_keeps_it() {
+fn fine_tuning_trains_the_last_blocks_and_the_classifier_file_keeps_them() {
     use flowers_kit::train::{train, Classifier, FineTune, Schedule, TrainConfig};
 
     let cache = tempfile::tempdir().unwrap();
@@ -531,6 +531,7 @@ fn fine_tuning_trains_the_top_and_the_classifier_file_keeps_it() {
         fine_tune: Some(FineTune {
             blocks: 2,
             learning_rate: 0.01,
+            head_steps: 0,
         }),
         schedule: Schedule::Cosine,
         batch_size: Some(4),
@@ -540,29 +541,47 @@ fn fine_tuning_trains_the_top_and_the_classifier_file_keeps_it() {
         ..Default::default()
     };
     let rows = ex.extract_for(&split, &config).unwrap();
-    let top = rows.top.clone().expect("the top to fine-tune");
-    assert_eq!(
-        (top.cut.as_str(), top.input_shape),
-        ("block_14_add", [4, 4, 56])
-    );
+    let cut = rows
+        .cut
+        .clone()
+        .expect("the cut below the blocks to fine-tune");
+    assert_eq!(cut.block_name(), "block_15");
+    let entering: Vec<_> = cut
+        .inputs()
+        .iter()
+        .map(|&j| cut.network().steps()[j].shape)
+        .collect();
+    assert_eq!(entering, [[4, 4, 56]]);
     assert_eq!(rows.dim, 4 * 4 * 56);
     let (classifier, history) = train(&rows, &config).unwrap();
     assert_eq!(history.step, vec![0, 4, 7]);
     let trained = classifier
-        .top()
-        .expect("a fine-tuned classifier has its top");
-    // Every convolution of the top moved; the structure did not.
-    assert_eq!(trained.layers.len(), top.layers.len());
-    for (after, before) in trained.layers.iter().zip(&top.layers) {
-        if !before.weights.is_empty() {
-            assert_ne!(after.weights, before.weights, "{}", after.name);
+        .fine_tuned()
+        .expect("a fine-tuned classifier has its blocks");
+    // Every convolution above the cut moved; the structure did not.
+    assert_eq!(trained.suffix().len(), cut.suffix().len());
+    for (after, before) in trained.suffix().iter().zip(cut.suffix()) {
+        assert!(after.same_operation(before), "{}", after.name);
+        if !before.parameters().is_empty() {
+            assert_ne!(after.parameters(), before.parameters(), "{}", after.name);
         }
     }
     // The classifier's test accuracy is what training last measured.
     let metrics = classifier.evaluate(&rows.test).unwrap();
     assert_eq!(metrics.accuracy, history.final_test_accuracy());
 
-    // The file keeps the top; a photo is classified through it, from the photo alone.
+    // Two phases: the head alone first, numbered on from there.
+    let two_phase = TrainConfig {
+        fine_tune: Some(FineTune {
+            head_steps: 3,
+            ..config.fine_tune.unwrap()
+        }),
+        ..config.clone()
+    };
+    let (_, history) = train(&rows, &two_phase).unwrap();
+    assert_eq!(history.step, vec![0, 2, 3, 7, 10]);
+
+    // The file keeps the blocks; a photo is classified through them, from the photo alone.
     let file = cache.path().join("classifier.safetensors");
     classifier.save(&file).unwrap();
     let loaded = Classifier::load(&file).unwrap();
@@ -595,16 +614,20 @@ fn fine_tuning_trains_the_top_and_the_classifier_file_keeps_it() {
     };
     assert!(ex.extract_for(&split, &full_batch).is_err());
 
-    // A damaged description of the top is refused, not run.
-    // Same length, so the safetensors header still parses.
+    // A file whose steps are not the network's is refused when it meets the network, not
+    // run. Same length, so the safetensors header still parses.
     let mut bytes = fs::read(&file).unwrap();
     let at = bytes
-        .windows(9)
-        .position(|w| w == b"depthwise")
-        .expect("a depthwise layer in the metadata");
-    bytes[at..at + 9].copy_from_slice(b"dilatedxx");
+        .windows(15)
+        .position(|w| w == b"block_16_expand")
+        .expect("a step of block 16 in the header");
+    bytes[at..at + 15].copy_from_slice(b"block_16_extend");
     let bad = cache.path().join("bad.safetensors");
     fs::write(&bad, &bytes).unwrap();
-    let err = Classifier::load(&bad).unwrap_err().to_string();
-    assert!(err.contains("dilatedxx"), "{err}");
+    let err = Classifier::load(&bad)
+        .unwrap()
+        .predict(&ex, photo, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("block_16_extend"), "{err}");
 }

@@ -127,7 +127,7 @@ fn the_largest_head_train_accepts_is_a_file_predict_reads() {
         test: set(1),
         train_views: Vec::new(),
         augment: None,
-        top: None,
+        cut: None,
     };
     let classifier = Classifier::new(head.clone(), &features).unwrap();
     let dir = tempfile::tempdir().unwrap();

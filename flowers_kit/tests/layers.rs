@@ -68,7 +68,7 @@ fn crate_paths(line: &str) -> Vec<String> {
         } else if !name.is_empty() {
             found.push(name);
         }
-        rest = &after[..];
+        rest = after;
     }
     found
 }
@@ -146,8 +146,11 @@ fn the_native_backend_has_no_import_cycle() {
         } else {
             Some(own.rsplit_once("::").map_or("mod", |(p, _)| p).to_string())
         };
-        let Some(parent) = (if file.ends_with("mod.rs") { parent } else { Some(own.to_string()) })
-        else {
+        let Some(parent) = (if file.ends_with("mod.rs") {
+            parent
+        } else {
+            Some(own.to_string())
+        }) else {
             continue;
         };
         let edges = graph.entry(me.clone()).or_default();

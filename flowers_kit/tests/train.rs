@@ -45,7 +45,7 @@ fn synthetic(classes: usize, dim: usize) -> Features {
         test: FeatureSet::new(test_x, dim, test_y, vec![]).unwrap(),
         train_views: Vec::new(),
         augment: None,
-        top: None,
+        cut: None,
     }
 }
 

@@ -4,6 +4,7 @@
 //! reference on the CPU, and the CUDA path). [`padding`] holds TensorFlow's window arithmetic
 //! that both use.
 
+mod cut;
 pub mod dfdx;
 pub mod native;
 
@@ -16,6 +17,8 @@ use crate::models::graph::{Activation, Graph, Op, Shape};
 use crate::models::Model;
 use crate::weights::KerasWeights;
 use padding::resolve;
+
+pub use cut::{BlockStart, Cut, MAX_CUT_VALUES};
 
 /// Largest input resolution a network is built for (defined with the image code, which
 /// bounds every resize by it).
@@ -116,6 +119,59 @@ pub struct Step {
     pub shape: Shape,
 }
 
+impl Step {
+    /// Whether `other` computes the same thing from the same inputs, weights aside: the
+    /// same name, inputs, shape and kernel (sizes, stride, padding, activation).
+    pub fn same_operation(&self, other: &Step) -> bool {
+        let kernel = match (&self.kernel, &other.kernel) {
+            (Kernel::Conv(a), Kernel::Conv(b)) => {
+                (
+                    a.kernel,
+                    a.stride,
+                    a.pad,
+                    a.cin,
+                    a.cout,
+                    a.depthwise,
+                    a.activation,
+                ) == (
+                    b.kernel,
+                    b.stride,
+                    b.pad,
+                    b.cin,
+                    b.cout,
+                    b.depthwise,
+                    b.activation,
+                )
+            }
+            (Kernel::Affine { activation: a, .. }, Kernel::Affine { activation: b, .. }) => a == b,
+            (a, b) => a == b,
+        };
+        kernel
+            && self.name == other.name
+            && self.inputs == other.inputs
+            && self.shape == other.shape
+    }
+
+    /// The step's trainable tensors, in a fixed order: a convolution's weights and bias, an
+    /// affine step's scale and shift; none for the others.
+    pub fn parameters(&self) -> Vec<&[f32]> {
+        match &self.kernel {
+            Kernel::Conv(c) => vec![&c.weights, &c.bias],
+            Kernel::Affine { scale, shift, .. } => vec![scale, shift],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The same, to write into.
+    pub fn parameters_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        match &mut self.kernel {
+            Kernel::Conv(c) => vec![&mut c.weights, &mut c.bias],
+            Kernel::Affine { scale, shift, .. } => vec![scale, shift],
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// A model ready to run: its steps with folded weights; the last step's output, averaged
 /// over pixels, is the feature vector.
 ///
@@ -130,6 +186,8 @@ pub struct Network {
     steps: std::sync::Arc<[Step]>,
     weights_id: String,
     weights_path: Option<PathBuf>,
+    /// The family's blocks, where each one's first step is (see [`Network::cut`]).
+    blocks: std::sync::Arc<[BlockStart]>,
 }
 
 impl Network {
@@ -157,7 +215,31 @@ impl Network {
             steps: steps.into(),
             weights_id,
             weights_path,
+            blocks: Vec::new().into(),
         })
+    }
+
+    /// The network with its family's blocks marked; each must start at an existing step,
+    /// in order.
+    fn with_blocks(mut self, blocks: Vec<BlockStart>) -> Result<Network> {
+        let in_order = blocks.windows(2).all(|w| w[0].first_step < w[1].first_step);
+        let inside = blocks
+            .iter()
+            .all(|b| b.first_step > 0 && b.first_step < self.steps.len());
+        if !in_order || !inside {
+            return Err(Error::InvalidArgument(format!(
+                "{}: blocks out of order or outside the {} steps",
+                self.model.name(),
+                self.steps.len()
+            )));
+        }
+        self.blocks = blocks.into();
+        Ok(self)
+    }
+
+    /// The family's blocks as Keras names them, in order, with the step each starts at.
+    pub fn blocks(&self) -> &[BlockStart] {
+        &self.blocks
     }
 
     /// Builds the network from a Keras weight file given by path (Keras' `weights=path`),
@@ -179,13 +261,14 @@ impl Network {
     fn from_keras_as(model: Model, weights: &KerasWeights, published: bool) -> Result<Network> {
         let graph = model.graph(published);
         let source = WeightSource::new(&model, &graph, weights)?;
-        let steps = prepare(&graph, |node, name, shape| source.get(node, name, shape))?;
+        let (steps, blocks) = prepare(&graph, |node, name, shape| source.get(node, name, shape))?;
         Network::new(
             model,
             steps,
             weights.digest().to_string(),
             Some(weights.path().to_path_buf()),
-        )
+        )?
+        .with_blocks(blocks)
     }
 
     /// The network with seeded random weights (He-style scale, unit batch norms): for
@@ -195,7 +278,7 @@ impl Network {
         let model = model.into();
         let graph = model.graph(false);
         let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(seed));
-        let steps = prepare(&graph, |_, name, shape| {
+        let (steps, blocks) = prepare(&graph, |_, name, shape| {
             let n: usize = shape.iter().product();
             Ok(match name {
                 "gamma" | "moving_variance" | "variance" => vec![1.0; n],
@@ -209,7 +292,7 @@ impl Network {
                 }
             })
         })?;
-        Network::new(model, steps, format!("random-seed-{seed}"), None)
+        Network::new(model, steps, format!("random-seed-{seed}"), None)?.with_blocks(blocks)
     }
 
     /// The model.
@@ -238,8 +321,8 @@ impl Network {
         self.weights_path.as_deref()
     }
 
-    /// The network up to and including step `last`, whose output becomes the network's
-    /// (fine-tuning caches the activations that enter the trainable top this way).
+    /// The network up to and including step `last` (fine-tuning runs the frozen part below
+    /// a [`Cut`] this way, once per photo).
     pub fn truncated(&self, last: usize) -> Result<Network> {
         let steps = self.steps.get(..=last).ok_or_else(|| {
             Error::InvalidArgument(format!(
@@ -259,7 +342,55 @@ impl Network {
 
     /// Length of the feature vector.
     pub fn feature_dim(&self) -> usize {
-        self.steps.last().map_or(0, |s| s.shape[2])
+        self.steps
+            .last()
+            .expect("invariant: Network::new refuses networks of fewer than 2 steps")
+            .shape[2]
+    }
+
+    /// The network with the weights of steps `first..` replaced by `steps`' (a trained
+    /// suffix, or one read from a classifier file). Every replacement must be the same
+    /// operation, with the same name, inputs and shape, as the step it replaces: only
+    /// weights change, never the architecture.
+    pub fn with_weights_from(&self, first: usize, steps: &[Step]) -> Result<Network> {
+        let bad = |why: String| {
+            Err(Error::InvalidArgument(format!(
+                "{}: {why}",
+                self.model.name()
+            )))
+        };
+        if first == 0 || first.checked_add(steps.len()) != Some(self.steps.len()) {
+            return bad(format!(
+                "steps {first}.. of {} cannot be replaced by {} steps",
+                self.steps.len(),
+                steps.len()
+            ));
+        }
+        for (mine, theirs) in self.steps[first..].iter().zip(steps) {
+            if !mine.same_operation(theirs) {
+                return bad(format!(
+                    "step {} ({:?}) is not the network's {} ({:?})",
+                    theirs.name, theirs.shape, mine.name, mine.shape
+                ));
+            }
+        }
+        let mut all = self.steps[..first].to_vec();
+        all.extend_from_slice(steps);
+        // Other weights, another identity: features of the two networks never share a cache
+        // entry.
+        let bytes: Vec<u8> = steps
+            .iter()
+            .flat_map(Step::parameters)
+            .flat_map(|values| values.iter().flat_map(|v| v.to_le_bytes()))
+            .collect();
+        let digest = crate::digest::sha256_hex(&bytes);
+        Network::new(
+            self.model,
+            all,
+            format!("{}+tuned-{}", self.weights_id, &digest[..16]),
+            self.weights_path.clone(),
+        )?
+        .with_blocks(self.blocks.to_vec())
     }
 }
 
@@ -380,8 +511,11 @@ impl<'a> WeightSource<'a> {
 fn prepare(
     graph: &Graph,
     weight: impl Fn((usize, &str), &str, &[usize]) -> Result<Vec<f32>>,
-) -> Result<Vec<Step>> {
+) -> Result<(Vec<Step>, Vec<BlockStart>)> {
     let shapes = graph.shapes()?;
+    // The step each block starts at: the first one made once its first node is reached.
+    let mut blocks = Vec::with_capacity(graph.blocks.len());
+    let mut next_block = graph.blocks.iter().peekable();
     let mut readers = vec![0usize; graph.nodes.len()];
     for node in &graph.nodes {
         for &i in &node.inputs {
@@ -398,6 +532,12 @@ fn prepare(
     // stride-2 depthwise convolution; the copies took 7 % of its forward pass).
     let mut folded_pad: Vec<Option<[usize; 4]>> = vec![None; graph.nodes.len()];
     for (i, (node, &shape)) in graph.nodes.iter().zip(&shapes).enumerate() {
+        if let Some(block) = next_block.next_if(|b| b.first == i) {
+            blocks.push(BlockStart {
+                name: block.name.clone(),
+                first_step: steps.len(),
+            });
+        }
         if let (Op::ZeroPad(p), [j]) = (&node.op, node.inputs.as_slice()) {
             let mut consumers = graph.nodes.iter().filter(|n| n.inputs.contains(&i));
             let only_a_conv = matches!(
@@ -615,7 +755,18 @@ fn prepare(
             shape,
         });
     }
-    Ok(steps)
+    // A block whose first layers fused into the step before it would leave part of the block
+    // below the cut: the family's builder must start each block with a step of its own.
+    for (block, start) in graph.blocks.iter().zip(&blocks) {
+        let owner = step_of.get(block.first).copied();
+        if owner.is_some_and(|s| s < start.first_step) || next_block.peek().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "block {} does not start with a step of its own",
+                block.name
+            )));
+        }
+    }
+    Ok((steps, blocks))
 }
 
 /// The checks behind [`Network::new`]: every input is an earlier step, every shape follows

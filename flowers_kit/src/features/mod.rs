@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::backend::native::{Kernels, NativeNetwork};
-use crate::backend::Network;
+use crate::backend::{Cut, Network};
 use crate::data::image::{
     load_resized_bytes, read_photo, with_decoded, Image, PhotoLimits, Resize,
 };
@@ -24,7 +24,6 @@ use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::progress::{Progress, Unit};
-use crate::train::finetune::Top;
 use crate::weights::{fetch_weights, KerasWeights, WeightsRequest};
 pub use engine::BackendKind;
 use engine::Engine;
@@ -235,9 +234,9 @@ pub struct Features {
     pub train_views: Vec<FeatureSet>,
     /// The distortions the views were drawn with.
     pub augment: Option<Augment>,
-    /// For fine-tuning: the backbone's trainable top, whose input the rows are (the
-    /// activations entering it, not features); `None` for plain features.
-    pub top: Option<Top>,
+    /// For fine-tuning: where the network is cut. The rows are then the activations
+    /// crossing the cut (see [`Cut::row_len`]), not features; `None` for plain features.
+    pub cut: Option<Cut>,
 }
 
 impl FeatureExtractor {
@@ -430,7 +429,7 @@ impl FeatureExtractor {
     }
 
     /// Values per photo this extractor outputs: the feature length, or for the frozen part
-    /// below a fine-tuned top, the whole map entering it.
+    /// below a cut, the maps crossing it.
     fn row_len(&self) -> usize {
         match &self.engine {
             Engine::Native(net) => net.output_len(),
@@ -438,12 +437,36 @@ impl FeatureExtractor {
         }
     }
 
-    /// The frozen part of the network, steps up to `cut`, as an extractor whose rows are
-    /// the whole `[h, w, c]` map of step `cut` (cached apart from the features).
-    pub(crate) fn below(&self, cut: usize) -> Result<FeatureExtractor> {
-        let network = self.network.truncated(cut)?;
-        // The native backend runs on every CPU; the part below is run once per photo.
-        let engine = Engine::Native(NativeNetwork::new(&network)?.output_maps());
+    /// The same extractor (device, backend, preprocessing, photo limits, batch size, cache)
+    /// running `network` instead: other weights for the same model, such as a fine-tuned
+    /// classifier's.
+    pub fn with_network(&self, network: Network) -> Result<FeatureExtractor> {
+        if network.model() != self.network.model() {
+            return Err(Error::InvalidArgument(format!(
+                "the extractor runs {}, not {}",
+                self.network.model().name(),
+                network.model().name()
+            )));
+        }
+        let engine = Engine::new(&network, self.device, self.backend)?;
+        Ok(FeatureExtractor {
+            network,
+            engine,
+            device: self.device,
+            backend: self.backend,
+            resize: self.resize,
+            batch_size: self.batch_size,
+            cache: self.cache.clone(),
+            limits: self.limits,
+            progress: self.progress,
+        })
+    }
+
+    /// The frozen part below `cut` as an extractor whose rows are the maps crossing it
+    /// (cached apart from the features). It runs on the native backend, once per photo.
+    fn frozen_part(&self, cut: &Cut) -> Result<FeatureExtractor> {
+        let network = cut.frozen()?;
+        let engine = Engine::Native(NativeNetwork::with_outputs(&network, cut.inputs())?);
         Ok(FeatureExtractor {
             network,
             engine,
@@ -699,7 +722,7 @@ impl FeatureExtractor {
             test: FeatureSet::new(test.values, dim, test.labels, test.paths)?,
             train_views: Vec::new(),
             augment: None,
-            top: None,
+            cut: None,
         })
     }
 
@@ -754,14 +777,18 @@ impl FeatureExtractor {
         );
         let name = self.network.model().name();
         let mut folder = name.to_string();
-        if matches!(&self.engine, Engine::Native(net) if net.outputs_maps()) {
-            // Activations below a fine-tuned top: keyed by the layer they come out of.
-            let layer = self.network.steps().last().map_or("", |s| s.name.as_str());
-            key.push_str(&format!("|map of {layer}"));
-            folder.push_str(&format!("-{layer}"));
+        if let Some(outputs) = match &self.engine {
+            Engine::Native(net) => net.outputs(),
+            _ => None,
+        } {
+            // Activations below a cut: keyed by the layers they come out of.
+            let steps = self.network.steps();
+            let names: Vec<&str> = outputs.iter().map(|&j| steps[j].name.as_str()).collect();
+            key.push_str(&format!("|maps of {}", names.join("+")));
+            folder.push_str(&format!("-{}", names.join("+")));
         }
         let key = sha256_hex(key.as_bytes());
-        dir.join(format!("{folder}-{}", key.get(..16).unwrap_or(&key)))
+        dir.join(format!("{folder}-{}", &key[..16]))
     }
 }
 
@@ -795,6 +822,59 @@ fn check_every_class_kept(split: &Split, out: &Extracted) -> Result<()> {
              were skipped{first}"
         ),
     })
+}
+
+/// What a training run trains on, as far as extraction is concerned: augmented views of the
+/// training photos, and how many of the backbone's last blocks are fine-tuned.
+/// `train::TrainConfig` implements it, so that [`FeatureExtractor::extract_for`] takes a
+/// training configuration while this module knows nothing of training.
+pub trait RowsPlan {
+    /// Errors unless the plan is sound (checked before anything is extracted).
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+    /// The augmentation and how many views of each training photo, if any.
+    fn augmentation(&self) -> Option<(Augment, usize)>;
+    /// How many of the family's last blocks train, if any: the rows are then the
+    /// activations entering them.
+    fn fine_tuned_blocks(&self) -> Option<usize>;
+}
+
+impl FeatureExtractor {
+    /// The rows `plan` trains on: [`extract`](FeatureExtractor::extract), plus augmented
+    /// views of every training photo when it augments
+    /// ([`extract_augmented`](FeatureExtractor::extract_augmented)), and when it fine-tunes
+    /// the last blocks, the activations entering them instead of features (the frozen part
+    /// runs once per photo and view, cached like features).
+    ///
+    /// ```no_run
+    /// # use flowers_kit::prelude::*;
+    /// # fn main() -> flowers_kit::Result<()> {
+    /// # let (extractor, split): (FeatureExtractor, Split) = unimplemented!();
+    /// let config = TrainConfig { augment: Some(Augment::default()), views: 4, ..Default::default() };
+    /// let features = extractor.extract_for(&split, &config)?;   // cached after the first run
+    /// let (classifier, history) = train(&features, &config)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn extract_for(&self, split: &Split, plan: &impl RowsPlan) -> Result<Features> {
+        plan.check()?;
+        let frozen;
+        let (extractor, cut) = match plan.fine_tuned_blocks() {
+            Some(blocks) => {
+                let cut = self.network.cut(blocks)?;
+                frozen = self.frozen_part(&cut)?;
+                (&frozen, Some(cut))
+            }
+            None => (self, None),
+        };
+        let mut features = match plan.augmentation() {
+            Some((augment, views)) => extractor.extract_augmented(split, augment, views)?,
+            None => extractor.extract(split)?,
+        };
+        features.source = self.source();
+        features.cut = cut;
+        Ok(features)
+    }
 }
 
 /// Rows of one side of a split, while they are sorted out.

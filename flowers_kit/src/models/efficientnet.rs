@@ -47,6 +47,7 @@ pub fn graph(published_weights: bool) -> Graph {
                 (filters_out, 1)
             };
             let name = format!("block{}{}_", i + 1, char::from(b'a' + j as u8));
+            g.begin_block(name.trim_end_matches('_'));
             x = block(
                 &mut g,
                 x,

@@ -185,6 +185,19 @@ pub struct Graph {
     pub resolution: usize,
     /// The layers.
     pub nodes: Vec<Node>,
+    /// The family's blocks, as Keras names them (`block_16`, `expanded_conv_14`,
+    /// `block7a`, `conv5_block3`, `mixed10`, `normal_12`), in order: the units fine-tuning
+    /// unfreezes from the top.
+    pub blocks: Vec<Block>,
+}
+
+/// Where one block of a family starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// Keras' name for it (the prefix of its layers' names).
+    pub name: String,
+    /// Its first node; every node after it up to the next block's first belongs to it.
+    pub first: NodeId,
 }
 
 /// `[height, width, channels]` of a node's output.
@@ -390,8 +403,17 @@ impl GraphBuilder {
                 op: Op::Input,
                 inputs: Vec::new(),
             }],
+            blocks: Vec::new(),
         };
         (GraphBuilder { graph }, 0)
+    }
+
+    /// Marks the next layer added as the first of block `name`.
+    pub fn begin_block(&mut self, name: impl Into<String>) {
+        self.graph.blocks.push(Block {
+            name: name.into(),
+            first: self.graph.nodes.len(),
+        });
     }
 
     /// Adds a layer.

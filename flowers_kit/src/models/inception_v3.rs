@@ -104,6 +104,7 @@ pub fn graph() -> Graph {
 
     // mixed 0, 1, 2: 35 × 35.
     for (i, pool_filters) in [32, 64, 64].into_iter().enumerate() {
+        n.g.begin_block(format!("mixed{i}"));
         let b1 = n.same(x, 64, 1, 1);
         let b5 = n.same(x, 48, 1, 1);
         let b5 = n.same(b5, 64, 5, 5);
@@ -116,6 +117,7 @@ pub fn graph() -> Graph {
     }
 
     // mixed 3: 17 × 17.
+    n.g.begin_block("mixed3");
     let b3 = n.conv_bn(x, 384, (3, 3), 2, Padding::Valid);
     let bd = n.same(x, 64, 1, 1);
     let bd = n.same(bd, 96, 3, 3);
@@ -125,6 +127,7 @@ pub fn graph() -> Graph {
 
     // mixed 4–7: 17 × 17, factorised 7×7.
     for (i, f) in [128, 160, 160, 192].into_iter().enumerate() {
+        n.g.begin_block(format!("mixed{}", 4 + i));
         let b1 = n.same(x, 192, 1, 1);
         let b7 = n.same(x, f, 1, 1);
         let b7 = n.same(b7, f, 1, 7);
@@ -140,6 +143,7 @@ pub fn graph() -> Graph {
     }
 
     // mixed 8: 8 × 8.
+    n.g.begin_block("mixed8");
     let b3 = n.same(x, 192, 1, 1);
     let b3 = n.conv_bn(b3, 320, (3, 3), 2, Padding::Valid);
     let b7 = n.same(x, 192, 1, 1);
@@ -151,6 +155,7 @@ pub fn graph() -> Graph {
 
     // mixed 9, 10: 8 × 8.
     for i in 0..2 {
+        n.g.begin_block(format!("mixed{}", 9 + i));
         let b1 = n.same(x, 320, 1, 1);
         let b3 = n.same(x, 384, 1, 1);
         let b3a = n.same(b3, 384, 1, 3);

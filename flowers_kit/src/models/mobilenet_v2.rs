@@ -308,6 +308,7 @@ impl MobileNetV2 {
             } else {
                 format!("block_{id}_")
             };
+            g.begin_block(prefix.trim_end_matches('_'));
             let block_input = x;
             if id > 0 {
                 let inner = channels.saturating_mul(expansion);

@@ -80,6 +80,7 @@ fn block(
     } else {
         format!("expanded_conv_{id}/")
     };
+    g.begin_block(prefix.trim_end_matches('/'));
     let mut x = inputs;
     let expanded = make_divisible(infilters as f64 * expansion, 8);
     if id > 0 {

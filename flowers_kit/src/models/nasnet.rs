@@ -152,6 +152,7 @@ impl Cells {
         filters: usize,
         id: &str,
     ) -> (NodeId, NodeId) {
+        self.g.begin_block(format!("normal_{id}"));
         let p = self.adjust(p, ip, filters, id);
         let h = self.squeeze(ip, filters, "normal", id);
         let x1_1 = self.separable_block(h, filters, 5, 1, &format!("normal_left1_{id}"));
@@ -183,6 +184,7 @@ impl Cells {
         filters: usize,
         id: &str,
     ) -> (NodeId, NodeId) {
+        self.g.begin_block(format!("reduction_{id}"));
         let p = self.adjust(p, ip, filters, id);
         let h = self.squeeze(ip, filters, "reduction", id);
         // The padded map that the stride-2 poolings below read ("valid" windows).

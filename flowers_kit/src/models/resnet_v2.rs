@@ -38,6 +38,7 @@ pub fn graph() -> Graph {
         ("conv4", 256, 6, 2),
         ("conv5", 512, 3, 1),
     ] {
+        g.begin_block(format!("{name}_block1"));
         x = block(
             &mut g,
             x,
@@ -48,6 +49,7 @@ pub fn graph() -> Graph {
             &mut pools,
         );
         for i in 2..blocks {
+            g.begin_block(format!("{name}_block{i}"));
             x = block(
                 &mut g,
                 x,
@@ -58,6 +60,7 @@ pub fn graph() -> Graph {
                 &mut pools,
             );
         }
+        g.begin_block(format!("{name}_block{blocks}"));
         x = block(
             &mut g,
             x,

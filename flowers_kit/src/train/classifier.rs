@@ -1,10 +1,18 @@
 //! A trained classifier: its head plus what it needs to classify a photo later — class
-//! names, the extractor variant and weights, and the preprocessing — saved as one file.
+//! names, the extractor variant and weights, the preprocessing, and the backbone's
+//! fine-tuned blocks if it has them — saved as one file.
+//!
+//! The file is safetensors: the head's layers (`layer{i}.weight` `[inputs, outputs]`,
+//! `layer{i}.bias`), the fine-tuned steps' tensors (`suffix.{step}.{k}`: a convolution's
+//! kernel and bias, an affine step's scale and shift), and one metadata entry,
+//! `classifier`, a typed JSON header ([`FORMAT`]). Files written by the first version
+//! (`flowers_kit classifier v1`) still load.
 //!
 //! A classifier file is untrusted input: [`Classifier::load`] reads at most
 //! [`MAX_CLASSIFIER_BYTES`], checks every tensor's dtype, rank and shape before using it,
-//! bounds the layer count by the tensors actually present, and refuses NaN or infinite
-//! weights.
+//! bounds every count by the tensors actually present, and refuses NaN or infinite weights.
+//! Fine-tuned blocks only replace the weights of the extractor's own steps, checked step by
+//! step: a file cannot change the architecture it runs.
 
 // This module reads untrusted input: every index and every arithmetic step is checked or
 // justified where it is allowed.
@@ -13,31 +21,62 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::finetune::{Top, TopLayer, TopOp, MAX_TOP_LAYERS};
 use super::head::{Activation, Dense, Head};
 use super::metrics::{most_probable, Metrics};
+use crate::backend::dfdx::TrainableSuffix;
+use crate::backend::{Cut, Network, Step};
 use crate::data::image::Resize;
 use crate::error::{Error, Result};
 use crate::features::{FeatureExtractor, FeatureSet, FeatureSource, Features};
-use crate::models::graph::Activation as GraphActivation;
 
-/// Marks classifier files; bumped if the layout changes.
-const FORMAT: &str = "flowers_kit classifier v1";
+/// Marks classifier files of this layout.
+pub const FORMAT: &str = "flowers_kit classifier v2";
 
-/// Largest classifier file [`Classifier::load`] reads (a 1792→500→5 head is under 4 MB).
+/// The first layout (until 2026-12): metadata as separate strings, a fine-tuned MobileNet V2
+/// top described by its own layer list. Still read.
+const FORMAT_V1: &str = "flowers_kit classifier v1";
+
+/// Largest classifier file [`Classifier::load`] reads, and [`Classifier::save`] writes.
 pub const MAX_CLASSIFIER_BYTES: u64 = 256 << 20;
 
+/// Most fine-tuned steps a file may describe (NASNet Mobile's last three cells are ~500).
+const MAX_SAVED_STEPS: usize = 4096;
+
 /// A head trained on features of one extractor.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Classifier {
     head: Head,
     classes: Vec<String>,
     source: FeatureSource,
-    /// A fine-tuned top of the backbone: the head reads its features, and the classifier's
-    /// rows are the activations entering it.
-    top: Option<Top>,
+    fine_tuned: Option<FineTuned>,
+}
+
+/// The backbone's fine-tuned blocks in front of the head.
+#[derive(Debug, Clone)]
+enum FineTuned {
+    /// Just trained: the whole network, cut below the blocks, with their trained weights.
+    Trained(Cut),
+    /// Read from a file: their weights, for the extractor's network to take.
+    Saved(SavedSteps),
+}
+
+/// Fine-tuned weights as a file holds them.
+#[derive(Debug, Clone, PartialEq)]
+struct SavedSteps {
+    /// Where they start in the network.
+    first: FirstStep,
+    /// Each step's name and tensors, in order (none for a step without weights).
+    steps: Vec<(String, Vec<Vec<f32>>)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum FirstStep {
+    /// At this step.
+    At(usize),
+    /// After the step of this name and shape (a v1 file's cut).
+    After(String, [usize; 3]),
 }
 
 /// One of the top-k answers for a photo.
@@ -49,6 +88,20 @@ pub struct Prediction {
     pub label: usize,
     /// Softmax probability.
     pub probability: f32,
+}
+
+impl PartialEq for Classifier {
+    fn eq(&self, other: &Classifier) -> bool {
+        let suffix = |c: &Classifier| match &c.fine_tuned {
+            None => None,
+            Some(FineTuned::Trained(cut)) => Some(SavedSteps::of(cut)),
+            Some(FineTuned::Saved(saved)) => Some(saved.clone()),
+        };
+        self.head == other.head
+            && self.classes == other.classes
+            && self.source == other.source
+            && suffix(self) == suffix(other)
+    }
 }
 
 impl Classifier {
@@ -75,28 +128,37 @@ impl Classifier {
             head,
             classes,
             source,
-            top: None,
+            fine_tuned: None,
         })
     }
 
-    /// The classifier with a fine-tuned top of the backbone in front of its head: the top's
-    /// features must be the head's inputs.
-    pub fn with_top(mut self, top: Top) -> Result<Classifier> {
-        top.validate()?;
-        if top.feature_dim() != self.head.inputs() {
+    /// The classifier with the backbone's fine-tuned blocks in front of its head: `cut`'s
+    /// network carries their trained weights, and its features are the head's inputs.
+    pub fn with_fine_tuned(mut self, cut: Cut) -> Result<Classifier> {
+        if cut.network().feature_dim() != self.head.inputs() {
             return Err(Error::InvalidArgument(format!(
-                "the fine-tuned top gives {} features, the head takes {}",
-                top.feature_dim(),
+                "the fine-tuned network gives {} features, the head takes {}",
+                cut.network().feature_dim(),
                 self.head.inputs()
             )));
         }
-        self.top = Some(top);
+        self.fine_tuned = Some(FineTuned::Trained(cut));
         Ok(self)
     }
 
-    /// The fine-tuned top of the backbone, if the classifier has one.
-    pub fn top(&self) -> Option<&Top> {
-        self.top.as_ref()
+    /// The fine-tuned network, cut below its trained blocks, for a classifier just trained
+    /// with them (`None` without fine-tuning, or for one read from a file: see
+    /// [`Classifier::fine_tuned_extractor`]).
+    pub fn fine_tuned(&self) -> Option<&Cut> {
+        match &self.fine_tuned {
+            Some(FineTuned::Trained(cut)) => Some(cut),
+            _ => None,
+        }
+    }
+
+    /// Whether the classifier carries fine-tuned blocks of the backbone.
+    pub fn is_fine_tuned(&self) -> bool {
+        self.fine_tuned.is_some()
     }
 
     /// The trained layers.
@@ -114,12 +176,20 @@ impl Classifier {
         &self.source
     }
 
-    /// Class probabilities `[n, classes]` for `n` rows: features, or with a fine-tuned
-    /// top, the activations entering it.
+    /// Class probabilities `[n, classes]` for `n` rows: features, or for a classifier just
+    /// trained with fine-tuned blocks, the activations entering them.
     pub fn probabilities(&self, rows: &[f32], n: usize) -> Result<Vec<f32>> {
-        match &self.top {
+        match &self.fine_tuned {
             None => self.head.probabilities(rows, n),
-            Some(top) => self.head.probabilities(&top.features(rows, n)?, n),
+            Some(FineTuned::Trained(cut)) => {
+                let suffix = TrainableSuffix::new(cut, dfdx::tensor::Cpu::default())?;
+                self.head.probabilities(&suffix.features(rows, n)?, n)
+            }
+            Some(FineTuned::Saved(_)) => Err(Error::InvalidArgument(
+                "this classifier was read from a file with fine-tuned blocks: classify photos \
+                 with `predict(&extractor, photo, k)`, which runs them"
+                    .into(),
+            )),
         }
     }
 
@@ -140,9 +210,10 @@ impl Classifier {
             .collect())
     }
 
-    /// The `k` most likely classes for one feature vector, most likely first.
+    /// The `k` most likely classes for one feature vector (the head's input), most likely
+    /// first.
     pub fn top_k(&self, features: &[f32], k: usize) -> Result<Vec<Prediction>> {
-        let probabilities = self.probabilities(features, 1)?;
+        let probabilities = self.head.probabilities(features, 1)?;
         let mut ranked: Vec<Prediction> = probabilities
             .iter()
             .zip(&self.classes)
@@ -158,40 +229,44 @@ impl Classifier {
         Ok(ranked)
     }
 
-    /// Classifies a photo file with `extractor`, which must be the one the head was trained
+    /// For a fine-tuned classifier, `extractor` with the fine-tuned blocks' weights in its
+    /// network: what extracts the head's inputs from a photo. `None` without fine-tuning
+    /// (the extractor itself does). `extractor` must be the one the classifier was trained
     /// on (same variant and weights).
+    pub fn fine_tuned_extractor(
+        &self,
+        extractor: &FeatureExtractor,
+    ) -> Result<Option<FeatureExtractor>> {
+        self.source.check(extractor)?;
+        let network = match &self.fine_tuned {
+            None => return Ok(None),
+            Some(FineTuned::Trained(cut)) => cut.network().clone(),
+            Some(FineTuned::Saved(saved)) => saved.applied_to(extractor.network())?,
+        };
+        extractor.with_network(network).map(Some)
+    }
+
+    /// Classifies a photo file with `extractor`, which must be the one the head was trained
+    /// on (same variant and weights); a fine-tuned classifier runs its blocks in place of the
+    /// extractor's.
     pub fn predict(
         &self,
         extractor: &FeatureExtractor,
         photo: impl AsRef<Path>,
         k: usize,
     ) -> Result<Vec<Prediction>> {
-        self.source.check(extractor)?;
-        let rows = match &self.top {
+        let features = match self.fine_tuned_extractor(extractor)? {
             None => extractor.extract_one(photo.as_ref())?,
-            Some(top) => {
-                // The frozen part runs up to the layer whose output enters the top.
-                let network = extractor.network();
-                let cut = network
-                    .steps()
-                    .iter()
-                    .position(|s| s.name == top.cut && s.shape == top.input_shape)
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "the extractor has no layer {} of shape {:?} for the fine-tuned top",
-                            top.cut, top.input_shape
-                        ))
-                    })?;
-                extractor.below(cut)?.extract_one(photo.as_ref())?
-            }
+            Some(fine_tuned) => fine_tuned.extract_one(photo.as_ref())?,
         };
-        self.top_k(&rows, k)
+        self.top_k(&features, k)
     }
 
-    /// Saves head weights and metadata to one safetensors file, atomically.
+    /// Saves the classifier to one safetensors file, atomically. A file over
+    /// [`MAX_CLASSIFIER_BYTES`] (which `load` would refuse) is an error, not written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let mut tensors = Vec::new();
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (i, layer) in self.head.layers().iter().enumerate() {
             tensors.push((
                 format!("layer{i}.weight"),
@@ -204,24 +279,60 @@ impl Classifier {
                 bytes(&layer.bias),
             ));
         }
-        if let Some(top) = &self.top {
-            for layer in &top.layers {
-                if layer.weights.is_empty() {
-                    continue;
+        let fine_tuned = match &self.fine_tuned {
+            None => None,
+            Some(FineTuned::Trained(cut)) => Some(SavedSteps::of(cut)),
+            Some(FineTuned::Saved(saved)) => Some(saved.clone()),
+        };
+        let suffix_header = match &fine_tuned {
+            None => None,
+            Some(saved) => {
+                let FirstStep::At(first) = saved.first else {
+                    return Err(Error::InvalidArgument(
+                        "a classifier read from a first-version file keeps its fine-tuned top \
+                         until it is given its extractor; train again to save it"
+                            .into(),
+                    ));
+                };
+                let mut steps = Vec::with_capacity(saved.steps.len());
+                for (offset, (name, params)) in saved.steps.iter().enumerate() {
+                    let index = first.saturating_add(offset);
+                    for (k, values) in params.iter().enumerate() {
+                        tensors.push((
+                            format!("suffix.{index}.{k}"),
+                            vec![values.len()],
+                            bytes(values),
+                        ));
+                    }
+                    steps.push(StepHeader {
+                        name: name.clone(),
+                        tensors: params.iter().map(Vec::len).collect(),
+                    });
                 }
-                let c = layer.shape[2];
-                tensors.push((
-                    format!("top.{}.weight", layer.name),
-                    vec![layer.weights.len().checked_div(c).unwrap_or(0), c],
-                    bytes(&layer.weights),
-                ));
-                tensors.push((
-                    format!("top.{}.bias", layer.name),
-                    vec![c],
-                    bytes(&layer.bias),
-                ));
+                Some(SuffixHeader { first, steps })
             }
-        }
+        };
+        let header = Header {
+            classes: self.classes.clone(),
+            model: self.source.model.clone(),
+            weights_id: self.source.weights_id.clone(),
+            weights_path: self.source.weights_path.clone(),
+            resize: self.source.resize,
+            activation: self.head.activation(),
+            layers: self.head.layers().len(),
+            fine_tuned: suffix_header,
+        };
+        let write_error = |reason: String| Error::Write {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let header = serde_json::to_string(&header).map_err(|e| write_error(e.to_string()))?;
+        let metadata: HashMap<String, String> = [
+            ("format".to_string(), FORMAT.to_string()),
+            ("classifier".to_string(), header),
+        ]
+        .into_iter()
+        .collect();
         let views = tensors
             .iter()
             .map(|(name, shape, data)| {
@@ -229,60 +340,21 @@ impl Classifier {
                     .map(|view| (name.clone(), view))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Write {
-                path: path.to_path_buf(),
-                reason: format!("cannot build the tensors: {e}"),
-            })?;
-        let source = &self.source;
-        let metadata: HashMap<String, String> = [
-            ("format", FORMAT.to_string()),
-            (
-                "classes",
-                serde_json::to_string(&self.classes).unwrap_or_default(),
-            ),
-            ("model", source.model.clone()),
-            ("weights_id", source.weights_id.clone()),
-            (
-                "weights_path",
-                source
-                    .weights_path
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            ),
-            ("resize", source.resize.name().to_string()),
-            ("activation", format!("{:?}", self.head.activation())),
-            ("layers", self.head.layers().len().to_string()),
-            (
-                "top",
-                self.top
-                    .as_ref()
-                    .map(|top| serde_json::to_string(&TopSpec::of(top)).unwrap_or_default())
-                    .unwrap_or_default(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let serialized =
-            safetensors::serialize(views, &Some(metadata)).map_err(|e| Error::Write {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| write_error(format!("cannot build the tensors: {e}")))?;
+        let serialized = safetensors::serialize(views, &Some(metadata))
+            .map_err(|e| write_error(e.to_string()))?;
         // What save writes, load must read.
         if serialized.len() as u64 > MAX_CLASSIFIER_BYTES {
-            return Err(Error::Write {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "{} bytes is more than a classifier file may hold ({MAX_CLASSIFIER_BYTES})",
-                    serialized.len()
-                ),
-            });
+            return Err(write_error(format!(
+                "{} bytes is more than a classifier file may hold ({MAX_CLASSIFIER_BYTES})",
+                serialized.len()
+            )));
         }
         crate::files::write_atomically(path, &serialized)
     }
 
-    /// Loads a file written by [`Classifier::save`]; anything else is a clear error.
+    /// Loads a file written by [`Classifier::save`] (this layout or the first one); anything
+    /// else is a clear error.
     pub fn load(path: impl AsRef<Path>) -> Result<Classifier> {
         let path = path.as_ref();
         let data =
@@ -301,83 +373,32 @@ impl Classifier {
             path: path.to_path_buf(),
             reason,
         };
-        let tensors = safetensors::SafeTensors::deserialize(data)
-            .map_err(|e| bad(format!("not a classifier file (damaged safetensors: {e})")))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(data)
-            .map_err(|e| bad(format!("not a classifier file (damaged safetensors: {e})")))?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(bad("not a flowers_kit classifier file".into()));
-        }
-        let field = |k: &str| -> Result<&String> {
-            meta.get(k)
-                .ok_or_else(|| bad(format!("metadata field '{k}' is missing")))
-        };
-        let classes: Vec<String> = serde_json::from_str(field("classes")?)
-            .map_err(|e| bad(format!("bad class list: {e}")))?;
-        let resize = match field("resize")?.as_str() {
-            "tf_v1_bilinear" => Resize::TfV1Bilinear,
-            "tf_v2_bilinear" => Resize::TfV2Bilinear,
-            other => return Err(bad(format!("unknown resize '{other}'"))),
-        };
-        let activation = match field("activation")?.as_str() {
-            "Relu" => Activation::Relu,
-            "Linear" => Activation::Linear,
-            other => return Err(bad(format!("unknown activation '{other}'"))),
+        let file = TensorFile::read(data, path)?;
+        let header = match file.meta.get("format").map(String::as_str) {
+            Some(FORMAT) => {
+                let json = file
+                    .meta
+                    .get("classifier")
+                    .ok_or_else(|| bad("the classifier header is missing".into()))?;
+                serde_json::from_str::<Header>(json)
+                    .map_err(|e| bad(format!("bad classifier header: {e}")))?
+            }
+            Some(FORMAT_V1) => v1::header(&file.meta).map_err(&bad)?,
+            _ => return Err(bad("not a flowers_kit classifier file".into())),
         };
         // Two tensors per layer: a count beyond what the file holds is a lie, not a reason
         // to allocate.
-        let present = tensors.len() / 2;
-        let count: usize = field("layers")?
-            .parse()
-            .ok()
-            .filter(|&c| c >= 1 && c <= present)
-            .ok_or_else(|| {
-                bad(format!(
-                    "the layer count must be 1 to {present} (the tensors in the file)"
-                ))
-            })?;
-        let get = |name: String, rank: usize| -> Result<(Vec<usize>, Vec<f32>)> {
-            let view = tensors
-                .tensor(&name)
-                .map_err(|_| bad(format!("tensor {name} is missing")))?;
-            if view.dtype() != safetensors::Dtype::F32 {
-                return Err(bad(format!(
-                    "tensor {name} is {:?}, expected F32",
-                    view.dtype()
-                )));
-            }
-            if view.shape().len() != rank {
-                return Err(bad(format!(
-                    "tensor {name} has shape {:?}, expected {rank} dimensions",
-                    view.shape()
-                )));
-            }
-            let expected = view
-                .shape()
-                .iter()
-                .try_fold(4usize, |acc, &d| acc.checked_mul(d));
-            if expected != Some(view.data().len()) {
-                return Err(bad(format!(
-                    "tensor {name} holds {} bytes for shape {:?}",
-                    view.data().len(),
-                    view.shape()
-                )));
-            }
-            let values: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(crate::files::le_f32)
-                .collect();
-            if values.iter().any(|v| !v.is_finite()) {
-                return Err(bad(format!("tensor {name} holds NaN or infinite values")));
-            }
-            Ok((view.shape().to_vec(), values))
-        };
-        let mut layers = Vec::with_capacity(count);
-        for i in 0..count {
-            let (wshape, weights) = get(format!("layer{i}.weight"), 2)?;
-            let (bshape, bias) = get(format!("layer{i}.bias"), 1)?;
+        let present = file.tensors.len() / 2;
+        if header.layers == 0 || header.layers > present {
+            return Err(bad(format!(
+                "the layer count must be 1 to {present} (the tensors in the file), not {}",
+                header.layers
+            )));
+        }
+        let mut layers = Vec::with_capacity(header.layers);
+        for i in 0..header.layers {
+            let (wshape, weights) = file.get(&format!("layer{i}.weight"), 2)?;
+            let (bshape, bias) = file.get(&format!("layer{i}.bias"), 1)?;
             // Weights are [inputs, outputs], as in Keras.
             let (inputs, outputs) = match wshape.as_slice() {
                 &[inputs, outputs] => (inputs, outputs),
@@ -395,130 +416,329 @@ impl Classifier {
                 outputs,
             });
         }
-        let head = Head::from_layers(layers, activation).map_err(|e| bad(e.to_string()))?;
-        let top = match meta.get("top").filter(|t| !t.is_empty()) {
-            None => None,
-            Some(spec) => {
-                let spec: TopSpec = serde_json::from_str(spec)
-                    .map_err(|e| bad(format!("bad fine-tuned top description: {e}")))?;
-                if spec.layers.len() > MAX_TOP_LAYERS {
-                    return Err(bad(format!("{} fine-tuned layers", spec.layers.len())));
-                }
-                let mut layers = Vec::with_capacity(spec.layers.len());
-                for layer in spec.layers {
-                    let op = layer.op()?;
-                    let (weights, bias) = if op == TopOp::Add {
-                        (Vec::new(), Vec::new())
-                    } else {
-                        let (_, weights) = get(format!("top.{}.weight", layer.name), 2)?;
-                        let (_, bias) = get(format!("top.{}.bias", layer.name), 1)?;
-                        (weights, bias)
-                    };
-                    layers.push(TopLayer {
-                        name: layer.name,
-                        op,
-                        inputs: layer.inputs,
-                        shape: layer.shape,
-                        weights,
-                        bias,
-                    });
-                }
-                let top = Top {
-                    cut: spec.cut,
-                    input_shape: spec.input_shape,
-                    layers,
-                };
-                top.validate().map_err(|e| bad(e.to_string()))?;
-                Some(top)
-            }
+        let head = Head::from_layers(layers, header.activation).map_err(|e| bad(e.to_string()))?;
+        let saved = match (
+            file.meta.get("format").map(String::as_str),
+            &header.fine_tuned,
+        ) {
+            (Some(FORMAT_V1), _) => v1::top(&file)?,
+            (_, None) => None,
+            (_, Some(suffix)) => Some(SavedSteps::read(suffix, &file)?),
         };
-        let weights_path = meta
-            .get("weights_path")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from);
         let source = FeatureSource {
-            model: field("model")?.clone(),
-            weights_id: field("weights_id")?.clone(),
-            weights_path,
-            resize,
+            model: header.model,
+            weights_id: header.weights_id,
+            weights_path: header.weights_path,
+            resize: header.resize,
         };
-        let classifier =
-            Classifier::from_parts(head, classes, source).map_err(|e| bad(e.to_string()))?;
-        match top {
-            Some(top) => classifier.with_top(top).map_err(|e| bad(e.to_string())),
-            None => Ok(classifier),
-        }
+        let mut classifier =
+            Classifier::from_parts(head, header.classes, source).map_err(|e| bad(e.to_string()))?;
+        classifier.fine_tuned = saved.map(FineTuned::Saved);
+        Ok(classifier)
     }
 }
 
-/// A fine-tuned top's structure, as the file's metadata holds it (the weights are tensors).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct TopSpec {
-    cut: String,
-    input_shape: [usize; 3],
-    layers: Vec<TopLayerSpec>,
+/// The `classifier` metadata entry.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    /// Class names in label order.
+    classes: Vec<String>,
+    /// The extractor's model name.
+    model: String,
+    /// Its weights' identity (SHA-256 of the weight file).
+    weights_id: String,
+    /// Its weight file, if it came from one.
+    weights_path: Option<PathBuf>,
+    /// The preprocessing resize.
+    resize: Resize,
+    /// Between the head's layers.
+    activation: Activation,
+    /// The head's layer count.
+    layers: usize,
+    /// The fine-tuned steps, if any.
+    fine_tuned: Option<SuffixHeader>,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct TopLayerSpec {
+#[derive(Debug, Serialize, Deserialize)]
+struct SuffixHeader {
+    /// The first fine-tuned step's index in the network.
+    first: usize,
+    /// Every step from there to the last, in order.
+    steps: Vec<StepHeader>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StepHeader {
+    /// The step's name (its last Keras layer).
     name: String,
-    /// `pointwise`, `depthwise` or `add`.
-    op: String,
-    /// `Linear`, `Relu` or `Relu6`.
-    activation: String,
-    inputs: Vec<usize>,
-    shape: [usize; 3],
+    /// The length of each of its tensors, stored as `suffix.{index}.{k}`.
+    tensors: Vec<usize>,
 }
 
-impl TopSpec {
-    fn of(top: &Top) -> TopSpec {
-        TopSpec {
-            cut: top.cut.clone(),
-            input_shape: top.input_shape,
-            layers: top
-                .layers
+impl SavedSteps {
+    /// The trained steps of `cut`.
+    fn of(cut: &Cut) -> SavedSteps {
+        SavedSteps {
+            first: FirstStep::At(cut.first()),
+            steps: cut
+                .suffix()
                 .iter()
-                .map(|l| {
-                    let (op, activation) = match l.op {
-                        TopOp::Pointwise(a) => ("pointwise", a),
-                        TopOp::Depthwise(a) => ("depthwise", a),
-                        TopOp::Add => ("add", GraphActivation::Linear),
-                    };
-                    TopLayerSpec {
-                        name: l.name.clone(),
-                        op: op.into(),
-                        activation: format!("{activation:?}"),
-                        inputs: l.inputs.clone(),
-                        shape: l.shape,
-                    }
+                .map(|step| {
+                    let params = step.parameters().into_iter().map(<[f32]>::to_vec).collect();
+                    (step.name.clone(), params)
                 })
                 .collect(),
         }
     }
+
+    /// The steps a v2 header describes, with their tensors from the file.
+    fn read(header: &SuffixHeader, file: &TensorFile) -> Result<SavedSteps> {
+        if header.steps.len() > MAX_SAVED_STEPS || header.steps.is_empty() {
+            return Err(file.bad(format!("{} fine-tuned steps", header.steps.len())));
+        }
+        let mut steps = Vec::with_capacity(header.steps.len());
+        for (offset, step) in header.steps.iter().enumerate() {
+            if step.tensors.len() > 2 {
+                return Err(file.bad(format!(
+                    "step {} has {} tensors",
+                    step.name,
+                    step.tensors.len()
+                )));
+            }
+            let index = header
+                .first
+                .checked_add(offset)
+                .ok_or_else(|| file.bad("a step index past usize".into()))?;
+            let mut params = Vec::with_capacity(step.tensors.len());
+            for (k, &len) in step.tensors.iter().enumerate() {
+                let (shape, values) = file.get(&format!("suffix.{index}.{k}"), 1)?;
+                if shape != [len] {
+                    return Err(file.bad(format!(
+                        "tensor suffix.{index}.{k} has shape {shape:?}, the header says [{len}]"
+                    )));
+                }
+                params.push(values);
+            }
+            steps.push((step.name.clone(), params));
+        }
+        Ok(SavedSteps {
+            first: FirstStep::At(header.first),
+            steps,
+        })
+    }
+
+    /// `network` with these weights in its steps, each checked against the step it
+    /// replaces: the same name, and tensors of the same lengths.
+    fn applied_to(&self, network: &Network) -> Result<Network> {
+        let all = network.steps();
+        let first = match &self.first {
+            FirstStep::At(first) => *first,
+            FirstStep::After(name, shape) => all
+                .iter()
+                .position(|s| &s.name == name && &s.shape == shape)
+                .and_then(|i| i.checked_add(1))
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "{} has no layer {name} of shape {shape:?} for the fine-tuned top",
+                        network.model().name()
+                    ))
+                })?,
+        };
+        let mismatch = |why: String| {
+            Error::InvalidArgument(format!(
+                "the classifier's fine-tuned blocks do not fit {}: {why}",
+                network.model().name()
+            ))
+        };
+        let theirs = all
+            .get(first..)
+            .filter(|rest| rest.len() == self.steps.len())
+            .ok_or_else(|| {
+                mismatch(format!(
+                    "{} steps from step {first} of {}",
+                    self.steps.len(),
+                    all.len()
+                ))
+            })?;
+        let mut steps: Vec<Step> = theirs.to_vec();
+        for (step, (name, params)) in steps.iter_mut().zip(&self.steps) {
+            let targets = step.parameters();
+            let fits = step.name == *name
+                && targets.len() == params.len()
+                && targets.iter().zip(params).all(|(t, p)| t.len() == p.len());
+            if !fits {
+                return Err(mismatch(format!(
+                    "step {name} is not the network's {}",
+                    step.name
+                )));
+            }
+            for (target, values) in step.parameters_mut().into_iter().zip(params) {
+                target.clone_from(values);
+            }
+        }
+        network.with_weights_from(first, &steps)
+    }
 }
 
-impl TopLayerSpec {
-    fn op(&self) -> Result<TopOp> {
-        let activation = match self.activation.as_str() {
-            "Linear" => GraphActivation::Linear,
-            "Relu" => GraphActivation::Relu,
-            "Relu6" => GraphActivation::Relu6,
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "fine-tuned layer {}: unknown activation '{other}'",
-                    self.name
-                )))
-            }
+/// A safetensors file's tensors and metadata, read with every shape checked.
+struct TensorFile<'a> {
+    tensors: safetensors::SafeTensors<'a>,
+    meta: HashMap<String, String>,
+    path: &'a Path,
+}
+
+impl<'a> TensorFile<'a> {
+    fn read(data: &'a [u8], path: &'a Path) -> Result<TensorFile<'a>> {
+        let bad = |reason: String| Error::Tensors {
+            path: path.to_path_buf(),
+            reason,
         };
-        match self.op.as_str() {
-            "pointwise" => Ok(TopOp::Pointwise(activation)),
-            "depthwise" => Ok(TopOp::Depthwise(activation)),
-            "add" => Ok(TopOp::Add),
-            other => Err(Error::InvalidArgument(format!(
-                "fine-tuned layer {}: unknown operation '{other}'",
-                self.name
-            ))),
+        let tensors = safetensors::SafeTensors::deserialize(data)
+            .map_err(|e| bad(format!("not a classifier file (damaged safetensors: {e})")))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(data)
+            .map_err(|e| bad(format!("not a classifier file (damaged safetensors: {e})")))?;
+        Ok(TensorFile {
+            tensors,
+            meta: header.metadata().clone().unwrap_or_default(),
+            path,
+        })
+    }
+
+    fn bad(&self, reason: String) -> Error {
+        Error::Tensors {
+            path: self.path.to_path_buf(),
+            reason,
         }
+    }
+
+    /// Tensor `name` of `rank` dimensions: its shape and values, all finite.
+    fn get(&self, name: &str, rank: usize) -> Result<(Vec<usize>, Vec<f32>)> {
+        let view = self
+            .tensors
+            .tensor(name)
+            .map_err(|_| self.bad(format!("tensor {name} is missing")))?;
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(self.bad(format!("tensor {name} is {:?}, expected F32", view.dtype())));
+        }
+        if view.shape().len() != rank {
+            return Err(self.bad(format!(
+                "tensor {name} has shape {:?}, expected {rank} dimensions",
+                view.shape()
+            )));
+        }
+        let expected = view
+            .shape()
+            .iter()
+            .try_fold(4usize, |acc, &d| acc.checked_mul(d));
+        if expected != Some(view.data().len()) {
+            return Err(self.bad(format!(
+                "tensor {name} holds {} bytes for shape {:?}",
+                view.data().len(),
+                view.shape()
+            )));
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(crate::files::le_f32)
+            .collect();
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(self.bad(format!("tensor {name} holds NaN or infinite values")));
+        }
+        Ok((view.shape().to_vec(), values))
+    }
+}
+
+/// Reading the first layout: its metadata strings, and a fine-tuned MobileNet V2 top
+/// described layer by layer (1×1 and 3×3 depthwise convolutions and adds after a named
+/// cut), which maps one to one onto the network's steps after that cut.
+mod v1 {
+    use super::*;
+
+    /// Most layers a v1 top held (three blocks and the last convolution are 13).
+    const MAX_TOP_LAYERS: usize = 64;
+
+    #[derive(Deserialize)]
+    struct TopSpec {
+        cut: String,
+        input_shape: [usize; 3],
+        layers: Vec<LayerSpec>,
+    }
+
+    #[derive(Deserialize)]
+    struct LayerSpec {
+        name: String,
+        /// `pointwise`, `depthwise` or `add`.
+        op: String,
+    }
+
+    pub(super) fn header(meta: &HashMap<String, String>) -> std::result::Result<Header, String> {
+        let field = |k: &str| -> std::result::Result<&String, String> {
+            meta.get(k)
+                .ok_or_else(|| format!("metadata field '{k}' is missing"))
+        };
+        let classes: Vec<String> =
+            serde_json::from_str(field("classes")?).map_err(|e| format!("bad class list: {e}"))?;
+        let resize = match field("resize")?.as_str() {
+            "tf_v1_bilinear" => Resize::TfV1Bilinear,
+            "tf_v2_bilinear" => Resize::TfV2Bilinear,
+            other => return Err(format!("unknown resize '{other}'")),
+        };
+        let activation = match field("activation")?.as_str() {
+            "Relu" => Activation::Relu,
+            "Linear" => Activation::Linear,
+            other => return Err(format!("unknown activation '{other}'")),
+        };
+        let layers = field("layers")?
+            .parse()
+            .map_err(|_| "the layer count is not a number".to_string())?;
+        Ok(Header {
+            classes,
+            model: field("model")?.clone(),
+            weights_id: field("weights_id")?.clone(),
+            weights_path: meta
+                .get("weights_path")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            resize,
+            activation,
+            layers,
+            fine_tuned: None,
+        })
+    }
+
+    /// The fine-tuned top of a v1 file, if it has one.
+    pub(super) fn top(file: &TensorFile) -> Result<Option<SavedSteps>> {
+        let Some(spec) = file.meta.get("top").filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let spec: TopSpec = serde_json::from_str(spec)
+            .map_err(|e| file.bad(format!("bad fine-tuned top description: {e}")))?;
+        if spec.layers.is_empty() || spec.layers.len() > MAX_TOP_LAYERS {
+            return Err(file.bad(format!("{} fine-tuned layers", spec.layers.len())));
+        }
+        let mut steps = Vec::with_capacity(spec.layers.len());
+        for layer in spec.layers {
+            let params = match layer.op.as_str() {
+                "add" => Vec::new(),
+                "pointwise" | "depthwise" => {
+                    let (_, weights) = file.get(&format!("top.{}.weight", layer.name), 2)?;
+                    let (_, bias) = file.get(&format!("top.{}.bias", layer.name), 1)?;
+                    vec![weights, bias]
+                }
+                other => {
+                    return Err(file.bad(format!(
+                        "fine-tuned layer {}: unknown operation '{other}'",
+                        layer.name
+                    )))
+                }
+            };
+            steps.push((layer.name, params));
+        }
+        Ok(Some(SavedSteps {
+            first: FirstStep::After(spec.cut, spec.input_shape),
+            steps,
+        }))
     }
 }
 

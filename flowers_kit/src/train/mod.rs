@@ -9,7 +9,7 @@ pub mod optim;
 pub mod trainer;
 
 pub use classifier::{Classifier, Prediction};
-pub use finetune::{FineTune, Schedule, Top};
+pub use finetune::{FineTune, Schedule};
 pub use head::{Activation, Head};
 pub use metrics::{ClassMetrics, Metrics, Mistake};
 pub use optim::Optimizer;

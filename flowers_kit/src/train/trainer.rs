@@ -1,20 +1,21 @@
 //! The tutorial's training loop.
 
-use dfdx::prelude::Axis;
+use dfdx::prelude::{Axis, HasShape};
 use dfdx::tensor::{Cpu, Gradients, Tensor, TensorFrom, Trace};
 use dfdx::tensor_ops::*;
 use rand::SeedableRng;
 use serde::Serialize;
 
 use super::classifier::Classifier;
-use super::finetune::{top_forward, FineTune, Schedule, Top, TopParams, EVAL_CHUNK};
+use super::finetune::{FineTune, Schedule};
 use super::head::{forward_from_first, Activation, DeviceParams, Head};
 use super::metrics::most_probable;
 use super::optim::{update, Optimizer, Slots};
-use crate::data::{Augment, Split};
+use crate::backend::dfdx::{ParamMut, TrainableSuffix, EVAL_CHUNK};
+use crate::data::Augment;
 use crate::device::{dfdx_error as backend, DeviceKind, DfdxDevice};
 use crate::error::{Error, Result};
-use crate::features::{FeatureExtractor, FeatureSet, Features};
+use crate::features::{FeatureSet, Features, RowsPlan};
 use std::borrow::Cow;
 
 /// Hyperparameters, named after the tutorial's constants where it has them.
@@ -200,38 +201,17 @@ pub const MAX_VIEWS: usize = 64;
 /// their gradient).
 pub const MAX_FINE_TUNE_BATCH: usize = 256;
 
-impl FeatureExtractor {
-    /// The features `config` trains on: [`extract`](FeatureExtractor::extract), plus, with
-    /// `config.augment`, `config.views` augmented views of every training photo
-    /// ([`extract_augmented`](FeatureExtractor::extract_augmented)).
-    ///
-    /// ```no_run
-    /// # use flowers_kit::prelude::*;
-    /// # fn main() -> flowers_kit::Result<()> {
-    /// # let (extractor, split): (FeatureExtractor, Split) = unimplemented!();
-    /// let config = TrainConfig { augment: Some(Augment::default()), views: 4, ..Default::default() };
-    /// let features = extractor.extract_for(&split, &config)?;   // cached after the first run
-    /// let (classifier, history) = train(&features, &config)?;
-    /// # Ok(()) }
-    /// ```
-    pub fn extract_for(&self, split: &Split, config: &TrainConfig) -> Result<Features> {
-        config.validate()?;
-        let below;
-        let (extractor, top) = match config.fine_tune {
-            Some(fine_tune) => {
-                let (top, cut) = Top::of(self.network(), fine_tune.blocks)?;
-                below = self.below(cut)?;
-                (&below, Some(top))
-            }
-            None => (self, None),
-        };
-        let mut features = match config.augment {
-            Some(augment) => extractor.extract_augmented(split, augment, config.views)?,
-            None => extractor.extract(split)?,
-        };
-        features.source = self.source();
-        features.top = top;
-        Ok(features)
+impl RowsPlan for TrainConfig {
+    fn check(&self) -> Result<()> {
+        self.validate()
+    }
+
+    fn augmentation(&self) -> Option<(Augment, usize)> {
+        self.augment.map(|augment| (augment, self.views))
+    }
+
+    fn fine_tuned_blocks(&self) -> Option<usize> {
+        self.fine_tune.map(|f| f.blocks)
     }
 }
 
@@ -310,11 +290,41 @@ fn validate(features: &Features, config: &TrainConfig) -> Result<()> {
             features.classes.len()
         ));
     }
-    Ok(())
+    match (&features.cut, config.fine_tune) {
+        (None, None) => Ok(()),
+        (Some(cut), Some(fine_tune)) if cut.blocks() != fine_tune.blocks => bad(format!(
+            "the rows are the activations entering the last {} blocks, but the config \
+             fine-tunes {}: extract them with `extractor.extract_for(&split, &config)`",
+            cut.blocks(),
+            fine_tune.blocks
+        )),
+        (Some(cut), Some(_)) if cut.row_len() != features.dim => bad(format!(
+            "the rows hold {} values, but the activations entering {} are {}",
+            features.dim,
+            cut.block_name(),
+            cut.row_len()
+        )),
+        (Some(_), Some(_)) => Ok(()),
+        (None, Some(_)) => bad(
+            "fine-tuning needs the activations entering the blocks, not features: extract \
+             them with `extractor.extract_for(&split, &config)`"
+                .into(),
+        ),
+        (Some(cut), None) => bad(format!(
+            "these rows are the activations entering {} (extracted for fine-tuning), but the \
+             config fine-tunes nothing",
+            cut.block_name()
+        )),
+    }
 }
 
 /// Trains a head on `features.train` (or, with `config.augment`, on its augmented views),
-/// evaluating on `features.test` as the tutorial does.
+/// evaluating on `features.test` as the tutorial does. With `config.fine_tune`, the rows are
+/// the activations entering the backbone's last blocks ([`FeatureExtractor::extract_for`]
+/// makes them), and those blocks train with the head, after `head_steps` steps of the head
+/// alone.
+///
+/// [`FeatureExtractor::extract_for`]: crate::features::FeatureExtractor::extract_for
 ///
 /// ```no_run
 /// # use flowers_kit::prelude::*;
@@ -327,35 +337,10 @@ fn validate(features: &Features, config: &TrainConfig) -> Result<()> {
 /// ```
 pub fn train(features: &Features, config: &TrainConfig) -> Result<(Classifier, History)> {
     validate(features, config)?;
-    let top = match (&features.top, config.fine_tune) {
-        (None, None) => None,
-        (Some(top), Some(_)) => {
-            top.validate()?;
-            if top.input_len() != features.dim {
-                return Err(Error::InvalidArgument(format!(
-                    "the rows hold {} values, but the top to fine-tune takes {}",
-                    features.dim,
-                    top.input_len()
-                )));
-            }
-            Some(top.clone())
-        }
-        (None, Some(_)) => {
-            return Err(Error::InvalidArgument(
-                "fine-tuning needs the activations entering the top, not features: extract \
-                 them with `extractor.extract_for(&split, &config)`"
-                    .into(),
-            ))
-        }
-        (Some(top), None) => {
-            return Err(Error::InvalidArgument(format!(
-                "these rows are the activations entering {} (extracted for fine-tuning), \
-                 but the config fine-tunes nothing",
-                top.cut
-            )))
-        }
-    };
-    let inputs = top.as_ref().map_or(features.dim, Top::feature_dim);
+    let inputs = features
+        .cut
+        .as_ref()
+        .map_or(features.dim, |cut| cut.network().feature_dim());
     let head = Head::new(
         inputs,
         &config.hidden,
@@ -364,47 +349,109 @@ pub fn train(features: &Features, config: &TrainConfig) -> Result<(Classifier, H
         config.seed,
     )?;
     let _flush = super::denormals::FlushDenormals::new();
-    let (head, top, history) = match config.device {
-        DeviceKind::Cpu => run_on(Cpu::default(), head, top, features, config)?,
+    match config.device {
+        DeviceKind::Cpu => run_on(Cpu::default(), head, features, config),
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => run_on(
             crate::device::open_cuda(config.seed)?,
             head,
-            top,
             features,
             config,
-        )?,
+        ),
         #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => return Err(crate::device::no_cuda()),
-    };
-    let classifier = Classifier::new(head, features)?;
-    Ok((
-        match top {
-            Some(top) => classifier.with_top(top)?,
-            None => classifier,
-        },
-        history,
-    ))
+        DeviceKind::Cuda => Err(crate::device::no_cuda()),
+    }
 }
 
-/// The head alone, or the top and the head, on `dev`.
+/// The head alone, or the fine-tuned blocks and the head in two phases, on `dev`.
 fn run_on<D: DfdxDevice>(
     dev: D,
-    head: Head,
-    top: Option<Top>,
+    mut head: Head,
     features: &Features,
     config: &TrainConfig,
-) -> Result<(Head, Option<Top>, History)> {
-    match top {
-        None => {
-            let (head, history) = train_on(dev, head, features, config)?;
-            Ok((head, None, history))
-        }
-        Some(top) => {
-            let (head, top, history) = fine_tune_on(dev, head, top, features, config)?;
-            Ok((head, Some(top), history))
-        }
+) -> Result<(Classifier, History)> {
+    let rows = training_rows(features, config)?;
+    let mut history = History::default();
+    let mut params = DeviceParams::upload(&head, &dev)?;
+    let whole = Phase {
+        steps: config.steps,
+        first_step: 0,
+        learning_rate: config.learning_rate,
+        suffix_learning_rate: 0.0,
+        seed: config.seed,
+    };
+    let Some(cut) = &features.cut else {
+        train_loop(
+            &dev,
+            &mut params,
+            None,
+            &rows,
+            &features.test,
+            config,
+            whole,
+            &mut history,
+        )?;
+        params.download(&mut head);
+        return Ok((Classifier::new(head, features)?, history));
+    };
+    let fine_tune = config
+        .fine_tune
+        .expect("invariant: validate pairs rows of a cut with config.fine_tune");
+    let mut suffix = TrainableSuffix::new(cut, dev.clone())?;
+    if fine_tune.head_steps > 0 {
+        // Phase 1: the head alone on the frozen features, computed once from the rows.
+        let frozen = |set: &FeatureSet| -> Result<FeatureSet> {
+            let values = suffix.features(set.values(), set.len())?;
+            let dim = cut.network().feature_dim();
+            FeatureSet::new(values, dim, set.labels().to_vec(), set.paths().to_vec())
+        };
+        let head_only = Phase {
+            steps: fine_tune.head_steps,
+            ..whole
+        };
+        let (train_set, test_set) = (frozen(&rows)?, frozen(&features.test)?);
+        train_loop(
+            &dev,
+            &mut params,
+            None,
+            &train_set,
+            &test_set,
+            config,
+            head_only,
+            &mut history,
+        )?;
     }
+    // Phase 2: the blocks unfrozen, at their own rate, with the head.
+    let together = Phase {
+        first_step: fine_tune.head_steps,
+        suffix_learning_rate: fine_tune.learning_rate,
+        seed: config.seed.wrapping_add(1),
+        ..whole
+    };
+    train_loop(
+        &dev,
+        &mut params,
+        Some(&mut suffix),
+        &rows,
+        &features.test,
+        config,
+        together,
+        &mut history,
+    )?;
+    params.download(&mut head);
+    let classifier = Classifier::new(head, features)?.with_fine_tuned(suffix.trained()?)?;
+    Ok((classifier, history))
+}
+
+/// One run of the training loop: how many steps, numbered from where, at which rates.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    steps: usize,
+    /// The number of this phase's first step in the history.
+    first_step: usize,
+    learning_rate: f32,
+    suffix_learning_rate: f32,
+    seed: u64,
 }
 
 /// A batch on the device: features `[n, dim]`, the same transposed, one-hot targets.
@@ -416,26 +463,10 @@ struct Batch<D: DfdxDevice> {
 }
 
 impl<D: DfdxDevice> Batch<D> {
-    /// Uploads the rows of `rows` (`dim` values each) picked by `picked`, or all of them.
-    fn new(
-        dev: &D,
-        rows: &[f32],
-        labels: &[usize],
-        dim: usize,
-        classes: usize,
-        picked: Option<&[usize]>,
-    ) -> Self {
-        let (values, labels): (Vec<f32>, Vec<usize>) = match picked {
-            None => (rows.to_vec(), labels.to_vec()),
-            // Indices come from sampling 0..n (validated sets): in range.
-            Some(idx) => (
-                idx.iter()
-                    .flat_map(|&i| rows[i * dim..][..dim].iter().copied())
-                    .collect(),
-                idx.iter().map(|&i| labels[i]).collect(),
-            ),
-        };
-        let n = labels.len();
+    /// Uploads the rows of `set` picked by `picked`, or all of them.
+    fn new(dev: &D, set: &FeatureSet, classes: usize, picked: Option<&[usize]>) -> Self {
+        let (values, labels) = picked_rows(set, picked);
+        let (n, dim) = (labels.len(), set.dim());
         let mut transposed = vec![0f32; values.len()];
         for (i, row) in values.chunks_exact(dim).enumerate() {
             for (j, v) in row.iter().enumerate() {
@@ -451,6 +482,21 @@ impl<D: DfdxDevice> Batch<D> {
     }
 }
 
+/// The rows of `set` picked by `picked` (indices sampled from `0..set.len()`), or all, with
+/// their labels.
+fn picked_rows(set: &FeatureSet, picked: Option<&[usize]>) -> (Vec<f32>, Vec<usize>) {
+    match picked {
+        None => (set.values().to_vec(), set.labels().to_vec()),
+        Some(idx) => (
+            idx.iter()
+                .flat_map(|&i| set.row(i).expect("invariant: sampled below the row count"))
+                .copied()
+                .collect(),
+            idx.iter().map(|&i| set.labels()[i]).collect(),
+        ),
+    }
+}
+
 /// Share of rows of `[n, classes]` logits whose largest entry is the label.
 fn accuracy(logits: &[f32], labels: &[usize], classes: usize) -> f32 {
     let correct = labels
@@ -461,96 +507,172 @@ fn accuracy(logits: &[f32], labels: &[usize], classes: usize) -> f32 {
     correct as f32 / labels.len() as f32
 }
 
-/// Loss and logits of the head on a batch, without recording gradients.
-fn evaluate<D: DfdxDevice>(
-    params: &DeviceParams<D>,
-    batch: &Batch<D>,
-    activation: Activation,
-) -> Result<(f32, Vec<f32>)> {
-    let (w1, rest) = params
-        .w
-        .split_first()
-        .ok_or_else(|| Error::InvalidArgument("a head without layers".into()))?;
-    let first = batch.x.clone().try_matmul(w1.clone()).map_err(backend)?;
-    let logits = forward_from_first(first, params.b.clone(), rest.to_vec(), activation)?;
-    let values = logits.as_vec();
-    let loss = cross_entropy(logits, batch.targets.clone(), batch.labels.len())?.as_vec()[0];
-    Ok((loss, values))
+/// An optimizer's state for one trainable tensor of the suffix.
+enum SuffixSlots<D: DfdxDevice> {
+    Matrix(Slots<(usize, usize), D>),
+    Vector(Slots<(usize,), D>),
 }
 
-fn train_on<D: DfdxDevice>(
-    dev: D,
-    mut head: Head,
-    features: &Features,
-    config: &TrainConfig,
-) -> Result<(Head, History)> {
-    let classes = features.classes.len();
-    let dim = features.dim;
-    let train_set = training_rows(features, config)?;
-    let (train_rows, train_labels) = (train_set.values(), train_set.labels());
-    let n_train = train_labels.len();
-    let batch_size = config.batch_size.map(|b| b.min(n_train));
-    // The full sets are uploaded once; random batches are gathered on the host (they are small).
-    let full = Batch::new(&dev, train_rows, train_labels, dim, classes, None);
-    let test = Batch::new(
-        &dev,
-        features.test.values(),
-        features.test.labels(),
-        dim,
-        classes,
-        None,
-    );
-
-    let mut params = DeviceParams::upload(&head, &dev)?;
-    let mut w_slots: Vec<Slots<(usize, usize), D>> =
-        params.w.iter().map(|_| Slots::new()).collect();
-    let mut b_slots: Vec<Slots<(usize,), D>> = params.b.iter().map(|_| Slots::new()).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-    let mut history = History::default();
-
-    for step in 0..config.steps {
-        let sampled;
-        let batch = match batch_size {
-            None => &full,
-            Some(b) => {
-                let picked = rand::seq::index::sample(&mut rng, n_train, b).into_vec();
-                sampled = Batch::new(&dev, train_rows, train_labels, dim, classes, Some(&picked));
-                &sampled
-            }
-        };
-        let n = batch.labels.len();
-        // The tape starts at x·W₁ (see `forward_from_first`); dW₁ = xᵀ·d(x·W₁) is applied below.
-        let (w1, rest) = params
+/// Loss and accuracy of the head (after the suffix, if any) on a whole set, without
+/// recording gradients: the set uploaded at once for plain features, [`EVAL_CHUNK`] rows
+/// at a time through the suffix.
+fn evaluate<D: DfdxDevice>(
+    dev: &D,
+    head: &DeviceParams<D>,
+    suffix: Option<&TrainableSuffix<D>>,
+    set: &FeatureSet,
+    uploaded: Option<&Batch<D>>,
+    classes: usize,
+    activation: Activation,
+) -> Result<(f32, f32)> {
+    let logits_of = |x: Tensor<(usize, usize), f32, D>| -> Result<_> {
+        let (w1, rest) = head
             .w
             .split_first()
-            .ok_or_else(|| Error::InvalidArgument("a head without layers".into()))?;
-        let first = batch.x.clone().try_matmul(w1.clone()).map_err(backend)?;
-        let first_traced = first.leaky_trace();
-        let b_traced: Vec<_> = params.b.iter().map(|b| b.leaky_trace()).collect();
+            .expect("invariant: Head::new and Head::from_layers refuse a head without layers");
+        let first = x.try_matmul(w1.clone()).map_err(backend)?;
+        forward_from_first(first, head.b.clone(), rest.to_vec(), activation)
+    };
+    let (mut loss, mut logits) = (0f32, Vec::with_capacity(set.len() * classes));
+    match (suffix, uploaded) {
+        (None, Some(batch)) => {
+            let chunk = logits_of(batch.x.clone())?;
+            logits = chunk.as_vec();
+            loss = cross_entropy(chunk, batch.targets.clone(), set.len())?.as_vec()[0];
+        }
+        _ => {
+            let per_row = set.dim();
+            for (rows, labels) in set
+                .values()
+                .chunks(EVAL_CHUNK * per_row)
+                .zip(set.labels().chunks(EVAL_CHUNK))
+            {
+                let n = labels.len();
+                let features = match suffix {
+                    Some(suffix) => suffix.features(rows, n)?,
+                    None => rows.to_vec(),
+                };
+                let dim = features.len() / n;
+                let chunk = logits_of(dev.tensor((features, (n, dim))))?;
+                logits.extend(chunk.as_vec());
+                let chunk_loss = cross_entropy(chunk, one_hot(dev, labels, classes), n)?;
+                loss += chunk_loss.as_vec()[0] * n as f32;
+            }
+            loss /= set.len() as f32;
+        }
+    }
+    Ok((loss, accuracy(&logits, set.labels(), classes)))
+}
+
+/// The one training loop: `phase.steps` steps on batches of `rows`, updating the head and,
+/// when there is one, the trainable suffix in front of it; the test set is evaluated at
+/// step 0, every `eval_every` steps and at the last step, and recorded in `history`.
+///
+/// With a suffix, the head's input comes traced out of it. Without one, the tape starts at
+/// `x·W₁` (see [`forward_from_first`]) and `dW₁ = xᵀ·d(x·W₁)` is applied here.
+#[allow(clippy::too_many_arguments)]
+fn train_loop<D: DfdxDevice>(
+    dev: &D,
+    head: &mut DeviceParams<D>,
+    mut suffix: Option<&mut TrainableSuffix<D>>,
+    rows: &FeatureSet,
+    test: &FeatureSet,
+    config: &TrainConfig,
+    phase: Phase,
+    history: &mut History,
+) -> Result<()> {
+    let classes = head
+        .b
+        .last()
+        .expect("invariant: a head has layers")
+        .shape()
+        .0;
+    let n_rows = rows.len();
+    let batch_size = config.batch_size.map(|b| b.min(n_rows));
+    // Plain features are uploaded once (the full training set for full-batch steps, and the
+    // test set); random batches are gathered on the host (they are small).
+    let plain = suffix.is_none();
+    let full = (plain && batch_size.is_none()).then(|| Batch::new(dev, rows, classes, None));
+    let test_batch = plain.then(|| Batch::new(dev, test, classes, None));
+    let mut w_slots: Vec<Slots<(usize, usize), D>> = head.w.iter().map(|_| Slots::new()).collect();
+    let mut b_slots: Vec<Slots<(usize,), D>> = head.b.iter().map(|_| Slots::new()).collect();
+    let mut suffix_slots: Vec<SuffixSlots<D>> = Vec::new();
+    if let Some(suffix) = suffix.as_deref_mut() {
+        for params in suffix.params_mut() {
+            for tensor in params.tensors_mut() {
+                suffix_slots.push(match tensor {
+                    ParamMut::Matrix(_) => SuffixSlots::Matrix(Slots::new()),
+                    ParamMut::Vector(_) => SuffixSlots::Vector(Slots::new()),
+                });
+            }
+        }
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(phase.seed);
+    for step in 0..phase.steps {
+        let sampled;
+        let picked = batch_size.map(|b| rand::seq::index::sample(&mut rng, n_rows, b).into_vec());
+        let (w1, rest) = head
+            .w
+            .split_first()
+            .expect("invariant: Head::new and Head::from_layers refuse a head without layers");
+        let b_traced: Vec<_> = head.b.iter().map(|b| b.leaky_trace()).collect();
         let w_traced: Vec<_> = rest.iter().map(|w| w.leaky_trace()).collect();
-        let logits = forward_from_first(first_traced, b_traced, w_traced, config.activation)?;
+        // The head's first product, traced, and what W₁'s gradient is computed from.
+        let (first, batch_labels, targets, plain_batch) = match suffix.as_deref() {
+            None => {
+                let batch = match &picked {
+                    None => full.as_ref().expect("invariant: uploaded for full batches"),
+                    Some(picked) => {
+                        sampled = Batch::new(dev, rows, classes, Some(picked));
+                        &sampled
+                    }
+                };
+                let first = batch.x.clone().try_matmul(w1.clone()).map_err(backend)?;
+                (
+                    first.leaky_trace(),
+                    batch.labels.clone(),
+                    batch.targets.clone(),
+                    Some((batch, first)),
+                )
+            }
+            Some(suffix) => {
+                let (values, labels) = picked_rows(rows, picked.as_deref());
+                let features = suffix.features_traced(&values, labels.len())?;
+                let first = features.try_matmul(w1.leaky_trace()).map_err(backend)?;
+                let targets = one_hot(dev, &labels, classes);
+                (first, labels, targets, None)
+            }
+        };
+        let n = batch_labels.len();
+        let logits = forward_from_first(first, b_traced, w_traced, config.activation)?;
         let logits_values = logits.as_vec();
-        let loss = cross_entropy(logits, batch.targets.clone(), n)?;
+        let loss = cross_entropy(logits, targets, n)?;
         let loss_value = loss.as_vec()[0];
         if !loss_value.is_finite() {
             return Err(Error::InvalidArgument(format!(
-                "training diverged at step {step} (loss {loss_value}): lower the learning rate \
+                "training diverged at step {} (loss {loss_value}): lower the learning rate{} \
                  (now {})",
-                config.learning_rate
+                phase.first_step + step,
+                if plain { "" } else { "s" },
+                if plain {
+                    phase.learning_rate.to_string()
+                } else {
+                    format!("{} and {}", phase.learning_rate, phase.suffix_learning_rate)
+                }
             )));
         }
         let grads: Gradients<f32, D> = loss.backward();
         let t = step as i32 + 1;
-        let lr = config.learning_rate * config.schedule.factor(step, config.steps);
-        for (i, (w, slots)) in params.w.iter_mut().zip(&mut w_slots).enumerate() {
-            let g = if i == 0 {
-                batch
+        let factor = config.schedule.factor(step, phase.steps);
+        let lr = phase.learning_rate * factor;
+        for (i, (w, slots)) in head.w.iter_mut().zip(&mut w_slots).enumerate() {
+            let g = match (i, &plain_batch) {
+                (0, Some((batch, first))) => batch
                     .xt
                     .clone()
-                    .try_matmul(grads.get(&first))
-                    .map_err(backend)?
-            } else {
-                grads.get(&*w)
+                    .try_matmul(grads.get(first))
+                    .map_err(backend)?,
+                _ => grads.get(&*w),
             };
             *w = update(
                 &config.optimizer,
@@ -562,23 +684,54 @@ fn train_on<D: DfdxDevice>(
                 t,
             )?;
         }
-        for (b, slots) in params.b.iter_mut().zip(&mut b_slots) {
+        for (b, slots) in head.b.iter_mut().zip(&mut b_slots) {
             let g = grads.get(&*b);
             *b = update(&config.optimizer, b.clone(), g, slots, lr, 0.0, t)?;
         }
-
-        if step % config.eval_every == 0 || step + 1 == config.steps {
-            let (test_loss, test_logits) = evaluate(&params, &test, config.activation)?;
+        if let Some(suffix) = suffix.as_deref_mut() {
+            let lr = phase.suffix_learning_rate * factor;
+            let tensors = suffix.params_mut().iter_mut().flat_map(|p| p.tensors_mut());
+            for (tensor, slots) in tensors.zip(&mut suffix_slots) {
+                match (tensor, slots) {
+                    (ParamMut::Matrix(w), SuffixSlots::Matrix(slots)) => {
+                        let g = grads.get(&*w);
+                        *w = update(
+                            &config.optimizer,
+                            w.clone(),
+                            g,
+                            slots,
+                            lr,
+                            config.weight_decay,
+                            t,
+                        )?;
+                    }
+                    (ParamMut::Vector(v), SuffixSlots::Vector(slots)) => {
+                        let g = grads.get(&*v);
+                        *v = update(&config.optimizer, v.clone(), g, slots, lr, 0.0, t)?;
+                    }
+                    _ => unreachable!("invariant: slots were made from the same tensors"),
+                }
+            }
+        }
+        if step % config.eval_every == 0 || step + 1 == phase.steps {
+            let (test_loss, test_accuracy) = evaluate(
+                dev,
+                head,
+                suffix.as_deref(),
+                test,
+                test_batch.as_ref(),
+                classes,
+                config.activation,
+            )?;
             history.record(
-                step,
-                (loss_value, accuracy(&logits_values, &batch.labels, classes)),
-                (test_loss, accuracy(&test_logits, &test.labels, classes)),
+                phase.first_step + step,
+                (loss_value, accuracy(&logits_values, &batch_labels, classes)),
+                (test_loss, test_accuracy),
                 config.verbose,
             );
         }
     }
-    params.download(&mut head);
-    Ok((head, history))
+    Ok(())
 }
 
 /// One-hot `[n, classes]` targets of `labels`.
@@ -589,173 +742,9 @@ fn one_hot<D: DfdxDevice>(
 ) -> Tensor<(usize, usize), f32, D> {
     let mut values = vec![0f32; labels.len() * classes];
     for (row, &label) in values.chunks_exact_mut(classes).zip(labels) {
-        if let Some(v) = row.get_mut(label) {
-            *v = 1.0;
-        }
+        row[label] = 1.0;
     }
     dev.tensor((values, (labels.len(), classes)))
-}
-
-/// Loss and logits of the top and head on `rows` (`n` photos' activations), without
-/// recording gradients, [`EVAL_CHUNK`] photos at a time.
-fn evaluate_top<D: DfdxDevice>(
-    dev: &D,
-    top: &Top,
-    top_params: &TopParams<D>,
-    params: &DeviceParams<D>,
-    set: &FeatureSet,
-    classes: usize,
-    activation: Activation,
-) -> Result<(f32, Vec<f32>)> {
-    let per_photo = top.input_len();
-    let (mut loss, mut logits) = (0f32, Vec::with_capacity(set.len() * classes));
-    for (rows, labels) in set
-        .values()
-        .chunks(EVAL_CHUNK * per_photo)
-        .zip(set.labels().chunks(EVAL_CHUNK))
-    {
-        let n = labels.len();
-        let x = top.upload_inputs(dev, rows, n)?;
-        let features = top_forward(top, x, n, top_params.untraced())?;
-        let (w1, rest) = params
-            .w
-            .split_first()
-            .ok_or_else(|| Error::InvalidArgument("a head without layers".into()))?;
-        let first = features.try_matmul(w1.clone()).map_err(backend)?;
-        let chunk_logits = forward_from_first(first, params.b.clone(), rest.to_vec(), activation)?;
-        logits.extend(chunk_logits.as_vec());
-        let chunk_loss = cross_entropy(chunk_logits, one_hot(dev, labels, classes), n)?;
-        loss += chunk_loss.as_vec().first().copied().unwrap_or(f32::NAN) * n as f32;
-    }
-    Ok((loss / set.len().max(1) as f32, logits))
-}
-
-/// Trains the top of the backbone and the head together on batches of activations.
-fn fine_tune_on<D: DfdxDevice>(
-    dev: D,
-    mut head: Head,
-    mut top: Top,
-    features: &Features,
-    config: &TrainConfig,
-) -> Result<(Head, Top, History)> {
-    let fine_tune = config
-        .fine_tune
-        .ok_or_else(|| Error::InvalidArgument("nothing to fine-tune".into()))?;
-    let classes = features.classes.len();
-    let per_photo = top.input_len();
-    let train_set = training_rows(features, config)?;
-    let n_train = train_set.len();
-    let batch_size = config.batch_size.unwrap_or(1).clamp(1, n_train.max(1));
-    let mut params = DeviceParams::upload(&head, &dev)?;
-    let mut top_params = TopParams::upload(&top, &dev)?;
-    let mut w_slots: Vec<Slots<(usize, usize), D>> =
-        params.w.iter().map(|_| Slots::new()).collect();
-    let mut b_slots: Vec<Slots<(usize,), D>> = params.b.iter().map(|_| Slots::new()).collect();
-    // An optimizer's state for each kernel and bias of the top.
-    type KernelSlots<D> = (Slots<(usize, usize), D>, Slots<(usize,), D>);
-    let mut top_slots: Vec<KernelSlots<D>> = top_params
-        .layers
-        .iter()
-        .map(|_| (Slots::new(), Slots::new()))
-        .collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-    let mut history = History::default();
-    for step in 0..config.steps {
-        let picked = rand::seq::index::sample(&mut rng, n_train, batch_size).into_vec();
-        let mut rows = Vec::with_capacity(batch_size * per_photo);
-        let mut labels = Vec::with_capacity(batch_size);
-        for &i in &picked {
-            let row = train_set
-                .row(i)
-                .ok_or_else(|| Error::Backend(format!("training row {i} is missing")))?;
-            rows.extend_from_slice(row);
-            labels.push(train_set.labels().get(i).copied().unwrap_or(0));
-        }
-        let n = labels.len();
-        let x = top.upload_inputs(&dev, &rows, n)?;
-        // The input needs no gradient, but the tape must start somewhere before the first
-        // trained kernel: it starts at the input, with an empty record.
-        let traced = top_forward(&top, x.retaped(), n, top_params.traced())?;
-        let (w1, rest) = params
-            .w
-            .split_first()
-            .ok_or_else(|| Error::InvalidArgument("a head without layers".into()))?;
-        let first = traced.try_matmul(w1.leaky_trace()).map_err(backend)?;
-        let b_traced: Vec<_> = params.b.iter().map(|b| b.leaky_trace()).collect();
-        let w_traced: Vec<_> = rest.iter().map(|w| w.leaky_trace()).collect();
-        let logits = forward_from_first(first, b_traced, w_traced, config.activation)?;
-        let logits_values = logits.as_vec();
-        let loss = cross_entropy(logits, one_hot(&dev, &labels, classes), n)?;
-        let loss_value = loss.as_vec().first().copied().unwrap_or(f32::NAN);
-        if !loss_value.is_finite() {
-            return Err(Error::InvalidArgument(format!(
-                "fine-tuning diverged at step {step} (loss {loss_value}): lower the learning \
-                 rates (now {} and {})",
-                config.learning_rate, fine_tune.learning_rate
-            )));
-        }
-        let grads: Gradients<f32, D> = loss.backward();
-        let t = step as i32 + 1;
-        let factor = config.schedule.factor(step, config.steps);
-        let (lr, top_lr) = (
-            config.learning_rate * factor,
-            fine_tune.learning_rate * factor,
-        );
-        for (w, slots) in params.w.iter_mut().zip(&mut w_slots) {
-            let g = grads.get(&*w);
-            *w = update(
-                &config.optimizer,
-                w.clone(),
-                g,
-                slots,
-                lr,
-                config.weight_decay,
-                t,
-            )?;
-        }
-        for (b, slots) in params.b.iter_mut().zip(&mut b_slots) {
-            let g = grads.get(&*b);
-            *b = update(&config.optimizer, b.clone(), g, slots, lr, 0.0, t)?;
-        }
-        for (layer, (w_slots, b_slots)) in top_params.layers.iter_mut().zip(&mut top_slots) {
-            if let Some((w, b)) = layer {
-                let (gw, gb) = (grads.get(&*w), grads.get(&*b));
-                *w = update(
-                    &config.optimizer,
-                    w.clone(),
-                    gw,
-                    w_slots,
-                    top_lr,
-                    config.weight_decay,
-                    t,
-                )?;
-                *b = update(&config.optimizer, b.clone(), gb, b_slots, top_lr, 0.0, t)?;
-            }
-        }
-        if step % config.eval_every == 0 || step + 1 == config.steps {
-            let (test_loss, test_logits) = evaluate_top(
-                &dev,
-                &top,
-                &top_params,
-                &params,
-                &features.test,
-                classes,
-                config.activation,
-            )?;
-            history.record(
-                step,
-                (loss_value, accuracy(&logits_values, &labels, classes)),
-                (
-                    test_loss,
-                    accuracy(&test_logits, features.test.labels(), classes),
-                ),
-                config.verbose,
-            );
-        }
-    }
-    params.download(&mut head);
-    top_params.download(&mut top);
-    Ok((head, top, history))
 }
 
 /// Mean softmax cross-entropy of `[n, classes]` logits against one-hot targets.

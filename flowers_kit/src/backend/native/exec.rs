@@ -83,22 +83,19 @@ impl NativeNetwork {
                 continue;
             }
             let [h, w, c] = step.shape;
+            // Network::new checked that every input is an earlier step; the plan keeps each
+            // buffer until its last reader.
             let input = |k: usize| -> &[f32] {
-                step.inputs
-                    .get(k)
-                    .and_then(|&j| values.get(j))
-                    .and_then(|v| v.as_deref())
-                    .unwrap_or_default()
+                values[step.inputs[k]]
+                    .as_deref()
+                    .expect("invariant: an input's buffer lives until its last reader (plan)")
             };
-            let in_shape = |k: usize| -> Shape {
-                step.inputs
-                    .get(k)
-                    .and_then(|&j| self.steps.get(j))
-                    .map_or([0; 3], |s| s.shape)
-            };
+            let in_shape = |k: usize| -> Shape { self.steps[step.inputs[k]].shape };
             let output = if let Some(conv) = self.fused_into[i] {
                 // The convolution's buffer already holds the sum.
-                let mut sum = values[conv].take().unwrap_or_default();
+                let mut sum = values[conv]
+                    .take()
+                    .expect("invariant: a fused add follows its convolution (plan)");
                 if let Kernel::Add(activation) = &step.kernel {
                     activate(&mut sum, *activation);
                 }
@@ -112,14 +109,16 @@ impl NativeNetwork {
                             .and_then(|j| values.get(j))
                             .and_then(|v| v.as_deref());
                         if let Some(block) = &self.blocks[i] {
-                            let x = values.get(block.input).and_then(|v| v.as_deref());
+                            let x = values[block.input]
+                                .as_deref()
+                                .expect("invariant: a block's input lives until its projection");
                             run_block(
                                 &self.steps,
                                 &self.packed,
                                 self.kernels,
                                 i,
                                 block,
-                                x.unwrap_or_default(),
+                                x,
                                 &mut out,
                                 residual,
                                 parallel,
@@ -262,13 +261,24 @@ impl NativeNetwork {
                 }
             }
         }
-        let last = values.last().and_then(|v| v.as_deref()).unwrap_or_default();
-        if self.maps {
-            if let Some(map) = last.get(..features.len()) {
-                features.copy_from_slice(map);
+        match &self.outputs {
+            Some(outputs) => {
+                let mut at = 0;
+                for &j in outputs {
+                    let map = values[j]
+                        .as_deref()
+                        .expect("invariant: output maps live to the end (plan)");
+                    features[at..at + map.len()].copy_from_slice(map);
+                    at += map.len();
+                }
             }
-        } else {
-            average_pool(last, self.features, features);
+            None => {
+                let last = values
+                    .last()
+                    .and_then(|v| v.as_deref())
+                    .expect("invariant: the last step's output lives to the end (plan)");
+                average_pool(last, self.features, features);
+            }
         }
         for buffer in values.into_iter().flatten() {
             pool.give(buffer);

@@ -35,8 +35,8 @@ pub struct NativeNetwork {
     pub(super) split_layers: bool,
     /// Warm buffer pools between calls, one per thread that ran (a few MB each).
     pub(super) pools: std::sync::Mutex<Vec<Pool>>,
-    /// The output is the last step's whole map, not its average over pixels.
-    pub(super) maps: bool,
+    /// Steps whose whole maps are the output (instead of the last one's average over pixels).
+    pub(super) outputs: Option<Vec<usize>>,
 }
 
 impl Clone for NativeNetwork {
@@ -54,7 +54,7 @@ impl Clone for NativeNetwork {
             inside_block: self.inside_block.clone(),
             split_layers: self.split_layers,
             pools: Default::default(),
-            maps: self.maps,
+            outputs: self.outputs.clone(),
         }
     }
 }
@@ -78,6 +78,21 @@ impl NativeNetwork {
 
     /// Prepares `network` for the `kernels` given; an error if this CPU cannot run them.
     pub fn with_kernels(network: &Network, kernels: Kernels) -> Result<NativeNetwork> {
+        NativeNetwork::plan(network, kernels, None)
+    }
+
+    /// Prepares `network` so that [`forward`](Self::forward) returns, per image, the whole
+    /// `[h, w, c]` maps of the steps `outputs` one after the other instead of the features:
+    /// the activations where a fine-tuned suffix takes over (see [`crate::backend::Cut`]).
+    pub fn with_outputs(network: &Network, outputs: &[usize]) -> Result<NativeNetwork> {
+        NativeNetwork::plan(network, Kernels::detect(), Some(outputs))
+    }
+
+    fn plan(
+        network: &Network,
+        kernels: Kernels,
+        outputs: Option<&[usize]>,
+    ) -> Result<NativeNetwork> {
         if !kernels.is_supported() {
             return Err(Error::InvalidArgument(format!(
                 "this CPU cannot run the {kernels:?} kernels"
@@ -97,9 +112,20 @@ impl NativeNetwork {
                 }
             }
         }
-        // The output is read by the final pooling.
-        if let Some(l) = last_use.last_mut() {
+        // The output is read by the final pooling; maps returned whole are read at the end,
+        // and must never be fused away inside a block or a residual sum.
+        let ends: Vec<usize> = match outputs {
+            Some(outputs) => outputs.to_vec(),
+            None => vec![n.saturating_sub(1)],
+        };
+        for &j in &ends {
+            let (Some(l), Some(r)) = (last_use.get_mut(j), readers.get_mut(j)) else {
+                return Err(Error::InvalidArgument(format!(
+                    "step {j} is not one of the network's {n} steps"
+                )));
+            };
             *l = usize::MAX;
+            *r += 1;
         }
         let mut residual = vec![None; n];
         let mut fused_into = vec![None; n];
@@ -141,7 +167,14 @@ impl NativeNetwork {
                 _ => 0,
             })
             .sum();
-        let features = network.feature_dim();
+        let features = match outputs {
+            None => network.feature_dim(),
+            Some(outputs) => outputs
+                .iter()
+                .filter_map(|&j| steps.get(j))
+                .map(|s| s.shape.iter().product::<usize>())
+                .sum(),
+        };
         if features == 0 {
             return Err(Error::InvalidArgument("a network without features".into()));
         }
@@ -158,25 +191,18 @@ impl NativeNetwork {
             inside_block,
             split_layers: macs >= MIN_PARALLEL_IMAGE_MACS,
             pools: Default::default(),
-            maps: false,
+            outputs: outputs.map(<[usize]>::to_vec),
         })
     }
 
-    /// The network whose [`forward`](Self::forward) returns the last step's whole
-    /// `[h, w, c]` map per image instead of its average over pixels.
-    pub fn output_maps(mut self) -> NativeNetwork {
-        self.maps = true;
-        self.features = self.steps.last().map_or(0, |s| s.shape.iter().product());
-        self
-    }
-
-    /// Whether [`forward`](Self::forward) returns whole maps ([`output_maps`](Self::output_maps)).
-    pub fn outputs_maps(&self) -> bool {
-        self.maps
+    /// The steps whose whole maps [`forward`](Self::forward) returns
+    /// ([`with_outputs`](Self::with_outputs)), or `None` when it returns features.
+    pub fn outputs(&self) -> Option<&[usize]> {
+        self.outputs.as_deref()
     }
 
     /// Values per image that [`forward`](Self::forward) returns: the feature length, or the
-    /// map's size with [`output_maps`](Self::output_maps).
+    /// maps' sizes with [`with_outputs`](Self::with_outputs).
     pub fn output_len(&self) -> usize {
         self.features
     }

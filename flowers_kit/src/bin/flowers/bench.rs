@@ -219,7 +219,7 @@ pub fn train_steps(dim: usize, device: &flowers_kit::features::DeviceKind) -> Re
         test: set(736)?,
         train_views: Vec::new(),
         augment: None,
-        top: None,
+        cut: None,
     };
     let config = TrainConfig {
         steps: 1000,

@@ -334,13 +334,18 @@ enum Command {
         /// Augmented views per training photo (with --augment), each cached like features.
         #[arg(long, default_value_t = 4, value_parser = positive)]
         views: usize,
-        /// Also train the backbone's last N inverted-residual blocks and its last 1×1
-        /// convolution (MobileNet V2, 1 to 3), from activations cached per photo.
+        /// Also train the backbone's last N blocks (as Keras names them: block_16,
+        /// expanded_conv_14, block7a, conv5_block3, mixed10, normal_12) and what follows them,
+        /// from activations cached per photo; `flowers models` lists each model's limit.
         #[arg(long, value_parser = parse_fine_tune_blocks)]
         fine_tune_blocks: Option<usize>,
         /// The backbone's learning rate when fine-tuning.
         #[arg(long, default_value_t = 0.001, value_parser = positive_rate)]
         fine_tune_lr: f32,
+        /// When fine-tuning, steps of the head alone on the frozen features before the
+        /// blocks unfreeze (the Keras transfer-learning guide's first phase; 0: none).
+        #[arg(long, default_value_t = 100)]
+        head_steps: usize,
         /// How the learning rates change over the steps.
         #[arg(long, value_enum, default_value_t = ScheduleArg::Constant)]
         schedule: ScheduleArg,
@@ -482,6 +487,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             views,
             fine_tune_blocks,
             fine_tune_lr,
+            head_steps,
             schedule,
             out,
         } => {
@@ -501,6 +507,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                 fine_tune: fine_tune_blocks.map(|blocks| FineTune {
                     blocks,
                     learning_rate: fine_tune_lr,
+                    head_steps,
                 }),
                 schedule: match schedule {
                     ScheduleArg::Constant => Schedule::Constant,
@@ -533,18 +540,21 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
         }
         Command::Models => {
             println!(
-                "{:<24} {:>7} {:>8} {:>11} {:>14}  weights file",
-                "model", "input", "features", "parameters", "multiply-adds"
+                "{:<24} {:>7} {:>8} {:>11} {:>14} {:>11}  weights file",
+                "model", "input", "features", "parameters", "multiply-adds", "fine-tune"
             );
             for model in Model::all() {
                 let graph = model.graph(false);
+                // The blocks whose input fits the cut's bound; the weights do not matter.
+                let network = Network::random(model, 0)?;
                 println!(
-                    "{:<24} {:>7} {:>8} {:>11} {:>14}  {}",
+                    "{:<24} {:>7} {:>8} {:>11} {:>14} {:>11}  {}",
                     model.name(),
                     format!("{0}×{0}", model.resolution()),
                     model.feature_dim(),
                     graph.parameters()?,
                     graph.multiply_adds()?,
+                    format!("1–{} blocks", network.max_fine_tune_blocks()),
                     model.weights_file()
                 );
             }

@@ -115,9 +115,13 @@ pub fn run_predict(
         FeatureExtractor::with_weights(Model::parse(&trained_on.model)?, source.as_deref())?
             .resize(trained_on.resize)
             .without_cache();
+    // The extractor itself, or with the classifier's fine-tuned blocks (checked to be the
+    // training extractor either way), prepared once for every photo.
+    let fine_tuned = classifier.fine_tuned_extractor(&extractor)?;
     trained_on.check(&extractor)?;
+    let runner = fine_tuned.as_ref().unwrap_or(&extractor);
     for image in images {
-        let ranked = classifier.predict(&extractor, image, top)?;
+        let ranked = classifier.top_k(&runner.extract_one(image)?, top)?;
         let answers: Vec<String> = ranked
             .iter()
             .map(|p| format!("{} {:.4}", p.class, p.probability))
