@@ -1,0 +1,318 @@
+//! Fine-tuning every family on the network it runs (issue 22): each family's blocks as Keras
+//! names them; the untrained suffix above a cut continues the frozen part exactly as the
+//! whole network runs, on both backends; its gradients match finite differences; a
+//! fine-tuned classifier survives its file; and fine-tuning helps — the training loss falls
+//! below the frozen head's, and the blocks' weights move.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+
+use dfdx::prelude::*;
+use flowers_kit::backend::dfdx::{DfdxNetwork, StepParams, TrainableSuffix};
+use flowers_kit::backend::native::NativeNetwork;
+use flowers_kit::backend::{Cut, Network};
+use flowers_kit::data::Dataset;
+use flowers_kit::features::FeatureExtractor;
+use flowers_kit::models::Model;
+use flowers_kit::train::{train, Classifier, FineTune, Optimizer, TrainConfig};
+
+/// Every family, at its smallest resolution, with the first and last of its blocks.
+const FAMILIES: [(&str, &str, &str); 6] = [
+    ("mobilenet_v2_0.35_96", "expanded_conv", "block_16"),
+    ("mobilenet_v3_large", "expanded_conv", "expanded_conv_14"),
+    ("efficientnet_b0", "block1a", "block7a"),
+    ("resnet50_v2", "conv2_block1", "conv5_block3"),
+    ("inception_v3", "mixed0", "mixed10"),
+    ("nasnet_mobile", "reduction_stem_1", "normal_12"),
+];
+
+fn network(name: &str, seed: u64) -> Network {
+    Network::random(Model::parse(name).unwrap(), seed).unwrap()
+}
+
+/// `n` smooth synthetic images at the model's resolution.
+fn pixels(network: &Network, n: usize) -> Vec<f32> {
+    let r = network.model().resolution();
+    (0..n * r * r * 3)
+        .map(|i| {
+            let (image, rest) = (i / (r * r * 3), i % (r * r * 3));
+            let (y, x, c) = (rest / (r * 3), rest / 3 % r, rest % 3);
+            (0.5 + 0.4 * ((x + 2 * y + 7 * image) as f32 / 9.0 + c as f32).sin()).clamp(0.0, 1.0)
+        })
+        .collect()
+}
+
+/// The rows a cut trains on: the frozen part's maps, from the native backend.
+fn rows(cut: &Cut, pixels: &[f32], n: usize) -> Vec<f32> {
+    let frozen = NativeNetwork::with_outputs(&cut.frozen().unwrap(), cut.inputs()).unwrap();
+    let rows = frozen.forward(pixels, n).unwrap();
+    assert_eq!(rows.len(), n * cut.row_len());
+    rows
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn every_family_has_its_keras_blocks_and_a_limit() {
+    for (name, first, last) in FAMILIES {
+        let network = network(name, 0);
+        let blocks = network.blocks();
+        assert_eq!(blocks.first().unwrap().name, first, "{name}");
+        assert_eq!(blocks.last().unwrap().name, last, "{name}");
+        let most = network.max_fine_tune_blocks();
+        assert!(most >= 1, "{name}");
+        assert!(
+            network.cut(most).is_ok() && network.cut(most + 1).is_err(),
+            "{name}"
+        );
+        let err = network.cut(0).unwrap_err().to_string();
+        assert!(err.contains(&format!("1 to {most}")), "{name}: {err}");
+        // The last block's cut: what it reads comes from below it, nothing else crosses.
+        let cut = network.cut(1).unwrap();
+        assert_eq!(cut.block_name(), last);
+        assert!(cut.inputs().iter().all(|&j| j < cut.first()));
+    }
+    // NASNet's cells read the two cells before them.
+    assert_eq!(
+        network("nasnet_mobile", 0).cut(1).unwrap().inputs().len(),
+        2
+    );
+}
+
+#[test]
+fn the_untrained_suffix_continues_the_frozen_part_on_both_backends() {
+    let n = 2;
+    for (name, _, _) in FAMILIES {
+        let network = network(name, 3);
+        let pixels = pixels(&network, n);
+        let native = NativeNetwork::new(&network)
+            .unwrap()
+            .forward(&pixels, n)
+            .unwrap();
+        let dfdx = DfdxNetwork::new(&network, Cpu::default())
+            .unwrap()
+            .forward(&pixels, n)
+            .unwrap()
+            .as_vec();
+        let scale = native.iter().fold(1f32, |m, v| m.max(v.abs()));
+        assert!(
+            max_abs_diff(&native, &dfdx) <= 1e-4 * scale,
+            "{name}: backends"
+        );
+        for blocks in [1, network.max_fine_tune_blocks().min(2)] {
+            let cut = network.cut(blocks).unwrap();
+            let rows = rows(&cut, &pixels, n);
+            let suffix = TrainableSuffix::new(&cut, Cpu::default()).unwrap();
+            let features = suffix.features(&rows, n).unwrap();
+            let worst = max_abs_diff(&features, &native);
+            assert!(
+                worst <= 1e-4 * scale,
+                "{name}, {blocks} blocks: {worst} (scale {scale})"
+            );
+        }
+    }
+}
+
+/// Σ features · projection over `n` rows, in f64.
+fn scalar(suffix: &TrainableSuffix<Cpu>, rows: &[f32], n: usize, projection: &[f32]) -> f64 {
+    let features = suffix.features(rows, n).unwrap();
+    features
+        .iter()
+        .zip(projection)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum()
+}
+
+#[test]
+fn gradients_of_every_family_match_finite_differences() {
+    let n = 2;
+    for (name, _, _) in FAMILIES {
+        let network = network(name, 9);
+        let pixels = pixels(&network, n);
+        let cut = network.cut(1).unwrap();
+        let rows = rows(&cut, &pixels, n);
+        let dim = network.feature_dim();
+        let projection: Vec<f32> = (0..n * dim)
+            .map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5)
+            .collect();
+        let mut suffix = TrainableSuffix::new(&cut, Cpu::default()).unwrap();
+        let features = suffix.features_traced(&rows, n).unwrap();
+        let p: Tensor<(usize, usize), f32, Cpu> =
+            Cpu::default().tensor((projection.clone(), (n, dim)));
+        let grads = features
+            .try_mul(p)
+            .unwrap()
+            .try_sum::<(), _>()
+            .unwrap()
+            .backward();
+        // The first and the last trainable step's kernel, each at its largest gradient (a
+        // small one drowns in f32 rounding).
+        let trainable: Vec<usize> = suffix
+            .params_mut()
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p, StepParams::Conv { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        for &k in [trainable[0], trainable[trainable.len() - 1]].iter() {
+            let StepParams::Conv { weights, .. } = &suffix.params_mut()[k] else {
+                unreachable!()
+            };
+            let g = grads.get(weights).as_vec();
+            let index = (0..g.len())
+                .max_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs()))
+                .unwrap();
+            let step = cut.first() + k;
+            let h = 1e-3f32;
+            let moved = |delta: f32| {
+                let mut steps = cut.suffix().to_vec();
+                steps[k].parameters_mut()[0][index] += delta;
+                let cut = cut.with_weights_from(&steps).unwrap();
+                let suffix = TrainableSuffix::new(&cut, Cpu::default()).unwrap();
+                scalar(&suffix, &rows, n, &projection)
+            };
+            let numeric = (moved(h) - moved(-h)) / (2.0 * f64::from(h));
+            let analytic = f64::from(g[index]);
+            assert!(
+                analytic.abs() > 1e-6,
+                "{name}: a vanishing gradient proves nothing"
+            );
+            let tolerance = 5e-2 * numeric.abs().max(1e-2);
+            assert!(
+                (analytic - numeric).abs() <= tolerance,
+                "{name}, step {step} ({}), weight {index}: autodiff {analytic}, finite \
+                 differences {numeric}",
+                network.steps()[step].name
+            );
+        }
+    }
+}
+
+/// Two classes of four golden photos each.
+fn photos(root: &Path) -> flowers_kit::data::Split {
+    for (i, stem) in support::GOLDEN_IMAGES.iter().enumerate() {
+        let class = root.join(if i % 2 == 0 { "daisy" } else { "roses" });
+        fs::create_dir_all(&class).unwrap();
+        let photo = support::golden().join("images").join(format!("{stem}.png"));
+        fs::copy(&photo, class.join(photo.file_name().unwrap())).unwrap();
+    }
+    // All eight train; the test side needs at least one photo per class too.
+    let split = Dataset::open(root).unwrap().split(0.75, 1).unwrap();
+    assert!(!split.test.is_empty());
+    split
+}
+
+#[test]
+fn fine_tuning_helps_every_family_and_its_classifier_survives_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = photos(&dir.path().join("photos"));
+    // Weights whose features carry the photos (seeded random ones collapse to constants):
+    // the real MobileNet V2 0.35/224, and the other families' generator weights in Keras'
+    // layout. The generator's features range up to `max_abs_feature` (23,000 for NASNet),
+    // so the learning rates are scaled by it: Adam moves each weight by about the rate per
+    // step whatever the gradient, and a logit by the rate times the features.
+    let families = [
+        "mobilenet_v2_0.35_224",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+        "resnet50_v2",
+        "inception_v3",
+        "nasnet_mobile",
+    ];
+    for name in families {
+        let (weights, scale) = match name {
+            "mobilenet_v2_0.35_224" => (
+                support::golden().join("mobilenet_v2_0.35_224_no_top.h5"),
+                1.0,
+            ),
+            family => {
+                let file = dir.path().join(format!("{family}.h5"));
+                let spec = support::keras::write_h5(family, &file);
+                (
+                    file,
+                    spec["max_abs_feature"].as_f64().unwrap().max(1.0) as f32,
+                )
+            }
+        };
+        let (head_rate, block_rate) = (0.01 / scale, 0.001 / scale);
+        let model = Model::parse(name).unwrap();
+        let extractor = FeatureExtractor::with_weights(model, Some(weights.to_str().unwrap()))
+            .unwrap()
+            .cache_dir(dir.path().join("cache"))
+            .quiet();
+        let frozen = TrainConfig {
+            steps: 30,
+            batch_size: Some(split.train.len()),
+            optimizer: Optimizer::adam(),
+            learning_rate: head_rate,
+            eval_every: 10,
+            verbose: false,
+            ..Default::default()
+        };
+        let tuned = TrainConfig {
+            fine_tune: Some(FineTune {
+                blocks: 1,
+                learning_rate: block_rate,
+                head_steps: 0,
+            }),
+            ..frozen.clone()
+        };
+        let features = extractor.extract_for(&split, &frozen).unwrap();
+        let (_, head_only) = train(&features, &frozen).unwrap();
+        let rows = extractor.extract_for(&split, &tuned).unwrap();
+        let (classifier, history) = train(&rows, &tuned).unwrap();
+        // Full batches: the recorded training loss is the whole training set's.
+        let (before, after) = (
+            *head_only.train_loss.last().unwrap(),
+            *history.train_loss.last().unwrap(),
+        );
+        assert!(
+            after < before,
+            "{name}: fine-tuned loss {after} ≥ frozen {before}"
+        );
+        let cut = rows.cut.as_ref().unwrap();
+        let trained = classifier.fine_tuned().unwrap();
+        let moved = trained
+            .suffix()
+            .iter()
+            .zip(cut.suffix())
+            .filter(|(a, b)| !a.parameters().is_empty() && a.parameters() != b.parameters())
+            .count();
+        let weighted = cut
+            .suffix()
+            .iter()
+            .filter(|s| !s.parameters().is_empty())
+            .count();
+        assert_eq!(
+            moved, weighted,
+            "{name}: every weighted step of the block moves"
+        );
+
+        // Saved, loaded and run from a photo: the same answer.
+        let file = dir.path().join(format!("{name}.safetensors"));
+        classifier.save(&file).unwrap();
+        let loaded = Classifier::load(&file).unwrap();
+        assert_eq!(loaded, classifier, "{name}");
+        let photo = &rows.test.paths()[0];
+        let ranked = loaded.predict(&extractor, photo, 2).unwrap();
+        let expected = classifier
+            .probabilities(rows.test.row(0).unwrap(), 1)
+            .unwrap();
+        for prediction in &ranked {
+            let want = expected[prediction.label];
+            assert!(
+                (prediction.probability - want).abs() < 1e-4,
+                "{name}: {} against {want}",
+                prediction.probability
+            );
+        }
+    }
+}
