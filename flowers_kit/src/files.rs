@@ -254,10 +254,9 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// A little-endian f32 from 4 bytes (0.0 for a chunk of another length, which
-/// `chunks_exact(4)` never yields).
+/// A little-endian f32 from a chunk of 4 bytes (`chunks_exact(4)` yields only those).
 pub(crate) fn le_f32(chunk: &[u8]) -> f32 {
-    <[u8; 4]>::try_from(chunk).map_or(0.0, f32::from_le_bytes)
+    f32::from_le_bytes(<[u8; 4]>::try_from(chunk).expect("invariant: a chunk of 4 bytes"))
 }
 
 #[cfg(test)]

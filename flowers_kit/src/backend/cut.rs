@@ -56,13 +56,13 @@ impl Network {
     /// [`MAX_CUT_VALUES`] per photo (0 for a network without blocks).
     pub fn max_fine_tune_blocks(&self) -> usize {
         let blocks = self.blocks();
+        // The input grows (or stays) as the cut moves down: count while it fits.
         (1..=blocks.len())
             .take_while(|&n| {
                 let start = &blocks[blocks.len() - n];
                 self.cut_at(n, start.first_step).row_len() <= MAX_CUT_VALUES
             })
-            .last()
-            .unwrap_or(0)
+            .count()
     }
 
     fn cut_at(&self, blocks: usize, first: usize) -> Cut {

@@ -547,23 +547,19 @@ fn prepare(
             );
             if only_a_conv && readers.get(i) == Some(&1) {
                 folded_pad[i] = Some(*p);
-                step_of.push(step_of.get(*j).copied().unwrap_or(0));
+                // Graph::shapes checked that inputs come earlier: step_of[j] exists.
+                step_of.push(step_of[*j]);
                 continue;
             }
         }
-        let inputs: Vec<usize> = node
-            .inputs
-            .iter()
-            .map(|&j| step_of.get(j).copied().unwrap_or(0))
-            .collect();
-        let in_shapes: Vec<Shape> = node
-            .inputs
-            .iter()
-            .map(|&j| shapes.get(j).copied().unwrap_or([0; 3]))
-            .collect();
-        let [in_h, in_w, channels] = in_shapes.first().copied().unwrap_or([0, 0, 3]);
+        // Graph::shapes checked that every input is an earlier node: both lookups exist.
+        let inputs: Vec<usize> = node.inputs.iter().map(|&j| step_of[j]).collect();
+        let in_shapes: Vec<Shape> = node.inputs.iter().map(|&j| shapes[j]).collect();
+        // Only the input node reads nothing (Graph::shapes refuses any other); its own
+        // shape is the image's.
+        let [in_h, in_w, channels] = in_shapes.first().copied().unwrap_or(shape);
         // Explicit (top, bottom, left, right) padding of a window on this node's input, plus
-        // a zero-padding layer folded into it.
+        // a zero-padding layer folded into it (none: no extra padding).
         let extra = node
             .inputs
             .first()
@@ -661,9 +657,8 @@ fn prepare(
                     .zip(&s)
                     .map(|((b, m), s)| b - m * s)
                     .collect();
-                if let Some(Kernel::Conv(conv)) = fold_target
-                    .and_then(|k| steps.get_mut(k))
-                    .map(|s| &mut s.kernel)
+                if let Some((target, Kernel::Conv(conv))) =
+                    fold_target.and_then(|k| Some((k, &mut steps.get_mut(k)?.kernel)))
                 {
                     // Scale each output channel of the kernel, and its bias.
                     for row in conv.weights.chunks_exact_mut(conv.cout) {
@@ -674,10 +669,8 @@ fn prepare(
                     for ((b, s), t) in conv.bias.iter_mut().zip(&s).zip(&shift) {
                         *b = *b * s + t;
                     }
-                    if let Some(step) = fold_target.and_then(|k| steps.get_mut(k)) {
-                        step.name.clone_from(&node.name);
-                    }
-                    step_of.push(fold_target.unwrap_or(0));
+                    steps[target].name.clone_from(&node.name);
+                    step_of.push(target);
                     continue;
                 }
                 Kernel::Affine {
@@ -687,8 +680,7 @@ fn prepare(
                 }
             }
             Op::Activation(activation) => {
-                let target = fusable.and_then(|k| steps.get_mut(k));
-                if let Some(step) = target {
+                if let Some((target, step)) = fusable.and_then(|k| Some((k, steps.get_mut(k)?))) {
                     let slot = match &mut step.kernel {
                         Kernel::Conv(Conv { activation, .. })
                         | Kernel::Affine { activation, .. }
@@ -698,7 +690,7 @@ fn prepare(
                     if let Some(slot) = slot.filter(|a| **a == Activation::Linear) {
                         *slot = *activation;
                         step.name.clone_from(&node.name);
-                        step_of.push(fusable.unwrap_or(0));
+                        step_of.push(target);
                         continue;
                     }
                 }
@@ -706,7 +698,12 @@ fn prepare(
             }
             Op::Rescale { scale, offset } => Kernel::Affine {
                 scale: (0..channels)
-                    .map(|c| scale.get(c).or(scale.first()).copied().unwrap_or(1.0))
+                    .map(|c| {
+                        *scale
+                            .get(c)
+                            .or(scale.first())
+                            .expect("invariant: the builders give a rescaling a factor")
+                    })
                     .collect(),
                 shift: vec![*offset; channels],
                 activation: Activation::Linear,
@@ -808,7 +805,7 @@ fn validate(model: &Model, steps: &[Step]) -> Result<()> {
                 Some([resolution, resolution, 3])
             }
             Kernel::Conv(conv) => {
-                let [h, w, c] = one.unwrap_or([0; 3]);
+                let [h, w, c] = one.expect("invariant: a one-input kernel (matched above)");
                 let taps = conv.kernel.0.checked_mul(conv.kernel.1);
                 let weights = if conv.depthwise {
                     taps.and_then(|t| t.checked_mul(c))
@@ -833,11 +830,11 @@ fn validate(model: &Model, steps: &[Step]) -> Result<()> {
                 window_shape([h, w, c], conv.kernel, conv.stride, conv.pad, conv.cout)
             }
             Kernel::MaxPool { size, stride, pad } | Kernel::AvgPool { size, stride, pad } => {
-                let s = one.unwrap_or([0; 3]);
+                let s = one.expect("invariant: a one-input kernel (matched above)");
                 window_shape(s, *size, *stride, *pad, s[2])
             }
             Kernel::Affine { scale, shift, .. } => {
-                let s = one.unwrap_or([0; 3]);
+                let s = one.expect("invariant: a one-input kernel (matched above)");
                 if scale.len() != s[2] || shift.len() != s[2] {
                     return bad(format!(
                         "{} scales and {} shifts for {} channels",

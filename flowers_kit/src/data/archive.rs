@@ -220,7 +220,9 @@ pub(crate) fn copy_entry(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Copy::Read(e)),
         };
-        let chunk = buffer.get(..n).unwrap_or_default();
+        let chunk = buffer
+            .get(..n)
+            .expect("invariant: Read::read returns at most the buffer's length");
         out.write_all(chunk)
             .map_err(|e| Copy::Write(Error::io(path, e)))?;
         total = total.saturating_add(n as u64);

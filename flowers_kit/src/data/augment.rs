@@ -112,7 +112,8 @@ impl Augment {
             )));
         }
         let digest = sha256_hex(self.view_key(photo_key, view).as_bytes());
-        let seed = u64::from_str_radix(digest.get(..16).unwrap_or("0"), 16).unwrap_or(0);
+        let seed = u64::from_str_radix(&digest[..16], 16)
+            .expect("invariant: a SHA-256 hex digest starts with 16 hex digits");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         // retrain.py: precrop = size · margin · uniform(1, 1 + scale), cast to int.
         let margin = 1.0 + f64::from(self.crop) / 100.0;

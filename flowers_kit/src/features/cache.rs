@@ -19,7 +19,9 @@ const OVERHEAD: usize = 4 + 4 + 8;
 
 /// The file for content key `key` (a hex SHA-256) under `dir`.
 pub(crate) fn cache_file(dir: &Path, key: &str) -> PathBuf {
-    let prefix = key.get(..2).unwrap_or("00");
+    let prefix = key
+        .get(..2)
+        .expect("invariant: cache keys are SHA-256 hex digests");
     dir.join(prefix).join(format!("{key}.f32"))
 }
 
@@ -72,7 +74,7 @@ pub fn encode(row: &[f32]) -> Vec<u8> {
         body.extend_from_slice(&v.to_le_bytes());
     }
     let check = crate::digest::sha256(&body);
-    body.extend_from_slice(check.get(..8).unwrap_or_default());
+    body.extend_from_slice(&check[..8]);
     body
 }
 

@@ -808,7 +808,7 @@ fn check_every_class_kept(split: &Split, out: &Extracted) -> Result<()> {
     let Some(label) = kept.iter().position(|&n| n == 0) else {
         return Ok(());
     };
-    let class = split.classes.get(label).map_or("?", String::as_str);
+    let class = split.classes[label].as_str();
     let files = split.train.iter().filter(|e| e.label == label).count();
     let first = out
         .skipped

@@ -200,11 +200,21 @@ impl Picture {
     pub fn labelled(examples: &[Example], classes: &[String], columns: usize) -> Result<Picture> {
         let tiles: Vec<Tile> = examples
             .iter()
-            .map(|e| Tile {
-                path: e.path.clone(),
-                caption: vec![classes.get(e.label).cloned().unwrap_or_default()],
+            .map(|e| {
+                let class = classes.get(e.label).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "{} has label {}, but there are {} classes",
+                        e.path.display(),
+                        e.label,
+                        classes.len()
+                    ))
+                })?;
+                Ok(Tile {
+                    path: e.path.clone(),
+                    caption: vec![class.clone()],
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Picture::grid(&tiles, columns)
     }
 
@@ -223,7 +233,13 @@ impl Picture {
             photos: max,
             columns,
         } = gallery;
-        let name = |i: usize| metrics.classes.get(i).cloned().unwrap_or_default();
+        let name = |i: usize| {
+            metrics
+                .classes
+                .get(i)
+                .cloned()
+                .expect("invariant: Metrics labels index its class list")
+        };
         let tiles: Vec<Tile> = metrics
             .misclassified
             .iter()

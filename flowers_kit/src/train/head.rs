@@ -224,12 +224,18 @@ impl Head {
 
     /// Feature length the head takes.
     pub fn inputs(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.inputs)
+        self.layers
+            .first()
+            .expect("invariant: Head::new and Head::from_layers refuse a head without layers")
+            .inputs
     }
 
     /// Number of classes.
     pub fn classes(&self) -> usize {
-        self.layers.last().map_or(0, |l| l.outputs)
+        self.layers
+            .last()
+            .expect("invariant: Head::new and Head::from_layers refuse a head without layers")
+            .outputs
     }
 
     /// Hidden layer sizes.

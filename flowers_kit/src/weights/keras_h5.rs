@@ -347,7 +347,10 @@ fn walk(
             .dataset(&name)
             .map_err(|e| format!("cannot open {full}: {e}"))?;
         let tensor = read_tensor(&dataset, &full)?;
-        let layer = prefix.rsplit('/').next().unwrap_or_default().to_string();
+        let layer = prefix
+            .rsplit_once('/')
+            .map_or(prefix, |(_, last)| last)
+            .to_string();
         let weight = name.strip_suffix(":0").unwrap_or(&name).to_string();
         push_weight(out, layer, weight, tensor);
     }

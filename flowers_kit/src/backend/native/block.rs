@@ -108,16 +108,17 @@ pub(super) fn run_block(
             _ => None,
         }
     };
-    // `find_blocks` checked these kinds; a mismatch leaves `out` as it is.
     let (
         Some((e_step, expand, Some(e_packed))),
         Some((_, depthwise, _)),
         Some((p_step, project, Some(p_packed))),
     ) = (part(block.expand), part(block.depthwise), part(project))
     else {
-        return;
+        unreachable!(
+            "invariant: find_blocks only makes blocks of packed 1×1, depthwise, packed 1×1"
+        );
     };
-    let [h, w, _] = steps.get(block.input).map_or([0; 3], |s| s.shape);
+    let [h, w, _] = steps[block.input].shape;
     let [ho, wo, cout] = p_step.shape;
     let band = BlockBand {
         x,
@@ -182,9 +183,10 @@ impl BlockBand<'_> {
         let band_rows_in = (BAND_BYTES / (4 * in_row).max(1)).max(kh);
         let per_band = ((band_rows_in - kh) / stride + 1).max(1);
         BANDS.with(|bands| {
-            let Ok(mut bands) = bands.try_borrow_mut() else {
-                return;
-            };
+            // A band never runs another block inside it on the same thread.
+            let mut bands = bands
+                .try_borrow_mut()
+                .expect("invariant: one block band at a time per thread");
             let (expanded, dw_out) = &mut *bands;
             let need = ((per_band - 1) * stride + kh) * in_row;
             if expanded.len() < need {

@@ -46,12 +46,13 @@ pub(super) struct Buffer {
 impl std::ops::Deref for Buffer {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        self.data.get(..self.len).unwrap_or_default()
+        // `take` never hands out more than the allocation holds.
+        &self.data[..self.len]
     }
 }
 
 impl std::ops::DerefMut for Buffer {
     fn deref_mut(&mut self) -> &mut [f32] {
-        self.data.get_mut(..self.len).unwrap_or_default()
+        &mut self.data[..self.len]
     }
 }
