@@ -187,12 +187,19 @@ impl FileLock {
         })?);
         name.push(".lock");
         let lock_path = path.with_file_name(name);
-        let file = std::fs::OpenOptions::new()
+        let file = match std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .at(&lock_path)?;
+        {
+            Ok(file) => file,
+            // Another user's lock file in a shared cache: flock works on a read-only one.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                std::fs::File::open(&lock_path).at(&lock_path)?
+            }
+            Err(e) => return Err(Error::io(&lock_path, e)),
+        };
         let start = std::time::Instant::now();
         let mut said = false;
         loop {

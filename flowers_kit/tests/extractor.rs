@@ -569,6 +569,25 @@ fn fine_tuning_trains_the_last_blocks_and_the_classifier_file_keeps_them() {
     // The classifier's test accuracy is what training last measured.
     let metrics = classifier.evaluate(&rows.test).unwrap();
     assert_eq!(metrics.accuracy, history.final_test_accuracy());
+    // Rows of another cut have the same length here (block 15 and 16 both take 4×4×56), but
+    // they are not what this classifier takes; nor are plain features.
+    let one_block = TrainConfig {
+        fine_tune: Some(FineTune {
+            blocks: 1,
+            ..config.fine_tune.unwrap()
+        }),
+        ..config.clone()
+    };
+    let other_rows = ex.extract_for(&split, &one_block).unwrap();
+    assert_eq!(other_rows.dim, rows.dim);
+    let err = classifier
+        .evaluate(&other_rows.test)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cut at step"), "{err}");
+    assert!(classifier
+        .evaluate(&ex.extract(&split).unwrap().test)
+        .is_err());
 
     // Two phases: the head alone first, numbered on from there.
     let two_phase = TrainConfig {
@@ -594,10 +613,18 @@ fn fine_tuning_trains_the_last_blocks_and_the_classifier_file_keeps_them() {
     let best = probabilities[ranked[0].label];
     assert!((ranked[0].probability - best).abs() < 1e-5);
 
-    // Another backbone (other weights) is refused.
+    // Another backbone (other weights), or another resize, is refused.
     let other = FeatureExtractor::from_network(Network::random(ex.model(), 2).unwrap()).unwrap();
     let err = loaded.predict(&other, photo, 2).unwrap_err().to_string();
     assert!(err.contains("weights"), "{err}");
+    let half_pixel = extractor("0.35_128", cache.path())
+        .quiet()
+        .resize(flowers_kit::data::image::Resize::TfV2Bilinear);
+    let err = loaded
+        .predict(&half_pixel, photo, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("resize tf_v1_bilinear"), "{err}");
 
     // Rows and config must agree.
     let plain = ex.extract(&split).unwrap();

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use dfdx::prelude::*;
 use flowers_kit::backend::dfdx::{DfdxNetwork, StepParams, TrainableSuffix};
-use flowers_kit::backend::native::NativeNetwork;
+use flowers_kit::backend::native::{Kernels, NativeNetwork};
 use flowers_kit::backend::{Cut, Network};
 use flowers_kit::data::Dataset;
 use flowers_kit::features::FeatureExtractor;
@@ -46,7 +46,9 @@ fn pixels(network: &Network, n: usize) -> Vec<f32> {
 
 /// The rows a cut trains on: the frozen part's maps, from the native backend.
 fn rows(cut: &Cut, pixels: &[f32], n: usize) -> Vec<f32> {
-    let frozen = NativeNetwork::with_outputs(&cut.frozen().unwrap(), cut.inputs()).unwrap();
+    let frozen =
+        NativeNetwork::with_outputs(&cut.frozen().unwrap(), cut.inputs(), Kernels::detect())
+            .unwrap();
     let rows = frozen.forward(pixels, n).unwrap();
     assert_eq!(rows.len(), n * cut.row_len());
     rows
@@ -84,6 +86,36 @@ fn every_family_has_its_keras_blocks_and_a_limit() {
     assert_eq!(
         network("nasnet_mobile", 0).cut(1).unwrap().inputs().len(),
         2
+    );
+    // Part of a network is another network: its outputs never share the features' cache.
+    let whole = network("resnet50_v2", 0);
+    let frozen = whole.cut(1).unwrap().frozen().unwrap();
+    assert_ne!(frozen.weights_id(), whole.weights_id());
+}
+
+#[test]
+fn published_efficientnet_weights_make_another_network_than_the_file_by_path() {
+    use flowers_kit::backend::PUBLISHED_INPUT;
+    use flowers_kit::weights::KerasWeights;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("efficientnet_b0.h5");
+    support::keras::write_h5("efficientnet_b0", &file);
+    let weights = KerasWeights::open(&file).unwrap();
+    let model = Model::parse("efficientnet_b0").unwrap();
+    let published = Network::from_published_keras(model, &weights).unwrap();
+    let by_path = Network::from_keras(model, &weights).unwrap();
+    assert_eq!(published.steps().len(), by_path.steps().len() + 1);
+    assert!(published.weights_id().ends_with(PUBLISHED_INPUT));
+    assert_eq!(by_path.weights_id(), weights.digest());
+    // For the other families the two are one network, one identity.
+    let mobilenet =
+        KerasWeights::open(support::golden().join("mobilenet_v2_0.35_128_no_top.h5")).unwrap();
+    let model = Model::parse("mobilenet_v2_0.35_128").unwrap();
+    assert_eq!(
+        Network::from_published_keras(model, &mobilenet)
+            .unwrap()
+            .weights_id(),
+        Network::from_keras(model, &mobilenet).unwrap().weights_id()
     );
 }
 
@@ -320,4 +352,92 @@ fn fine_tuning_helps_every_family_and_its_classifier_survives_the_file() {
             );
         }
     }
+}
+
+#[test]
+fn the_command_line_fine_tunes_another_family_and_predicts_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let split_root = dir.path().join("photos");
+    photos(&split_root);
+    let weights = dir.path().join("efficientnet_b0.h5");
+    support::keras::write_h5("efficientnet_b0", &weights);
+    let out = dir.path().join("out");
+    let run = |args: &[&str]| {
+        std::process::Command::new(support::flowers_bin())
+            .args(args)
+            .env("FLOWERS_KIT_HOME", dir.path().join("home"))
+            .env("FLOWERS_KIT_QUIET", "1")
+            .output()
+            .unwrap()
+    };
+    let trained = run(&[
+        "train",
+        "--data",
+        split_root.to_str().unwrap(),
+        "--model",
+        "efficientnet_b0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--fine-tune-blocks",
+        "1",
+        "--head-steps",
+        "2",
+        "--steps",
+        "3",
+        "--batch",
+        "4",
+        "--eval-every",
+        "1",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.0003",
+        "--fine-tune-lr",
+        "0.00003",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&trained.stdout);
+    assert!(
+        trained.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    // Two head-only steps, then three with block7a: five evaluations.
+    assert_eq!(
+        stdout.matches("Test accuracy at step").count(),
+        5,
+        "{stdout}"
+    );
+    let photo = support::golden().join("images/06_tulips.png");
+    let predicted = run(&[
+        "predict",
+        "--classifier",
+        out.join("classifier.safetensors").to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        photo.to_str().unwrap(),
+    ]);
+    let answer = String::from_utf8_lossy(&predicted.stdout);
+    assert!(
+        predicted.status.success() && answer.contains("06_tulips.png: "),
+        "{answer}\n{}",
+        String::from_utf8_lossy(&predicted.stderr)
+    );
+    // Too many blocks for the model is an error naming its limit.
+    let refused = run(&[
+        "train",
+        "--data",
+        split_root.to_str().unwrap(),
+        "--model",
+        "inception_v3",
+        "--fine-tune-blocks",
+        "3",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
 }

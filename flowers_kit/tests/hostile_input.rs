@@ -270,3 +270,202 @@ fn measurement_times_must_be_finite_and_sane() {
         assert!(took < Duration::from_secs(10));
     }
 }
+
+// ---- Found by reading the change as an attacker ------------------------------------------
+
+/// A safetensors file from named f32 tensors and metadata.
+fn safetensors_file(tensors: &[(&str, Vec<usize>, Vec<f32>)], meta: &[(&str, &str)]) -> Vec<u8> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap();
+            (name.to_string(), view)
+        })
+        .collect();
+    let meta: std::collections::HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    safetensors::serialize(views, &Some(meta)).unwrap()
+}
+
+fn v1_meta<'a>(classes: &'a str, top: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("format", "flowers_kit classifier v1"),
+        ("classes", classes),
+        ("model", "mobilenet_v2_0.35_96"),
+        ("weights_id", "x"),
+        ("resize", "tf_v1_bilinear"),
+        ("activation", "Relu"),
+        ("layers", "1"),
+        ("top", top),
+    ]
+}
+
+#[test]
+fn a_classifier_file_naming_one_tensor_many_times_is_refused() {
+    let head = [
+        ("layer0.weight", vec![4, 2], vec![0.0; 8]),
+        ("layer0.bias", vec![2], vec![0.0; 2]),
+        ("top.x.weight", vec![100, 100], vec![0.0; 10_000]),
+        ("top.x.bias", vec![100], vec![0.0; 100]),
+    ];
+    let layer =
+        r#"{"name":"x","op":"pointwise","activation":"Relu6","inputs":[0],"shape":[1,1,100]}"#;
+    let top = format!(
+        r#"{{"cut":"c","input_shape":[1,1,100],"layers":[{}]}}"#,
+        vec![layer; 64].join(",")
+    );
+    let bytes = safetensors_file(&head, &v1_meta(r#"["a","b"]"#, &top));
+    let err = Classifier::from_bytes(&bytes, Path::new("dup.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("read again"), "{err}");
+}
+
+#[test]
+fn a_classifier_of_too_many_classes_or_overflowing_weights_is_refused() {
+    let classes: Vec<String> = (0..1001).map(|i| format!("\"c{i}\"")).collect();
+    let classes = format!("[{}]", classes.join(","));
+    let head = [
+        ("layer0.weight", vec![2, 1001], vec![0.0; 2002]),
+        ("layer0.bias", vec![1001], vec![0.0; 1001]),
+    ];
+    let mut meta = v1_meta(&classes, "");
+    meta.retain(|(k, _)| *k != "top");
+    let err = Classifier::from_bytes(&safetensors_file(&head, &meta), Path::new("many.st"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1001 classes"), "{err}");
+
+    // Finite weights whose outputs overflow: an error, not NaN probabilities or class 0.
+    let huge = [
+        ("layer0.weight", vec![2, 2], vec![3e38, -3e38, 3e38, -3e38]),
+        ("layer0.bias", vec![2], vec![0.0; 2]),
+    ];
+    let mut meta = v1_meta(r#"["a","b"]"#, "");
+    meta.retain(|(k, _)| *k != "top");
+    let classifier =
+        Classifier::from_bytes(&safetensors_file(&huge, &meta), Path::new("huge.st")).unwrap();
+    let err = classifier.top_k(&[10.0, 10.0], 2).unwrap_err().to_string();
+    assert!(err.contains("not finite"), "{err}");
+}
+
+#[test]
+fn a_weight_file_listing_a_layer_twice_is_refused_before_reading_it_again() {
+    use hdf5_pure::AttrValue;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("twice.h5");
+    let mut builder = hdf5_pure::FileBuilder::new();
+    builder.set_attr(
+        "layer_names",
+        AttrValue::VarLenAsciiStringArray(vec!["Conv1".into(), "Conv1".into()]),
+    );
+    let mut group = builder.create_group("Conv1");
+    group.set_attr(
+        "weight_names",
+        AttrValue::VarLenAsciiStringArray(vec!["Conv1/kernel:0".into()]),
+    );
+    let mut inner = group.create_group("Conv1");
+    inner
+        .create_dataset("kernel:0")
+        .with_f32_data(&[0.0; 4])
+        .with_shape(&[4]);
+    group.add_group(inner.finish());
+    builder.add_group(group.finish());
+    fs::write(&path, builder.finish().unwrap()).unwrap();
+    let err = flowers_kit::weights::KerasWeights::open(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("listed twice"), "{err}");
+}
+
+#[test]
+fn a_brightness_too_small_to_move_one_is_no_brightness_change() {
+    use flowers_kit::data::image::{decode_rgb8, Resize};
+    let augment: flowers_kit::data::Augment = "brightness=1e-20".parse().unwrap();
+    let photo = decode_rgb8(&support::golden().join("images/00_daisy.png")).unwrap();
+    let view = augment
+        .view(&photo, 32, Resize::TfV1Bilinear, &"0".repeat(64), 0)
+        .unwrap();
+    assert_eq!(view.data.len(), 32 * 32 * 3);
+}
+
+#[test]
+fn an_archive_that_expands_far_past_its_size_is_refused_and_deleted() {
+    use flowers_kit::data::{self, FetchOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src/flower_photos/roses");
+    fs::create_dir_all(&src).unwrap();
+    fs::copy(
+        support::golden().join("images/03_roses.jpg"),
+        src.join("a.jpg"),
+    )
+    .unwrap();
+    // A 4 GiB hole: a few hundred bytes of sparse tar, 4 GiB on disk once extracted.
+    fs::File::create(src.join("b.jpg"))
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let archive = dir.path().join("flower_photos.tgz");
+    let status = Command::new("tar")
+        .args(["--format=gnu", "--sparse", "-czf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(dir.path().join("src"))
+        .arg("flower_photos")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(fs::metadata(&archive).unwrap().len() < 1 << 20);
+    let home = dir.path().join("home");
+    let started = Instant::now();
+    let err = data::download_dataset(archive.to_str().unwrap(), &home, &FetchOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expands past"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // Nothing stays: no dataset, no archive to fail the same way next time.
+    let left: Vec<_> = walk(&home)
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_picture_of_too_many_photos_is_an_error() {
+    use flowers_kit::data::Example;
+    use flowers_kit::plot::Picture;
+    let photo = support::golden().join("images/00_daisy.png");
+    let examples: Vec<Example> = (0..40_000)
+        .map(|_| Example {
+            path: photo.clone(),
+            label: 0,
+        })
+        .collect();
+    let err = Picture::labelled(&examples, &["daisy".to_string()], 200)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1 to 1000 photos"), "{err}");
+}

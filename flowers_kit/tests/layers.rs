@@ -42,19 +42,17 @@ fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
     })
 }
 
-/// Every `crate::<name>` a line of code names.
-fn crate_paths(line: &str) -> Vec<String> {
+/// Every `crate::<name>` the code names, with the line it is on, `use crate::{a, b}` groups
+/// spanning several lines included.
+fn crate_paths(code: &str) -> Vec<(usize, String)> {
     let mut found = Vec::new();
-    let mut rest = line;
-    while let Some(at) = rest.find("crate::") {
-        let after = &rest[at + "crate::".len()..];
-        let name: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        // `use crate::{a, b}` names several.
-        if after.starts_with('{') {
-            let group = &after[1..after.find('}').unwrap_or(after.len())];
+    let mut at = 0;
+    while let Some(offset) = code[at..].find("crate::") {
+        let start = at + offset;
+        let line = code[..start].matches('\n').count() + 1;
+        let after = &code[start + "crate::".len()..];
+        if let Some(group) = after.strip_prefix('{') {
+            let group = &group[..group.find('}').unwrap_or(group.len())];
             for part in group.split(',') {
                 let module: String = part
                     .trim()
@@ -62,15 +60,42 @@ fn crate_paths(line: &str) -> Vec<String> {
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
                 if !module.is_empty() {
-                    found.push(module);
+                    found.push((line, module));
                 }
             }
-        } else if !name.is_empty() {
-            found.push(name);
+        } else {
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                found.push((line, name));
+            }
         }
-        rest = after;
+        at = start + "crate::".len();
     }
     found
+}
+
+/// The file's code with comments blanked out, lines kept, up to its unit tests (a
+/// `#[cfg(test)]` module, whose `super::` is the file itself).
+fn code_of(text: &str) -> String {
+    text.lines()
+        .take_while(|line| line.trim() != "#[cfg(test)]")
+        .map(|line| line.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// How deep a file's module sits below the crate root (`files.rs` 1, `data/fetch.rs` 2,
+/// `backend/native/mod.rs` 2).
+fn depth(relative: &Path) -> usize {
+    let parts = relative.components().count();
+    if relative.ends_with("mod.rs") {
+        parts - 1
+    } else {
+        parts
+    }
 }
 
 #[test]
@@ -94,25 +119,32 @@ fn modules_only_use_the_layers_below_them() {
             continue;
         };
         let text = std::fs::read_to_string(file).unwrap();
-        for (number, line) in code_lines(&text) {
-            for used in crate_paths(line) {
-                // Error, Result and the like re-exported at the root are the error module's.
-                let Some(theirs) = level(&used).or(match used.as_str() {
-                    "Error" | "Result" => Some(0),
-                    _ => None,
-                }) else {
-                    broken.push(format!(
-                        "{}:{number}: crate::{used} is not a known module",
-                        relative.display()
-                    ));
-                    continue;
-                };
-                if theirs > own {
-                    broken.push(format!(
-                        "{}:{number}: {top} uses crate::{used}, a layer above it",
-                        relative.display()
-                    ));
-                }
+        let code = code_of(&text);
+        // `super::super::…` climbing to the crate root escapes this check: refuse it.
+        let chain = "super::".repeat(depth(relative));
+        if code.contains(&chain) {
+            broken.push(format!(
+                "{}: reaches the crate root through `{chain}`; write crate:: instead",
+                relative.display()
+            ));
+        }
+        for (number, used) in crate_paths(&code) {
+            // Error, Result and the like re-exported at the root are the error module's.
+            let Some(theirs) = level(&used).or(match used.as_str() {
+                "Error" | "Result" => Some(0),
+                _ => None,
+            }) else {
+                broken.push(format!(
+                    "{}:{number}: crate::{used} is not a known module",
+                    relative.display()
+                ));
+                continue;
+            };
+            if theirs > own {
+                broken.push(format!(
+                    "{}:{number}: {top} uses crate::{used}, a layer above it",
+                    relative.display()
+                ));
             }
         }
     }

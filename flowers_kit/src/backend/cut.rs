@@ -104,6 +104,12 @@ impl Cut {
         &self.inputs
     }
 
+    /// Names the rows this cut takes: the network's weights and where it is cut, so that
+    /// rows of another cut (of the same length) are told apart.
+    pub fn rows_key(&self) -> String {
+        format!("{} cut at step {}", self.network.weights_id(), self.first)
+    }
+
     /// The name of the first trainable block.
     pub fn block_name(&self) -> &str {
         let blocks = self.network.blocks();

@@ -262,13 +262,13 @@ impl Network {
         let graph = model.graph(published);
         let source = WeightSource::new(&model, &graph, weights)?;
         let (steps, blocks) = prepare(&graph, |node, name, shape| source.get(node, name, shape))?;
-        Network::new(
-            model,
-            steps,
-            weights.digest().to_string(),
-            Some(weights.path().to_path_buf()),
-        )?
-        .with_blocks(blocks)
+        // Keras' weights="imagenet" changes EfficientNet's input scaling: the same file then
+        // makes another network, and must have another identity.
+        let mut id = weights.digest().to_string();
+        if published && graph != model.graph(false) {
+            id.push_str(PUBLISHED_INPUT);
+        }
+        Network::new(model, steps, id, Some(weights.path().to_path_buf()))?.with_blocks(blocks)
     }
 
     /// The network with seeded random weights (He-style scale, unit batch norms): for
@@ -332,10 +332,12 @@ impl Network {
                 last + 1
             ))
         })?;
+        // Part of a network computes something else than the whole: another identity, so
+        // that its outputs never share a cache entry with the features.
         Network::new(
             self.model,
             steps.to_vec(),
-            self.weights_id.clone(),
+            format!("{}+first-{}-steps", self.weights_id, last + 1),
             self.weights_path.clone(),
         )
     }
@@ -393,6 +395,10 @@ impl Network {
         .with_blocks(self.blocks.to_vec())
     }
 }
+
+/// Marks the identity of a network built as Keras' `weights="imagenet"` builds it, where
+/// that differs from the file given by path (EfficientNet's extra input rescaling).
+pub const PUBLISHED_INPUT: &str = "+keras-imagenet-input";
 
 /// Finds each weighted layer's tensors: by name, or — for models whose layer names Keras
 /// generates (Inception V3) — by position among the file's weighted layers, as Keras'
@@ -752,14 +758,26 @@ fn prepare(
             shape,
         });
     }
-    // A block whose first layers fused into the step before it would leave part of the block
-    // below the cut: the family's builder must start each block with a step of its own.
-    for (block, start) in graph.blocks.iter().zip(&blocks) {
-        let owner = step_of.get(block.first).copied();
-        if owner.is_some_and(|s| s < start.first_step) || next_block.peek().is_some() {
+    // Every node of a block must be computed at or above its first step: one fused into a
+    // step below would stay frozen when the block trains. (A zero-padding layer folded into
+    // the convolution after it belongs to that convolution.)
+    if next_block.peek().is_some() || blocks.len() != graph.blocks.len() {
+        return Err(Error::InvalidArgument(
+            "a block starts at no layer of the graph".into(),
+        ));
+    }
+    for (b, (block, start)) in graph.blocks.iter().zip(&blocks).enumerate() {
+        let end = graph
+            .blocks
+            .get(b + 1)
+            .map_or(graph.nodes.len(), |next| next.first);
+        let below = (block.first..end)
+            .filter(|&i| folded_pad[i].is_none())
+            .find(|&i| step_of[i] < start.first_step);
+        if let Some(i) = below {
             return Err(Error::InvalidArgument(format!(
-                "block {} does not start with a step of its own",
-                block.name
+                "block {}: layer {} is computed in a step below the block's first",
+                block.name, graph.nodes[i].name
             )));
         }
     }

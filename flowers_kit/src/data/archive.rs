@@ -42,7 +42,13 @@ pub fn extract_tgz_checked(
     remove_stale_staging(parent);
     let staging = ScratchDir::new_in(parent, STAGING_PREFIX)?;
     let file = File::open(archive).at(archive)?;
-    unpack(BufReader::new(file), staging.path(), archive)?;
+    let size = file.metadata().at(archive)?.len();
+    unpack(
+        BufReader::new(file),
+        staging.path(),
+        archive,
+        extraction_limit(size),
+    )?;
 
     let source = match single_top_folder(staging.path())? {
         Some(name) => staging.path().join(name),
@@ -55,6 +61,21 @@ pub fn extract_tgz_checked(
     // `staging` is dropped here, removing whatever did not move.
     Ok(())
 }
+
+/// The most bytes an archive of `size` bytes may expand to: photos barely compress, so 8×
+/// its size plus 64 MiB is generous, and 16 GiB in all. A gzip or sparse-file bomb stops
+/// there instead of filling the disk.
+fn extraction_limit(size: u64) -> u64 {
+    size.saturating_mul(8)
+        .saturating_add(64 << 20)
+        .min(MAX_EXTRACTED_BYTES)
+}
+
+/// The most an archive is ever extracted to.
+pub const MAX_EXTRACTED_BYTES: u64 = 16 << 30;
+
+/// The most entries an archive may hold (the flower photos are 3,676).
+const MAX_ENTRIES: usize = 1_000_000;
 
 /// Staging folders are named `.extracting-<pid>-<n>` ([`ScratchDir`]).
 const STAGING_PREFIX: &str = ".extracting-";
@@ -103,7 +124,7 @@ fn single_top_folder(dir: &Path) -> Result<Option<String>> {
     }
 }
 
-fn unpack(reader: impl Read, into: &Path, archive: &Path) -> Result<()> {
+fn unpack(reader: impl Read, into: &Path, archive: &Path, limit: u64) -> Result<()> {
     let bad = |reason: String| Error::Archive {
         path: archive.to_path_buf(),
         reason,
@@ -113,7 +134,13 @@ fn unpack(reader: impl Read, into: &Path, archive: &Path) -> Result<()> {
     let mut tar = tar::Archive::new(MultiGzDecoder::new(reader));
     let mut files = 0usize;
     let mut skipped_links = 0usize;
-    for entry in tar.entries().map_err(corrupt)? {
+    let mut left = limit;
+    for (count, entry) in tar.entries().map_err(corrupt)?.enumerate() {
+        if count >= MAX_ENTRIES {
+            return Err(bad(format!(
+                "more than {MAX_ENTRIES} entries; nothing was extracted"
+            )));
+        }
         let mut entry = entry.map_err(corrupt)?;
         let raw_path = entry.path().map_err(corrupt)?.into_owned();
         let Some(relative) = entry_path(&raw_path) else {
@@ -161,10 +188,16 @@ fn unpack(reader: impl Read, into: &Path, archive: &Path) -> Result<()> {
                 fs::create_dir_all(dir).at(dir)?;
             }
             let mut out = File::create(&dest).at(&dest)?;
-            copy_entry(&mut entry, &mut out, &dest).map_err(|e| match e {
+            let written = copy_entry(&mut entry, &mut out, &dest, left).map_err(|e| match e {
                 Copy::Read(e) => corrupt(e),
                 Copy::Write(e) => e,
+                Copy::TooLarge => bad(format!(
+                    "it expands past {limit} bytes (at {}); a gzip or sparse-file bomb? \
+                     nothing was extracted",
+                    raw_path.display()
+                )),
             })?;
+            left = left.saturating_sub(written);
             files = files.saturating_add(1);
         } else if !(kind.is_pax_global_extensions()
             || kind.is_pax_local_extensions()
@@ -202,14 +235,17 @@ pub(crate) enum Copy {
     Read(io::Error),
     /// The file could not be written (a full disk…): not the archive's fault.
     Write(Error),
+    /// The entry holds more than the bytes allowed.
+    TooLarge,
 }
 
-/// Copies an entry's bytes to `out` (the file at `path`), telling read failures from write
-/// failures.
+/// Copies an entry's bytes to `out` (the file at `path`), at most `limit` of them, telling
+/// read failures from write failures.
 pub(crate) fn copy_entry(
     entry: &mut impl Read,
     out: &mut impl io::Write,
     path: &Path,
+    limit: u64,
 ) -> std::result::Result<u64, Copy> {
     let mut buffer = [0u8; 64 * 1024];
     let mut total = 0u64;
@@ -226,6 +262,9 @@ pub(crate) fn copy_entry(
         out.write_all(chunk)
             .map_err(|e| Copy::Write(Error::io(path, e)))?;
         total = total.saturating_add(n as u64);
+        if total > limit {
+            return Err(Copy::TooLarge);
+        }
     }
 }
 
@@ -275,7 +314,12 @@ mod tests {
     #[test]
     fn a_full_disk_is_a_write_error_on_the_file_not_a_damaged_archive() {
         let mut entry: &[u8] = b"photo bytes";
-        let result = copy_entry(&mut entry, &mut FullDisk, Path::new("out/roses/a.jpg"));
+        let result = copy_entry(
+            &mut entry,
+            &mut FullDisk,
+            Path::new("out/roses/a.jpg"),
+            u64::MAX,
+        );
         match result {
             Err(Copy::Write(e)) => {
                 let message = e.to_string();
@@ -283,6 +327,7 @@ mod tests {
                 assert!(message.contains("No space left on device"), "{message}");
             }
             Err(Copy::Read(e)) => panic!("reported as a damaged archive: {e}"),
+            Err(Copy::TooLarge) => panic!("reported as too large"),
             Ok(n) => panic!("copied {n} bytes to a full disk"),
         }
     }

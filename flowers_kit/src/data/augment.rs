@@ -133,8 +133,11 @@ impl Augment {
         );
         let flip = self.flip_left_right && rng.gen_bool(0.5);
         let spread = f64::from(self.brightness) / 100.0;
-        let brightness = if spread > 0.0 {
-            rng.gen_range(1.0 - spread..1.0 + spread) as f32
+        // A spread too small to move 1.0 in f64 (brightness=1e-20) is no spread: the range
+        // would be empty.
+        let (low, high) = (1.0 - spread, 1.0 + spread);
+        let brightness = if low < high {
+            rng.gen_range(low..high) as f32
         } else {
             1.0
         };

@@ -112,6 +112,8 @@ pub fn fetch_verified(
         fs::create_dir_all(parent).at(parent)?;
     }
     let name = display_name(source);
+    // The deadline covers the whole fetch, waiting for another process's lock included.
+    let started = Instant::now();
     let _lock = FileLock::acquire(dest, &name, options.deadline)?;
     // Another process may have finished it while this one waited.
     if dest.is_file() {
@@ -119,23 +121,24 @@ pub fn fetch_verified(
     }
     match local_source(source) {
         Some(path) => copy_local(&path, dest, options, verify)?,
-        None => download(source, dest, options, verify)?,
+        None => download(source, dest, options, verify, started)?,
     }
     Ok(dest.to_path_buf())
 }
 
-/// The cache key of a source (URL or path): the first 8 hex digits of its SHA-256. Cached
+/// The cache key of a source (URL or path): the first 16 hex digits of its SHA-256. Cached
 /// files carry it in their names, so that two sources serving different files under one
 /// name never share an entry.
 ///
 /// ```
 /// use flowers_kit::data::fetch::source_key;
-/// assert_eq!(source_key("http://a/x.h5").len(), 8);
+/// assert_eq!(source_key("http://a/x.h5").len(), 16);
 /// assert_ne!(source_key("http://a/x.h5"), source_key("http://b/x.h5"));
 /// ```
 pub fn source_key(source: &str) -> String {
     let digest = crate::digest::sha256_hex(source.as_bytes());
-    digest.get(..8).unwrap_or(&digest).to_string()
+    // 64 bits: no one finds a second URL with the key of a published one.
+    digest[..16].to_string()
 }
 
 /// `Some(path)` when `source` names a local file rather than an HTTP URL.
@@ -166,13 +169,41 @@ fn copy_local(
     verify: Verify<'_>,
 ) -> Result<()> {
     let part = partial_path(dest);
-    let bytes = crate::files::read_regular(source, options.max_bytes, "download", |reason| {
-        Error::Download {
-            url: source.display().to_string(),
-            reason,
-        }
-    })?;
-    fs::write(&part, bytes).at(&part)?;
+    let refuse = |reason: String| Error::Download {
+        url: source.display().to_string(),
+        reason,
+    };
+    // Streamed, never held in memory: a regular file within the size cap (opened without
+    // blocking, so a FIFO is refused rather than waited on).
+    let mut open = OpenOptions::new();
+    open.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = open.open(source).at(source)?;
+    let metadata = file.metadata().at(source)?;
+    if !metadata.is_file() || metadata.len() > options.max_bytes {
+        return Err(refuse(format!(
+            "not a regular file of at most {} bytes",
+            options.max_bytes
+        )));
+    }
+    let mut out = File::create(&part).at(&part)?;
+    let copied = std::io::copy(
+        &mut file.take(options.max_bytes.saturating_add(1)),
+        &mut out,
+    )
+    .at(&part)?;
+    drop(out);
+    if copied > options.max_bytes {
+        let _ = fs::remove_file(&part);
+        return Err(refuse(format!(
+            "grew past {} bytes while being copied",
+            options.max_bytes
+        )));
+    }
     if let Err(e) = verify(&part) {
         let _ = fs::remove_file(&part);
         return Err(rejected(&source.display().to_string(), &e));
@@ -188,7 +219,13 @@ fn rejected(url: &str, error: &Error) -> Error {
     }
 }
 
-fn download(url: &str, dest: &Path, options: &FetchOptions, verify: Verify<'_>) -> Result<()> {
+fn download(
+    url: &str,
+    dest: &Path,
+    options: &FetchOptions,
+    verify: Verify<'_>,
+    started: Instant,
+) -> Result<()> {
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(options.timeout)
         // In the blocking client this bounds the wait for the headers and each body read,
@@ -200,16 +237,25 @@ fn download(url: &str, dest: &Path, options: &FetchOptions, verify: Verify<'_>) 
             reason: format!("cannot create an HTTP client: {e}"),
         })?;
     let part = partial_path(dest);
-    let limits = Limits {
-        started: Instant::now(),
-        options,
-    };
+    let limits = Limits { started, options };
     let attempts = options.attempts.max(1);
     let mut pause = options.backoff;
     let mut last = String::new();
     let mut fresh_retry_done = false;
     let mut attempt = 0;
     while attempt < attempts {
+        if limits.left().is_zero() {
+            last = format!(
+                "{}no time left within the {} s deadline",
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!("{last}; ")
+                },
+                options.deadline.as_secs()
+            );
+            break;
+        }
         attempt = attempt.saturating_add(1);
         match try_once(&client, url, &part, &limits) {
             Ok(resumed) => match verify(&part) {
@@ -235,8 +281,7 @@ fn download(url: &str, dest: &Path, options: &FetchOptions, verify: Verify<'_>) 
             Err(Failure::Transient(reason)) => {
                 last = reason;
                 if attempt < attempts {
-                    let left = options.deadline.saturating_sub(limits.started.elapsed());
-                    if pause >= left {
+                    if pause >= limits.left() {
                         last = format!("{last}; no time left before the deadline for a retry");
                         break;
                     }
@@ -285,6 +330,13 @@ struct Limits<'a> {
     options: &'a FetchOptions,
 }
 
+impl Limits<'_> {
+    /// Time left before the deadline.
+    fn left(&self) -> Duration {
+        self.options.deadline.saturating_sub(self.started.elapsed())
+    }
+}
+
 /// One request: resumes from the bytes already in `part`, streams the rest within the
 /// limits, checks the size. `Ok(true)` when the file was completed by resuming.
 fn try_once(
@@ -301,7 +353,8 @@ fn try_once(
             "the partial file is larger than any file accepted; starting over".into(),
         ));
     }
-    let mut request = client.get(url);
+    // No single wait (for the headers, or a read) may outlast the deadline.
+    let mut request = client.get(url).timeout(options.timeout.min(limits.left()));
     if have > 0 {
         request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }

@@ -32,7 +32,7 @@ pub struct PhotoLimits {
     /// Largest width × height decoded (default 50 megapixels).
     pub max_pixels: u64,
     /// Most memory one decode may take, estimated from the header before anything is
-    /// decoded (default 512 MiB: a 50-megapixel progressive JPEG needs about 450 MB).
+    /// decoded (default 640 MiB: a 50-megapixel progressive CMYK JPEG needs about 600 MB).
     /// Decodes running at once also share the process-wide [`decode_budget`].
     pub max_decode_bytes: u64,
 }
@@ -42,7 +42,7 @@ impl Default for PhotoLimits {
         PhotoLimits {
             max_file_bytes: 64 << 20,
             max_pixels: 50_000_000,
-            max_decode_bytes: 512 << 20,
+            max_decode_bytes: 640 << 20,
         }
     }
 }
@@ -298,9 +298,9 @@ pub fn with_decoded<T>(
     use_pixels(&rgb)
 }
 
-/// What a decode costs at most, per pixel, beyond the 8-bit RGB result: a JPEG decoder may
-/// hold 16-bit coefficients of every component (progressive files) besides its output.
-const JPEG_BYTES_PER_PIXEL: u64 = 9;
+/// What a JPEG decode costs at most, per pixel: 16-bit coefficients of up to four components
+/// (a progressive CMYK file) besides the 8-bit RGB output.
+const JPEG_BYTES_PER_PIXEL: u64 = 12;
 
 fn decode_with_permit(
     bytes: &[u8],

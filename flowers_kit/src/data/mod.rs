@@ -82,12 +82,18 @@ pub fn download_dataset(url: &str, home: &Path, options: &FetchOptions) -> Resul
     // extraction, with the archive kept.)
     let stem = archive_stem(file_name);
     let lock = downloads.join(format!("{stem}-{key}-extraction"));
+    let started = std::time::Instant::now();
     let _lock = crate::files::FileLock::acquire(&lock, file_name, options.deadline)?;
     if expected.is_dir() {
         return Ok(expected);
     }
     let archive_path = downloads.join(format!("{key}-{file_name}"));
-    fetch::fetch(url, &archive_path, options)?;
+    // One deadline for the whole call: the wait above counts against the download's.
+    let options = FetchOptions {
+        deadline: options.deadline.saturating_sub(started.elapsed()),
+        ..options.clone()
+    };
+    fetch::fetch(url, &archive_path, &options)?;
     let extracted = archive::extract_tgz_checked(&archive_path, &expected, |content| {
         Dataset::open(content).map(|_| ())
     });

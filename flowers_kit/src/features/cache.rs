@@ -30,11 +30,13 @@ pub(crate) fn read_cached(dir: &Path, key: &str, dim: usize) -> Option<Vec<f32>>
     let path = cache_file(dir, key);
     // A valid file has an exact size: never read more than that.
     let expected = dim.checked_mul(4)?.checked_add(OVERHEAD)?;
-    let len = std::fs::metadata(&path).ok().filter(|m| m.is_file())?.len();
-    if len != expected as u64 {
-        return None;
-    }
-    parse(&std::fs::read(&path).ok()?, dim)
+    // A bounded read of a regular file only (never a FIFO swapped in after a check).
+    let bytes =
+        crate::files::read_regular(&path, expected as u64, "feature cache file", |reason| {
+            crate::Error::InvalidArgument(reason)
+        })
+        .ok()?;
+    parse(&bytes, dim)
 }
 
 /// Parses a cache file's bytes: `Some` only for a complete, undamaged file of `dim` features.

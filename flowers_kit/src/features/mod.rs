@@ -52,13 +52,18 @@ impl FeatureSource {
     pub fn check(&self, extractor: &FeatureExtractor) -> Result<()> {
         let network = extractor.network();
         let model = network.model().name();
-        if model != self.model || network.weights_id() != self.weights_id {
+        if model != self.model
+            || network.weights_id() != self.weights_id
+            || extractor.resize_method() != self.resize
+        {
             return Err(Error::InvalidArgument(format!(
-                "this classifier was trained on {} features (weights {}), but the extractor is \
-                 {model} (weights {})",
+                "this classifier was trained on {} features (weights {}, resize {}), but the \
+                 extractor is {model} (weights {}, resize {})",
                 self.model,
                 short(&self.weights_id),
-                short(network.weights_id())
+                self.resize.name(),
+                short(network.weights_id()),
+                extractor.resize_method().name()
             )));
         }
         Ok(())
@@ -128,6 +133,8 @@ pub struct FeatureSet {
     dim: usize,
     labels: Vec<usize>,
     paths: Vec<PathBuf>,
+    /// For rows crossing a cut, which network and cut ([`Cut::rows_key`]).
+    cut: Option<String>,
 }
 
 impl FeatureSet {
@@ -166,7 +173,20 @@ impl FeatureSet {
             dim,
             labels,
             paths,
+            cut: None,
         })
+    }
+
+    /// For rows that are the activations crossing a cut (extracted for fine-tuning), which
+    /// network and cut they came from ([`Cut::rows_key`]); `None` for features.
+    pub fn cut_key(&self) -> Option<&str> {
+        self.cut.as_deref()
+    }
+
+    /// The rows marked as crossing the cut `key` names.
+    fn crossing(mut self, key: &str) -> FeatureSet {
+        self.cut = Some(key.to_string());
+        self
     }
 
     /// All rows, row-major: `len() × dim()` values.
@@ -466,7 +486,16 @@ impl FeatureExtractor {
     /// (cached apart from the features). It runs on the native backend, once per photo.
     fn frozen_part(&self, cut: &Cut) -> Result<FeatureExtractor> {
         let network = cut.frozen()?;
-        let engine = Engine::Native(NativeNetwork::with_outputs(&network, cut.inputs())?);
+        // The instruction set chosen for this extractor, if it runs natively.
+        let kernels = match &self.engine {
+            Engine::Native(net) => net.kernels(),
+            _ => Kernels::detect(),
+        };
+        let engine = Engine::Native(NativeNetwork::with_outputs(
+            &network,
+            cut.inputs(),
+            kernels,
+        )?);
         Ok(FeatureExtractor {
             network,
             engine,
@@ -872,6 +901,16 @@ impl FeatureExtractor {
             None => extractor.extract(split)?,
         };
         features.source = self.source();
+        if let Some(cut) = &cut {
+            let key = cut.rows_key();
+            features.train = features.train.crossing(&key);
+            features.test = features.test.crossing(&key);
+            features.train_views = features
+                .train_views
+                .into_iter()
+                .map(|set| set.crossing(&key))
+                .collect();
+        }
         features.cut = cut;
         Ok(features)
     }

@@ -61,6 +61,7 @@ impl Picture {
     /// Photos in a grid of `columns`, each scaled to fit a square tile, captions below.
     /// A photo that cannot be decoded becomes a grey tile saying so.
     pub fn grid(tiles: &[Tile], columns: usize) -> Result<Picture> {
+        check_tiles(tiles.len())?;
         let images: Vec<Thumbnail> = tiles
             .iter()
             .map(|t| (decode_rgb8(&t.path).map(|rgb| fit(&rgb)), t.caption.clone()))
@@ -112,9 +113,7 @@ impl Picture {
     /// Thumbnails in a grid of `columns`, captions below; an error shows as a grey tile.
     fn of_thumbnails(tiles: &[Thumbnail], columns: usize) -> Result<Picture> {
         ensure_fonts();
-        if tiles.is_empty() {
-            return Err(Error::InvalidArgument("no photos to show".into()));
-        }
+        check_tiles(tiles.len())?;
         let columns = columns.clamp(1, tiles.len()) as u32;
         let rows = (tiles.len() as u32).div_ceil(columns);
         let lines = tiles.iter().map(|t| t.1.len()).max().unwrap_or(0) as u32;
@@ -302,6 +301,21 @@ type Thumbnail = (Result<(u32, u32, Vec<u8>)>, Vec<String>);
 
 /// Most views [`Picture::views`] draws.
 pub const MAX_VIEWS_SHOWN: usize = 64;
+
+/// Most photos one picture shows: a 10 × 100 grid is already 40 MB of pixels, and the sizes
+/// stay far from `u32`'s range.
+pub const MAX_TILES: usize = 1_000;
+
+/// Errors unless a picture of `count` photos is 1 to [`MAX_TILES`] (checked before any
+/// photo is decoded).
+fn check_tiles(count: usize) -> Result<()> {
+    if count == 0 || count > MAX_TILES {
+        return Err(Error::InvalidArgument(format!(
+            "a picture shows 1 to {MAX_TILES} photos, not {count}"
+        )));
+    }
+    Ok(())
+}
 
 /// `rgb` scaled to fit a square tile.
 fn fit(rgb: &image::RgbImage) -> (u32, u32, Vec<u8>) {

@@ -41,7 +41,8 @@ const FORMAT_V1: &str = "flowers_kit classifier v1";
 /// Largest classifier file [`Classifier::load`] reads, and [`Classifier::save`] writes.
 pub const MAX_CLASSIFIER_BYTES: u64 = 256 << 20;
 
-/// Most fine-tuned steps a file may describe (NASNet Mobile's last three cells are ~500).
+/// Most fine-tuned steps a file may describe (a fully fine-tuned MobileNet V2 has ~70,
+/// NASNet Mobile's last three cells ~135).
 const MAX_SAVED_STEPS: usize = 4096;
 
 /// A head trained on features of one extractor.
@@ -56,8 +57,9 @@ pub struct Classifier {
 /// The backbone's fine-tuned blocks in front of the head.
 #[derive(Debug, Clone)]
 enum FineTuned {
-    /// Just trained: the whole network, cut below the blocks, with their trained weights.
-    Trained(Cut),
+    /// Just trained: the whole network, cut below the blocks, with their trained weights,
+    /// and the [`Cut::rows_key`] of the rows it was trained on.
+    Trained(Cut, String),
     /// Read from a file: their weights, for the extractor's network to take.
     Saved(SavedSteps),
 }
@@ -94,7 +96,7 @@ impl PartialEq for Classifier {
     fn eq(&self, other: &Classifier) -> bool {
         let suffix = |c: &Classifier| match &c.fine_tuned {
             None => None,
-            Some(FineTuned::Trained(cut)) => Some(SavedSteps::of(cut)),
+            Some(FineTuned::Trained(cut, _)) => Some(SavedSteps::of(cut)),
             Some(FineTuned::Saved(saved)) => Some(saved.clone()),
         };
         self.head == other.head
@@ -133,8 +135,10 @@ impl Classifier {
     }
 
     /// The classifier with the backbone's fine-tuned blocks in front of its head: `cut`'s
-    /// network carries their trained weights, and its features are the head's inputs.
-    pub fn with_fine_tuned(mut self, cut: Cut) -> Result<Classifier> {
+    /// network carries their trained weights, and its features are the head's inputs; `rows`
+    /// is the [`Cut::rows_key`] of the rows it was trained on (evaluating it on rows of
+    /// another cut is then an error).
+    pub fn with_fine_tuned(mut self, cut: Cut, rows: String) -> Result<Classifier> {
         if cut.network().feature_dim() != self.head.inputs() {
             return Err(Error::InvalidArgument(format!(
                 "the fine-tuned network gives {} features, the head takes {}",
@@ -142,7 +146,7 @@ impl Classifier {
                 self.head.inputs()
             )));
         }
-        self.fine_tuned = Some(FineTuned::Trained(cut));
+        self.fine_tuned = Some(FineTuned::Trained(cut, rows));
         Ok(self)
     }
 
@@ -151,7 +155,7 @@ impl Classifier {
     /// [`Classifier::fine_tuned_extractor`]).
     pub fn fine_tuned(&self) -> Option<&Cut> {
         match &self.fine_tuned {
-            Some(FineTuned::Trained(cut)) => Some(cut),
+            Some(FineTuned::Trained(cut, _)) => Some(cut),
             _ => None,
         }
     }
@@ -181,7 +185,7 @@ impl Classifier {
     pub fn probabilities(&self, rows: &[f32], n: usize) -> Result<Vec<f32>> {
         match &self.fine_tuned {
             None => self.head.probabilities(rows, n),
-            Some(FineTuned::Trained(cut)) => {
+            Some(FineTuned::Trained(cut, _)) => {
                 let suffix = TrainableSuffix::new(cut, dfdx::tensor::Cpu::default())?;
                 self.head.probabilities(&suffix.features(rows, n)?, n)
             }
@@ -193,9 +197,29 @@ impl Classifier {
         }
     }
 
+    /// Errors unless `set`'s rows are what the classifier takes: features for a plain one,
+    /// the activations crossing its own cut for a fine-tuned one.
+    fn check_rows(&self, set: &FeatureSet) -> Result<()> {
+        let wanted = match &self.fine_tuned {
+            Some(FineTuned::Trained(_, rows)) => Some(rows.as_str()),
+            _ => None,
+        };
+        if set.cut_key() != wanted {
+            return Err(Error::InvalidArgument(format!(
+                "these rows are {}, but the classifier takes {}: extract them with \
+                 `extractor.extract_for(&split, &config)` and the classifier's config",
+                set.cut_key()
+                    .map_or("features".into(), |k| format!("the activations of {k}")),
+                wanted.map_or("features".into(), |k| format!("the activations of {k}")),
+            )));
+        }
+        Ok(())
+    }
+
     /// Accuracy, loss, confusion matrix, per-class metrics and mistakes on a feature set.
     pub fn evaluate(&self, set: &FeatureSet) -> Result<Metrics> {
         set.check_labels(self.classes.len())?;
+        self.check_rows(set)?;
         let probabilities = self.probabilities(set.values(), set.len())?;
         Metrics::from_probabilities(&self.classes, set.labels(), &probabilities, set.paths())
     }
@@ -203,6 +227,7 @@ impl Classifier {
     /// The predicted label (most probable class) of every example of a feature set, in
     /// order: to compare what two classifiers answer photo by photo.
     pub fn predicted_labels(&self, set: &FeatureSet) -> Result<Vec<usize>> {
+        self.check_rows(set)?;
         let probabilities = self.probabilities(set.values(), set.len())?;
         Ok(probabilities
             .chunks(self.classes.len().max(1))
@@ -240,7 +265,7 @@ impl Classifier {
         self.source.check(extractor)?;
         let network = match &self.fine_tuned {
             None => return Ok(None),
-            Some(FineTuned::Trained(cut)) => cut.network().clone(),
+            Some(FineTuned::Trained(cut, _)) => cut.network().clone(),
             Some(FineTuned::Saved(saved)) => saved.applied_to(extractor.network())?,
         };
         extractor.with_network(network).map(Some)
@@ -281,7 +306,7 @@ impl Classifier {
         }
         let fine_tuned = match &self.fine_tuned {
             None => None,
-            Some(FineTuned::Trained(cut)) => Some(SavedSteps::of(cut)),
+            Some(FineTuned::Trained(cut, _)) => Some(SavedSteps::of(cut)),
             Some(FineTuned::Saved(saved)) => Some(saved.clone()),
         };
         let suffix_header = match &fine_tuned {
@@ -380,12 +405,24 @@ impl Classifier {
                     .meta
                     .get("classifier")
                     .ok_or_else(|| bad("the classifier header is missing".into()))?;
+                if json.len() > MAX_HEADER_BYTES {
+                    return Err(bad(format!(
+                        "a {}-byte classifier header is more than one may hold ({MAX_HEADER_BYTES})",
+                        json.len()
+                    )));
+                }
                 serde_json::from_str::<Header>(json)
                     .map_err(|e| bad(format!("bad classifier header: {e}")))?
             }
             Some(FORMAT_V1) => v1::header(&file.meta).map_err(&bad)?,
             _ => return Err(bad("not a flowers_kit classifier file".into())),
         };
+        if header.classes.len() > MAX_CLASSES {
+            return Err(bad(format!(
+                "{} classes, more than a classifier may have ({MAX_CLASSES})",
+                header.classes.len()
+            )));
+        }
         // Two tensors per layer: a count beyond what the file holds is a lie, not a reason
         // to allocate.
         let present = file.tensors.len() / 2;
@@ -580,12 +617,24 @@ impl SavedSteps {
     }
 }
 
-/// A safetensors file's tensors and metadata, read with every shape checked.
+/// A safetensors file's tensors and metadata, read with every shape checked, and each value
+/// at most once in all: a file that names one tensor many times cannot multiply its size in
+/// memory.
 struct TensorFile<'a> {
     tensors: safetensors::SafeTensors<'a>,
     meta: HashMap<String, String>,
     path: &'a Path,
+    /// Values still to read: the file's length in f32s, less what was read.
+    unread: std::cell::Cell<usize>,
 }
+
+/// Longest `classifier` header read: far above any real one (classes, a few hundred steps),
+/// and small enough to parse before checking its counts.
+const MAX_HEADER_BYTES: usize = 4 << 20;
+
+/// Most classes a classifier file may have (ImageNet's 1,000): its evaluation holds a
+/// classes × classes confusion matrix.
+pub const MAX_CLASSES: usize = 1_000;
 
 impl<'a> TensorFile<'a> {
     fn read(data: &'a [u8], path: &'a Path) -> Result<TensorFile<'a>> {
@@ -601,6 +650,7 @@ impl<'a> TensorFile<'a> {
             tensors,
             meta: header.metadata().clone().unwrap_or_default(),
             path,
+            unread: std::cell::Cell::new(data.len() / 4),
         })
     }
 
@@ -637,6 +687,13 @@ impl<'a> TensorFile<'a> {
                 view.shape()
             )));
         }
+        let count = view.data().len() / 4;
+        let left = self.unread.get().checked_sub(count).ok_or_else(|| {
+            self.bad(format!(
+                "tensor {name} is read again (the file names one tensor several times)"
+            ))
+        })?;
+        self.unread.set(left);
         let values: Vec<f32> = view
             .data()
             .chunks_exact(4)

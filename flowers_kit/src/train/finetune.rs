@@ -22,8 +22,10 @@ pub const MAX_FINE_TUNE_BLOCKS: usize = 64;
 
 /// Which part of the backbone trains, and how: two phases, as the Keras transfer-learning
 /// guide teaches it — first the head alone for `head_steps` steps on the frozen features
-/// (cheap: the suffix runs once over the rows), then the last `blocks` unfrozen at their own,
-/// lower learning rate together with the head for `TrainConfig::steps` steps.
+/// (cheap: the suffix runs once over the rows) at `TrainConfig::learning_rate`, then the last
+/// `blocks` unfrozen together with the head for `TrainConfig::steps` steps, both at the low
+/// `learning_rate` (the guide recompiles the whole model with one low rate). With
+/// `head_steps: 0` there is one phase, and the head keeps its own rate.
 ///
 /// ```
 /// use flowers_kit::train::FineTune;
@@ -36,11 +38,12 @@ pub struct FineTune {
     /// `conv5_block3`, `mixed10`, `normal_12`): 1 to the model's limit. Everything after them
     /// (the last convolution, a final batch norm) trains with them.
     pub blocks: usize,
-    /// The backbone's learning rate (the head keeps `TrainConfig::learning_rate`): smaller,
-    /// so the pretrained filters move a little rather than being overwritten.
+    /// The backbone's learning rate, smaller than the head's so that the pretrained filters
+    /// move a little rather than being overwritten (and the head's too after a head-only
+    /// phase).
     pub learning_rate: f32,
     /// Steps the head trains alone on the frozen features before the blocks unfreeze (0:
-    /// train both from the start).
+    /// train both from the start, the head at `TrainConfig::learning_rate`).
     pub head_steps: usize,
 }
 

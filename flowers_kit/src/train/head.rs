@@ -160,6 +160,16 @@ impl Head {
                 "a head needs at least one layer".into(),
             ));
         }
+        let parameters = layers.iter().try_fold(0usize, |total, l| {
+            total
+                .checked_add(l.weights.len())?
+                .checked_add(l.bias.len())
+        });
+        if parameters.is_none_or(|p| p > MAX_HEAD_PARAMETERS) {
+            return Err(Error::InvalidArgument(format!(
+                "a head of more than {MAX_HEAD_PARAMETERS} weights"
+            )));
+        }
         for (i, layer) in layers.iter().enumerate() {
             if layer.inputs == 0 || layer.outputs == 0 {
                 return bad(
@@ -250,9 +260,15 @@ impl Head {
 
     /// For a head without activation, the single linear layer it is equal to:
     /// `(x·W₁ + b₁)·W₂ + b₂ = x·(W₁W₂) + (b₁W₂ + b₂)`. `None` when a ReLU sits between the
-    /// layers — then the stack really is more than one linear map.
+    /// layers — then the stack really is more than one linear map — or when that one layer
+    /// would hold more than [`MAX_HEAD_PARAMETERS`] weights (a narrow layer between wide
+    /// ones).
     pub fn collapse_linear(&self) -> Option<Head> {
         if self.layers.len() > 1 && self.activation != Activation::Linear {
+            return None;
+        }
+        let merged = self.inputs().checked_mul(self.classes())?;
+        if merged > MAX_HEAD_PARAMETERS {
             return None;
         }
         let mut layers = self.layers.iter();
@@ -310,6 +326,13 @@ impl Head {
         let logits = forward_from_first(first, params.b, rest.to_vec(), self.activation)?;
         let classes = self.classes();
         let mut out = logits.as_vec();
+        if out.iter().any(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument(
+                "the classifier's outputs are not finite numbers (weights or features too \
+                 large?)"
+                    .into(),
+            ));
+        }
         for row in out.chunks_exact_mut(classes) {
             softmax_in_place(row);
         }

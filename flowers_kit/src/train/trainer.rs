@@ -196,9 +196,11 @@ impl TrainConfig {
 /// training set.
 pub const MAX_VIEWS: usize = 64;
 
-/// Largest batch when fine-tuning: the gathered depthwise taps of a batch take
-/// `photos · 49 · 9 · 960` values at 1.0/224 (68 MB for 256 photos, and as much again for
-/// their gradient).
+/// Largest batch when fine-tuning. The window ops gather every tap of every output pixel:
+/// for MobileNet V2 1.0/224's last blocks `photos · 49 · 9 · 960` values, 433 MB for 256
+/// photos (and as much again for their gradient; the tape keeps every intermediate until the
+/// step ends), more for ResNet's and NASNet's wider windows. Smaller batches are what fine-
+/// tuning uses in practice (the Keras guide: 32).
 pub const MAX_FINE_TUNE_BATCH: usize = 256;
 
 impl RowsPlan for TrainConfig {
@@ -421,11 +423,24 @@ fn run_on<D: DfdxDevice>(
             &mut history,
         )?;
     }
-    // Phase 2: the blocks unfrozen, at their own rate, with the head.
+    // Phase 2: the blocks unfrozen, at their own rate, with the head. After a head-only
+    // phase the head, already trained, continues at the blocks' low rate too, as the Keras
+    // guide recompiles the whole model with one low rate; trained together from the start,
+    // it keeps its own.
     let together = Phase {
         first_step: fine_tune.head_steps,
+        learning_rate: if fine_tune.head_steps > 0 {
+            fine_tune.learning_rate
+        } else {
+            config.learning_rate
+        },
         suffix_learning_rate: fine_tune.learning_rate,
-        seed: config.seed.wrapping_add(1),
+        // Other batches than the head-only phase drew, when there was one.
+        seed: if fine_tune.head_steps > 0 {
+            config.seed.wrapping_add(1)
+        } else {
+            config.seed
+        },
         ..whole
     };
     train_loop(
@@ -439,7 +454,8 @@ fn run_on<D: DfdxDevice>(
         &mut history,
     )?;
     params.download(&mut head);
-    let classifier = Classifier::new(head, features)?.with_fine_tuned(suffix.trained()?)?;
+    let classifier =
+        Classifier::new(head, features)?.with_fine_tuned(suffix.trained()?, cut.rows_key())?;
     Ok((classifier, history))
 }
 

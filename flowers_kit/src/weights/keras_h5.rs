@@ -25,6 +25,38 @@ pub const MAX_WEIGHTS_BYTES: u64 = 1 << 30;
 /// anything is allocated for it.
 const MAX_TENSOR_VALUES: usize = 1 << 28;
 
+/// Most values read from one file in all (1 GiB of f32): compressed or unallocated datasets
+/// could otherwise expand a small file into many full-size tensors.
+const MAX_TOTAL_VALUES: usize = 1 << 28;
+
+/// Deepest group nesting walked, and most groups visited, in a file without Keras'
+/// attributes: HDF5 groups can link back to their parents.
+const MAX_DEPTH: usize = 32;
+const MAX_GROUPS: usize = 100_000;
+
+/// What reading one file may still cost.
+struct Allowance {
+    values: usize,
+    groups: usize,
+}
+
+impl Allowance {
+    fn new() -> Allowance {
+        Allowance {
+            values: MAX_TOTAL_VALUES,
+            groups: MAX_GROUPS,
+        }
+    }
+
+    /// Takes `count` values, or errors when the file would exceed its total.
+    fn take(&mut self, count: usize, full: &str) -> std::result::Result<(), String> {
+        self.values = self.values.checked_sub(count).ok_or_else(|| {
+            format!("{full} would take the file past {MAX_TOTAL_VALUES} values in all")
+        })?;
+        Ok(())
+    }
+}
+
 /// One tensor: its shape and values in row-major order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamedTensor {
@@ -262,6 +294,7 @@ fn strings_of(value: &hdf5_pure::AttrValue) -> Option<Vec<String>> {
 fn read_tensor(
     dataset: &hdf5_pure::Dataset,
     full: &str,
+    allowance: &mut Allowance,
 ) -> std::result::Result<NamedTensor, String> {
     let shape = dataset
         .shape()
@@ -274,6 +307,7 @@ fn read_tensor(
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .filter(|&n| n <= MAX_TENSOR_VALUES)
         .ok_or_else(|| format!("{full} has an impossible shape {shape:?}"))?;
+    allowance.take(count, full)?;
     let values = dataset
         .read_f32()
         .map_err(|e| format!("cannot read {full} (truncated file?): {e}"))?;
@@ -292,12 +326,22 @@ fn by_attributes(
     names: &[String],
 ) -> std::result::Result<Vec<KerasLayer>, String> {
     let mut by_layer: Vec<KerasLayer> = Vec::new();
+    let mut allowance = Allowance::new();
+    // Each layer, and each weight, once: a name listed twice would read its tensor twice.
+    let mut seen_layers = std::collections::HashSet::new();
+    let mut seen_weights = std::collections::HashSet::new();
     for name in names {
+        if !seen_layers.insert(name) {
+            return Err(format!("layer {name} is listed twice in layer_names"));
+        }
         let group = child(top, name).ok_or_else(|| format!("layer group {name} is missing"))?;
         // A weightless layer (an activation, an addition) has an empty list or none at all.
         let weights =
             string_list(&group, "weight_names", &format!("layer {name}"))?.unwrap_or_default();
         for weight in weights {
+            if !seen_weights.insert(format!("{name}\u{0}{weight}")) {
+                return Err(format!("weight {weight} of layer {name} is listed twice"));
+            }
             let (folder, file) = match weight.rsplit_once('/') {
                 Some((folder, file)) => (Some(folder), file),
                 None => (None, weight.as_str()),
@@ -310,7 +354,7 @@ fn by_attributes(
             let dataset = holder
                 .dataset(file)
                 .map_err(|e| format!("cannot open {name}/{weight}: {e}"))?;
-            let tensor = read_tensor(&dataset, &format!("{name}/{weight}"))?;
+            let tensor = read_tensor(&dataset, &format!("{name}/{weight}"), &mut allowance)?;
             // The weight's own path names its layer: `Conv/BatchNorm/gamma:0`, or for a
             // nested model's group, the inner layer.
             let layer = folder.unwrap_or(name).to_string();
@@ -338,6 +382,24 @@ fn walk(
     prefix: &str,
     out: &mut Vec<KerasLayer>,
 ) -> std::result::Result<(), String> {
+    walk_within(group, prefix, out, &mut Allowance::new(), 0)
+}
+
+fn walk_within(
+    group: &hdf5_pure::Group,
+    prefix: &str,
+    out: &mut Vec<KerasLayer>,
+    allowance: &mut Allowance,
+    depth: usize,
+) -> std::result::Result<(), String> {
+    allowance.groups = allowance.groups.checked_sub(1).ok_or_else(|| {
+        format!("more than {MAX_GROUPS} groups (do groups link back to their parents?)")
+    })?;
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "groups nest deeper than {MAX_DEPTH} at {prefix} (does a group link to its parent?)"
+        ));
+    }
     let datasets = group
         .datasets()
         .map_err(|e| format!("cannot list {prefix}/: {e}"))?;
@@ -346,7 +408,7 @@ fn walk(
         let dataset = group
             .dataset(&name)
             .map_err(|e| format!("cannot open {full}: {e}"))?;
-        let tensor = read_tensor(&dataset, &full)?;
+        let tensor = read_tensor(&dataset, &full, allowance)?;
         let layer = prefix
             .rsplit_once('/')
             .map_or(prefix, |(_, last)| last)
@@ -361,7 +423,13 @@ fn walk(
         let child = group
             .group(&name)
             .map_err(|e| format!("cannot open {prefix}/{name}: {e}"))?;
-        walk(&child, &format!("{prefix}/{name}"), out)?;
+        walk_within(
+            &child,
+            &format!("{prefix}/{name}"),
+            out,
+            allowance,
+            depth.saturating_add(1),
+        )?;
     }
     Ok(())
 }

@@ -207,6 +207,14 @@ where
     }
     // The final average reads the last step.
     readers[steps.len() - 1] += 1;
+    // A step nobody reads would take its inputs' tapes with it, and their gradients would
+    // silently stop there.
+    if let Some(unread) = (first..steps.len()).find(|&i| readers[i] == 0) {
+        return Err(bad(format!(
+            "step {} is read by no later step",
+            steps[unread].name
+        )));
+    }
     let mut values: Vec<Option<Matrix<D, T>>> = (0..steps.len()).map(|_| None).collect();
     for (j, value) in given {
         let slot = values

@@ -84,8 +84,17 @@ impl NativeNetwork {
     /// Prepares `network` so that [`forward`](Self::forward) returns, per image, the whole
     /// `[h, w, c]` maps of the steps `outputs` one after the other instead of the features:
     /// the activations where a fine-tuned suffix takes over (see [`crate::backend::Cut`]).
-    pub fn with_outputs(network: &Network, outputs: &[usize]) -> Result<NativeNetwork> {
-        NativeNetwork::plan(network, Kernels::detect(), Some(outputs))
+    pub fn with_outputs(
+        network: &Network,
+        outputs: &[usize],
+        kernels: Kernels,
+    ) -> Result<NativeNetwork> {
+        NativeNetwork::plan(network, kernels, Some(outputs))
+    }
+
+    /// The instruction set its kernels use.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     fn plan(

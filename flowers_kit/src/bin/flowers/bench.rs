@@ -95,10 +95,11 @@ fn refuse_foreign(out: &Path) -> Result<()> {
 }
 
 /// The `producer` of a safetensors file's metadata, reading nothing but its header (at most
-/// 1 MiB); `None` for a file that is not safetensors or has no producer.
+/// 100 MB, safetensors' own limit: the header lists the photos); `None` for a file that is
+/// not safetensors or has no producer.
 fn producer(path: &Path) -> std::io::Result<Option<String>> {
     use std::io::Read;
-    const MAX_HEADER: u64 = 1 << 20;
+    const MAX_HEADER: u64 = 100_000_000;
     #[derive(serde::Deserialize)]
     struct Header {
         #[serde(rename = "__metadata__")]

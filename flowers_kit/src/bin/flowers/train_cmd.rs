@@ -104,11 +104,16 @@ pub fn run_predict(
     // The weights used in training, unless told otherwise; the digest check below makes sure
     // they are the same weights.
     let trained_on = classifier.source();
+    // Published weights that Keras builds differently from the same file by path
+    // (EfficientNet's input rescaling) are fetched as published again (from the cache).
+    let published = trained_on
+        .weights_id
+        .ends_with(flowers_kit::backend::PUBLISHED_INPUT);
     let source = weights.map(str::to_string).or_else(|| {
         trained_on
             .weights_path
             .as_ref()
-            .filter(|p| p.is_file())
+            .filter(|p| p.is_file() && !published)
             .map(|p| p.display().to_string())
     });
     let extractor =
