@@ -52,7 +52,7 @@ pub fn download_flowers() -> Result<Dataset> {
 }
 
 /// Makes sure the `.tgz` at `url` is extracted under `home/datasets`, returning its folder,
-/// `<archive name>-<first 8 hex digits of the URL's SHA-256>` (see [`fetch::source_key`]).
+/// `<archive name>-<first 16 hex digits of the URL's SHA-256>` (see [`fetch::source_key`]).
 ///
 /// With the folder already there, nothing touches the network. Otherwise the archive is
 /// fetched into `home/downloads` (resuming a partial download), extracted atomically, checked
