@@ -134,18 +134,24 @@ fn photo_bombs_decode_correctly_within_a_gigabyte_at_8_threads() {
         }
     }
     drop((gigabyte_of_zeros, iccp, ztxt, deep));
-    let network = Network::random(Model::parse("mobilenet_v2_0.35_96").unwrap(), 0).unwrap();
-    let extractor = FeatureExtractor::from_network(network)
-        .unwrap()
-        .without_cache()
-        .quiet();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(8)
         .build()
         .unwrap();
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
-    let out = pool.install(|| extractor.extract_paths(&paths)).unwrap();
+    // Built inside the pool: with the `cuda` feature an extractor is not `Send`.
+    let out = pool
+        .install(|| {
+            let network =
+                Network::random(Model::parse("mobilenet_v2_0.35_96").unwrap(), 0).unwrap();
+            FeatureExtractor::from_network(network)
+                .unwrap()
+                .without_cache()
+                .quiet()
+                .extract_paths(&paths)
+        })
+        .unwrap();
     let peak = PEAK.load(Ordering::Relaxed) - before;
     println!(
         "peak {} MiB above the {} MiB before",
