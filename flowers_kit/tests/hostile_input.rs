@@ -124,6 +124,7 @@ fn the_largest_head_train_accepts_is_a_file_predict_reads() {
         },
         dim,
         train: set(2),
+        validation: set(0),
         test: set(1),
         train_views: Vec::new(),
         augment: None,

@@ -30,6 +30,7 @@ fn history() -> History {
         train_accuracy: vec![0.2, 0.6, 0.9],
         test_loss: vec![1.7, 1.0, 0.7],
         test_accuracy: vec![0.2, 0.55, 0.8],
+        ..Default::default()
     }
 }
 

@@ -240,3 +240,40 @@ fn bad_fractions_are_rejected() {
         );
     }
 }
+
+#[test]
+fn a_validation_set_comes_from_the_training_photos_per_class_and_leaves_the_test_set() {
+    let photos = Dataset::open(support::sample_dir()).unwrap();
+    let plain = photos.split(0.8, 2018).unwrap();
+    let split = plain.clone().with_validation(0.2, 7).unwrap();
+    // The tutorial's test set, unchanged.
+    assert_eq!(split.test, plain.test);
+    // Train and validation partition the tutorial's training photos; train keeps its order.
+    let kept: Vec<_> = plain
+        .train
+        .iter()
+        .filter(|e| !split.validation.contains(e))
+        .cloned()
+        .collect();
+    assert_eq!(split.train, kept);
+    assert_eq!(
+        split.train.len() + split.validation.len(),
+        plain.train.len()
+    );
+    // int(120 · 0.2) = 24 of each class's 120 training photos.
+    for label in 0..5 {
+        let count = split.validation.iter().filter(|e| e.label == label).count();
+        assert_eq!(count, 24, "class {label}");
+    }
+    // Seeded: the same seed the same photos, another seed others.
+    assert_eq!(plain.clone().with_validation(0.2, 7).unwrap(), split);
+    assert_ne!(
+        plain.clone().with_validation(0.2, 8).unwrap().validation,
+        split.validation
+    );
+    // Nothing asked, nothing moved; a class of two photos still gives one.
+    assert_eq!(plain.clone().with_validation(0.0, 7).unwrap(), plain);
+    for bad in [-0.1, 1.0, f64::NAN] {
+        assert!(plain.clone().with_validation(bad, 7).is_err(), "{bad}");
+    }
+}

@@ -42,6 +42,7 @@ fn synthetic(classes: usize, dim: usize) -> Features {
         },
         dim,
         train: FeatureSet::new(train_x, dim, train_y, vec![]).unwrap(),
+        validation: FeatureSet::new(vec![], dim, vec![], vec![]).unwrap(),
         test: FeatureSet::new(test_x, dim, test_y, vec![]).unwrap(),
         train_views: Vec::new(),
         augment: None,
@@ -361,4 +362,29 @@ fn metrics_report_lists_every_class() {
         report.contains("roses") && report.contains("0.667"),
         "{report}"
     );
+}
+
+#[test]
+fn a_validation_set_is_evaluated_beside_the_test_set() {
+    let mut features = synthetic(3, 8);
+    let n = features.test.len();
+    features.validation = features.test.clone();
+    let config = quiet(TrainConfig {
+        steps: 20,
+        eval_every: 5,
+        ..Default::default()
+    });
+    let (_, history) = train(&features, &config).unwrap();
+    assert_eq!(history.validation_accuracy.len(), history.step.len());
+    // Here the validation set is the test set: the same numbers.
+    assert_eq!(history.validation_accuracy, history.test_accuracy);
+    assert_eq!(
+        history.final_validation_accuracy(),
+        history.final_test_accuracy()
+    );
+    // Without one, nothing is recorded.
+    features.validation = FeatureSet::new(vec![], 8, vec![], vec![]).unwrap();
+    let (_, history) = train(&features, &config).unwrap();
+    assert!(history.validation_accuracy.is_empty() && n > 0);
+    assert!(history.final_validation_accuracy().is_nan());
 }

@@ -196,6 +196,7 @@ impl Dataset {
             root: self.root.clone(),
             classes: self.classes.clone(),
             train,
+            validation: Vec::new(),
             test,
         })
     }
@@ -210,11 +211,63 @@ pub struct Split {
     pub classes: Vec<String>,
     /// Training examples, in the tutorial's shuffled order.
     pub train: Vec<Example>,
+    /// Validation examples carved from the training ones ([`Split::with_validation`]; empty
+    /// in the tutorial's split): where hyperparameters are chosen, so that the test photos
+    /// measure the choice only once.
+    pub validation: Vec<Example>,
     /// Test examples, in the tutorial's shuffled order.
     pub test: Vec<Example>,
 }
 
 impl Split {
+    /// The split with `fraction` of each class's training photos moved to a validation set:
+    /// `int(n · fraction)` of a class's `n`, at least one when it has two or more, chosen by a
+    /// seeded shuffle of that class's training photos. The test photos do not change, so the
+    /// tutorial's test set stays identical to Python's; the training photos that remain keep
+    /// their order.
+    ///
+    /// ```no_run
+    /// # fn main() -> flowers_kit::Result<()> {
+    /// let photos = flowers_kit::data::Dataset::open("flower_photos")?;
+    /// let split = photos.split(0.8, 2018)?.with_validation(0.2, 0)?;
+    /// println!("{} train, {} validation, {} test",
+    ///          split.train.len(), split.validation.len(), split.test.len());
+    /// # Ok(()) }
+    /// ```
+    pub fn with_validation(mut self, fraction: f64, seed: u64) -> Result<Split> {
+        if !(0.0..1.0).contains(&fraction) {
+            return Err(Error::InvalidArgument(format!(
+                "the validation fraction must be in [0, 1), got {fraction}"
+            )));
+        }
+        let mut rng = PyRandom::new(seed);
+        let mut moved = vec![false; self.train.len()];
+        for label in 0..self.classes.len() {
+            let mut members: Vec<usize> = (0..self.train.len())
+                .filter(|&i| self.train[i].label == label)
+                .collect();
+            rng.shuffle(&mut members);
+            let n = members.len();
+            let mut take = (n as f64 * fraction) as usize;
+            if take == 0 && fraction > 0.0 && n >= 2 {
+                take = 1;
+            }
+            for &i in members.iter().take(take) {
+                moved[i] = true;
+            }
+        }
+        let mut train = Vec::with_capacity(self.train.len());
+        for (example, moved) in self.train.into_iter().zip(moved) {
+            if moved {
+                self.validation.push(example);
+            } else {
+                train.push(example);
+            }
+        }
+        self.train = train;
+        Ok(self)
+    }
+
     /// Class names in label order.
     pub fn classes(&self) -> &[String] {
         &self.classes

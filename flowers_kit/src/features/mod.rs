@@ -247,6 +247,8 @@ pub struct Features {
     pub dim: usize,
     /// Training examples.
     pub train: FeatureSet,
+    /// Validation examples (empty unless the split has them: [`Split::with_validation`]).
+    pub validation: FeatureSet,
     /// Test examples.
     pub test: FeatureSet,
     /// Augmented views of the training photos, each row for row like `train` (empty unless
@@ -725,30 +727,41 @@ impl FeatureExtractor {
     ///
     /// Train and test photos are one extraction, with one progress report.
     pub fn extract(&self, split: &Split) -> Result<Features> {
-        let examples: Vec<&crate::data::Example> = split.train.iter().chain(&split.test).collect();
+        let examples: Vec<&crate::data::Example> = split
+            .train
+            .iter()
+            .chain(&split.validation)
+            .chain(&split.test)
+            .collect();
         let paths: Vec<PathBuf> = examples.iter().map(|e| e.path.clone()).collect();
         let out = self.extract_paths(&paths)?;
         check_every_class_kept(split, &out)?;
         let dim = out.dim;
-        let (mut train, mut test) = (Side::default(), Side::default());
+        let (train_end, validation_end) = (
+            split.train.len(),
+            split.train.len() + split.validation.len(),
+        );
+        let mut sides = [Side::default(), Side::default(), Side::default()];
         for (row, &i) in out.values.chunks_exact(dim).zip(&out.kept) {
-            let side = if i < split.train.len() {
-                &mut train
-            } else {
-                &mut test
+            let side = match i {
+                i if i < train_end => &mut sides[0],
+                i if i < validation_end => &mut sides[1],
+                _ => &mut sides[2],
             };
-            if let Some(example) = examples.get(i) {
-                side.values.extend_from_slice(row);
-                side.labels.push(example.label);
-                side.paths.push(example.path.clone());
-            }
+            let example = examples[i];
+            side.values.extend_from_slice(row);
+            side.labels.push(example.label);
+            side.paths.push(example.path.clone());
         }
+        let [train, validation, test] =
+            sides.map(|s| FeatureSet::new(s.values, dim, s.labels, s.paths));
         Ok(Features {
             classes: split.classes.clone(),
             source: self.source(),
             dim,
-            train: FeatureSet::new(train.values, dim, train.labels, train.paths)?,
-            test: FeatureSet::new(test.values, dim, test.labels, test.paths)?,
+            train: train?,
+            validation: validation?,
+            test: test?,
             train_views: Vec::new(),
             augment: None,
             cut: None,
@@ -904,6 +917,7 @@ impl FeatureExtractor {
         if let Some(cut) = &cut {
             let key = cut.rows_key();
             features.train = features.train.crossing(&key);
+            features.validation = features.validation.crossing(&key);
             features.test = features.test.crossing(&key);
             features.train_views = features
                 .train_views

@@ -102,20 +102,41 @@ pub struct History {
     pub test_loss: Vec<f32>,
     /// Accuracy on the whole test set after the step.
     pub test_accuracy: Vec<f32>,
+    /// Loss on the whole validation set after the step (empty without one).
+    pub validation_loss: Vec<f32>,
+    /// Accuracy on the whole validation set after the step (empty without one).
+    pub validation_accuracy: Vec<f32>,
 }
 
 impl History {
-    /// Appends one evaluation: the step's training batch `(loss, accuracy)` and the test
-    /// set's; with `verbose`, prints the tutorial's line.
-    fn record(&mut self, step: usize, train: (f32, f32), test: (f32, f32), verbose: bool) {
+    /// Appends one evaluation: the step's training batch `(loss, accuracy)`, the test set's
+    /// and the validation set's if there is one; with `verbose`, prints the tutorial's line.
+    fn record(
+        &mut self,
+        step: usize,
+        train: (f32, f32),
+        test: (f32, f32),
+        validation: Option<(f32, f32)>,
+        verbose: bool,
+    ) {
         self.step.push(step);
         self.train_loss.push(train.0);
         self.train_accuracy.push(train.1);
         self.test_loss.push(test.0);
         self.test_accuracy.push(test.1);
+        if let Some((loss, accuracy)) = validation {
+            self.validation_loss.push(loss);
+            self.validation_accuracy.push(accuracy);
+        }
         if verbose {
             println!("Test accuracy at step {step}: {:.2}%", test.1 * 100.0);
         }
+    }
+
+    /// The validation accuracy after the last step (NaN without a validation set): what to
+    /// compare settings by, leaving the test set for the one final measurement.
+    pub fn final_validation_accuracy(&self) -> f32 {
+        self.validation_accuracy.last().copied().unwrap_or(f32::NAN)
     }
 
     /// The test accuracy after the last step (training always evaluates it); NaN for an
@@ -263,10 +284,12 @@ fn validate(features: &Features, config: &TrainConfig) -> Result<()> {
         ));
     }
     let views = features.train_views.iter().map(|v| ("augmented view", v));
-    for (name, set) in [("train", &features.train), ("test", &features.test)]
-        .into_iter()
-        .chain(views)
-    {
+    let sets = [
+        ("train", &features.train),
+        ("validation", &features.validation),
+        ("test", &features.test),
+    ];
+    for (name, set) in sets.into_iter().chain(views) {
         let cols = set.dim();
         if cols != features.dim {
             return bad(format!(
@@ -383,12 +406,13 @@ fn run_on<D: DfdxDevice>(
         seed: config.seed,
     };
     let Some(cut) = &features.cut else {
+        let held_out = (&features.validation, &features.test);
         train_loop(
             &dev,
             &mut params,
             None,
             &rows,
-            &features.test,
+            held_out,
             config,
             whole,
             &mut history,
@@ -411,13 +435,18 @@ fn run_on<D: DfdxDevice>(
             steps: fine_tune.head_steps,
             ..whole
         };
-        let (train_set, test_set) = (frozen(&rows)?, frozen(&features.test)?);
+        let (train_set, validation_set, test_set) = (
+            frozen(&rows)?,
+            frozen(&features.validation)?,
+            frozen(&features.test)?,
+        );
+        let held_out = (&validation_set, &test_set);
         train_loop(
             &dev,
             &mut params,
             None,
             &train_set,
-            &test_set,
+            held_out,
             config,
             head_only,
             &mut history,
@@ -448,7 +477,7 @@ fn run_on<D: DfdxDevice>(
         &mut params,
         Some(&mut suffix),
         &rows,
-        &features.test,
+        (&features.validation, &features.test),
         config,
         together,
         &mut history,
@@ -592,7 +621,7 @@ fn train_loop<D: DfdxDevice>(
     head: &mut DeviceParams<D>,
     mut suffix: Option<&mut TrainableSuffix<D>>,
     rows: &FeatureSet,
-    test: &FeatureSet,
+    (validation, test): (&FeatureSet, &FeatureSet),
     config: &TrainConfig,
     phase: Phase,
     history: &mut History,
@@ -610,6 +639,8 @@ fn train_loop<D: DfdxDevice>(
     let plain = suffix.is_none();
     let full = (plain && batch_size.is_none()).then(|| Batch::new(dev, rows, classes, None));
     let test_batch = plain.then(|| Batch::new(dev, test, classes, None));
+    let validation_batch =
+        (plain && !validation.is_empty()).then(|| Batch::new(dev, validation, classes, None));
     let mut w_slots: Vec<Slots<(usize, usize), D>> = head.w.iter().map(|_| Slots::new()).collect();
     let mut b_slots: Vec<Slots<(usize,), D>> = head.b.iter().map(|_| Slots::new()).collect();
     let mut suffix_slots: Vec<SuffixSlots<D>> = Vec::new();
@@ -739,10 +770,24 @@ fn train_loop<D: DfdxDevice>(
                 classes,
                 config.activation,
             )?;
+            let validation = if validation.is_empty() {
+                None
+            } else {
+                Some(evaluate(
+                    dev,
+                    head,
+                    suffix.as_deref(),
+                    validation,
+                    validation_batch.as_ref(),
+                    classes,
+                    config.activation,
+                )?)
+            };
             history.record(
                 phase.first_step + step,
                 (loss_value, accuracy(&logits_values, &batch_labels, classes)),
                 (test_loss, test_accuracy),
+                validation,
                 config.verbose,
             );
         }

@@ -217,6 +217,7 @@ pub fn train_steps(dim: usize, device: &flowers_kit::features::DeviceKind) -> Re
         },
         dim,
         train: set(2934)?,
+        validation: set(0)?,
         test: set(736)?,
         train_views: Vec::new(),
         augment: None,
