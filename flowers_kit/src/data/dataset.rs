@@ -243,8 +243,12 @@ impl Split {
         let mut rng = PyRandom::new(seed);
         let mut moved = vec![false; self.train.len()];
         for label in 0..self.classes.len() {
-            let mut members: Vec<usize> = (0..self.train.len())
-                .filter(|&i| self.train[i].label == label)
+            let mut members: Vec<usize> = self
+                .train
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.label == label)
+                .map(|(i, _)| i)
                 .collect();
             rng.shuffle(&mut members);
             let n = members.len();
@@ -253,7 +257,9 @@ impl Split {
                 take = 1;
             }
             for &i in members.iter().take(take) {
-                moved[i] = true;
+                if let Some(flag) = moved.get_mut(i) {
+                    *flag = true;
+                }
             }
         }
         let mut train = Vec::with_capacity(self.train.len());
