@@ -206,3 +206,48 @@ fn bad_figure_requests_are_errors() {
     .unwrap();
     assert_eq!(decode_png(&grid.png().unwrap()).dimensions(), grid.size());
 }
+
+#[test]
+fn several_seeds_show_as_a_band_and_as_whiskers() {
+    use flowers_kit::train::{SeedRuns, Spread};
+    let run = |offset: f32| History {
+        step: vec![0, 10, 20],
+        test_accuracy: vec![0.2 + offset, 0.6 + offset, 0.8 + offset],
+        validation_accuracy: vec![0.3 + offset, 0.5 + offset, 0.7 + offset],
+        ..Default::default()
+    };
+    let runs = SeedRuns {
+        seeds: vec![0, 1, 2],
+        histories: vec![run(0.0), run(0.05), run(0.1)],
+        classifiers: Vec::new(),
+    };
+    let series = Series::validation_accuracy_of("adam", &runs);
+    assert_eq!(series.points.len(), 3);
+    let (lo, hi) = series.band[2];
+    assert!(
+        (lo - 0.7).abs() < 1e-6 && (hi - 0.8).abs() < 1e-6,
+        "{lo} {hi}"
+    );
+    assert!((series.points[2].1 - 0.75).abs() < 1e-6);
+    let plain = Chart::lines(
+        "t",
+        "step",
+        "accuracy",
+        [Series::test_accuracy("one", &runs.histories[0])],
+    )
+    .svg()
+    .unwrap();
+    let banded = Chart::lines("t", "step", "accuracy", [series])
+        .svg()
+        .unwrap();
+    assert!(banded.matches("<polygon").count() > plain.matches("<polygon").count());
+    let spread = runs.final_test_accuracy();
+    assert_eq!(
+        (spread.min, spread.max),
+        (0.800000011920929, 0.9000000357627869)
+    );
+    let bars = Chart::bars_with_range("t", "accuracy", [("adam".to_string(), spread)]);
+    let svg = bars.svg().unwrap();
+    assert!(svg.contains("0.850"), "the mean is the bar's label");
+    assert_eq!(Spread::of(&[0.5]).percent(), "50.0 % (50.0–50.0)");
+}

@@ -388,3 +388,30 @@ fn a_validation_set_is_evaluated_beside_the_test_set() {
     assert!(history.validation_accuracy.is_empty() && n > 0);
     assert!(history.final_validation_accuracy().is_nan());
 }
+
+#[test]
+fn several_seeds_train_one_config_and_report_their_range() {
+    let mut features = synthetic(3, 8);
+    features.validation = features.test.clone();
+    let config = quiet(TrainConfig {
+        steps: 5,
+        ..Default::default()
+    });
+    let runs = flowers_kit::train::train_seeds(&features, &config, [0, 1, 2]).unwrap();
+    assert_eq!(runs.histories.len(), 3);
+    let (_, alone) = train(
+        &features,
+        &TrainConfig {
+            seed: 1,
+            ..config.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        runs.histories[1], alone,
+        "each run is that seed's own training"
+    );
+    let spread = runs.final_validation_accuracy();
+    assert!(spread.min <= spread.mean && spread.mean <= spread.max);
+    assert!(flowers_kit::train::train_seeds(&features, &config, []).is_err());
+}

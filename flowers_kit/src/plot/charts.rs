@@ -11,15 +11,18 @@ use super::inline::{emit, extension};
 use super::{ensure_fonts, plot_error};
 use crate::error::{Error, Result};
 use crate::files::write_atomically;
-use crate::train::History;
+use crate::train::{History, SeedRuns, Spread};
 
-/// A named line: (x, y) points.
+/// A named line: (x, y) points, and optionally a band around them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     /// Legend entry.
     pub name: String,
     /// Points in x order.
     pub points: Vec<(f64, f64)>,
+    /// For each point, the (lowest, highest) value it summarises — several seeds' range —
+    /// drawn as a shaded band; empty for a plain line.
+    pub band: Vec<(f64, f64)>,
 }
 
 impl Series {
@@ -28,6 +31,53 @@ impl Series {
         Series {
             name: name.into(),
             points,
+            band: Vec::new(),
+        }
+    }
+
+    /// Validation accuracy against step, from a training run's history.
+    pub fn validation_accuracy(name: impl Into<String>, history: &History) -> Series {
+        Series::against_step(name, history, &history.validation_accuracy)
+    }
+
+    /// The mean test accuracy of several seeds' runs against step, with their range as a
+    /// band.
+    pub fn test_accuracy_of(name: impl Into<String>, runs: &SeedRuns) -> Series {
+        Series::mean_of(name, runs, |h| &h.test_accuracy)
+    }
+
+    /// The mean validation accuracy of several seeds' runs against step, with their range
+    /// as a band.
+    pub fn validation_accuracy_of(name: impl Into<String>, runs: &SeedRuns) -> Series {
+        Series::mean_of(name, runs, |h| &h.validation_accuracy)
+    }
+
+    fn mean_of(
+        name: impl Into<String>,
+        runs: &SeedRuns,
+        values: impl Fn(&History) -> &Vec<f32>,
+    ) -> Series {
+        let Some(first) = runs.histories.first() else {
+            return Series::new(name, Vec::new());
+        };
+        let (mut points, mut band) = (Vec::new(), Vec::new());
+        for (k, &step) in first.step.iter().enumerate() {
+            let at: Vec<f64> = runs
+                .histories
+                .iter()
+                .filter_map(|h| values(h).get(k).map(|&v| f64::from(v)))
+                .collect();
+            if at.len() != runs.histories.len() {
+                break;
+            }
+            let spread = Spread::of(&at);
+            points.push((step as f64, spread.mean));
+            band.push((spread.min, spread.max));
+        }
+        Series {
+            name: name.into(),
+            points,
+            band,
         }
     }
 
@@ -99,6 +149,8 @@ enum Kind {
         title: String,
         value_label: String,
         items: Vec<(String, f64)>,
+        /// Each bar's (lowest, highest) value, drawn as a whisker; empty for none.
+        ranges: Vec<(f64, f64)>,
     },
     SideBySide(Vec<Chart>),
 }
@@ -201,10 +253,34 @@ impl Chart {
                 title: title.into(),
                 value_label: value_label.into(),
                 items,
+                ranges: Vec::new(),
             },
             width: 560,
             height,
         }
+    }
+
+    /// Bars of several runs' means, each with a whisker from the lowest to the highest run
+    /// (several seeds of one setting: [`crate::train::SeedRuns`]).
+    pub fn bars_with_range(
+        title: &str,
+        value_label: &str,
+        items: impl IntoIterator<Item = impl Borrow<(String, Spread)>>,
+    ) -> Chart {
+        let items: Vec<(String, Spread)> = items.into_iter().map(|i| i.borrow().clone()).collect();
+        let ranges = items.iter().map(|(_, s)| (s.min, s.max)).collect();
+        let mut chart = Chart::bars(
+            title,
+            value_label,
+            items
+                .iter()
+                .map(|(name, s)| (name.clone(), s.mean))
+                .collect::<Vec<_>>(),
+        );
+        if let Kind::Bars { ranges: slot, .. } = &mut chart.kind {
+            *slot = ranges;
+        }
+        chart
     }
 
     /// Charts next to each other in one figure.
@@ -302,7 +378,8 @@ impl Chart {
                 title,
                 value_label,
                 items,
-            } => draw_bars(area, title, value_label, items),
+                ranges,
+            } => draw_bars(area, title, value_label, items, ranges),
             Kind::SideBySide(charts) => {
                 let mut rest = area.clone();
                 for chart in charts {
@@ -353,7 +430,13 @@ fn draw_lines<DB: DrawingBackend>(
     let (y0, y1) = span(
         series
             .iter()
-            .flat_map(|s| s.points.iter().filter(finite).map(|p| p.1)),
+            .flat_map(|s| s.points.iter().filter(finite).map(|p| p.1))
+            .chain(
+                series
+                    .iter()
+                    .flat_map(|s| s.band.iter().flat_map(|&(lo, hi)| [lo, hi]))
+                    .filter(|v| v.is_finite()),
+            ),
     );
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 20))
@@ -384,6 +467,23 @@ fn draw_lines<DB: DrawingBackend>(
         .map_err(plot_error)?;
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
+        if s.band.len() == s.points.len() && !s.band.is_empty() {
+            // The range as a shaded polygon: along the highs, back along the lows.
+            let outline: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .zip(&s.band)
+                .map(|(p, b)| (p.0, b.1))
+                .chain(s.points.iter().zip(&s.band).rev().map(|(p, b)| (p.0, b.0)))
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    outline,
+                    color.mix(0.18).filled(),
+                )))
+                .map_err(plot_error)?;
+        }
         let points: Vec<(f64, f64)> = s.points.iter().filter(finite).copied().collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
@@ -511,11 +611,13 @@ fn draw_bars<DB: DrawingBackend>(
     title: &str,
     value_label: &str,
     items: &[(String, f64)],
+    ranges: &[(f64, f64)],
 ) -> Result<()> {
     let n = items.len() as i32;
     let max = items
         .iter()
         .map(|i| i.1)
+        .chain(ranges.iter().map(|r| r.1))
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max);
     let top = if max <= 1.0 { 1.0 } else { max * 1.15 };
@@ -556,10 +658,28 @@ fn draw_bars<DB: DrawingBackend>(
         chart
             .draw_series(std::iter::once(bar))
             .map_err(plot_error)?;
+        // The runs' range: a whisker through the bar's middle.
+        let mut label_at = v;
+        if let Some(&(lo, hi)) = ranges
+            .get(k)
+            .filter(|(lo, hi)| lo.is_finite() && hi.is_finite())
+        {
+            let whisker = PathElement::new(
+                vec![
+                    (lo, SegmentValue::CenterOf(y)),
+                    (hi, SegmentValue::CenterOf(y)),
+                ],
+                BLACK.stroke_width(2),
+            );
+            chart
+                .draw_series(std::iter::once(whisker))
+                .map_err(plot_error)?;
+            label_at = hi;
+        }
         chart
             .draw_series(std::iter::once(Text::new(
                 format!(" {v:.3}"),
-                (v, SegmentValue::CenterOf(y)),
+                (label_at, SegmentValue::CenterOf(y)),
                 ("sans-serif", 14).into_font().color(&BLACK).pos(
                     plotters::style::text_anchor::Pos::new(
                         plotters::style::text_anchor::HPos::Left,

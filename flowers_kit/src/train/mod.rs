@@ -13,4 +13,4 @@ pub use finetune::{FineTune, Schedule};
 pub use head::{Activation, Head};
 pub use metrics::{ClassMetrics, Metrics, Mistake};
 pub use optim::Optimizer;
-pub use trainer::{train, History, TrainConfig};
+pub use trainer::{train, train_seeds, History, SeedRuns, Spread, TrainConfig};

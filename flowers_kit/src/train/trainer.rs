@@ -808,6 +808,122 @@ fn one_hot<D: DfdxDevice>(
     dev.tensor((values, (labels.len(), classes)))
 }
 
+/// A value measured over several runs: its mean and range.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    /// The mean.
+    pub mean: f64,
+    /// The smallest value.
+    pub min: f64,
+    /// The largest value.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The mean and range of `values` (NaN for none).
+    ///
+    /// ```
+    /// use flowers_kit::train::Spread;
+    /// let s = Spread::of(&[0.8, 0.9, 0.7]);
+    /// assert!((s.mean - 0.8).abs() < 1e-12 && s.min == 0.7 && s.max == 0.9);
+    /// ```
+    pub fn of(values: &[f64]) -> Spread {
+        if values.is_empty() {
+            return Spread {
+                mean: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        let sum: f64 = values.iter().sum();
+        Spread {
+            mean: sum / values.len() as f64,
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+
+    /// As percentages, `84.7 % (80.7–86.7)`, for an accuracy.
+    pub fn percent(&self) -> String {
+        format!(
+            "{:.1} % ({:.1}–{:.1})",
+            self.mean * 100.0,
+            self.min * 100.0,
+            self.max * 100.0
+        )
+    }
+}
+
+/// One configuration trained with several seeds (initial weights and batches): what a
+/// comparison of close settings needs, since one seed can move test accuracy by points.
+#[derive(Debug, Clone)]
+pub struct SeedRuns {
+    /// The seeds, in order.
+    pub seeds: Vec<u64>,
+    /// Each run's history.
+    pub histories: Vec<History>,
+    /// Each run's classifier.
+    pub classifiers: Vec<Classifier>,
+}
+
+impl SeedRuns {
+    /// The final test accuracies' mean and range.
+    pub fn final_test_accuracy(&self) -> Spread {
+        self.spread(History::final_test_accuracy)
+    }
+
+    /// The final validation accuracies' mean and range (NaN without a validation set).
+    pub fn final_validation_accuracy(&self) -> Spread {
+        self.spread(History::final_validation_accuracy)
+    }
+
+    fn spread(&self, of: impl Fn(&History) -> f32) -> Spread {
+        let values: Vec<f64> = self.histories.iter().map(|h| f64::from(of(h))).collect();
+        Spread::of(&values)
+    }
+}
+
+/// Trains `config` once per seed (its `seed` replaced), on the same features: cached
+/// features make each run cost only the training.
+///
+/// ```no_run
+/// # use flowers_kit::prelude::*;
+/// # fn main() -> flowers_kit::Result<()> {
+/// # let features: Features = unimplemented!();
+/// let runs = flowers_kit::train::train_seeds(&features, &TrainConfig::default(), [0, 1, 2])?;
+/// println!("validation accuracy {}", runs.final_validation_accuracy().percent());
+/// # Ok(()) }
+/// ```
+pub fn train_seeds(
+    features: &Features,
+    config: &TrainConfig,
+    seeds: impl IntoIterator<Item = u64>,
+) -> Result<SeedRuns> {
+    let seeds: Vec<u64> = seeds.into_iter().collect();
+    if seeds.is_empty() {
+        return Err(Error::InvalidArgument(
+            "train_seeds needs at least one seed".into(),
+        ));
+    }
+    let mut runs = SeedRuns {
+        seeds: seeds.clone(),
+        histories: Vec::with_capacity(seeds.len()),
+        classifiers: Vec::with_capacity(seeds.len()),
+    };
+    for seed in seeds {
+        let (classifier, history) = train(
+            features,
+            &TrainConfig {
+                seed,
+                ..config.clone()
+            },
+        )?;
+        runs.histories.push(history);
+        runs.classifiers.push(classifier);
+    }
+    Ok(runs)
+}
+
 /// Mean softmax cross-entropy of `[n, classes]` logits against one-hot targets.
 fn cross_entropy<D: DfdxDevice, T>(
     logits: Tensor<(usize, usize), f32, D, T>,
