@@ -415,3 +415,33 @@ fn several_seeds_train_one_config_and_report_their_range() {
     assert!(spread.min <= spread.mean && spread.mean <= spread.max);
     assert!(flowers_kit::train::train_seeds(&features, &config, []).is_err());
 }
+
+#[test]
+fn mistakes_come_most_confidently_wrong_first_and_pairs_most_often_first() {
+    use flowers_kit::train::Metrics;
+    let classes: Vec<String> = ["daisy", "roses", "tulips"].map(String::from).to_vec();
+    // Photo 0 right; 1: roses taken for tulips at 0.6; 2: daisy for roses at 0.9 (the
+    // worst: p(daisy) = 0.05); 3: roses for tulips at 0.5.
+    let probabilities = [
+        0.8, 0.1, 0.1, //
+        0.1, 0.3, 0.6, //
+        0.05, 0.9, 0.05, //
+        0.2, 0.3, 0.5,
+    ];
+    let m = Metrics::from_probabilities(&classes, &[0, 1, 0, 1], &probabilities, &[]).unwrap();
+    let order: Vec<(usize, usize)> = m
+        .top_losses()
+        .iter()
+        .map(|x| (x.label, x.prediction))
+        .collect();
+    assert_eq!(order, vec![(0, 1), (1, 2), (1, 2)]);
+    assert!((m.top_losses()[0].loss() - (-(0.05f32).ln())).abs() < 1e-6);
+    assert_eq!(
+        m.most_confused(1),
+        vec![
+            ("roses".to_string(), "tulips".to_string(), 2),
+            ("daisy".to_string(), "roses".to_string(), 1)
+        ]
+    );
+    assert_eq!(m.most_confused(2).len(), 1);
+}

@@ -217,8 +217,9 @@ impl Picture {
         Picture::grid(&tiles, columns)
     }
 
-    /// The wrong predictions, captioned "prediction: X" / "label: Y", as many and in as
-    /// many columns as `gallery` says.
+    /// The wrong predictions, the most confidently wrong first (fastai's top losses:
+    /// [`Metrics::top_losses`]), captioned "prediction: X (p %)" / "label: Y", as many and in
+    /// as many columns as `gallery` says.
     ///
     /// ```no_run
     /// # use flowers_kit::prelude::*;
@@ -240,8 +241,8 @@ impl Picture {
                 .expect("invariant: Metrics labels index its class list")
         };
         let tiles: Vec<Tile> = metrics
-            .misclassified
-            .iter()
+            .top_losses()
+            .into_iter()
             .take(max)
             .map(|m| Tile {
                 path: m.path.clone(),

@@ -32,6 +32,16 @@ pub struct Mistake {
     pub prediction: usize,
     /// The probability given to the prediction.
     pub probability: f32,
+    /// The probability given to the true label: the smaller, the larger the photo's loss
+    /// (`−ln` of it).
+    pub label_probability: f32,
+}
+
+impl Mistake {
+    /// The photo's cross-entropy loss, `−ln p(label)`: how wrong the classifier was.
+    pub fn loss(&self) -> f32 {
+        -self.label_probability.max(1e-12).ln()
+    }
 }
 
 /// How a classifier did on a set of examples.
@@ -93,6 +103,7 @@ impl Metrics {
                     label,
                     prediction,
                     probability,
+                    label_probability: row[label],
                 });
             }
         }
@@ -138,6 +149,43 @@ impl Metrics {
             per_class,
             misclassified,
         })
+    }
+
+    /// The wrong predictions, the most confidently wrong first: fastai's "top losses",
+    /// sorted by each photo's loss (`−ln p(label)`), largest first.
+    pub fn top_losses(&self) -> Vec<&Mistake> {
+        let mut sorted: Vec<&Mistake> = self.misclassified.iter().collect();
+        sorted.sort_by(|a, b| b.loss().total_cmp(&a.loss()));
+        sorted
+    }
+
+    /// The (true class, predicted class, photos) pairs confused at least `min_count` times,
+    /// most often first: the off-diagonal of the confusion matrix, as fastai's
+    /// `most_confused` lists it.
+    ///
+    /// ```
+    /// use flowers_kit::train::Metrics;
+    /// let classes = vec!["a".to_string(), "b".to_string()];
+    /// // Two photos of class a, both taken for b.
+    /// let m = Metrics::from_probabilities(&classes, &[0, 0], &[0.2, 0.8, 0.3, 0.7], &[])?;
+    /// assert_eq!(m.most_confused(1), vec![("a".to_string(), "b".to_string(), 2)]);
+    /// # Ok::<(), flowers_kit::Error>(())
+    /// ```
+    pub fn most_confused(&self, min_count: usize) -> Vec<(String, String, usize)> {
+        let mut pairs = Vec::new();
+        for (label, row) in self.confusion.iter().enumerate() {
+            for (prediction, &count) in row.iter().enumerate() {
+                if label != prediction && count >= min_count.max(1) {
+                    pairs.push((
+                        self.classes[label].clone(),
+                        self.classes[prediction].clone(),
+                        count,
+                    ));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+        pairs
     }
 
     /// A text table of per-class precision, recall, F1 and support, with the accuracy.
