@@ -439,7 +439,7 @@ fn draw_lines<DB: DrawingBackend>(
             ),
     );
     let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 20))
+        .caption(title, (super::language::font_family(), 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
@@ -536,7 +536,7 @@ fn draw_heatmap<DB: DrawingBackend>(
         });
     let scale = |v: f64| if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
     let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 20))
+        .caption(title, (super::language::font_family(), 20))
         .margin(12)
         .x_label_area_size(50)
         .y_label_area_size(100)
@@ -593,12 +593,13 @@ fn draw_heatmap<DB: DrawingBackend>(
                 .draw_series(std::iter::once(Text::new(
                     text,
                     (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y)),
-                    ("sans-serif", 15).into_font().color(&ink).pos(
-                        plotters::style::text_anchor::Pos::new(
+                    (super::language::font_family(), 15)
+                        .into_font()
+                        .color(&ink)
+                        .pos(plotters::style::text_anchor::Pos::new(
                             plotters::style::text_anchor::HPos::Center,
                             plotters::style::text_anchor::VPos::Center,
-                        ),
-                    ),
+                        )),
                 )))
                 .map_err(plot_error)?;
         }
@@ -622,7 +623,7 @@ fn draw_bars<DB: DrawingBackend>(
         .fold(0.0f64, f64::max);
     let top = if max <= 1.0 { 1.0 } else { max * 1.15 };
     let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 20))
+        .caption(title, (super::language::font_family(), 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(130)
@@ -680,12 +681,13 @@ fn draw_bars<DB: DrawingBackend>(
             .draw_series(std::iter::once(Text::new(
                 format!(" {v:.3}"),
                 (label_at, SegmentValue::CenterOf(y)),
-                ("sans-serif", 14).into_font().color(&BLACK).pos(
-                    plotters::style::text_anchor::Pos::new(
+                (super::language::font_family(), 14)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(plotters::style::text_anchor::Pos::new(
                         plotters::style::text_anchor::HPos::Left,
                         plotters::style::text_anchor::VPos::Center,
-                    ),
-                ),
+                    )),
             )))
             .map_err(plot_error)?;
     }

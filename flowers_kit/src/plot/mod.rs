@@ -4,9 +4,11 @@
 
 pub mod charts;
 pub mod inline;
+mod language;
 pub mod pictures;
 
 pub use charts::{Chart, Series};
+pub use language::{language, set_language, Language};
 pub use pictures::{Gallery, Picture};
 
 use std::sync::Once;
@@ -23,6 +25,17 @@ pub(crate) fn ensure_fonts() {
             dejavu::sans::regular(),
         );
         let _ = plotters::style::register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold());
+        // The zh-CN figures' font: one weight serves both styles.
+        let _ = plotters::style::register_font(
+            language::CJK_FAMILY,
+            FontStyle::Normal,
+            language::CJK_FONT,
+        );
+        let _ = plotters::style::register_font(
+            language::CJK_FAMILY,
+            FontStyle::Bold,
+            language::CJK_FONT,
+        );
     });
 }
 
@@ -43,24 +56,25 @@ pub fn curves(history: &History) -> Chart {
             .map(|(&s, &v)| (s as f64, f64::from(v)))
             .collect()
     };
+    let t = language::texts();
     Chart::side_by_side(vec![
         Chart::lines(
-            "Loss",
-            "step",
-            "cross-entropy",
+            t.loss,
+            t.step,
+            t.cross_entropy,
             vec![
-                Series::new("train (batch)", points(&history.train_loss)),
-                Series::new("test", points(&history.test_loss)),
+                Series::new(t.train_batch, points(&history.train_loss)),
+                Series::new(t.test, points(&history.test_loss)),
             ],
         )
         .with_size(450, 360),
         Chart::lines(
-            "Accuracy",
-            "step",
-            "accuracy",
+            t.accuracy_title,
+            t.step,
+            t.accuracy,
             vec![
-                Series::new("train (batch)", points(&history.train_accuracy)),
-                Series::new("test", points(&history.test_accuracy)),
+                Series::new(t.train_batch, points(&history.train_accuracy)),
+                Series::new(t.test, points(&history.test_accuracy)),
             ],
         )
         .with_size(450, 360),
@@ -74,13 +88,11 @@ pub fn confusion(metrics: &Metrics) -> crate::Result<Chart> {
         .confusion_normalized()
         .into_iter()
         .map(|row| row.into_iter().map(f64::from).collect::<Vec<f64>>());
+    let t = language::texts();
     Chart::heatmap(
-        &format!(
-            "Confusion matrix (test accuracy {:.1}%)",
-            metrics.accuracy * 100.0
-        ),
-        "predicted label",
-        "true label",
+        &language::confusion_title(metrics.accuracy),
+        t.predicted_label,
+        t.true_label,
         &metrics.classes,
         &metrics.classes,
         values,
@@ -89,9 +101,10 @@ pub fn confusion(metrics: &Metrics) -> crate::Result<Chart> {
 
 /// Top-k class probabilities for one photo, most likely on top.
 pub fn top_k(predictions: &[Prediction]) -> Chart {
+    let t = language::texts();
     Chart::bars(
-        "Prediction",
-        "probability",
+        t.prediction,
+        t.probability,
         predictions
             .iter()
             .map(|p| (p.class.clone(), f64::from(p.probability))),

@@ -105,7 +105,7 @@ impl Picture {
             let side = size as u32;
             let rgb = image::RgbImage::from_raw(side, side, pixels)
                 .ok_or_else(|| Error::Plot("view buffer has the wrong size".into()))?;
-            images.push((Ok(fit(&rgb)), vec![format!("view {}", v + 1)]));
+            images.push((Ok(fit(&rgb)), vec![super::language::view_caption(v + 1)]));
         }
         Picture::of_thumbnails(&images, views.min(4))
     }
@@ -149,7 +149,7 @@ impl Picture {
                         root.draw(&Text::new(
                             "(unreadable)",
                             ((x + TILE / 2) as i32, (y + TILE / 2) as i32),
-                            ("sans-serif", 14)
+                            (super::language::font_family(), 14)
                                 .into_font()
                                 .color(&BLACK)
                                 .pos(Pos::new(HPos::Center, VPos::Center)),
@@ -164,7 +164,7 @@ impl Picture {
                             (x + TILE / 2) as i32,
                             (y + TILE + 3 + l as u32 * LINE) as i32,
                         ),
-                        ("sans-serif", 13)
+                        (super::language::font_family(), 13)
                             .into_font()
                             .color(&BLACK)
                             .pos(Pos::new(HPos::Center, VPos::Top)),
@@ -246,14 +246,12 @@ impl Picture {
             .take(max)
             .map(|m| Tile {
                 path: m.path.clone(),
-                caption: vec![
-                    format!(
-                        "prediction: {} ({:.0}%)",
-                        name(m.prediction),
-                        m.probability * 100.0
-                    ),
-                    format!("label: {}", name(m.label)),
-                ],
+                caption: super::language::mistake_captions(
+                    &name(m.prediction),
+                    m.probability,
+                    &name(m.label),
+                )
+                .to_vec(),
             })
             .collect();
         if tiles.is_empty() {

@@ -1,0 +1,145 @@
+//! The language of the figures' own words (titles, axes, legends, captions), and the font
+//! they are drawn with.
+//!
+//! English text is drawn with the embedded DejaVu Sans. [`Language::ZhCn`] — the tutorial's
+//! original language, which the zh-CN notebooks set — draws every figure with an embedded
+//! subset of Noto Sans CJK SC (SIL Open Font License): the characters of these texts, the
+//! 3,500 characters of level 1 of the Table of General Standard Chinese Characters, CJK
+//! punctuation and ASCII, so that a learner's own titles and class names render too
+//! (`fonts/README.md` says how it was cut).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The language of the figures' own texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Language {
+    /// English (the default).
+    #[default]
+    English,
+    /// Simplified Chinese, as the tutorial's original.
+    ZhCn,
+}
+
+static LANGUAGE: AtomicU8 = AtomicU8::new(0);
+
+/// Draws every figure made from now on in `language` (for this process: a notebook's
+/// kernel).
+///
+/// ```
+/// use flowers_kit::plot::{self, Language};
+/// plot::set_language(Language::ZhCn);
+/// assert_eq!(plot::language(), Language::ZhCn);
+/// plot::set_language(Language::English);
+/// ```
+pub fn set_language(language: Language) {
+    let code = match language {
+        Language::English => 0,
+        Language::ZhCn => 1,
+    };
+    LANGUAGE.store(code, Ordering::Relaxed);
+}
+
+/// The language figures are drawn in.
+pub fn language() -> Language {
+    match LANGUAGE.load(Ordering::Relaxed) {
+        1 => Language::ZhCn,
+        _ => Language::English,
+    }
+}
+
+/// The font family figures use in the current language.
+pub(crate) fn font_family() -> &'static str {
+    match language() {
+        Language::English => "sans-serif",
+        Language::ZhCn => CJK_FAMILY,
+    }
+}
+
+/// The name the embedded CJK subset is registered under.
+pub(crate) const CJK_FAMILY: &str = "flowers-cjk";
+
+/// The embedded CJK subset (see the module's documentation).
+pub(crate) const CJK_FONT: &[u8] = include_bytes!("../../fonts/NotoSansSC-flowers.otf");
+
+/// The figures' own words in one language.
+pub(crate) struct Texts {
+    pub loss: &'static str,
+    pub accuracy_title: &'static str,
+    pub step: &'static str,
+    pub cross_entropy: &'static str,
+    pub accuracy: &'static str,
+    pub train_batch: &'static str,
+    pub test: &'static str,
+    pub predicted_label: &'static str,
+    pub true_label: &'static str,
+    pub prediction: &'static str,
+    pub probability: &'static str,
+}
+
+const ENGLISH: Texts = Texts {
+    loss: "Loss",
+    accuracy_title: "Accuracy",
+    step: "step",
+    cross_entropy: "cross-entropy",
+    accuracy: "accuracy",
+    train_batch: "train (batch)",
+    test: "test",
+    predicted_label: "predicted label",
+    true_label: "true label",
+    prediction: "Prediction",
+    probability: "probability",
+};
+
+const CHINESE: Texts = Texts {
+    loss: "损失",
+    accuracy_title: "准确率",
+    step: "训练步数",
+    cross_entropy: "交叉熵",
+    accuracy: "准确率",
+    train_batch: "训练（批次）",
+    test: "测试",
+    predicted_label: "预测标签",
+    true_label: "真实标签",
+    prediction: "预测",
+    probability: "概率",
+};
+
+/// The texts of the current language.
+pub(crate) fn texts() -> &'static Texts {
+    match language() {
+        Language::English => &ENGLISH,
+        Language::ZhCn => &CHINESE,
+    }
+}
+
+/// "Confusion matrix (test accuracy 84.0%)".
+pub(crate) fn confusion_title(accuracy: f32) -> String {
+    match language() {
+        Language::English => format!("Confusion matrix (test accuracy {:.1}%)", accuracy * 100.0),
+        Language::ZhCn => format!("混淆矩阵（测试准确率 {:.1}%）", accuracy * 100.0),
+    }
+}
+
+/// A misclassified photo's captions: what was predicted, with what probability, and the
+/// label.
+pub(crate) fn mistake_captions(prediction: &str, probability: f32, label: &str) -> [String; 2] {
+    let percent = probability * 100.0;
+    match language() {
+        Language::English => [
+            format!("prediction: {prediction} ({percent:.0}%)"),
+            format!("label: {label}"),
+        ],
+        Language::ZhCn => [
+            format!("预测：{prediction}（{percent:.0}%）"),
+            format!("标签：{label}"),
+        ],
+    }
+}
+
+/// "view 3": the caption of an augmented view.
+pub(crate) fn view_caption(index: usize) -> String {
+    match language() {
+        Language::English => format!("view {index}"),
+        Language::ZhCn => format!("视图 {index}"),
+    }
+}
