@@ -658,3 +658,36 @@ fn fine_tuning_trains_the_last_blocks_and_the_classifier_file_keeps_them() {
         .to_string();
     assert!(err.contains("block_16_extend"), "{err}");
 }
+
+/// The untrained baseline of notebook 00: the same architecture with seeded random weights.
+/// Its features must keep a usable scale through the whole depth (a fan-in computed wrongly
+/// for depthwise kernels once made them ~1e-6, which no classifier could use), differ from
+/// photo to photo, and be cached apart from the trained network's and from another seed's.
+#[test]
+fn random_weights_give_an_untrained_network_with_features_of_a_usable_scale() {
+    let cache = tempfile::tempdir().unwrap();
+    let trained = extractor("0.35_128", cache.path());
+    let untrained = FeatureExtractor::with_random_weights(trained.model(), 0)
+        .unwrap()
+        .cache_dir(cache.path());
+    let paths = golden_pngs();
+    let features = untrained.extract_paths(&paths).unwrap();
+    let dim = untrained.feature_dim();
+    assert_eq!(features.values.len(), paths.len() * dim);
+    assert!(features.values.iter().all(|v| v.is_finite() && *v >= 0.0));
+    let mean =
+        features.values.iter().map(|&v| f64::from(v)).sum::<f64>() / features.values.len() as f64;
+    assert!((0.05..6.0).contains(&mean), "mean feature {mean}");
+    let (first, second) = features.values.split_at(dim);
+    assert!(first.iter().zip(second).any(|(a, b)| (a - b).abs() > 1e-3));
+    // Its own cache entries: neither the trained network's nor another seed's.
+    assert_eq!(trained.extract_paths(&paths).unwrap().cache_hits, 0);
+    let other_seed = FeatureExtractor::with_random_weights(trained.model(), 1)
+        .unwrap()
+        .cache_dir(cache.path());
+    assert_eq!(other_seed.extract_paths(&paths).unwrap().cache_hits, 0);
+    assert_eq!(
+        untrained.extract_paths(&paths).unwrap().cache_hits,
+        paths.len()
+    );
+}

@@ -271,8 +271,9 @@ impl Network {
         Network::new(model, steps, id, Some(weights.path().to_path_buf()))?.with_blocks(blocks)
     }
 
-    /// The network with seeded random weights (He-style scale, unit batch norms): for
-    /// benchmarks, where throughput does not depend on the values.
+    /// The network with seeded random weights (He uniform, unit batch norms): for
+    /// benchmarks, where throughput does not depend on the values, and as the untrained
+    /// baseline that shows what pre-training is worth.
     pub fn random(model: impl Into<Model>, seed: u64) -> Result<Network> {
         use rand::{Rng, SeedableRng};
         let model = model.into();
@@ -285,14 +286,23 @@ impl Network {
                 "beta" | "moving_mean" | "mean" | "bias" => vec![0.01; n],
                 "count" => vec![1.0; n],
                 _ => {
-                    let fan_in: usize = shape.iter().rev().skip(1).product::<usize>().max(1);
-                    let scale = (2.0 / fan_in as f32).sqrt();
+                    // He uniform (variance 2 / fan-in), so that a signal neither dies out
+                    // nor blows up through the depth of the network. A depthwise kernel
+                    // [kh, kw, channels, 1] filters each channel alone: its fan-in is kh·kw.
+                    let fan_in: usize = if name == "depthwise_kernel" {
+                        shape.iter().take(2).product::<usize>()
+                    } else {
+                        shape.iter().rev().skip(1).product::<usize>()
+                    }
+                    .max(1);
+                    let scale = (6.0 / fan_in as f32).sqrt();
                     let mut rng = rng.borrow_mut();
                     (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
                 }
             })
         })?;
-        Network::new(model, steps, format!("random-seed-{seed}"), None)?.with_blocks(blocks)
+        Network::new(model, steps, format!("random-he-uniform-seed-{seed}"), None)?
+            .with_blocks(blocks)
     }
 
     /// The model.

@@ -300,6 +300,21 @@ impl FeatureExtractor {
         FeatureExtractor::from_network(network)
     }
 
+    /// The extractor for `model` with seeded random weights instead of trained ones (He-style
+    /// scale, batch norms left at their start): what the same architecture gives before any
+    /// pre-training, the baseline that shows what ImageNet's weights are worth. Its features
+    /// are cached apart from the trained network's.
+    ///
+    /// ```no_run
+    /// use flowers_kit::prelude::*;
+    /// let untrained = FeatureExtractor::with_random_weights(Model::parse("mobilenet_v2_0.35_128")?, 0)?;
+    /// assert!(untrained.network().weights_id().starts_with("random"));
+    /// # Ok::<(), flowers_kit::Error>(())
+    /// ```
+    pub fn with_random_weights(model: impl Into<Model>, seed: u64) -> Result<FeatureExtractor> {
+        FeatureExtractor::from_network(Network::random(model, seed)?)
+    }
+
     /// An extractor running a prepared network on the CPU with the native backend.
     pub fn from_network(network: Network) -> Result<FeatureExtractor> {
         let engine = Engine::new(&network, DeviceKind::Cpu, BackendKind::Native)?;
