@@ -46,6 +46,7 @@ pub mod prelude {
     pub use crate::models::{MobileNetV2, Model};
     pub use crate::plot::{self, Chart, Gallery, Picture, Series};
     pub use crate::train::{
-        train, Activation, Classifier, History, Metrics, Optimizer, TrainConfig,
+        train, train_seeds, Activation, Classifier, History, Metrics, Optimizer, SeedRuns, Spread,
+        TrainConfig,
     };
 }

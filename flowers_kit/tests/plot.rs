@@ -251,3 +251,46 @@ fn several_seeds_show_as_a_band_and_as_whiskers() {
     assert!(svg.contains("0.850"), "the mean is the bar's label");
     assert_eq!(Spread::of(&[0.5]).percent(), "50.0 % (50.0–50.0)");
 }
+
+/// The x positions of the SVG's circles of radius `r`.
+fn circle_xs(svg: &str, r: u32) -> Vec<f64> {
+    svg.split("<circle")
+        .skip(1)
+        .filter(|c| c.contains(&format!("r=\"{r}\"")))
+        .map(|c| {
+            let start = c.find("cx=\"").unwrap() + 4;
+            c[start..].split('"').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_scatter_names_every_point_and_spaces_a_log_axis_by_ratio() {
+    let points = [
+        ("small".to_string(), 10.0, 0.7),
+        ("medium".to_string(), 100.0, 0.8),
+        ("large".to_string(), 1000.0, 0.9),
+    ];
+    let log = Chart::scatter("Speed and accuracy", "photos/s", "accuracy", &points, true);
+    let svg = log.svg().unwrap();
+    assert_eq!(svg_size(&svg), log.size());
+    for name in ["small", "medium", "large", "Speed and accuracy"] {
+        assert!(svg.contains(name), "{name} is not drawn");
+    }
+    let xs = circle_xs(&svg, 5);
+    assert_eq!(xs.len(), 3, "{svg}");
+    // Each step is ×10, so the points are evenly spaced on a log axis...
+    assert!(((xs[1] - xs[0]) - (xs[2] - xs[1])).abs() <= 1.0, "{xs:?}");
+    // ...and not on a linear one.
+    let linear = Chart::scatter("t", "x", "y", &points, false).svg().unwrap();
+    let xs = circle_xs(&linear, 5);
+    assert!((xs[2] - xs[1]) > 5.0 * (xs[1] - xs[0]), "{xs:?}");
+    // A point a log axis cannot place is left out, not drawn at the edge or an error.
+    let with_zero = [("zero".to_string(), 0.0, 0.5), points[0].clone()];
+    let svg = Chart::scatter("t", "x", "y", &with_zero, true)
+        .svg()
+        .unwrap();
+    assert_eq!(circle_xs(&svg, 5).len(), 1);
+    assert!(!svg.contains(">zero<"));
+    assert_eq!(decode_png(&log.png().unwrap()).dimensions(), log.size());
+}

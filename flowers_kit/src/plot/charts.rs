@@ -152,6 +152,13 @@ enum Kind {
         /// Each bar's (lowest, highest) value, drawn as a whisker; empty for none.
         ranges: Vec<(f64, f64)>,
     },
+    Scatter {
+        title: String,
+        x_label: String,
+        y_label: String,
+        points: Vec<(String, f64, f64)>,
+        log_x: bool,
+    },
     SideBySide(Vec<Chart>),
 }
 
@@ -283,6 +290,30 @@ impl Chart {
         chart
     }
 
+    /// Named points, each labelled beside its marker (models by speed and accuracy): one
+    /// point per item, so nothing depends on telling colours apart. `log_x` spaces the x
+    /// axis logarithmically, for values that span orders of magnitude (photos per second);
+    /// points with x ≤ 0 cannot be placed on it and are left out.
+    pub fn scatter(
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        points: impl IntoIterator<Item = impl Borrow<(String, f64, f64)>>,
+        log_x: bool,
+    ) -> Chart {
+        Chart {
+            kind: Kind::Scatter {
+                title: title.into(),
+                x_label: x_label.into(),
+                y_label: y_label.into(),
+                points: points.into_iter().map(|p| p.borrow().clone()).collect(),
+                log_x,
+            },
+            width: 720,
+            height: 460,
+        }
+    }
+
     /// Charts next to each other in one figure.
     pub fn side_by_side(charts: Vec<Chart>) -> Chart {
         let width = charts.iter().map(|c| c.width).sum();
@@ -380,6 +411,13 @@ impl Chart {
                 items,
                 ranges,
             } => draw_bars(area, title, value_label, items, ranges),
+            Kind::Scatter {
+                title,
+                x_label,
+                y_label,
+                points,
+                log_x,
+            } => draw_scatter(area, title, x_label, y_label, points, *log_x),
             Kind::SideBySide(charts) => {
                 let mut rest = area.clone();
                 for chart in charts {
@@ -505,6 +543,94 @@ fn draw_lines<DB: DrawingBackend>(
             .border_style(RGBColor(200, 200, 200))
             .position(SeriesLabelPosition::LowerRight)
             .draw()
+            .map_err(plot_error)?;
+    }
+    Ok(())
+}
+
+/// The frame of a scatter chart, with room on the right for the rightmost points' labels.
+fn scatter_frame<'a, 'b, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &'b str,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, (super::language::font_family(), 20))
+        .margin(12)
+        .margin_right(90)
+        .x_label_area_size(40)
+        .y_label_area_size(56);
+    builder
+}
+
+/// A marker with its name to the upper right of it (a macro: the element's type differs
+/// with the axes' coordinate type).
+macro_rules! labelled_point {
+    () => {
+        |(i, p): (usize, &&(String, f64, f64))| {
+            EmptyElement::at((p.1, p.2))
+                + Circle::new((0, 0), 5, COLORS[i % COLORS.len()].filled())
+                + Text::new(
+                    p.0.clone(),
+                    (7, -14),
+                    (super::language::font_family(), 13).into_font(),
+                )
+        }
+    };
+}
+
+fn draw_scatter<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    points: &[(String, f64, f64)],
+    log_x: bool,
+) -> Result<()> {
+    let placed: Vec<&(String, f64, f64)> = points
+        .iter()
+        .filter(|p| p.1.is_finite() && p.2.is_finite() && (!log_x || p.1 > 0.0))
+        .collect();
+    let (y0, y1) = span(placed.iter().map(|p| p.2));
+    if log_x {
+        let (lo, hi) = placed
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                (lo.min(p.1), hi.max(p.1))
+            });
+        let (x0, x1) = if lo.is_finite() {
+            (lo / 1.5, hi * 1.5)
+        } else {
+            (1.0, 10.0)
+        };
+        let mut chart = scatter_frame(area, title)
+            .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .x_label_formatter(&|v: &f64| format!("{v:.0}"))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(plot_error)?;
+        chart
+            .draw_series(placed.iter().enumerate().map(labelled_point!()))
+            .map_err(plot_error)?;
+    } else {
+        let (x0, x1) = span(placed.iter().map(|p| p.1));
+        let mut chart = scatter_frame(area, title)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(plot_error)?;
+        chart
+            .draw_series(placed.iter().enumerate().map(labelled_point!()))
             .map_err(plot_error)?;
     }
     Ok(())

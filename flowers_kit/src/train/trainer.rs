@@ -139,6 +139,20 @@ impl History {
         self.validation_accuracy.last().copied().unwrap_or(f32::NAN)
     }
 
+    /// The test accuracy evaluated at `step`, if it was (`step` 0, every `eval_every`
+    /// steps and the last one are): how far a run had come halfway, say.
+    ///
+    /// ```
+    /// use flowers_kit::train::History;
+    /// let history = History { step: vec![0, 500, 999], test_accuracy: vec![0.2, 0.8, 0.82], ..Default::default() };
+    /// assert_eq!(history.test_accuracy_at(500), Some(0.8));
+    /// assert_eq!(history.test_accuracy_at(501), None);
+    /// ```
+    pub fn test_accuracy_at(&self, step: usize) -> Option<f32> {
+        let index = self.step.iter().position(|&s| s == step)?;
+        self.test_accuracy.get(index).copied()
+    }
+
     /// The test accuracy after the last step (training always evaluates it); NaN for an
     /// empty history.
     pub fn final_test_accuracy(&self) -> f32 {
