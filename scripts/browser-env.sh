@@ -1,12 +1,15 @@
-# Sourced by ./test: Debian's Chromium and playwright-core for the browser check.
+# Sourced by ./test: Debian's Chromium, the CJK fonts a Chinese learner's machine has (so the
+# zh-CN notebook is checked as it looks there, not as missing-glyph boxes), and playwright-core
+# for the browser check.
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "== installing Debian's chromium (for the JupyterLab browser check)"
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  fi
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+[ -e /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
+if ((${#need[@]})); then
+  echo "== installing Debian's ${need[*]} (for the JupyterLab browser check)"
+  sudo_=()
+  [ "$(id -u)" = 0 ] || sudo_=(sudo)
+  "${sudo_[@]}" apt-get update -qq && "${sudo_[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 if [ ! -d "$repo/tests/browser/node_modules/playwright-core" ]; then
   echo "== installing playwright-core into tests/browser"

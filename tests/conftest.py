@@ -17,6 +17,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 ARTIFACTS = ROOT / "target" / "notebook-tests"
+REAL_MOBILENET_V2_035 = SHARED / "golden" / "mobilenet_v2_0.35_224_no_top.h5"
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -27,16 +28,25 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def mirror(tmp_path_factory):
     """Serves flower_photos.tgz (the 750-photo sample packed like the real archive) and the
-    golden weight files on 127.0.0.1."""
+    weight files on 127.0.0.1."""
     root = tmp_path_factory.mktemp("mirror")
     with tarfile.open(root / "flower_photos.tgz", "w:gz", compresslevel=1) as tar:
         tar.add(SHARED / "data" / "flower_photos_sample", arcname="flower_photos")
-    # Keras Applications' layout: <family folder>/<file>.
+    # Keras Applications' layout: <family folder>/<file>. The real ImageNet weights of
+    # MobileNet V2 0.35 (../shared/golden's only real file) are served for every α = 0.35
+    # resolution: Keras' files for one α hold the same tensors whatever the resolution, so
+    # the lessons (the tutorial's 0.35/128 included) run on real features and the tests can
+    # check what they teach. The other widths are ../shared's seeded random stand-ins.
     (root / "mobilenet_v2").mkdir()
     for h5 in (SHARED / "golden").glob("mobilenet_v2_*_no_top.h5"):
         alpha, rows = h5.name[len("mobilenet_v2_") : -len("_no_top.h5")].split("_")
+        if alpha == "0.35":
+            continue
         keras_name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5"
         (root / "mobilenet_v2" / keras_name).symlink_to(h5)
+    for rows in (96, 128, 160, 192, 224):
+        keras_name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_{rows}_no_top.h5"
+        (root / "mobilenet_v2" / keras_name).symlink_to(REAL_MOBILENET_V2_035)
     # The other families: generator weights (../shared/golden/families/generator.md) in
     # Keras' save_weights layout, at their Keras Applications paths.
     for family, relative in FAMILY_FILES.items():

@@ -1,4 +1,5 @@
-"""Browser check: JupyterLab on 127.0.0.1, the tutorial notebook run in headless Chromium."""
+"""Browser check: JupyterLab on 127.0.0.1, the tutorial notebook (English and zh-CN) run in
+headless Chromium."""
 
 import os
 import pathlib
@@ -32,7 +33,12 @@ def lab_root():
     return root / "notebooks"
 
 
-def test_tutorial_notebook_renders_in_jupyterlab(product_env):
+@pytest.mark.parametrize(
+    "notebook, prefix",
+    [("00_transfer_learning_flowers.ipynb", "lab-00"), ("zh-CN/00_transfer_learning_flowers.ipynb", "lab-zh-CN-00")],
+    ids=["en", "zh-CN"],
+)
+def test_tutorial_notebook_renders_in_jupyterlab(product_env, notebook, prefix):
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     assert os.path.exists(chromium), "Debian's chromium is needed (./test installs it)"
     assert (BROWSER_DIR / "node_modules" / "playwright-core").is_dir(), "run npm install in tests/browser"
@@ -56,12 +62,12 @@ def test_tutorial_notebook_renders_in_jupyterlab(product_env):
                 time.sleep(1)
         check = subprocess.run(
             ["node", str(BROWSER_DIR / "check.mjs"), url, token,
-             "00_transfer_learning_flowers.ipynb", str(ARTIFACTS)],
+             notebook, str(ARTIFACTS), prefix],
             env={**product_env, "CHROMIUM": chromium}, capture_output=True, text=True, timeout=1800,
         )
         print(check.stdout)
         assert check.returncode == 0, check.stdout + check.stderr
-        assert (ARTIFACTS / "lab-00-plots.png").stat().st_size > 10_000
+        assert (ARTIFACTS / f"{prefix}-plots.png").stat().st_size > 10_000
     finally:
         lab.terminate()
         try:

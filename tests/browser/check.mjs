@@ -1,17 +1,20 @@
-// Usage: node check.mjs LAB_URL TOKEN NOTEBOOK OUT_DIR
+// Usage: node check.mjs LAB_URL TOKEN NOTEBOOK OUT_DIR PREFIX
 // Opens NOTEBOOK in JupyterLab with Debian's Chromium, runs all cells, waits for them to
-// finish, checks that the photo grid and the charts are on the page, and saves screenshots.
+// finish, checks that the photo grid and the charts are on the page, and saves screenshots
+// named PREFIX-*.png. For a zh-CN notebook it also checks that the Chinese text is drawn
+// with real glyphs, not missing-glyph boxes.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
 
-const [url, token, notebook, outDir] = process.argv.slice(2);
+const [url, token, notebook, outDir, prefix = "lab-00"] = process.argv.slice(2);
+const chinese = notebook.startsWith("zh-CN/");
 let page;
 const fail = async (message) => {
   console.error(`browser check failed: ${message}`);
   if (page) {
     fs.mkdirSync(outDir, { recursive: true });
-    await page.screenshot({ path: path.join(outDir, "lab-00-failure.png") }).catch(() => {});
+    await page.screenshot({ path: path.join(outDir, `${prefix}-failure.png`) }).catch(() => {});
   }
   process.exit(1);
 };
@@ -50,7 +53,7 @@ try {
   ).catch(() => fail("the cells did not all finish"));
   const text = await page.locator(".jp-Notebook").innerText();
   if (text.includes("panicked at")) await fail("a cell panicked");
-  const match = text.match(/Final test accuracy: ([0-9.]+)%/);
+  const match = text.match(/(?:Final test accuracy: |最终测试准确率：)([0-9.]+)%/);
   if (!match) await fail("no final test accuracy printed");
   const pngs = await page.locator(".jp-RenderedImage img").count();
   const svgs = await page.locator(".jp-RenderedSVG").count();
@@ -58,19 +61,42 @@ try {
   if (pngs < 3) await fail(`expected the photo grid, the gallery and the photo as PNG outputs, found ${pngs}`);
   if (svgs < 3) await fail(`expected the curves, confusion matrix and top-k charts as SVG outputs, found ${svgs}`);
 
+  if (chinese) {
+    if (!text.includes("使用迁移学习对花卉进行分类")) await fail("the zh-CN title is not on the page");
+    // Drawn in the page's own font stack, Chinese must differ from characters no font has
+    // (which every browser draws as the same missing-glyph box) and have ink of its own.
+    const drawn = await page.evaluate(() => {
+      const font = getComputedStyle(document.querySelector(".jp-RenderedMarkdown")).fontFamily;
+      const ink = (s) => {
+        const canvas = document.createElement("canvas");
+        canvas.width = 200; canvas.height = 40;
+        const c = canvas.getContext("2d");
+        c.font = `24px ${font}`;
+        c.fillText(s, 4, 30);
+        return [...c.getImageData(0, 0, 200, 40).data].filter((v, i) => i % 4 === 3 && v > 0).length;
+      };
+      const missing = ink("\u{E000}\u{E001}\u{E002}\u{E003}");
+      return { flowers: ink("花卉分类"), other: ink("迁移学习"), missing };
+    });
+    console.log(`glyph ink: ${JSON.stringify(drawn)}`);
+    if (drawn.flowers === drawn.missing || drawn.other === drawn.missing || drawn.flowers === drawn.other || drawn.flowers === 0) {
+      await fail(`Chinese text is drawn as missing-glyph boxes: ${JSON.stringify(drawn)}`);
+    }
+  }
+
   fs.mkdirSync(outDir, { recursive: true });
   // The training curves and the confusion matrix, in view together.
   await page.locator(".jp-RenderedSVG").first().scrollIntoViewIfNeeded();
-  await page.screenshot({ path: path.join(outDir, "lab-00-plots.png") });
+  await page.screenshot({ path: path.join(outDir, `${prefix}-plots.png`) });
   await page.locator(".jp-RenderedImage").first().scrollIntoViewIfNeeded();
-  await page.screenshot({ path: path.join(outDir, "lab-00-grid.png") });
+  await page.screenshot({ path: path.join(outDir, `${prefix}-grid.png`) });
   // The extraction cell: its progress report is one or a few lines, not a wall.
   const extraction = page.getByText(/Extracted \d+ photos|photos from the cache/).first();
   if ((await extraction.count()) === 0) await fail("the extraction cell printed no summary line");
   await extraction.scrollIntoViewIfNeeded();
   await page.mouse.wheel(0, -200);
   await page.waitForTimeout(300);
-  await page.screenshot({ path: path.join(outDir, "lab-00-features.png") });
+  await page.screenshot({ path: path.join(outDir, `${prefix}-features.png`) });
   console.log(`screenshots in ${outDir}`);
 } finally {
   await browser.close();
