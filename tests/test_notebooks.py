@@ -1,6 +1,7 @@
 """Executes every notebook in a fresh Rust (evcxr) kernel, as a reader would, and checks
 what it printed and displayed."""
 
+import html
 import re
 import time
 
@@ -149,10 +150,37 @@ def check_results(stem, printed):
         assert float(recipe_test) >= 70.0, lines
 
 
+def untranslated_charts(nb):
+    """Every chart a zh-CN notebook draws must carry Chinese text: the language is set in one
+    cell and each later cell is a separate library in evcxr, so a setting that does not
+    survive between cells would leave English charts."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            svg = out.get("data", {}).get("image/svg+xml")
+            if svg is None:
+                continue
+            svg = html.unescape("".join(svg))
+            if not CHINESE_TEXT.search(svg):
+                problems.append(f"cell {i} draws a chart with no Chinese text")
+            texts = {t.strip() for t in re.findall(r">([^<>]*)</text>", svg)}
+            english = sorted(t for t in texts if t in KIT_ENGLISH_TEXTS or t.startswith("Confusion matrix"))
+            if english:
+                problems.append(f"cell {i} draws a chart with the kit's English texts {english}")
+    return problems
+
+
+# The kit's own chart texts in English (plot/language.rs).
+KIT_ENGLISH_TEXTS = {"Loss", "Accuracy", "step", "cross-entropy", "accuracy", "train (batch)",
+                     "test", "predicted label", "true label", "Prediction", "probability"}
+
+
 @pytest.mark.parametrize("path", EXECUTED, ids=[artifact_name(p)[:-6] for p in EXECUTED])
 def test_notebook_runs_top_to_bottom(path, product_env):
     nb = execute(path, product_env)
     problems = check(nb, artifact_name(path))
+    if path.parent == ZH_CN:
+        problems += untranslated_charts(nb)
     assert not problems, "\n".join(problems)
     check_results(path.stem, printed_by(nb))
 
@@ -245,6 +273,9 @@ def literals_apart(line):
     return LITERAL.sub('""', line), [m[1:-1] for m in LITERAL.findall(line)]
 
 
+BROKEN_CHINESE_LINE = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]\n[ \t]*[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
+
+
 def same_program(en, zh):
     """None if the zh-CN cell is the English cell's program with, at most, its string literals
     translated (each changed literal has Chinese in it and the same format placeholders) and
@@ -291,6 +322,9 @@ def test_zh_cn_edition_runs_the_same_code(path):
             assert difference is None, f"code cell {i}: {difference}"
         else:
             assert CJK.search(b.source), f"markdown cell {i} is not translated: {b.source[:80]!r}"
+            # Markdown renders a line break as a space, which splits a Chinese sentence.
+            broken = BROKEN_CHINESE_LINE.search(b.source)
+            assert not broken, f"markdown cell {i} breaks a line inside Chinese text: {broken.group(0)!r}"
             for link in re.findall(r"\]\(([^)#]+\.ipynb)\)", b.source):
                 assert (zh_path.parent / link).exists(), f"cell {i} links to a missing {link}"
         assert not b.get("outputs"), f"cell {i} of {zh_path.name} is saved with outputs"

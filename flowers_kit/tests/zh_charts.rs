@@ -44,6 +44,17 @@ fn title_difference(a: &image::RgbImage, b: &image::RgbImage, rows: u32) -> usiz
 #[test]
 fn the_zh_cn_figures_speak_chinese_with_glyphs_for_every_character() {
     plot::set_language(Language::ZhCn);
+    // The setting is the process environment's, which every evcxr cell shares (each cell
+    // has its own copy of the kit's statics), and which a class server can set too.
+    assert_eq!(std::env::var(plot::LANGUAGE_VARIABLE).unwrap(), "zh-CN");
+    for (tag, language) in [
+        ("fr", Language::English),
+        ("ZH_cn", Language::ZhCn),
+        ("zh-CN", Language::ZhCn),
+    ] {
+        std::env::set_var(plot::LANGUAGE_VARIABLE, tag);
+        assert_eq!(plot::language(), language, "{tag}");
+    }
     let svg = plot::curves(&history()).svg().unwrap();
     for text in [
         "损失",

@@ -8,8 +8,6 @@
 //! punctuation and ASCII, so that a learner's own titles and class names render too
 //! (`fonts/README.md` says how it was cut).
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 /// The language of the figures' own texts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Language {
@@ -20,10 +18,30 @@ pub enum Language {
     ZhCn,
 }
 
-static LANGUAGE: AtomicU8 = AtomicU8::new(0);
+impl Language {
+    /// The language's tag, as [`LANGUAGE_VARIABLE`] holds it: `en` or `zh-CN`.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Language::English => "en",
+            Language::ZhCn => "zh-CN",
+        }
+    }
+}
 
-/// Draws every figure made from now on in `language` (for this process: a notebook's
-/// kernel).
+/// The environment variable that holds the figures' language (`en` or `zh-CN`).
+///
+/// The setting lives in the process environment, not in a static, because evcxr compiles
+/// each notebook cell into a library of its own that carries its own copy of the kit's
+/// statics: a static set in one cell would be unset in the next. The environment is the
+/// kernel process's, shared by every cell. A class server can also set it for every
+/// learner's kernel.
+pub const LANGUAGE_VARIABLE: &str = "FLOWERS_KIT_LANGUAGE";
+
+/// Draws every figure made from now on in `language`, in every later cell of a notebook
+/// (it sets [`LANGUAGE_VARIABLE`] for the process).
+///
+/// Call it at the start, before other threads run, as a notebook's first cells do: changing
+/// the environment while C code in another thread reads it is not thread-safe.
 ///
 /// ```
 /// use flowers_kit::plot::{self, Language};
@@ -32,17 +50,16 @@ static LANGUAGE: AtomicU8 = AtomicU8::new(0);
 /// plot::set_language(Language::English);
 /// ```
 pub fn set_language(language: Language) {
-    let code = match language {
-        Language::English => 0,
-        Language::ZhCn => 1,
-    };
-    LANGUAGE.store(code, Ordering::Relaxed);
+    std::env::set_var(LANGUAGE_VARIABLE, language.tag());
 }
 
-/// The language figures are drawn in.
+/// The language figures are drawn in: `zh-CN` (or `zh`, `zh_CN`, any case) in
+/// [`LANGUAGE_VARIABLE`] means Chinese; anything else, or nothing, English.
 pub fn language() -> Language {
-    match LANGUAGE.load(Ordering::Relaxed) {
-        1 => Language::ZhCn,
+    match std::env::var(LANGUAGE_VARIABLE) {
+        Ok(tag) if matches!(tag.to_ascii_lowercase().as_str(), "zh-cn" | "zh_cn" | "zh") => {
+            Language::ZhCn
+        }
         _ => Language::English,
     }
 }

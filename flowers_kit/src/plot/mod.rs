@@ -8,7 +8,7 @@ mod language;
 pub mod pictures;
 
 pub use charts::{Chart, Series};
-pub use language::{language, set_language, Language};
+pub use language::{language, set_language, Language, LANGUAGE_VARIABLE};
 pub use pictures::{Gallery, Picture};
 
 use std::sync::Once;
