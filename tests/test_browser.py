@@ -38,7 +38,7 @@ def lab_root():
     [("00_transfer_learning_flowers.ipynb", "lab-00"), ("zh-CN/00_transfer_learning_flowers.ipynb", "lab-zh-CN-00")],
     ids=["en", "zh-CN"],
 )
-def test_tutorial_notebook_renders_in_jupyterlab(product_env, notebook, prefix):
+def test_tutorial_notebook_renders_in_jupyterlab(product_env, notebook, prefix, tmp_path):
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     assert os.path.exists(chromium), "Debian's chromium is needed (./test installs it)"
     assert (BROWSER_DIR / "node_modules" / "playwright-core").is_dir(), "run npm install in tests/browser"
@@ -46,7 +46,10 @@ def test_tutorial_notebook_renders_in_jupyterlab(product_env, notebook, prefix):
     lab = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "jupyter"), "lab", "--no-browser", "--ip", "127.0.0.1",
          "--port", str(port), f"--IdentityProvider.token={token}", "--allow-root",
-         f"--ServerApp.root_dir={lab_root()}"],
+         f"--ServerApp.root_dir={lab_root()}",
+         # A workspace of its own: JupyterLab otherwise reopens the notebook an earlier run
+         # left open, beside the one this run opens.
+         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
         env=product_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
