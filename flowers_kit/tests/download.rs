@@ -111,10 +111,12 @@ fn interrupted_download_is_resumed_by_the_next_call() {
     assert!(matches!(err, Error::Download { .. }), "{err}");
     assert!(err.to_string().contains("flower_photos.tgz"), "{err}");
     let key = fetch::source_key(&url);
-    let part = home
-        .path()
-        .join("downloads")
-        .join(format!("{key}-flower_photos.tgz.part"));
+    let part = fetch::partial_path(
+        &home
+            .path()
+            .join("downloads")
+            .join(format!("{key}-flower_photos.tgz")),
+    );
     let kept = fs::metadata(&part).unwrap().len() as usize;
     assert!(kept > 0 && kept <= half);
     assert!(listing(&home.path().join("datasets")).is_empty());
@@ -135,8 +137,12 @@ fn server_without_range_support_restarts_cleanly() {
     let url = server.url("flower_photos.tgz");
     let downloads = home.path().join("downloads");
     fs::create_dir_all(&downloads).unwrap();
-    let part = format!("{}-flower_photos.tgz.part", fetch::source_key(&url));
-    fs::write(downloads.join(part), vec![0xAB; 1000]).unwrap();
+    let archive = format!("{}-flower_photos.tgz", fetch::source_key(&url));
+    fs::write(
+        fetch::partial_path(&downloads.join(archive)),
+        vec![0xAB; 1000],
+    )
+    .unwrap();
     let dir = data::download_dataset(&url, home.path(), &quick(2)).unwrap();
     assert_complete_sample(&dir);
     assert_eq!(server.seen()[0].range.as_deref(), Some("bytes=1000-"));
@@ -256,6 +262,7 @@ fn local_files_are_fetched_by_path_and_file_url() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn cli_download_uses_the_environment_url() {
     let home = tempfile::tempdir().unwrap();
     let server = Server::one(

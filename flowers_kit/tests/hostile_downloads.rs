@@ -7,7 +7,6 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flowers_kit::backend::Network;
@@ -316,151 +315,158 @@ fn two_sources_with_one_file_name_are_two_cache_entries() {
     assert_eq!(a.seen().len(), 1);
 }
 
-/// `flowers download` into `home` from `url`, started now.
-fn download_process(home: &Path, url: &str) -> std::process::Child {
-    Command::new(support::flowers_bin())
-        .args(["download", "--dir"])
-        .arg(home)
-        .env("FLOWERS_DATA_URL", url)
-        .env("FLOWERS_KIT_QUIET", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
+/// Several `flowers` processes at once (the command line, so not in a build without it).
+#[cfg(feature = "cli")]
+mod processes {
+    use super::*;
+    use std::process::{Command, Stdio};
 
-fn assert_succeeded(child: std::process::Child) {
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("750 photos in 5 classes"));
-}
-
-/// The extracted sample is complete and byte-identical.
-fn assert_intact(home: &Path, url: &str) {
-    let folder = home
-        .join("datasets")
-        .join(format!("flower_photos-{}", fetch::source_key(url)));
-    let photos = Dataset::open(&folder).unwrap();
-    assert_eq!(photos.class_counts(), vec![150; 5]);
-    for example in photos.examples() {
-        let relative = example.path.strip_prefix(&folder).unwrap();
-        assert_eq!(
-            fs::read(&example.path).unwrap(),
-            fs::read(support::sample_dir().join(relative)).unwrap(),
-            "{}",
-            relative.display()
-        );
-    }
-    // Nothing half-done is left beside it.
-    let datasets: Vec<String> = fs::read_dir(home.join("datasets"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(datasets.len(), 1, "{datasets:?}");
-    assert!(files_under(&home.join("downloads")).is_empty());
-}
-
-/// The sample archive, served slowly enough (about 2 s) for runs to overlap.
-fn slow_archive_server() -> Server {
-    Server::one(
-        "flower_photos.tgz",
-        support::sample_tgz().to_vec(),
-        Behaviour::Trickle {
-            bytes: 1 << 20,
-            every: Duration::from_millis(40),
-        },
-    )
-}
-
-#[test]
-fn two_processes_share_a_cold_cache_and_a_third_finds_it_intact() {
-    let home = tempfile::tempdir().unwrap();
-    let server = slow_archive_server();
-    let url = server.url("flower_photos.tgz");
-    let first = download_process(home.path(), &url);
-    let second = download_process(home.path(), &url);
-    assert_succeeded(first);
-    assert_succeeded(second);
-    assert_intact(home.path(), &url);
-    // One of them downloaded; the other waited and found the folder.
-    assert_eq!(server.seen().len(), 1, "{:?}", server.seen());
-    assert_succeeded(download_process(home.path(), &url));
-    assert_eq!(server.seen().len(), 1);
-}
-
-#[test]
-fn a_run_killed_half_way_leaves_nothing_that_breaks_the_next_ones() {
-    let home = tempfile::tempdir().unwrap();
-    let server = slow_archive_server();
-    let url = server.url("flower_photos.tgz");
-    let mut victim = download_process(home.path(), &url);
-    std::thread::sleep(Duration::from_millis(800));
-    victim.kill().unwrap();
-    victim.wait().unwrap();
-    assert!(
-        files_under(&home.path().join("downloads"))
-            .iter()
-            .any(|p| p.to_string_lossy().ends_with(".part")),
-        "the killed run was mid-download"
-    );
-    let first = download_process(home.path(), &url);
-    let second = download_process(home.path(), &url);
-    assert_succeeded(first);
-    assert_succeeded(second);
-    assert_intact(home.path(), &url);
-    // The survivor resumed what the killed run had.
-    assert!(
-        server.seen().iter().any(|s| s.range.is_some()),
-        "{:?}",
-        server.seen()
-    );
-}
-
-#[test]
-fn two_feature_runs_fetch_one_weight_file_into_a_cold_cache() {
-    let home = tempfile::tempdir().unwrap();
-    let weights = good_h5();
-    let server = Server::one(
-        "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_128_no_top.h5",
-        weights.clone(),
-        Behaviour::Trickle {
-            bytes: 128 << 10,
-            every: Duration::from_millis(50),
-        },
-    );
-    let photo = support::golden().join("images/00_daisy.png");
-    let run = |out: &str| {
+    /// `flowers download` into `home` from `url`, started now.
+    fn download_process(home: &Path, url: &str) -> std::process::Child {
         Command::new(support::flowers_bin())
-            .args(["features", "--model", "mobilenet_v2_0.35_128", "--out"])
-            .arg(home.path().join(out))
-            .arg(&photo)
-            .env("FLOWERS_KIT_HOME", home.path())
-            .env("FLOWERS_WEIGHTS_URL", &server.base)
+            .args(["download", "--dir"])
+            .arg(home)
+            .env("FLOWERS_DATA_URL", url)
             .env("FLOWERS_KIT_QUIET", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
-    };
-    let (a, b) = (run("a.safetensors"), run("b.safetensors"));
-    for child in [a, b] {
+    }
+
+    fn assert_succeeded(child: std::process::Child) {
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
-            "{}",
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("750 photos in 5 classes"));
     }
-    let (_, fa) = support::tensor_f32(&home.path().join("a.safetensors"), "features");
-    let (_, fb) = support::tensor_f32(&home.path().join("b.safetensors"), "features");
-    assert_eq!(fa, fb);
-    let cached = files_under(&home.path().join("weights"));
-    assert_eq!(cached.len(), 1, "{cached:?}");
-    assert_eq!(fs::read(&cached[0]).unwrap(), weights);
-    assert_eq!(server.seen().len(), 1);
+
+    /// The extracted sample is complete and byte-identical.
+    fn assert_intact(home: &Path, url: &str) {
+        let folder = home
+            .join("datasets")
+            .join(format!("flower_photos-{}", fetch::source_key(url)));
+        let photos = Dataset::open(&folder).unwrap();
+        assert_eq!(photos.class_counts(), vec![150; 5]);
+        for example in photos.examples() {
+            let relative = example.path.strip_prefix(&folder).unwrap();
+            assert_eq!(
+                fs::read(&example.path).unwrap(),
+                fs::read(support::sample_dir().join(relative)).unwrap(),
+                "{}",
+                relative.display()
+            );
+        }
+        // Nothing half-done is left beside it.
+        let datasets: Vec<String> = fs::read_dir(home.join("datasets"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(datasets.len(), 1, "{datasets:?}");
+        assert!(files_under(&home.join("downloads")).is_empty());
+    }
+
+    /// The sample archive, served slowly enough (about 2 s) for runs to overlap.
+    fn slow_archive_server() -> Server {
+        Server::one(
+            "flower_photos.tgz",
+            support::sample_tgz().to_vec(),
+            Behaviour::Trickle {
+                bytes: 1 << 20,
+                every: Duration::from_millis(40),
+            },
+        )
+    }
+
+    #[test]
+    fn two_processes_share_a_cold_cache_and_a_third_finds_it_intact() {
+        let home = tempfile::tempdir().unwrap();
+        let server = slow_archive_server();
+        let url = server.url("flower_photos.tgz");
+        let first = download_process(home.path(), &url);
+        let second = download_process(home.path(), &url);
+        assert_succeeded(first);
+        assert_succeeded(second);
+        assert_intact(home.path(), &url);
+        // One of them downloaded; the other waited and found the folder.
+        assert_eq!(server.seen().len(), 1, "{:?}", server.seen());
+        assert_succeeded(download_process(home.path(), &url));
+        assert_eq!(server.seen().len(), 1);
+    }
+
+    #[test]
+    fn a_run_killed_half_way_leaves_nothing_that_breaks_the_next_ones() {
+        let home = tempfile::tempdir().unwrap();
+        let server = slow_archive_server();
+        let url = server.url("flower_photos.tgz");
+        let mut victim = download_process(home.path(), &url);
+        std::thread::sleep(Duration::from_millis(800));
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        assert!(
+            files_under(&home.path().join("downloads"))
+                .iter()
+                .any(|p| p.to_string_lossy().ends_with(".part")),
+            "the killed run was mid-download"
+        );
+        let first = download_process(home.path(), &url);
+        let second = download_process(home.path(), &url);
+        assert_succeeded(first);
+        assert_succeeded(second);
+        assert_intact(home.path(), &url);
+        // The survivor resumed what the killed run had.
+        assert!(
+            server.seen().iter().any(|s| s.range.is_some()),
+            "{:?}",
+            server.seen()
+        );
+    }
+
+    #[test]
+    fn two_feature_runs_fetch_one_weight_file_into_a_cold_cache() {
+        let home = tempfile::tempdir().unwrap();
+        let weights = good_h5();
+        let server = Server::one(
+            "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_128_no_top.h5",
+            weights.clone(),
+            Behaviour::Trickle {
+                bytes: 128 << 10,
+                every: Duration::from_millis(50),
+            },
+        );
+        let photo = support::golden().join("images/00_daisy.png");
+        let run = |out: &str| {
+            Command::new(support::flowers_bin())
+                .args(["features", "--model", "mobilenet_v2_0.35_128", "--out"])
+                .arg(home.path().join(out))
+                .arg(&photo)
+                .env("FLOWERS_KIT_HOME", home.path())
+                .env("FLOWERS_WEIGHTS_URL", &server.base)
+                .env("FLOWERS_KIT_QUIET", "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (run("a.safetensors"), run("b.safetensors"));
+        for child in [a, b] {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let (_, fa) = support::tensor_f32(&home.path().join("a.safetensors"), "features");
+        let (_, fb) = support::tensor_f32(&home.path().join("b.safetensors"), "features");
+        assert_eq!(fa, fb);
+        let cached = files_under(&home.path().join("weights"));
+        assert_eq!(cached.len(), 1, "{cached:?}");
+        assert_eq!(fs::read(&cached[0]).unwrap(), weights);
+        assert_eq!(server.seen().len(), 1);
+    }
 }

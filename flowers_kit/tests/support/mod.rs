@@ -52,6 +52,7 @@ pub fn sample_tgz() -> &'static [u8] {
 }
 
 /// Path to the built `flowers` binary.
+#[cfg(feature = "cli")]
 pub fn flowers_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flowers"))
 }

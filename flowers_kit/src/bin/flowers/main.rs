@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flowers_kit::backend::native::Kernels;
@@ -252,6 +253,48 @@ fn photos(data: Option<PathBuf>) -> flowers_kit::Result<Dataset> {
     }
 }
 
+/// `flowers fetch`'s bounds; each defaults to [`FetchOptions::default`]'s.
+#[derive(clap::Args)]
+struct FetchLimits {
+    /// Attempts in all, the first included.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    attempts: Option<u32>,
+    /// Pause before the first retry, in milliseconds; it doubles for each further one.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    backoff_ms: Option<u64>,
+    /// Wait for a connection, the headers and each read, in milliseconds.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    timeout_ms: Option<u64>,
+    /// The whole fetch, every attempt and pause included, in milliseconds.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=604_800_000))]
+    deadline_ms: Option<u64>,
+    /// The slowest transfer accepted, in bytes per second over --slow-window-ms.
+    #[arg(long)]
+    min_rate: Option<u64>,
+    /// The window --min-rate is measured over, in milliseconds.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    slow_window_ms: Option<u64>,
+    /// The largest file accepted, in bytes.
+    #[arg(long)]
+    max_bytes: Option<u64>,
+}
+
+impl FetchLimits {
+    fn options(&self) -> FetchOptions {
+        let default = FetchOptions::default();
+        let millis = |ms: Option<u64>, default: Duration| ms.map_or(default, Duration::from_millis);
+        FetchOptions {
+            attempts: self.attempts.unwrap_or(default.attempts),
+            backoff: millis(self.backoff_ms, default.backoff),
+            timeout: millis(self.timeout_ms, default.timeout),
+            deadline: millis(self.deadline_ms, default.deadline),
+            min_rate: self.min_rate.unwrap_or(default.min_rate),
+            slow_window: millis(self.slow_window_ms, default.slow_window),
+            max_bytes: self.max_bytes.unwrap_or(default.max_bytes),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Download and extract the flower photos into the cache (nothing happens if they are there).
@@ -262,6 +305,17 @@ enum Command {
         /// Cache folder [default: $FLOWERS_KIT_HOME, else the platform cache dir].
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Download one URL into FILE (nothing happens if FILE exists): resumed, retried and
+    /// bounded like every download of the kit. The notebooks' build of the kit, which has no
+    /// HTTP client of its own, runs this to download; the caller checks the file.
+    Fetch {
+        /// An http(s):// URL, a file:// URL or a local path (copied).
+        url: String,
+        /// The file to write; a partial download is kept next to it as FILE.part and resumed.
+        file: PathBuf,
+        #[command(flatten)]
+        limits: FetchLimits,
     },
     /// Split a photo folder into train and test sets as the tutorial does.
     Split {
@@ -430,6 +484,10 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                 photos.classes().len(),
                 folder.display()
             );
+            Ok(())
+        }
+        Command::Fetch { url, file, limits } => {
+            data::fetch::fetch(&url, &file, &limits.options())?;
             Ok(())
         }
         Command::Split {

@@ -1,16 +1,5 @@
-//! HTTP downloads into the cache: resumable, retried, bounded in size and time, verified
-//! before they enter the cache, and safe when several processes fetch the same file.
-//!
-//! A download streams into `<dest>.part`. A retry (within one call, or a later call after an
-//! interrupted one) asks the server for the remaining bytes with a `Range` header and appends
-//! them; a server that ignores ranges answers 200 and the file starts over. A complete file
-//! (its size matching the server's `Content-Length`/`Content-Range`) is checked by the
-//! caller's verifier and only then renamed to `<dest>`, so `<dest>` existing means the
-//! download finished and was verified. A file that fails verification is deleted: the next
-//! call fetches afresh instead of failing the same way forever.
-//!
-//! Every fetch holds a lock on `.<dest name>.lock` ([`FileLock`]): two processes never write the
-//! same `.part`, and the second one waits, then finds `<dest>` in place.
+//! Downloads over HTTP in this process, with reqwest (the `download` feature): resumed with
+//! `Range`, retried with backoff, bounded by the deadline, a minimum rate and a size cap.
 
 // This module reads untrusted input: every index and every arithmetic step is checked or
 // justified where it is allowed.
@@ -18,60 +7,12 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::{display_name, part_file, rejected, FetchOptions, Verify};
 use crate::error::{Error, IoContext, Result};
-use crate::files::{sibling, FileLock};
 use crate::progress::{Progress, Unit};
-
-/// How [`fetch`] retries, times out and bounds what it accepts.
-#[derive(Debug, Clone)]
-pub struct FetchOptions {
-    /// Attempts in all, the first included (at least 1).
-    pub attempts: u32,
-    /// Pause before the first retry; it doubles for each further retry.
-    pub backoff: Duration,
-    /// How long to wait for a connection, for the response headers, and for each read once
-    /// connected.
-    pub timeout: Duration,
-    /// The whole fetch, every attempt and pause included (default 1 hour: the flower archive
-    /// is 229 MB, which takes 30 minutes at 1 Mbit/s). Past it the fetch stops with an error
-    /// and keeps what it has for the next call to resume.
-    pub deadline: Duration,
-    /// The slowest transfer accepted, in bytes per second averaged over [`slow_window`]
-    /// (default 1 KiB/s): a server trickling a byte a second would otherwise hold the learner
-    /// until the deadline. Below it the attempt fails and is retried.
-    ///
-    /// [`slow_window`]: FetchOptions::slow_window
-    pub min_rate: u64,
-    /// The window over which [`min_rate`](FetchOptions::min_rate) is measured (default 60 s).
-    pub slow_window: Duration,
-    /// The largest file accepted, in bytes: a larger `Content-Length` is refused before
-    /// anything is read, and a body that grows past it is cut off and deleted.
-    pub max_bytes: u64,
-}
-
-/// Largest file [`FetchOptions::default`] accepts: 4 GiB (the flower archive is 229 MB, the
-/// largest Keras Applications `no_top` file about 350 MB).
-pub const MAX_DOWNLOAD_BYTES: u64 = 4 << 30;
-
-impl Default for FetchOptions {
-    fn default() -> Self {
-        FetchOptions {
-            attempts: 5,
-            backoff: Duration::from_secs(1),
-            timeout: Duration::from_secs(60),
-            deadline: Duration::from_secs(60 * 60),
-            min_rate: 1024,
-            slow_window: Duration::from_secs(60),
-            max_bytes: MAX_DOWNLOAD_BYTES,
-        }
-    }
-}
-
-/// Checks a fetched file before it enters the cache; an error rejects it.
-pub type Verify<'a> = &'a dyn Fn(&Path) -> Result<()>;
 
 /// Whether a failed attempt is worth retrying.
 enum Failure {
@@ -81,145 +22,8 @@ enum Failure {
     Permanent(String),
 }
 
-/// The path a download is written to while it is under way.
-pub fn partial_path(dest: &Path) -> PathBuf {
-    sibling(dest, ".part")
-}
-
-/// Downloads `source` to `dest` unless `dest` already exists.
-///
-/// `source` is an `http(s)://` URL, a `file://` URL or a plain local path (copied). Returns
-/// `dest`. With `dest` in place, no network I/O happens at all. Nothing checks the content
-/// beyond its size; see [`fetch_verified`].
-pub fn fetch(source: &str, dest: &Path, options: &FetchOptions) -> Result<PathBuf> {
-    fetch_verified(source, dest, options, &|_| Ok(()))
-}
-
-/// [`fetch`], with `verify` run on the complete file before it is renamed to `dest`. A file
-/// that fails it is deleted and the error returned names the source and the reason; after a
-/// resumed download, whose first part may have come from another version of the file, one
-/// fresh download is tried first.
-pub fn fetch_verified(
-    source: &str,
-    dest: &Path,
-    options: &FetchOptions,
-    verify: Verify<'_>,
-) -> Result<PathBuf> {
-    if dest.is_file() {
-        return Ok(dest.to_path_buf());
-    }
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).at(parent)?;
-    }
-    let name = display_name(source);
-    // The deadline covers the whole fetch, waiting for another process's lock included.
-    let started = Instant::now();
-    let _lock = FileLock::acquire(dest, &name, options.deadline)?;
-    // Another process may have finished it while this one waited.
-    if dest.is_file() {
-        return Ok(dest.to_path_buf());
-    }
-    match local_source(source) {
-        Some(path) => copy_local(&path, dest, options, verify)?,
-        None => download(source, dest, options, verify, started)?,
-    }
-    Ok(dest.to_path_buf())
-}
-
-/// The cache key of a source (URL or path): the first 16 hex digits of its SHA-256. Cached
-/// files carry it in their names, so that two sources serving different files under one
-/// name never share an entry.
-///
-/// ```
-/// use flowers_kit::data::fetch::source_key;
-/// assert_eq!(source_key("http://a/x.h5").len(), 16);
-/// assert_ne!(source_key("http://a/x.h5"), source_key("http://b/x.h5"));
-/// ```
-pub fn source_key(source: &str) -> String {
-    let digest = crate::digest::sha256_hex(source.as_bytes());
-    // 64 bits: no one finds a second URL with the key of a published one.
-    digest[..16].to_string()
-}
-
-/// `Some(path)` when `source` names a local file rather than an HTTP URL.
-pub(crate) fn local_source(source: &str) -> Option<PathBuf> {
-    if let Some(path) = source.strip_prefix("file://") {
-        return Some(PathBuf::from(path));
-    }
-    if source.starts_with("http://") || source.starts_with("https://") {
-        None
-    } else {
-        Some(PathBuf::from(source))
-    }
-}
-
-/// The last part of a URL or path, for messages.
-fn display_name(source: &str) -> String {
-    source
-        .rsplit('/')
-        .find(|part| !part.is_empty())
-        .unwrap_or(source)
-        .to_string()
-}
-
-fn copy_local(
-    source: &Path,
-    dest: &Path,
-    options: &FetchOptions,
-    verify: Verify<'_>,
-) -> Result<()> {
-    let part = partial_path(dest);
-    let refuse = |reason: String| Error::Download {
-        url: source.display().to_string(),
-        reason,
-    };
-    // Streamed, never held in memory: a regular file within the size cap (opened without
-    // blocking, so a FIFO is refused rather than waited on).
-    let mut open = OpenOptions::new();
-    open.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        open.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = open.open(source).at(source)?;
-    let metadata = file.metadata().at(source)?;
-    if !metadata.is_file() || metadata.len() > options.max_bytes {
-        return Err(refuse(format!(
-            "not a regular file of at most {} bytes",
-            options.max_bytes
-        )));
-    }
-    let mut out = File::create(&part).at(&part)?;
-    let copied = std::io::copy(
-        &mut file.take(options.max_bytes.saturating_add(1)),
-        &mut out,
-    )
-    .at(&part)?;
-    drop(out);
-    if copied > options.max_bytes {
-        let _ = fs::remove_file(&part);
-        return Err(refuse(format!(
-            "grew past {} bytes while being copied",
-            options.max_bytes
-        )));
-    }
-    if let Err(e) = verify(&part) {
-        let _ = fs::remove_file(&part);
-        return Err(rejected(&source.display().to_string(), &e));
-    }
-    fs::rename(&part, dest).at(dest)
-}
-
-/// The error for a file that failed verification.
-fn rejected(url: &str, error: &Error) -> Error {
-    Error::Download {
-        url: url.to_string(),
-        reason: format!("what arrived is not the expected file, so it was deleted: {error}"),
-    }
-}
-
-fn download(
+/// Downloads `url` to `dest` (see [`super::fetch_verified`]).
+pub(super) fn download(
     url: &str,
     dest: &Path,
     options: &FetchOptions,
@@ -236,7 +40,7 @@ fn download(
             url: url.to_string(),
             reason: format!("cannot create an HTTP client: {e}"),
         })?;
-    let part = partial_path(dest);
+    let part = part_file(dest);
     let limits = Limits { started, options };
     let attempts = options.attempts.max(1);
     let mut pause = options.backoff;
