@@ -29,6 +29,21 @@ pub fn cache_home() -> PathBuf {
         .join("flowers_kit")
 }
 
+/// The environment variable naming a class's shared, read-only cache: see [`shared_cache`].
+pub const SHARED_CACHE_VARIABLE: &str = "FLOWERS_KIT_SHARED_CACHE";
+
+/// A read-only cache a teacher fills once for a whole class (`$FLOWERS_KIT_SHARED_CACHE`):
+/// a folder laid out as a [`cache_home`], filled by running the kit with `FLOWERS_KIT_HOME`
+/// pointing at it. Learners read the photos, weights and features found there and write only
+/// to their own cache. Nothing in it is trusted: a dataset must open as one, weights pass the
+/// same checks as a download, feature files their checksums; what fails is ignored, with a
+/// warning, and fetched or computed into the learner's own cache.
+pub fn shared_cache() -> Option<PathBuf> {
+    std::env::var_os(SHARED_CACHE_VARIABLE)
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
 /// The dataset URL: `$FLOWERS_DATA_URL`, or [`FLOWERS_URL`].
 pub fn flowers_url() -> String {
     std::env::var("FLOWERS_DATA_URL")
@@ -47,8 +62,46 @@ pub fn flowers_url() -> String {
 /// # Ok(()) }
 /// ```
 pub fn download_flowers() -> Result<Dataset> {
-    let dir = download_dataset(&flowers_url(), &cache_home(), &FetchOptions::default())?;
+    let url = flowers_url();
+    if let Some(found) = shared_cache().and_then(|shared| shared_dataset(&shared, &url)) {
+        return Ok(found);
+    }
+    let dir = download_dataset(&url, &cache_home(), &FetchOptions::default())?;
     Dataset::open(dir)
+}
+
+/// The dataset from `url` in a shared cache (see [`shared_cache`]), if it is there and opens as
+/// a photo dataset; a folder that does not is ignored with a warning.
+pub fn shared_dataset(shared: &Path, url: &str) -> Option<Dataset> {
+    let folder = dataset_folder(shared, url);
+    if !folder.is_dir() {
+        return None;
+    }
+    Dataset::open(&folder)
+        .inspect_err(|e| {
+            eprintln!("warning: ignoring the shared cache's photos ({e}); using your own cache")
+        })
+        .ok()
+}
+
+/// The folder the `.tgz` at `url` is extracted to under `home`.
+fn dataset_folder(home: &Path, url: &str) -> PathBuf {
+    let file_name = archive_file_name(url);
+    // Keyed by where it came from: two mirrors serving different archives under one name
+    // never share a folder.
+    home.join("datasets").join(format!(
+        "{}-{}",
+        archive_stem(file_name),
+        fetch::source_key(url)
+    ))
+}
+
+/// The archive's file name, from the URL.
+fn archive_file_name(url: &str) -> &str {
+    url.rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("dataset.tgz")
 }
 
 /// Makes sure the `.tgz` at `url` is extracted under `home/datasets`, returning its folder,
@@ -61,17 +114,9 @@ pub fn download_flowers() -> Result<Dataset> {
 /// the next call downloads afresh instead of failing the same way forever. An archive that
 /// could not be extracted for a local reason (a full disk) is kept for the next try.
 pub fn download_dataset(url: &str, home: &Path, options: &FetchOptions) -> Result<PathBuf> {
-    let file_name = url
-        .rsplit('/')
-        .next()
-        .filter(|n| !n.is_empty())
-        .unwrap_or("dataset.tgz");
-    // Keyed by where it came from: two mirrors serving different archives under one name
-    // never share a folder.
+    let file_name = archive_file_name(url);
     let key = fetch::source_key(url);
-    let expected = home
-        .join("datasets")
-        .join(format!("{}-{key}", archive_stem(file_name)));
+    let expected = dataset_folder(home, url);
     if expected.is_dir() {
         return Ok(expected);
     }

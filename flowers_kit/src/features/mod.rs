@@ -18,7 +18,7 @@ use crate::data::image::{
     load_resized_bytes, read_photo, with_decoded, Image, PhotoLimits, Resize,
 };
 use crate::data::Augment;
-use crate::data::{cache_home, Split};
+use crate::data::{cache_home, shared_cache, Split};
 pub use crate::device::DeviceKind;
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
@@ -94,6 +94,8 @@ pub struct FeatureExtractor {
     resize: Resize,
     batch_size: usize,
     cache: Option<PathBuf>,
+    /// A class's shared cache of features, read when the own cache lacks a row (never written).
+    shared_cache: Option<PathBuf>,
     limits: PhotoLimits,
     progress: bool,
 }
@@ -326,6 +328,7 @@ impl FeatureExtractor {
             resize: Resize::TfV1Bilinear,
             batch_size: 16,
             cache: Some(cache_home().join("features")),
+            shared_cache: shared_cache().map(|shared| shared.join("features")),
             limits: PhotoLimits::default(),
             progress: true,
         })
@@ -434,9 +437,19 @@ impl FeatureExtractor {
         self
     }
 
-    /// Never reads or writes the feature cache.
+    /// Never reads or writes the feature cache (nor reads a shared one).
     pub fn without_cache(mut self) -> FeatureExtractor {
         self.cache = None;
+        self.shared_cache = None;
+        self
+    }
+
+    /// Also reads features from `dir`, a read-only feature cache shared by a class (default
+    /// `<shared cache>/features` when [`crate::data::shared_cache`] names one): a row the own
+    /// cache lacks is taken from there if its file passes its checksum, and computed into the
+    /// own cache if not.
+    pub fn shared_cache_dir(mut self, dir: impl Into<PathBuf>) -> FeatureExtractor {
+        self.shared_cache = Some(dir.into());
         self
     }
 
@@ -494,6 +507,7 @@ impl FeatureExtractor {
             resize: self.resize,
             batch_size: self.batch_size,
             cache: self.cache.clone(),
+            shared_cache: self.shared_cache.clone(),
             limits: self.limits,
             progress: self.progress,
         })
@@ -521,6 +535,7 @@ impl FeatureExtractor {
             resize: self.resize,
             batch_size: self.batch_size,
             cache: self.cache.clone(),
+            shared_cache: self.shared_cache.clone(),
             limits: self.limits,
             progress: self.progress,
         })
@@ -598,6 +613,11 @@ impl FeatureExtractor {
     fn extract_items(&self, items: &[(&PathBuf, Option<View>)]) -> Result<Extracted> {
         let dim = self.row_len();
         let mut cache = self.cache.as_ref().map(|dir| self.cache_folder(dir));
+        let shared = self
+            .cache
+            .as_ref()
+            .and(self.shared_cache.as_ref())
+            .map(|dir| self.cache_folder(dir));
         let mut rows: Vec<Option<Vec<f32>>> = vec![None; items.len()];
         let mut skipped = Vec::new();
         let mut cache_hits = 0;
@@ -624,7 +644,7 @@ impl FeatureExtractor {
             self.network.model().resolution(),
             self.resize,
             self.limits,
-            cache.clone(),
+            [cache.clone(), shared],
         );
         let load = move |&(path, view): &(&PathBuf, Option<View>)| -> Result<Loaded> {
             let bytes = read_photo(path, &limits)?;
@@ -633,9 +653,11 @@ impl FeatureExtractor {
                 None => photo_key.clone(),
                 Some((augment, v)) => augment.view_key(&photo_key, v),
             };
+            // The own cache first, then the class's shared one.
             if let Some(hit) = loader_cache
-                .as_ref()
-                .and_then(|dir| cache::read_cached(dir, &key, dim))
+                .iter()
+                .flatten()
+                .find_map(|dir| cache::read_cached(dir, &key, dim))
             {
                 return Ok(Loaded::Cached(hit));
             }
