@@ -56,13 +56,14 @@ printf '{\n  "@jupyterlab/notebook-extension:tracker": { "windowingMode": "none"
 
 export EVCXR_CONFIG_DIR="$repo/.lab/evcxr"
 mkdir -p "$EVCXR_CONFIG_DIR"
-# A 2 GB compilation cache for registry crates, shared by every kernel. The optimisation levels
-# are set in scripts/evcxr-kernel (a cargo configuration evcxr's builds read), and init.evcxr
-# says so for whoever opens it.
+# No evcxr compilation cache (`:cache`): a crate it restores keeps the build records of the folder
+# it was first built in, so when that folder is gone (another kernels folder, a test's) cargo
+# rebuilds it, and with it the kit, at a kernel's start. New kernel slots copy the template
+# instead (scripts/evcxr-kernel). The optimisation levels are set in scripts/evcxr-kernel (a
+# cargo configuration evcxr's builds read), and init.evcxr says so for whoever opens it.
 cat > "$EVCXR_CONFIG_DIR/init.evcxr" <<'EVCXR'
-// Written by scripts/notebook-env.sh. Compiled registry crates are cached (2 GB) for every kernel.
-// Optimisation levels come from .lab/kernels/.cargo/config.toml (scripts/evcxr-kernel): the kit and
-// the code it runs per photo or step at opt-level 3, as the release CLI; other dependencies at 0,
-// for a short first build; your cells at evcxr's opt-level 2 with overflow checks.
-:cache 2000
+// Written by scripts/notebook-env.sh. Optimisation levels come from .lab/kernels/.cargo/config.toml
+// (scripts/evcxr-kernel): the kit and the code it runs per photo or step at opt-level 3, as the
+// release CLI; other dependencies at 0, for a short first build; your cells at evcxr's opt-level 2
+// with overflow checks.
 EVCXR

@@ -1,13 +1,19 @@
-"""Builds flowers_kit in a kernel slot exactly as a notebook's first cell does (same kernel, same
-evcxr flags, profile and target folder; see scripts/evcxr-kernel), so that a learner's first
-cell only loads it. Prints a line every 10 s while it works and the time it took.
+"""Builds flowers_kit in the kernel template (<kernels folder>/template) exactly as a notebook's
+first cell does (same kernel, same evcxr flags and profile; see scripts/evcxr-kernel), so that a
+learner's kernel starts from a copy of it and its first cell only loads the kit. Prints a line
+every 10 s while it works and the time it took.
 
-Usage: python scripts/prewarm.py   (./lab runs it when the kit changed since the last time)
+Usage: python scripts/prewarm.py [STAMP]   (./lab runs it when the kit changed since the last time)
+A successful build writes STAMP (default: the time) to <kernels folder>/prewarmed and to the
+template: the record of the build, which ./lab compares and scripts/evcxr-kernel requires
+before it copies the template or prewarms a kernel.
 Exit status: 0 when the kit is built, 1 when the cell failed, with evcxr's message."""
 
 import json
+import os
 import pathlib
 import queue
+import shutil
 import sys
 import time
 
@@ -27,8 +33,12 @@ def first_cell():
 
 def main():
     started = time.monotonic()
+    kernels = pathlib.Path(os.environ.get("FLOWERS_KIT_KERNELS_DIR") or ROOT / ".lab" / "kernels")
+    # Until this build completes, the template holds no build kernels may copy.
+    (kernels / "template" / "prewarmed").unlink(missing_ok=True)
     km = KernelManager(kernel_name="rust")
-    km.start_kernel(cwd=str(NOTEBOOKS))
+    # This kernel builds the template kernel slots start from (scripts/evcxr-kernel).
+    km.start_kernel(cwd=str(NOTEBOOKS), env=dict(os.environ, FLOWERS_KIT_BUILD_TEMPLATE="1"))
     client = km.blocking_client()
     client.start_channels()
     try:
@@ -58,10 +68,16 @@ def main():
             print("== building flowers_kit for the notebooks failed:\n" + "\n".join(errors), file=sys.stderr)
             return 1
         print(f"== flowers_kit built for the notebooks in {time.monotonic() - started:.0f} s (once; a notebook's first cell now only loads it)")
-        return 0
     finally:
         client.stop_channels()
         km.shutdown_kernel()
+    # The build is complete: mark the template with it, then record it (the stamp) for ./lab
+    # and for the kernels, which copy the template and prewarm only while the two agree.
+    stamp = sys.argv[1] if len(sys.argv) > 1 else f"built {time.strftime('%Y-%m-%dT%H:%M:%S')}"
+    shutil.rmtree(kernels / "template" / "evcxr", ignore_errors=True)
+    (kernels / "template" / "prewarmed").write_text(stamp)
+    (kernels / "prewarmed").write_text(stamp)
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import subprocess
 import tarfile
 import threading
 
@@ -145,8 +146,8 @@ def write_family_h5(family, path):
 
 @pytest.fixture(scope="session")
 def product_env(mirror, tmp_path_factory):
-    """Environment for kernels and servers: mirror URLs and a cache that starts empty, so the
-    first notebook really downloads and extracts."""
+    """Environment for kernels and servers: mirror URLs, a cache that starts empty (so the first
+    notebook really downloads and extracts) and kernels as `./lab` prepares them."""
     home = tmp_path_factory.mktemp("flowers_kit_home")
     env = dict(os.environ)
     env.update(
@@ -157,4 +158,10 @@ def product_env(mirror, tmp_path_factory):
         FLOWERS_KIT_KERNELS_DIR=str(tmp_path_factory.mktemp("kernels")),
     )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # As after `./lab`'s build step: the kit built in the kernel template that every kernel's slot
+    # starts from, and the stamp that lets kernels load the kit at start (scripts/prewarm.py,
+    # scripts/evcxr-kernel).
+    subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "prewarm.py"), "tests"],
+                   env=env, check=True, timeout=1800)
     return env
+

@@ -4,10 +4,12 @@ disk use stays bounded however often kernels are killed (evcxr alone left ~700 M
 every kernel start, which filled CI's disk)."""
 
 import json
+import re
 import pathlib
 import subprocess
 import tomllib
 
+import nbformat
 from jupyter_client.manager import KernelManager
 
 from conftest import ROOT
@@ -15,7 +17,7 @@ from conftest import ROOT
 
 def folders(env):
     root = pathlib.Path(env["FLOWERS_KIT_KERNELS_DIR"])
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != ".cargo")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in (".cargo", "template"))
 
 
 def start(env):
@@ -83,6 +85,35 @@ def test_kernels_reuse_slots_never_share_one_and_keep_cells_checked(product_env)
         assert profiles[hot] == {"opt-level": 3}, (hot, profiles)
 
 
+def test_a_new_slot_starts_from_the_template_and_kernels_start_with_the_kit_loaded(product_env):
+    env = dict(product_env)
+    root = pathlib.Path(env["FLOWERS_KIT_KERNELS_DIR"])
+    template_kit = sorted((root / "template" / "target").rglob("libflowers_kit-*.rlib"))
+    assert template_kit, "scripts/prewarm.py left no template with the kit built"
+    # One kernel more than there are slots, so that one of them takes a slot never used.
+    used = folders(env)
+    kernels = [start(env) for _ in range(len(used) + 1)]
+    try:
+        # (Another kernel still closing may hold a used slot: then two are new.)
+        new = sorted(set(folders(env)) - set(used))
+        assert new, folders(env)
+        for _, client in kernels:
+            # init.evcxr loaded the kit while the kernel started (scripts/evcxr-kernel).
+            status, printed = run(client, 'println!("prewarmed: {}", flowers_kit_prewarmed);')
+            assert status == "ok" and "prewarmed: true" in printed, printed
+        # The notebooks' second cell needs the kit: in the new slot it comes from the template,
+        # as built there, not rebuilt.
+        for _, client in kernels:
+            status, printed = run(client, "use flowers_kit::prelude::*;\nlet classes = 5usize;")
+            assert status == "ok", printed
+        for slot in new:
+            copied = sorted((root / slot / "target").rglob("libflowers_kit-*.rlib"))
+            assert [p.stat().st_mtime_ns for p in copied] == [p.stat().st_mtime_ns for p in template_kit], slot
+    finally:
+        for km, client in kernels:
+            stop(km, client)
+
+
 def test_every_crate_the_kernel_optimises_is_one_the_kit_builds():
     """The opt-level 3 list in scripts/evcxr-kernel names crates; a renamed or dropped
     dependency would silently fall back to opt-level 0 (cargo only warns), so check the names."""
@@ -92,10 +123,34 @@ def test_every_crate_the_kernel_optimises_is_one_the_kit_builds():
     assert {"flowers_kit", "dfdx", "gemm-common", "zune-jpeg"} <= named, named
     rustc = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
     host = next(line.split(": ", 1)[1] for line in rustc.splitlines() if line.startswith("host: "))
-    metadata = subprocess.run(
+    # The crates the notebooks' build of the kit (no default features) runs: its normal
+    # dependencies, followed from the kit through cargo's resolve graph.
+    metadata = json.loads(subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--filter-platform", host,
-         "--manifest-path", str(ROOT / "flowers_kit" / "Cargo.toml")],
+         "--no-default-features", "--manifest-path", str(ROOT / "flowers_kit" / "Cargo.toml")],
         capture_output=True, text=True, check=True,
-    ).stdout
-    built = {package["name"] for package in json.loads(metadata)["packages"]}
-    assert named <= built, f"not dependencies of the kit: {sorted(named - built)}"
+    ).stdout)
+    names = {package["id"]: package["name"] for package in metadata["packages"]}
+    nodes = {node["id"]: node for node in metadata["resolve"]["nodes"]}
+    kit = next(i for i, name in names.items() if name == "flowers_kit")
+    reached, todo = set(), [kit]
+    while todo:
+        node = todo.pop()
+        if node not in reached:
+            reached.add(node)
+            todo += [d["pkg"] for d in nodes[node]["deps"] if any(k["kind"] is None for k in d["dep_kinds"])]
+    built = {names[i] for i in reached}
+    assert named <= built, f"not dependencies of the notebooks' build of the kit: {sorted(named - built)}"
+    # The notebooks' build has no HTTP stack (downloads run the `flowers` program).
+    assert not built & {"reqwest", "hyper", "tokio", "rustls"}, sorted(built & {"reqwest", "hyper", "tokio", "rustls"})
+
+
+def test_no_notebook_turns_on_evcxrs_compilation_cache():
+    """evcxr's `:cache` restores a crate with the build records of the folder it was first built
+    in; once that folder is gone, cargo rebuilds it and the kit at a kernel's start, which undoes
+    the template (scripts/notebook-env.sh)."""
+    sources = [(path.name, cell.source) for path in sorted((ROOT / "notebooks").rglob("*.ipynb"))
+               for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+    sources.append(("init.evcxr", (ROOT / ".lab" / "evcxr" / "init.evcxr").read_text()))
+    on = [name for name, source in sources if re.search(r"^\s*:cache\s+[1-9]", source, re.M)]
+    assert not on, f"evcxr's cache is turned on in {on}"

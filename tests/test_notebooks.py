@@ -48,7 +48,7 @@ def execute(path, env):
     nb = nbformat.read(path, as_version=4)
     km = KernelManager(kernel_name="rust")
     km.start_kernel(env=env, cwd=str(path.parent))
-    client = NotebookClient(nb, km=km, timeout=1800, startup_timeout=120, allow_errors=True)
+    client = NotebookClient(nb, km=km, timeout=1800, startup_timeout=600, allow_errors=True)
     try:
         client.execute()
     finally:
@@ -199,7 +199,7 @@ def test_editing_the_learning_rate_reruns_training_from_cache(product_env):
     probe_index = len(nb.cells) - 1
     km = KernelManager(kernel_name="rust")
     km.start_kernel(env=product_env, cwd=str(ROOT / "notebooks"))
-    client = NotebookClient(nb, km=km, timeout=1800, startup_timeout=120)
+    client = NotebookClient(nb, km=km, timeout=1800, startup_timeout=600)
     try:
         with client.setup_kernel():
             for i in range(training + 1):
