@@ -1,8 +1,8 @@
 """JupyterHub for a class on one server: every learner gets their own copy of the notebooks,
 their own cache, and a Rust kernel that finds the kit already built.
 
-Start it with `scripts/class-hub` (which prepares the machine first; see the README's "Teaching
-a class"), or by hand: `.venv/bin/jupyterhub -f class/jupyterhub_config.py`, with the proxy from
+Start it with `scripts/class-hub`, after `scripts/class-setup` has prepared the machine (see the
+README's "Teaching a class"), as the ordinary account that installed Rust, not root; or by hand: `.venv/bin/jupyterhub -f class/jupyterhub_config.py`, with the proxy from
 `class/node_modules/.bin` on the PATH.
 
 Each learner's folder is `<class dir>/learners/<name>`: their HOME, with `flowers/notebooks` (a
@@ -14,8 +14,10 @@ and features go to `~/.cache/flowers_kit`; what the teacher put in the shared ca
 Settings, from the environment:
 - FLOWERS_CLASS_DIR       the class folder (default: .class in the repository);
 - FLOWERS_HUB_URL         where the hub listens (default http://127.0.0.1:8000);
-- FLOWERS_HUB_MEM_LIMIT   memory per learner, for spawners that enforce it (default 2G; the
-                          README gives the measured need). The spawner here runs every
+- FLOWERS_HUB_NOTEBOOK    the notebook learners land on (default 00_transfer_learning_flowers.ipynb;
+                          zh-CN/00_transfer_learning_flowers.ipynb for a Chinese class);
+- FLOWERS_HUB_MEM_LIMIT   memory per learner, for spawners that enforce it; the one here does
+                          not (default 2G; the README gives the measured need). The spawner here runs every
                           learner's server as the user running the hub, with no isolation
                           between learners: for a class that trusts itself. The README says what
                           changes on The Littlest JupyterHub (system users, enforced limits) or
@@ -76,7 +78,7 @@ c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = str(CLASS_DIR / "learners" / "{username}")
 c.Spawner.cmd = [str(VENV / "bin" / "jupyterhub-singleuser")]
 c.Spawner.args = ["--allow-root"]
-c.Spawner.default_url = "/lab/tree/00_transfer_learning_flowers.ipynb"
+c.Spawner.default_url = "/lab/tree/" + os.environ.get("FLOWERS_HUB_NOTEBOOK", "00_transfer_learning_flowers.ipynb")
 c.Spawner.mem_limit = os.environ.get("FLOWERS_HUB_MEM_LIMIT", "2G")
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120

@@ -273,7 +273,7 @@ def literals_apart(line):
     return LITERAL.sub('""', line), [m[1:-1] for m in LITERAL.findall(line)]
 
 
-BROKEN_CHINESE_LINE = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]\n[ \t]*[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
+BROKEN_CHINESE_LINE = re.compile(r"[\u2000-\u206f\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]\n[ \t]*[\u2000-\u206f\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
 
 
 def same_program(en, zh):
