@@ -8,15 +8,14 @@
 //! of it next to its source (`target/debug/flowers`, which `./lab` and `./test` build, then
 //! `target/release/flowers`); `flowers` on the `PATH`.
 
-use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use super::{part_file, rejected, FetchOptions, Verify, FETCH_PROGRAM_VARIABLE};
-use crate::error::{Error, IoContext, Result};
+use super::{check_complete, part_file, Checked, FetchOptions, Verify, FETCH_PROGRAM_VARIABLE};
+use crate::error::{Error, Result};
 use crate::files::sibling;
 
 /// How long the helper may overrun the deadline it was given (it stops itself at the
@@ -46,23 +45,12 @@ pub(super) fn download(
     let fetched = fetched_path(dest);
     // A file an earlier helper completed but no one checked, or a part it will resume, may
     // come from another version of the file: if the check fails, one fresh download.
-    let mut fresh_retry_done = !(fetched.exists() || part_file(&fetched).exists());
+    let mut resumed = fetched.exists() || part_file(&fetched).exists();
     loop {
         run(&program, url, &fetched, options, started)?;
-        match verify(&fetched) {
-            Ok(()) => return fs::rename(&fetched, dest).at(dest),
-            Err(e) => {
-                match fs::remove_file(&fetched) {
-                    Ok(()) => {}
-                    Err(io) if io.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(io) => return Err(io).at(&fetched),
-                }
-                if fresh_retry_done {
-                    return Err(rejected(url, &e));
-                }
-                fresh_retry_done = true;
-                eprintln!("download of {url}: the resumed file failed its check ({e}); downloading it afresh");
-            }
+        match check_complete(url, &fetched, dest, verify, resumed)? {
+            Checked::Cached => return Ok(()),
+            Checked::FetchAfresh => resumed = false,
         }
     }
 }

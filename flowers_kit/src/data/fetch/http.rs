@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{display_name, part_file, rejected, FetchOptions, Verify};
-use crate::error::{Error, IoContext, Result};
+use super::{check_complete, display_name, part_file, Checked, FetchOptions, Verify};
+use crate::error::{Error, Result};
 use crate::progress::{Progress, Unit};
 
 /// Whether a failed attempt is worth retrying.
@@ -62,20 +62,16 @@ pub(super) fn download(
         }
         attempt = attempt.saturating_add(1);
         match try_once(&client, url, &part, &limits) {
-            Ok(resumed) => match verify(&part) {
-                Ok(()) => return fs::rename(&part, dest).at(dest),
-                Err(e) => {
-                    remove_partial(&part).map_err(|f| failure_error(url, f))?;
-                    if resumed && !fresh_retry_done {
-                        // The first part may have come from an older version of the file.
+            Ok(resumed) => {
+                match check_complete(url, &part, dest, verify, resumed && !fresh_retry_done)? {
+                    Checked::Cached => return Ok(()),
+                    Checked::FetchAfresh => {
                         fresh_retry_done = true;
                         attempt = attempt.saturating_sub(1);
-                        eprintln!("download of {url}: the resumed file failed its check ({e}); downloading it afresh");
                         continue;
                     }
-                    return Err(rejected(url, &e));
                 }
-            },
+            }
             Err(Failure::Permanent(reason)) => {
                 return Err(Error::Download {
                     url: url.to_string(),
@@ -106,14 +102,6 @@ pub(super) fn download(
             resume_note(&part)
         ),
     })
-}
-
-fn failure_error(url: &str, failure: Failure) -> Error {
-    let (Failure::Transient(reason) | Failure::Permanent(reason)) = failure;
-    Error::Download {
-        url: url.to_string(),
-        reason,
-    }
 }
 
 /// "; the partial file … will be resumed next time", only when there is something to resume.

@@ -231,11 +231,50 @@ fn copy_local(
             options.max_bytes
         )));
     }
-    if let Err(e) = verify(&part) {
-        let _ = fs::remove_file(&part);
-        return Err(rejected(&source.display().to_string(), &e));
+    // A copy is never resumed: a file that fails is an error.
+    check_complete(&source.display().to_string(), &part, dest, verify, false).map(|_| ())
+}
+
+/// What a complete download became once checked ([`check_complete`]).
+enum Checked {
+    /// It passed, and is the cache entry now.
+    Cached,
+    /// It failed and was deleted, but had been resumed, so its first part may come from an
+    /// older version of the file: download it once more, from the start.
+    FetchAfresh,
+}
+
+/// Checks the complete file at `path` with `verify`: renamed to `dest` if it passes, deleted
+/// if not. A failed file that was `resumed` asks for one fresh download; otherwise the
+/// failure is the error. (Every way of fetching ends here.)
+fn check_complete(
+    url: &str,
+    path: &Path,
+    dest: &Path,
+    verify: Verify<'_>,
+    resumed: bool,
+) -> Result<Checked> {
+    let failure = match verify(path) {
+        Ok(()) => return fs::rename(path, dest).at(dest).map(|()| Checked::Cached),
+        Err(e) => e,
+    };
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::Download {
+                url: url.to_string(),
+                reason: format!("cannot remove {}: {e}", path.display()),
+            })
+        }
     }
-    fs::rename(&part, dest).at(dest)
+    if !resumed {
+        return Err(rejected(url, &failure));
+    }
+    eprintln!(
+        "download of {url}: the resumed file failed its check ({failure}); downloading it afresh"
+    );
+    Ok(Checked::FetchAfresh)
 }
 
 /// The error for a file that failed verification.
