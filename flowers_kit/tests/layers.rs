@@ -128,6 +128,17 @@ fn modules_only_use_the_layers_below_them() {
                 relative.display()
             ));
         }
+        // Training uses the backend's public network API, not one implementation's module.
+        if top == "train" {
+            for inner in ["crate::backend::dfdx", "crate::backend::native"] {
+                if code.contains(inner) {
+                    broken.push(format!(
+                        "{}: train reaches into {inner}; use crate::backend's API",
+                        relative.display()
+                    ));
+                }
+            }
+        }
         for (number, used) in crate_paths(&code) {
             // Error, Result and the like re-exported at the root are the error module's.
             let Some(theirs) = level(&used).or(match used.as_str() {

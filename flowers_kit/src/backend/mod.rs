@@ -19,6 +19,9 @@ use crate::weights::KerasWeights;
 use padding::resolve;
 
 pub use cut::{BlockStart, Cut, MAX_CUT_VALUES};
+/// The network above a [`Cut`], traced for training: what `train` fine-tunes, through this
+/// API rather than the dfdx module it lives in.
+pub use dfdx::{ParamMut, TrainableSuffix, EVAL_CHUNK};
 
 /// Largest input resolution a network is built for (defined with the image code, which
 /// bounds every resize by it).

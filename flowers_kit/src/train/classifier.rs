@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::head::{Activation, Dense, Head};
 use super::metrics::{most_probable, Metrics};
-use crate::backend::dfdx::TrainableSuffix;
+use crate::backend::TrainableSuffix;
 use crate::backend::{Cut, Network, Step};
 use crate::data::image::Resize;
 use crate::error::{Error, Result};

@@ -5,7 +5,7 @@
 //! once per photo (and view) on the native backend, and its output — the activations
 //! entering the blocks — is cached like features and becomes the training rows. Training
 //! runs the steps above the cut, the same steps of the same network, on dfdx with a traced
-//! tape ([`crate::backend::dfdx::TrainableSuffix`]). Batch norm stays folded into the
+//! tape ([`crate::backend::TrainableSuffix`]). Batch norm stays folded into the
 //! convolutions with its inference statistics, which is what the Keras guide's
 //! `training=False` achieves: what trains is each convolution's kernel and bias (and the
 //! scale and shift of a batch norm that follows no convolution, as ResNet V2's

@@ -11,7 +11,7 @@ use super::finetune::{FineTune, Schedule};
 use super::head::{forward_from_first, Activation, DeviceParams, Head};
 use super::metrics::most_probable;
 use super::optim::{update, Optimizer, Slots};
-use crate::backend::dfdx::{ParamMut, TrainableSuffix, EVAL_CHUNK};
+use crate::backend::{ParamMut, TrainableSuffix, EVAL_CHUNK};
 use crate::data::Augment;
 use crate::device::{dfdx_error as backend, DeviceKind, DfdxDevice};
 use crate::error::{Error, Result};
