@@ -2,7 +2,8 @@
 cache as scripts/class-setup does): N learners, each in a fresh Rust kernel with their own cache,
 open notebook 00 BENCH_START_GAP seconds apart and run it top to bottom. Reports, per learner, the
 first cell's time after their click, the whole notebook's time and the peak memory of their kernel
-(evcxr_jupyter with the process that runs the cells), then the machine's peak memory in use.
+(evcxr_jupyter with the process that runs the cells), then the peak of the rust-analyzer their
+kernels share (scripts/evcxr-kernel, tools/evcxr) and the machine's peak memory in use.
 
 Speed and memory are reported, never asserted."""
 
@@ -13,7 +14,7 @@ import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from first_cell import Kernel, cells, process_tree_rss  # noqa: E402
+from first_cell import Kernel, analyzer_rss, cells, process_tree_rss  # noqa: E402
 
 LEARNERS = int(os.environ.get("BENCH_LEARNERS", "8"))
 GAP = float(os.environ.get("BENCH_START_GAP", "5"))
@@ -69,10 +70,12 @@ def main():
     env = dict(os.environ)
     results = [None] * LEARNERS
     machine, done = [memory_in_use(), memory_in_use()], threading.Event()
+    analyzer = [0]
 
     def sample_machine():
         while not done.wait(0.5):
             machine[1] = max(machine[1], memory_in_use())
+            analyzer[0] = max(analyzer[0], analyzer_rss())
 
     threading.Thread(target=sample_machine, daemon=True).start()
     threads = []
@@ -92,6 +95,10 @@ def main():
                   f"peak {peak / 2**20:.0f} MiB", flush=True)
         else:
             print(f"  learner {i + 1}: FAILED, {result}", flush=True)
+    peaks = [result[2] for result in results if isinstance(result, tuple)]
+    if peaks:
+        print(f"shared rust-analyzer: peak {analyzer[0] / 2**20:.0f} MiB; per learner with their share of it: "
+              f"{(max(peaks) + analyzer[0] / LEARNERS) / 2**20:.0f} MiB at most", flush=True)
     print(f"machine: {machine[0] / 2**30:.1f} GiB in use before, peak {machine[1] / 2**30:.1f} GiB "
           f"of {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB", flush=True)
 

@@ -134,19 +134,33 @@ def process_tree_rss(root):
     return usage
 
 
+def analyzer_rss():
+    """Resident bytes of the shared rust-analyzers (evcxr_jupyter --shared-analyzer, started by
+    the first kernel and shared by all: scripts/evcxr-kernel), from /proc."""
+    total = 0
+    for proc in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            if b"--shared-analyzer" in (proc / "cmdline").read_bytes().split(b"\0"):
+                total += int((proc / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            continue
+    return total
+
+
 def whole_notebook(env):
     """Notebook 00 top to bottom in a fresh kernel: the first cells' times, the whole run, and the
     kernel's peak memory."""
     kernel = Kernel(env)
     pid = kernel.km.provisioner.process.pid
-    # Peaks of: evcxr_jupyter (where rust-analyzer runs) with the process that runs the cells
-    # (the figure per learner), each of them, and the compilers while a cell builds.
-    peak, done = {"learner": 0, "kernel": 0, "cells": 0, "compilers": 0}, threading.Event()
+    # Peaks of: evcxr_jupyter with the process that runs the cells (the figure per learner), each
+    # of them, the compilers while a cell builds, and the rust-analyzer all kernels share.
+    peak, done = {"learner": 0, "kernel": 0, "cells": 0, "compilers": 0, "analyzer": 0}, threading.Event()
 
     def sample():
         while not done.wait(0.2):
             usage = process_tree_rss(pid)
             usage["learner"] = usage["kernel"] + usage["cells"]
+            usage["analyzer"] = analyzer_rss()
             for key, value in usage.items():
                 peak[key] = max(peak[key], value)
 
@@ -166,7 +180,7 @@ def whole_notebook(env):
     mib = {key: round(value / 2**20) for key, value in peak.items()}
     print(f"  peak memory: {mib['learner']} MiB for evcxr_jupyter with the process running the cells "
           f"(evcxr_jupyter {mib['kernel']} MiB, cells {mib['cells']} MiB); compilers at most {mib['compilers']} MiB "
-          f"while a cell builds", flush=True)
+          f"while a cell builds; the shared rust-analyzer {mib['analyzer']} MiB (one for all kernels)", flush=True)
 
 
 def first_cells_after_reading(env, read_seconds):

@@ -106,6 +106,9 @@ c.Spawner.env_keep = [
     "LANG", "LC_ALL",
     # Where the photos and weights come from, for a class behind a mirror (and the tests).
     "FLOWERS_DATA_URL", "FLOWERS_WEIGHTS_URL", "FLOWERS_KIT_FETCH",
+    # The learners' kernels share one rust-analyzer (scripts/evcxr-kernel, tools/evcxr): how long
+    # it stays once no kernel uses it, and the switch that turns sharing off.
+    "EVCXR_SHARED_ANALYZER_IDLE_SECS", "FLOWERS_KIT_SHARED_ANALYZER",
 ]
 
 

@@ -1,18 +1,27 @@
 # Sourced by ./lab and ./test: makes the Rust notebook environment ready, skipping what is done.
-#  - evcxr_jupyter (pinned) via `cargo install --locked`, plus rust-src for its type inference;
+#  - evcxr_jupyter 0.22.0 as patched in tools/evcxr (kernels share one rust-analyzer), built with
+#    its pinned lock file into .lab/evcxr-jupyter, plus rust-src for its type inference;
 #  - a Python venv in ./.venv with pinned JupyterLab and the notebook test runner;
 #  - the Rust kernel registered into that venv (not system-wide), run by scripts/evcxr-kernel;
-#  - an evcxr config folder in ./.lab/evcxr whose init.evcxr turns on the compilation cache.
-# Exports JUPYTER_PATH, EVCXR_CONFIG_DIR and PATH for the commands that follow.
+#  - an evcxr config folder in ./.lab/evcxr.
+# Exports JUPYTER_PATH, EVCXR_CONFIG_DIR, EVCXR_JUPYTER and PATH for the commands that follow.
 
-EVCXR_VERSION="0.22.0"
+EVCXR_VERSION="0.22.0 (tools/evcxr: shared rust-analyzer)"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo/.venv"
 
 export PATH="$HOME/.cargo/bin:$PATH"
-if ! cargo install --list 2>/dev/null | grep -q "^evcxr_jupyter v$EVCXR_VERSION:"; then
-  echo "== installing evcxr_jupyter $EVCXR_VERSION (a one-off compile of ~15 minutes on 2 cores)"
-  cargo install evcxr_jupyter --version "$EVCXR_VERSION" --locked
+# Rebuilt when tools/evcxr changes (its own target folder keeps the build incremental); the
+# stamp records the sources it was built from.
+evcxr_root="$repo/.lab/evcxr-jupyter"
+export EVCXR_JUPYTER="$evcxr_root/bin/evcxr_jupyter"
+evcxr_sources="$(cd "$repo/tools/evcxr" && find Cargo.toml Cargo.lock evcxr evcxr_jupyter -type f -print0 \
+  | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+if [ ! -x "$EVCXR_JUPYTER" ] || [ "$(cat "$evcxr_root/sources" 2>/dev/null)" != "$evcxr_sources" ]; then
+  echo "== building evcxr_jupyter $EVCXR_VERSION (a one-off compile of ~15 minutes on 2 cores)"
+  cargo install --locked --quiet --force --path "$repo/tools/evcxr/evcxr_jupyter" --root "$evcxr_root" \
+    --target-dir "$repo/tools/evcxr/target"
+  printf '%s\n' "$evcxr_sources" > "$evcxr_root/sources"
 fi
 if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
   rustup component add rust-src
@@ -35,9 +44,9 @@ export JUPYTER_PATH="$venv/share/jupyter"
 # .lab/kernels (evcxr alone rebuilt the kit per kernel and left ~700 MB in /tmp each time).
 kernel="$JUPYTER_PATH/kernels/rust/kernel.json"
 if [ ! -f "$kernel" ] || ! grep -q "$repo/scripts/evcxr-kernel" "$kernel" \
-  || ! grep -q "$(command -v evcxr_jupyter)" "$kernel"; then
-  evcxr_jupyter --install >/dev/null
-  "$venv/bin/python" - "$kernel" "$repo/scripts/evcxr-kernel" "$(command -v evcxr_jupyter)" <<'PY'
+  || ! grep -q "$EVCXR_JUPYTER" "$kernel"; then
+  "$EVCXR_JUPYTER" --install >/dev/null
+  "$venv/bin/python" - "$kernel" "$repo/scripts/evcxr-kernel" "$EVCXR_JUPYTER" <<'PY'
 import json, sys
 path, wrapper, evcxr = sys.argv[1:]
 spec = json.load(open(path))

@@ -156,6 +156,9 @@ def product_env(mirror, tmp_path_factory):
         FLOWERS_KIT_HOME=str(home),
         # Kernels' scratch crates (scripts/evcxr-kernel), where the tests can check them.
         FLOWERS_KIT_KERNELS_DIR=str(tmp_path_factory.mktemp("kernels")),
+        # The kernels' shared rust-analyzer (scripts/evcxr-kernel) leaves 20 s after the last
+        # kernel, not 5 minutes, so that no test leaves it running for long.
+        EVCXR_SHARED_ANALYZER_IDLE_SECS="20",
     )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     # As after `./lab`'s build step: the kit built in the kernel template that every kernel's slot

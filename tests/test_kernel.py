@@ -3,10 +3,14 @@ slot, so a new kernel finds the kit already built, kernels open at once never sh
 disk use stays bounded however often kernels are killed (evcxr alone left ~700 MB in /tmp at
 every kernel start, which filled CI's disk)."""
 
+import hashlib
 import json
+import os
 import re
 import pathlib
+import signal
 import subprocess
+import time
 import tomllib
 
 import nbformat
@@ -112,6 +116,71 @@ def test_a_new_slot_starts_from_the_template_and_kernels_start_with_the_kit_load
     finally:
         for km, client in kernels:
             stop(km, client)
+
+
+def analyzer_socket(env):
+    """The socket of the rust-analyzer shared by the kernels of `env`'s kernels folder, named as
+    scripts/evcxr-kernel names it."""
+    sockets = pathlib.Path(env.get("XDG_RUNTIME_DIR") or "/tmp") / f"flowers-kit-analyzer-{os.getuid()}"
+    return sockets / (hashlib.sha256(env["FLOWERS_KIT_KERNELS_DIR"].encode()).hexdigest()[:16] + ".sock")
+
+
+def analyzers(socket):
+    """PIDs of the shared analyzers (evcxr_jupyter --shared-analyzer) serving `socket`."""
+    found = []
+    for proc in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--shared-analyzer" in args and str(socket).encode() in args:
+            found.append(int(proc.name))
+    return found
+
+
+def sockets_open(pid):
+    count = 0
+    for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:  # closed meanwhile
+            pass
+    return count
+
+
+def test_kernels_share_one_rust_analyzer_and_carry_on_without_it(product_env):
+    env = dict(product_env)
+    socket = analyzer_socket(env)
+    kernels = [start(env) for _ in range(2)]
+    try:
+        # A variable kept from cell to cell needs its type, which evcxr asks rust-analyzer for.
+        for _, client in kernels:
+            assert run(client, 'let petals = vec!["tulip".to_string(), "rose".to_string()];')[0] == "ok"
+        for _, client in kernels:
+            status, printed = run(client, 'println!("{} petals, {}", petals.len(), petals[0].to_uppercase());')
+            assert status == "ok" and "2 petals, TULIP" in printed, printed
+        # One analyzer answers both kernels: its listening socket and one connection per kernel.
+        (pid,) = analyzers(socket)
+        assert sockets_open(pid) >= 3, sockets_open(pid)
+
+        # Killed (as by the out-of-memory killer), it is started again by the next kernel that
+        # needs it, and the learners' variables and type inference carry on.
+        os.kill(pid, signal.SIGKILL)
+        for _, client in kernels:
+            status, printed = run(client, "let letters: usize = petals.iter().map(|p| p.len()).sum();")
+            assert status == "ok", printed
+            status, printed = run(client, 'let more = letters + 1;\nprintln!("{more} letters");')
+            assert status == "ok" and "10 letters" in printed, printed
+        (restarted,) = analyzers(socket)
+        assert restarted != pid
+    finally:
+        for km, client in kernels:
+            stop(km, client)
+    # Once no kernel uses it, it leaves (after EVCXR_SHARED_ANALYZER_IDLE_SECS, 20 s here).
+    deadline = time.monotonic() + 90
+    while analyzers(socket) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not analyzers(socket) and not socket.exists()
 
 
 def test_every_crate_the_kernel_optimises_is_one_the_kit_builds():

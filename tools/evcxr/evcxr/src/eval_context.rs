@@ -607,10 +607,7 @@ impl EvalContext {
         let hover_text = self.analyzer.hover(text_range, false)?;
         let hover_markdown = self.analyzer.hover(text_range, true)?;
         match (hover_text, hover_markdown) {
-            (Some(data_text), Some(data_markdown)) => Ok((
-                data_text.info.markup.into(),
-                data_markdown.info.markup.into(),
-            )),
+            (Some(data_text), Some(data_markdown)) => Ok((data_text, data_markdown)),
             _ => Ok((
                 "No documentation found".into(),
                 "No documentation found".into(),

@@ -24,6 +24,7 @@ mod item;
 mod module;
 mod runtime;
 mod rust_analyzer;
+mod shared_analyzer;
 mod statement_splitter;
 mod toml_parse;
 mod use_trees;
@@ -38,6 +39,8 @@ pub use crate::eval_context::EvalContextOutputs;
 pub use crate::eval_context::EvalOutputs;
 pub use crate::runtime::runtime_hook;
 pub use rust_analyzer::Completions;
+pub use shared_analyzer::SERVER_FLAG as SHARED_ANALYZER_FLAG;
+pub use shared_analyzer::serve as serve_shared_analyzer;
 
 /// Return the directory that evcxr tools should use for their configuration.
 ///

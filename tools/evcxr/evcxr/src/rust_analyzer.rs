@@ -10,6 +10,8 @@ use anyhow::Result;
 use anyhow::anyhow;
 use anyhow::bail;
 use once_cell::sync::Lazy;
+use ra_ap_base_db::CrateGraphBuilder;
+use ra_ap_base_db::ProcMacroPaths;
 use ra_ap_base_db::SourceRoot;
 use ra_ap_hir as ra_hir;
 use ra_ap_ide as ra_ide;
@@ -44,27 +46,167 @@ use std::path::Path;
 
 pub(crate) const EDITION: Edition = Edition::Edition2024;
 
+/// What evcxr asks of rust-analyzer, answered either by an analysis of its own (`Local`, as
+/// upstream evcxr does) or by a rust-analyzer shared by every kernel of this user on the machine
+/// (`Shared`, when `EVCXR_SHARED_ANALYZER` names its socket; see `shared_analyzer.rs`). Each
+/// kernel's analysis holds the module trees of its whole dependency tree: ~0.5-1.3 GB. Kernels
+/// with the same dependencies (a class running one notebook) share that in one process.
 pub(crate) struct RustAnalyzer {
-    with_sysroot: bool,
-    root_directory: AbsPathBuf,
-    analysis_host: ra_ide::AnalysisHost,
-    vfs: ra_vfs::Vfs,
-    loader: vfs_notify::NotifyHandle,
-    message_receiver: crossbeam_channel::Receiver<ra_vfs::loader::Message>,
-    last_cargo_toml: Option<Vec<u8>>,
-    source_file: AbsPathBuf,
-    source_file_id: FileId,
-    current_source: String,
+    backend: Backend,
+    root_directory: std::path::PathBuf,
+    last_source: Option<String>,
+    reconnects: u32,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+enum Backend {
+    Local {
+        engine: Box<Engine>,
+        session: SessionId,
+    },
+    Shared(crate::shared_analyzer::Client),
+}
+
+impl RustAnalyzer {
+    pub(crate) fn new(root_directory: &Path) -> Result<RustAnalyzer> {
+        let backend = match std::env::var_os(crate::shared_analyzer::SOCKET_VARIABLE) {
+            Some(socket) if !socket.is_empty() => {
+                match crate::shared_analyzer::Client::connect(Path::new(&socket), root_directory) {
+                    Ok(client) => Backend::Shared(client),
+                    Err(error) => {
+                        eprintln!(
+                            "evcxr: shared rust-analyzer unavailable ({error:#}); using one of this kernel's own"
+                        );
+                        Self::local_backend(root_directory, true)?
+                    }
+                }
+            }
+            _ => Self::local_backend(root_directory, true)?,
+        };
+        Ok(RustAnalyzer {
+            backend,
+            root_directory: root_directory.to_owned(),
+            last_source: None,
+            reconnects: 0,
+        })
+    }
+
+    fn local_backend(root_directory: &Path, with_sysroot: bool) -> Result<Backend> {
+        let mut engine = Box::new(Engine::new(with_sysroot));
+        let session = engine.open(root_directory)?;
+        Ok(Backend::Local { engine, session })
+    }
+
+    /// A shared analyzer that stopped answering (killed, crashed) is started again, or if that
+    /// fails replaced by one of this kernel's own, and brought to the same source, so that the
+    /// kernel and the learner's variables live on. (Reconnecting first: a class whose kernels all
+    /// fell back to their own would each load the whole analysis again.)
+    fn fall_back_to_local(&mut self, error: &anyhow::Error) -> Result<()> {
+        // A server that dies again and again (killed for memory each time) is given up on.
+        self.reconnects += 1;
+        let reconnected = std::env::var_os(crate::shared_analyzer::SOCKET_VARIABLE)
+            .filter(|socket| !socket.is_empty() && self.reconnects <= 3)
+            .map(|socket| {
+                crate::shared_analyzer::Client::connect(Path::new(&socket), &self.root_directory)
+            });
+        self.backend = match reconnected {
+            Some(Ok(client)) => {
+                eprintln!("evcxr: shared rust-analyzer failed ({error:#}); started it again");
+                Backend::Shared(client)
+            }
+            _ => {
+                eprintln!(
+                    "evcxr: shared rust-analyzer failed ({error:#}); using one of this kernel's own"
+                );
+                Self::local_backend(&self.root_directory, true)?
+            }
+        };
+        if let Some(source) = self.last_source.clone() {
+            self.last_source = Some(source.clone());
+            match &mut self.backend {
+                Backend::Local { engine, session } => engine.set_source(*session, source)?,
+                Backend::Shared(client) => client.set_source(source)?,
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_source(&mut self, source: String) -> Result<()> {
+        self.last_source = Some(source.clone());
+        match &mut self.backend {
+            Backend::Local { engine, session } => engine.set_source(*session, source),
+            Backend::Shared(client) => match client.set_source(source) {
+                Err(error) if crate::shared_analyzer::is_connection_error(&error) => {
+                    self.fall_back_to_local(&error)
+                }
+                result => result,
+            },
+        }
+    }
+
+    /// Returns top-level variable names and their types in the specified function.
+    pub(crate) fn top_level_variables(
+        &mut self,
+        function_name: &str,
+    ) -> HashMap<String, VariableInfo> {
+        match &mut self.backend {
+            Backend::Local { engine, session } => {
+                engine.top_level_variables(*session, function_name)
+            }
+            Backend::Shared(client) => match client.top_level_variables(function_name) {
+                Ok(variables) => variables,
+                Err(error) => {
+                    if crate::shared_analyzer::is_connection_error(&error)
+                        && self.fall_back_to_local(&error).is_ok()
+                    {
+                        return self.top_level_variables(function_name);
+                    }
+                    eprintln!("evcxr: shared rust-analyzer: {error:#}");
+                    HashMap::new()
+                }
+            },
+        }
+    }
+
+    pub(crate) fn completions(&mut self, position: usize) -> Result<Completions> {
+        match &mut self.backend {
+            Backend::Local { engine, session } => engine.completions(*session, position),
+            Backend::Shared(client) => match client.completions(position) {
+                Err(error) if crate::shared_analyzer::is_connection_error(&error) => {
+                    self.fall_back_to_local(&error)?;
+                    self.completions(position)
+                }
+                result => result,
+            },
+        }
+    }
+
+    /// The hover text (markdown or plain) at `text_range`, if any.
+    pub(crate) fn hover(
+        &mut self,
+        text_range: TextRange,
+        is_mark_down: bool,
+    ) -> Result<Option<String>> {
+        match &mut self.backend {
+            Backend::Local { engine, session } => engine.hover(*session, text_range, is_mark_down),
+            Backend::Shared(client) => match client.hover(text_range, is_mark_down) {
+                Err(error) if crate::shared_analyzer::is_connection_error(&error) => {
+                    self.fall_back_to_local(&error)?;
+                    self.hover(text_range, is_mark_down)
+                }
+                result => result,
+            },
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TypeName {
     Named(String),
     Closure,
     Unknown,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct VariableInfo {
     /// The variable's type as Rust code, or None if we couldn't determine it.
     pub(crate) type_name: TypeName,
@@ -72,11 +214,51 @@ pub(crate) struct VariableInfo {
     pub(crate) is_mutable: bool,
 }
 
-impl RustAnalyzer {
-    pub(crate) fn new(root_directory: &Path) -> Result<RustAnalyzer> {
-        use ra_vfs::loader::Handle;
+pub(crate) type SessionId = u64;
+
+/// One rust-analyzer database with the crates of one or more sessions (evcxr kernels), each a
+/// crate of its own (`<root>/src/lib.rs`, `<root>/Cargo.toml`). Their crate graphs are merged,
+/// so the crates they have in common (the sysroot, a class's dependencies) are analysed once.
+pub(crate) struct Engine {
+    with_sysroot: bool,
+    analysis_host: ra_ide::AnalysisHost,
+    vfs: ra_vfs::Vfs,
+    loader: vfs_notify::NotifyHandle,
+    message_receiver: crossbeam_channel::Receiver<ra_vfs::loader::Message>,
+    loader_version: u32,
+    sessions: HashMap<SessionId, Session>,
+    next_session: SessionId,
+}
+
+struct Session {
+    root_directory: AbsPathBuf,
+    source_file: AbsPathBuf,
+    source_file_id: FileId,
+    last_cargo_toml: Option<Vec<u8>>,
+    current_source: String,
+    /// The folders this session's workspace reads, and its crate graph, once loaded.
+    load: Vec<ra_vfs::loader::Entry>,
+    crate_graph: Option<CrateGraphBuilder>,
+}
+
+impl Engine {
+    pub(crate) fn new(with_sysroot: bool) -> Engine {
         let (message_sender, message_receiver) = crossbeam_channel::unbounded();
-        let mut vfs = ra_vfs::Vfs::default();
+        use ra_vfs::loader::Handle;
+        Engine {
+            with_sysroot,
+            analysis_host: Default::default(),
+            vfs: ra_vfs::Vfs::default(),
+            loader: vfs_notify::NotifyHandle::spawn(message_sender),
+            message_receiver,
+            loader_version: 0,
+            sessions: HashMap::new(),
+            next_session: 0,
+        }
+    }
+
+    /// Starts a session whose crate is `root_directory` (its `Cargo.toml` and `src/lib.rs`).
+    pub(crate) fn open(&mut self, root_directory: &Path) -> Result<SessionId> {
         let root_directory = AbsPathBuf::try_from(
             root_directory
                 .to_str()
@@ -92,44 +274,73 @@ impl RustAnalyzer {
             .with_context(|| format!("Failed to create directory `{src_dir:?}`"))?;
         // Pre-allocate an ID for our main source file.
         let vfs_source_file: ra_vfs::VfsPath = source_file.clone().into();
-        vfs.set_file_contents(vfs_source_file.clone(), Some(vec![]));
-        let (source_file_id, _) = vfs.file_id(&vfs_source_file).unwrap();
-        Ok(RustAnalyzer {
-            with_sysroot: true,
-            root_directory,
-            analysis_host: Default::default(),
-            vfs,
-            loader: vfs_notify::NotifyHandle::spawn(message_sender),
-            message_receiver,
-            last_cargo_toml: None,
-            source_file,
-            source_file_id,
-            current_source: String::new(),
-        })
+        self.vfs
+            .set_file_contents(vfs_source_file.clone(), Some(vec![]));
+        let (source_file_id, _) = self
+            .vfs
+            .file_id(&vfs_source_file)
+            .context("invariant: a file just set has an id")?;
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                root_directory,
+                source_file,
+                source_file_id,
+                last_cargo_toml: None,
+                current_source: String::new(),
+                load: Vec::new(),
+                crate_graph: None,
+            },
+        );
+        Ok(id)
     }
 
-    pub(crate) fn set_source(&mut self, source: String) -> Result<()> {
-        self.current_source = source;
-        let mut change = ra_hir::ChangeWithProcMacros::default();
+    /// Ends a session: its crate leaves the merged graph (the crates it shared stay analysed).
+    pub(crate) fn close(&mut self, id: SessionId) {
+        if self.sessions.remove(&id).is_some() {
+            let mut change = ra_hir::ChangeWithProcMacros::default();
+            self.set_merged_crate_graph(&mut change);
+            self.analysis_host.apply_change(change);
+        }
+    }
 
-        std::fs::write(self.source_file.as_path(), &*self.current_source)
-            .with_context(|| format!("Failed to write {:?}", self.source_file))?;
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn session(&self, id: SessionId) -> Result<&Session> {
+        self.sessions
+            .get(&id)
+            .ok_or_else(|| anyhow!("no analysis session {id}"))
+    }
+
+    pub(crate) fn set_source(&mut self, id: SessionId, source: String) -> Result<()> {
+        let mut change = ra_hir::ChangeWithProcMacros::default();
+        let session = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("no analysis session {id}"))?;
+        session.current_source = source;
+        std::fs::write(session.source_file.as_path(), &*session.current_source)
+            .with_context(|| format!("Failed to write {:?}", session.source_file))?;
         self.vfs.set_file_contents(
-            self.source_file.clone().into(),
-            Some(self.current_source.bytes().collect()),
+            session.source_file.clone().into(),
+            Some(session.current_source.bytes().collect()),
         );
-        change.change_file(self.source_file_id, Some(self.current_source.clone()));
+        change.change_file(session.source_file_id, Some(session.current_source.clone()));
 
         // Check to see if we haven't yet loaded Cargo.toml, or if it's changed since we read it.
-        let cargo_toml = Some(std::fs::read(self.cargo_toml_filename()).with_context(|| {
-            format!(
-                "Failed to read Cargo.toml from `{:?}`",
-                self.cargo_toml_filename()
-            )
+        let cargo_toml_filename = session.root_directory.join("Cargo.toml");
+        let cargo_toml = Some(std::fs::read(&cargo_toml_filename).with_context(|| {
+            format!("Failed to read Cargo.toml from `{cargo_toml_filename:?}`")
         })?);
-        if cargo_toml != self.last_cargo_toml {
-            self.load_cargo_toml(&mut change)?;
-            self.last_cargo_toml = cargo_toml;
+        if cargo_toml != session.last_cargo_toml {
+            self.load_cargo_toml(id, cargo_toml_filename, &mut change)?;
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.last_cargo_toml = cargo_toml;
+            }
         }
 
         self.analysis_host.apply_change(change);
@@ -137,16 +348,23 @@ impl RustAnalyzer {
     }
 
     /// Returns top-level variable names and their types in the specified function.
-    pub(crate) fn top_level_variables(&self, function_name: &str) -> HashMap<String, VariableInfo> {
+    pub(crate) fn top_level_variables(
+        &self,
+        id: SessionId,
+        function_name: &str,
+    ) -> HashMap<String, VariableInfo> {
         use ra_ap_syntax::ast::HasModuleItem;
         use ra_ap_syntax::ast::HasName;
         let mut result = HashMap::new();
+        let Ok(session) = self.session(id) else {
+            return result;
+        };
         let db = self.analysis_host.raw_database();
         let sema = ra_ide::Semantics::new(db);
 
         let source_file = sema.parse(ra_ap_base_db::EditionedFileId::new(
             db,
-            self.source_file_id,
+            session.source_file_id,
             EDITION,
         ));
 
@@ -161,10 +379,10 @@ impl RustAnalyzer {
                     let Some(body) = function.body() else {
                         continue;
                     };
-                    let module = sema
-                        .scope(function.syntax())
-                        .map(|scope| scope.module())
-                        .unwrap();
+                    let Some(module) = sema.scope(function.syntax()).map(|scope| scope.module())
+                    else {
+                        continue;
+                    };
                     for statement in body.statements() {
                         if let ast::Stmt::LetStmt(let_stmt) = statement
                             && let Some(pat) = let_stmt.pat()
@@ -202,8 +420,13 @@ impl RustAnalyzer {
         result
     }
 
-    fn load_cargo_toml(&mut self, change: &mut ra_hir::ChangeWithProcMacros) -> Result<()> {
-        let manifest = ProjectManifest::from_manifest_file(self.cargo_toml_filename())?;
+    fn load_cargo_toml(
+        &mut self,
+        id: SessionId,
+        cargo_toml_filename: AbsPathBuf,
+        change: &mut ra_hir::ChangeWithProcMacros,
+    ) -> Result<()> {
+        let manifest = ProjectManifest::from_manifest_file(cargo_toml_filename)?;
         let sysroot = if self.with_sysroot {
             Some(RustLibSource::Discover)
         } else {
@@ -225,10 +448,21 @@ impl RustAnalyzer {
                 })
             })
             .collect();
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.load = load;
+        }
+        // The loader reads the folders of every session (those already read are unchanged, so
+        // the Vfs records no change for them).
+        self.loader_version += 1;
+        let load = self
+            .sessions
+            .values()
+            .flat_map(|session| session.load.iter().cloned())
+            .collect();
         // Note, set_config is what triggers loading and calling the callback that we registered when we created self.loader.
         use ra_vfs::loader::Handle;
         self.loader.set_config(ra_vfs::loader::Config {
-            version: 1,
+            version: self.loader_version,
             load,
             watch: vec![],
         });
@@ -236,9 +470,13 @@ impl RustAnalyzer {
         for message in &self.message_receiver {
             match message {
                 ra_vfs::loader::Message::Progress {
-                    n_total: _, n_done, ..
+                    n_total: _,
+                    n_done,
+                    config_version,
+                    ..
                 } => {
-                    if n_done == LoadingProgress::Finished {
+                    if n_done == LoadingProgress::Finished && config_version == self.loader_version
+                    {
                         break;
                     }
                 }
@@ -278,16 +516,29 @@ impl RustAnalyzer {
             },
             &FxHashMap::default(),
         );
-
-        change.set_crate_graph(crate_graph);
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.crate_graph = Some(crate_graph);
+        }
+        self.set_merged_crate_graph(change);
         Ok(())
     }
 
-    fn cargo_toml_filename(&self) -> AbsPathBuf {
-        self.root_directory.join("Cargo.toml")
+    /// One crate graph for all sessions: `extend` keeps one copy of each crate they share.
+    fn set_merged_crate_graph(&self, change: &mut ra_hir::ChangeWithProcMacros) {
+        let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
+        ids.sort();
+        let mut merged = CrateGraphBuilder::default();
+        let mut proc_macros = ProcMacroPaths::default();
+        for id in ids {
+            if let Some(graph) = &self.sessions[id].crate_graph {
+                merged.extend(graph.clone(), &mut proc_macros);
+            }
+        }
+        change.set_crate_graph(merged);
     }
 
-    pub(crate) fn completions(&self, position: usize) -> Result<Completions> {
+    pub(crate) fn completions(&self, id: SessionId, position: usize) -> Result<Completions> {
+        let session = self.session(id)?;
         let mut completions = Vec::new();
         let mut range = None;
         let config = ra_ide::CompletionConfig {
@@ -324,7 +575,7 @@ impl RustAnalyzer {
         if let Ok(Some(completion_items)) = self.analysis_host.analysis().completions(
             &config,
             ra_ide::FilePosition {
-                file_id: self.source_file_id,
+                file_id: session.source_file_id,
                 offset: (position as u32).into(),
             },
             None,
@@ -335,7 +586,7 @@ impl RustAnalyzer {
                     Lazy::new(|| Regex::new("\\$\\{[0-9]+:([^}]*)\\}").unwrap());
                 let mut indels = item.text_edit.iter();
                 if let Some(indel) = indels.next() {
-                    let text_to_delete = &self.current_source[indel.delete];
+                    let text_to_delete = &session.current_source[indel.delete];
                     // Rust analyzer returns all available methods/fields etc. It's up to us to
                     // decide how what we filter and what we keep.
                     if !item.lookup().starts_with(text_to_delete) {
@@ -372,9 +623,11 @@ impl RustAnalyzer {
 
     pub(crate) fn hover(
         &self,
+        id: SessionId,
         text_range: TextRange,
         is_mark_down: bool,
-    ) -> Result<Option<RangeInfo<HoverResult>>> {
+    ) -> Result<Option<String>> {
+        let session = self.session(id)?;
         use ra_ide::HoverDocFormat as hdf;
         let hover_config: HoverConfig = HoverConfig {
             links_in_hover: true,
@@ -394,7 +647,7 @@ impl RustAnalyzer {
             ra_fixture: RaFixtureConfig::default(),
         };
         let file_range = FileRange {
-            file_id: self.source_file_id,
+            file_id: session.source_file_id,
             range: text_range,
         };
         match self
@@ -402,7 +655,7 @@ impl RustAnalyzer {
             .analysis()
             .hover(&hover_config, file_range)
         {
-            Ok(range_info) => Ok(range_info),
+            Ok(range_info) => Ok(range_info.map(|info: RangeInfo<HoverResult>| info.info.markup.into())),
             _ => bail!("hover fail"),
         }
     }
@@ -466,7 +719,7 @@ fn get_type_name(
 }
 
 /// Completions found in a particular context.
-#[derive(Default)]
+#[derive(Default, serde::Serialize)]
 pub struct Completions {
     pub completions: Vec<Completion>,
     pub start_offset: usize,
@@ -476,7 +729,7 @@ pub struct Completions {
 /// A code completion. We use our own type rather than exposing rust-analyzer's CompletionItem,
 /// since rust-analyzer is an internal implementation detail, so we don't want to expose it in a
 /// public API.
-#[derive(Debug, Eq, PartialEq)]
+#[derive(Debug, Eq, PartialEq, serde::Serialize)]
 pub struct Completion {
     pub code: String,
     pub kind: &'static str,
@@ -561,10 +814,14 @@ mod test {
     #[test]
     fn get_variable_types() -> Result<()> {
         let tmpdir = tempfile::tempdir()?;
-        let mut ra = RustAnalyzer::new(tmpdir.path())?;
-        ra.with_sysroot = false;
+        let mut ra = RustAnalyzer {
+            backend: RustAnalyzer::local_backend(tmpdir.path(), false)?,
+            root_directory: tmpdir.path().to_owned(),
+            last_source: None,
+            reconnects: 0,
+        };
         std::fs::write(
-            ra.cargo_toml_filename().to_path_buf(),
+            tmpdir.path().join("Cargo.toml"),
             r#"
             [package]
             name = "foo"
@@ -619,6 +876,65 @@ mod test {
         assert_eq!(var_types["v1"].type_name, TypeName::named("u16"));
         assert!(!var_types.contains_key("v2"));
 
+        Ok(())
+    }
+
+    /// Two kernels' crates in one engine (the shared analyzer): each gets its own variables'
+    /// types, the dependency they share is one crate in the merged graph, and closing one
+    /// session leaves the other working.
+    #[test]
+    fn sessions_share_their_common_crates() -> Result<()> {
+        use super::Engine;
+        let tmpdir = tempfile::tempdir()?;
+        let write = |path: &str, text: &str| -> Result<()> {
+            let path = tmpdir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap())?;
+            std::fs::write(path, text)?;
+            Ok(())
+        };
+        write(
+            "petals/Cargo.toml",
+            "[package]\nname = \"petals\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
+        )?;
+        write(
+            "petals/src/lib.rs",
+            "pub struct Petal { pub length: u16 }\npub fn first() -> Petal { Petal { length: 3 } }\n",
+        )?;
+        for kernel in ["a", "b"] {
+            write(
+                &format!("{kernel}/Cargo.toml"),
+                &format!(
+                    "[package]\nname = \"{kernel}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\
+                     [lib]\n[dependencies]\npetals = {{ path = \"../petals\" }}\n"
+                ),
+            )?;
+        }
+        let mut engine = Engine::new(false);
+        let a = engine.open(&tmpdir.path().join("a"))?;
+        let b = engine.open(&tmpdir.path().join("b"))?;
+        engine.set_source(a, "fn f() { let p = petals::first(); let n = 1u8; }".to_owned())?;
+        engine.set_source(b, "fn f() { let q = petals::first().length; }".to_owned())?;
+        let in_a = engine.top_level_variables(a, "f");
+        let in_b = engine.top_level_variables(b, "f");
+        assert_eq!(in_a["p"].type_name, TypeName::named("petals::Petal"));
+        assert_eq!(in_a["n"].type_name, TypeName::named("u8"));
+        assert!(!in_a.contains_key("q"));
+        assert_eq!(in_b["q"].type_name, TypeName::named("u16"));
+        // a, b and one petals.
+        let db = engine.analysis_host.raw_database();
+        assert_eq!(ra_ap_base_db::all_crates(db).len(), 3);
+
+        engine.close(a);
+        engine.set_source(b, "fn f() { let r = petals::first(); }".to_owned())?;
+        assert_eq!(
+            engine.top_level_variables(b, "f")["r"].type_name,
+            TypeName::named("petals::Petal")
+        );
+        assert_eq!(
+            ra_ap_base_db::all_crates(engine.analysis_host.raw_database()).len(),
+            2
+        );
+        assert!(engine.set_source(a, String::new()).is_err());
         Ok(())
     }
 

@@ -51,6 +51,10 @@ pub fn main() -> Result<()> {
                 return run(&args.next().ok_or_else(|| anyhow!("Missing control file"))?);
             }
             "--install" => return install::install(),
+            evcxr::SHARED_ANALYZER_FLAG => {
+                let socket = args.next().ok_or_else(|| anyhow!("Missing socket path"))?;
+                return evcxr::serve_shared_analyzer(std::path::Path::new(&socket));
+            }
             "--uninstall" => return install::uninstall(),
             "--help" => {}
             x => bail!("Unrecognised option {}", x),
