@@ -118,39 +118,42 @@ def test_a_new_slot_starts_from_the_template_and_kernels_start_with_the_kit_load
             stop(km, client)
 
 
-def analyzer_socket(env):
-    """The socket of the rust-analyzer shared by the kernels of `env`'s kernels folder, named as
-    scripts/evcxr-kernel names it."""
-    sockets = pathlib.Path(env.get("XDG_RUNTIME_DIR") or "/tmp") / f"flowers-kit-analyzer-{os.getuid()}"
-    return sockets / (hashlib.sha256(env["FLOWERS_KIT_KERNELS_DIR"].encode()).hexdigest()[:16] + ".sock")
+def analyzer_base(env):
+    """The path scripts/evcxr-kernel gives evcxr for the rust-analyzer shared by the kernels of
+    `env`'s kernels folder; the socket is `<base>-<evcxr build>.sock`."""
+    sockets = pathlib.Path("/tmp") / f"flowers-kit-analyzer-{os.getuid()}"
+    return sockets / hashlib.sha256(env["FLOWERS_KIT_KERNELS_DIR"].encode()).hexdigest()[:16]
 
 
-def analyzers(socket):
-    """PIDs of the shared analyzers (evcxr_jupyter --shared-analyzer) serving `socket`."""
-    found = []
+def analyzers(base):
+    """{pid: socket} of the shared analyzers (evcxr_jupyter --shared-analyzer) for `base`."""
+    found = {}
     for proc in pathlib.Path("/proc").glob("[0-9]*"):
         try:
             args = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"--shared-analyzer" in args and str(socket).encode() in args:
-            found.append(int(proc.name))
+        if b"--shared-analyzer" in args:
+            socket = args[args.index(b"--shared-analyzer") + 1].decode()
+            if socket.startswith(f"{base}-") and socket.endswith(".sock"):
+                found[int(proc.name)] = pathlib.Path(socket)
     return found
 
 
-def sockets_open(pid):
-    count = 0
+def open_files(pid):
+    """The targets of `pid`'s open file descriptors."""
+    targets = []
     for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
         try:
-            count += os.readlink(fd).startswith("socket:")
+            targets.append(os.readlink(fd))
         except OSError:  # closed meanwhile
             pass
-    return count
+    return targets
 
 
 def test_kernels_share_one_rust_analyzer_and_carry_on_without_it(product_env):
     env = dict(product_env)
-    socket = analyzer_socket(env)
+    base = analyzer_base(env)
     kernels = [start(env) for _ in range(2)]
     try:
         # A variable kept from cell to cell needs its type, which evcxr asks rust-analyzer for.
@@ -160,8 +163,13 @@ def test_kernels_share_one_rust_analyzer_and_carry_on_without_it(product_env):
             status, printed = run(client, 'println!("{} petals, {}", petals.len(), petals[0].to_uppercase());')
             assert status == "ok" and "2 petals, TULIP" in printed, printed
         # One analyzer answers both kernels: its listening socket and one connection per kernel.
-        (pid,) = analyzers(socket)
-        assert sockets_open(pid) >= 3, sockets_open(pid)
+        ((pid, socket),) = analyzers(base).items()
+        files = open_files(pid)
+        assert sum(f.startswith("socket:") for f in files) >= 3, files
+        # It holds no lock of the kernel that started it (a kernel slot's, the template's): only
+        # its own.
+        locks = [f for f in files if f.endswith(".lock")]
+        assert locks == [str(socket.with_suffix(".lock"))], locks
 
         # Killed (as by the out-of-memory killer), it is started again by the next kernel that
         # needs it, and the learners' variables and type inference carry on.
@@ -171,16 +179,26 @@ def test_kernels_share_one_rust_analyzer_and_carry_on_without_it(product_env):
             assert status == "ok", printed
             status, printed = run(client, 'let more = letters + 1;\nprintln!("{more} letters");')
             assert status == "ok" and "10 letters" in printed, printed
-        (restarted,) = analyzers(socket)
+        (restarted,) = analyzers(base)
         assert restarted != pid
     finally:
         for km, client in kernels:
             stop(km, client)
     # Once no kernel uses it, it leaves (after EVCXR_SHARED_ANALYZER_IDLE_SECS, 20 s here).
     deadline = time.monotonic() + 90
-    while analyzers(socket) and time.monotonic() < deadline:
+    while analyzers(base) and time.monotonic() < deadline:
         time.sleep(1)
-    assert not analyzers(socket) and not socket.exists()
+    assert not analyzers(base) and not socket.exists()
+
+    # Sharing off: the kernel analyses on its own, and no server starts.
+    km, client = start(dict(env, FLOWERS_KIT_SHARED_ANALYZER="0"))
+    try:
+        assert run(client, "let bloom = String::from(\"iris\");")[0] == "ok"
+        status, printed = run(client, "println!(\"{}\", bloom.len());")
+        assert status == "ok" and "4" in printed, printed
+        assert not analyzers(base)
+    finally:
+        stop(km, client)
 
 
 def test_every_crate_the_kernel_optimises_is_one_the_kit_builds():

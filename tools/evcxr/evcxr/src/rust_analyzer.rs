@@ -73,9 +73,9 @@ impl RustAnalyzer {
                 match crate::shared_analyzer::Client::connect(Path::new(&socket), root_directory) {
                     Ok(client) => Backend::Shared(client),
                     Err(error) => {
-                        eprintln!(
+                        log(&format!(
                             "evcxr: shared rust-analyzer unavailable ({error:#}); using one of this kernel's own"
-                        );
+                        ));
                         Self::local_backend(root_directory, true)?
                     }
                 }
@@ -96,51 +96,63 @@ impl RustAnalyzer {
         Ok(Backend::Local { engine, session })
     }
 
-    /// A shared analyzer that stopped answering (killed, crashed) is started again, or if that
-    /// fails replaced by one of this kernel's own, and brought to the same source, so that the
-    /// kernel and the learner's variables live on. (Reconnecting first: a class whose kernels all
-    /// fell back to their own would each load the whole analysis again.)
-    fn fall_back_to_local(&mut self, error: &anyhow::Error) -> Result<()> {
-        // A server that dies again and again (killed for memory each time) is given up on.
+    /// What to do when the shared analyzer fails a request. A server that went away (killed,
+    /// crashed) is started again, up to three times in a kernel's life: a class whose kernels
+    /// all fell back to their own would each load the whole analysis again. A server that is
+    /// stuck (no answer in time), that failed the request itself, or that keeps dying is left
+    /// for an analysis of this kernel's own. Either way the new backend is brought to the same
+    /// source, so that the learner's variables and their types live on.
+    fn fall_back(&mut self, error: &anyhow::Error) -> Result<()> {
+        use crate::shared_analyzer::{Client, SOCKET_VARIABLE, is_connection_error};
         self.reconnects += 1;
-        let reconnected = std::env::var_os(crate::shared_analyzer::SOCKET_VARIABLE)
-            .filter(|socket| !socket.is_empty() && self.reconnects <= 3)
-            .map(|socket| {
-                crate::shared_analyzer::Client::connect(Path::new(&socket), &self.root_directory)
-            });
+        let socket = std::env::var_os(SOCKET_VARIABLE).filter(|socket| !socket.is_empty());
+        let reconnected = match socket {
+            Some(socket) if is_connection_error(error) && self.reconnects <= 3 => {
+                Client::connect(Path::new(&socket), &self.root_directory).ok()
+            }
+            _ => None,
+        };
         self.backend = match reconnected {
-            Some(Ok(client)) => {
-                eprintln!("evcxr: shared rust-analyzer failed ({error:#}); started it again");
+            Some(client) => {
+                log(&format!(
+                    "evcxr: shared rust-analyzer failed ({error:#}); started it again"
+                ));
                 Backend::Shared(client)
             }
-            _ => {
-                eprintln!(
+            None => {
+                log(&format!(
                     "evcxr: shared rust-analyzer failed ({error:#}); using one of this kernel's own"
-                );
+                ));
                 Self::local_backend(&self.root_directory, true)?
             }
         };
-        if let Some(source) = self.last_source.clone() {
-            self.last_source = Some(source.clone());
-            match &mut self.backend {
-                Backend::Local { engine, session } => engine.set_source(*session, source)?,
-                Backend::Shared(client) => client.set_source(source)?,
+        match (&mut self.backend, self.last_source.clone()) {
+            (Backend::Local { .. }, Some(source)) => self.backend.set_source(source),
+            // (If this fails too, the request that follows fails and falls back again.)
+            (Backend::Shared(_), Some(source)) => {
+                let _ = self.backend.set_source(source);
+                Ok(())
+            }
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// Runs `request` on the backend; a shared analyzer's failure falls back (`fall_back`) and
+    /// the request runs again there. Ends: a kernel reconnects at most three times, and its own
+    /// analysis never falls back.
+    fn request<T>(&mut self, mut request: impl FnMut(&mut Backend) -> Result<T>) -> Result<T> {
+        loop {
+            let shared = matches!(self.backend, Backend::Shared(_));
+            match request(&mut self.backend) {
+                Err(error) if shared => self.fall_back(&error)?,
+                result => return result,
             }
         }
-        Ok(())
     }
 
     pub(crate) fn set_source(&mut self, source: String) -> Result<()> {
         self.last_source = Some(source.clone());
-        match &mut self.backend {
-            Backend::Local { engine, session } => engine.set_source(*session, source),
-            Backend::Shared(client) => match client.set_source(source) {
-                Err(error) if crate::shared_analyzer::is_connection_error(&error) => {
-                    self.fall_back_to_local(&error)
-                }
-                result => result,
-            },
-        }
+        self.request(|backend| backend.set_source(source.clone()))
     }
 
     /// Returns top-level variable names and their types in the specified function.
@@ -148,36 +160,16 @@ impl RustAnalyzer {
         &mut self,
         function_name: &str,
     ) -> HashMap<String, VariableInfo> {
-        match &mut self.backend {
-            Backend::Local { engine, session } => {
-                engine.top_level_variables(*session, function_name)
-            }
-            Backend::Shared(client) => match client.top_level_variables(function_name) {
-                Ok(variables) => variables,
-                Err(error) => {
-                    if crate::shared_analyzer::is_connection_error(&error)
-                        && self.fall_back_to_local(&error).is_ok()
-                    {
-                        return self.top_level_variables(function_name);
-                    }
-                    eprintln!("evcxr: shared rust-analyzer: {error:#}");
-                    HashMap::new()
-                }
-            },
-        }
+        self.request(|backend| backend.top_level_variables(function_name))
+            .unwrap_or_else(|error| {
+                // Only a kernel's own analysis gets here, and it does not fail this way.
+                log(&format!("evcxr: rust-analyzer: {error:#}"));
+                HashMap::new()
+            })
     }
 
     pub(crate) fn completions(&mut self, position: usize) -> Result<Completions> {
-        match &mut self.backend {
-            Backend::Local { engine, session } => engine.completions(*session, position),
-            Backend::Shared(client) => match client.completions(position) {
-                Err(error) if crate::shared_analyzer::is_connection_error(&error) => {
-                    self.fall_back_to_local(&error)?;
-                    self.completions(position)
-                }
-                result => result,
-            },
-        }
+        self.request(|backend| backend.completions(position))
     }
 
     /// The hover text (markdown or plain) at `text_range`, if any.
@@ -186,17 +178,47 @@ impl RustAnalyzer {
         text_range: TextRange,
         is_mark_down: bool,
     ) -> Result<Option<String>> {
-        match &mut self.backend {
-            Backend::Local { engine, session } => engine.hover(*session, text_range, is_mark_down),
-            Backend::Shared(client) => match client.hover(text_range, is_mark_down) {
-                Err(error) if crate::shared_analyzer::is_connection_error(&error) => {
-                    self.fall_back_to_local(&error)?;
-                    self.hover(text_range, is_mark_down)
-                }
-                result => result,
-            },
+        self.request(|backend| backend.hover(text_range, is_mark_down))
+    }
+}
+
+impl Backend {
+    fn set_source(&mut self, source: String) -> Result<()> {
+        match self {
+            Backend::Local { engine, session } => engine.set_source(*session, source),
+            Backend::Shared(client) => client.set_source(source),
         }
     }
+
+    fn top_level_variables(&mut self, function_name: &str) -> Result<HashMap<String, VariableInfo>> {
+        match self {
+            Backend::Local { engine, session } => {
+                Ok(engine.top_level_variables(*session, function_name))
+            }
+            Backend::Shared(client) => client.top_level_variables(function_name),
+        }
+    }
+
+    fn completions(&mut self, position: usize) -> Result<Completions> {
+        match self {
+            Backend::Local { engine, session } => engine.completions(*session, position),
+            Backend::Shared(client) => client.completions(position),
+        }
+    }
+
+    fn hover(&mut self, text_range: TextRange, is_mark_down: bool) -> Result<Option<String>> {
+        match self {
+            Backend::Local { engine, session } => engine.hover(*session, text_range, is_mark_down),
+            Backend::Shared(client) => client.hover(text_range, is_mark_down),
+        }
+    }
+}
+
+/// A line on the kernel's (or the server's) standard error, which may be a full disk or a
+/// closed pipe: a message that cannot be written is dropped, never a panic.
+pub(crate) fn log(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{message}");
 }
 
 #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -280,6 +302,17 @@ impl Engine {
             .vfs
             .file_id(&vfs_source_file)
             .context("invariant: a file just set has an id")?;
+        // A kernel restarted in the same folder can open before the old one's session closed:
+        // one crate per folder, the newest.
+        let stale: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.root_directory == root_directory)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.close(id);
+        }
         let id = self.next_session;
         self.next_session += 1;
         self.sessions.insert(
@@ -304,10 +337,6 @@ impl Engine {
             self.set_merged_crate_graph(&mut change);
             self.analysis_host.apply_change(change);
         }
-    }
-
-    pub(crate) fn session_count(&self) -> usize {
-        self.sessions.len()
     }
 
     fn session(&self, id: SessionId) -> Result<&Session> {
@@ -451,14 +480,15 @@ impl Engine {
         if let Some(session) = self.sessions.get_mut(&id) {
             session.load = load;
         }
-        // The loader reads the folders of every session (those already read are unchanged, so
-        // the Vfs records no change for them).
+        // The loader reads this session's folders: those of sessions before it are in the Vfs
+        // already (nothing is watched, so nothing is dropped), and files that did not change
+        // are no change to the Vfs.
         self.loader_version += 1;
         let load = self
             .sessions
-            .values()
-            .flat_map(|session| session.load.iter().cloned())
-            .collect();
+            .get(&id)
+            .map(|session| session.load.clone())
+            .unwrap_or_default();
         // Note, set_config is what triggers loading and calling the callback that we registered when we created self.loader.
         use ra_vfs::loader::Handle;
         self.loader.set_config(ra_vfs::loader::Config {
@@ -501,13 +531,7 @@ impl Engine {
             }
             change.change_file(file_id, new_contents);
         }
-        change.set_roots(
-            ra_vfs::file_set::FileSetConfig::default()
-                .partition(&self.vfs)
-                .into_iter()
-                .map(SourceRoot::new_local)
-                .collect(),
-        );
+        change.set_roots(self.source_roots());
         let (crate_graph, _) = workspace.to_crate_graph(
             &mut |path| {
                 self.vfs
@@ -521,6 +545,31 @@ impl Engine {
         }
         self.set_merged_crate_graph(change);
         Ok(())
+    }
+
+    /// Each session's folder is a local source root of its own, so that a query about one
+    /// kernel's crate reads only that crate's files; everything else (the sysroot, the
+    /// dependencies) is one library root, which rust-analyzer treats as unchanging between
+    /// edits. (Upstream evcxr puts every file in one local root.)
+    fn source_roots(&self) -> Vec<SourceRoot> {
+        let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
+        ids.sort();
+        let mut config = ra_vfs::file_set::FileSetConfig::builder();
+        for id in ids {
+            config.add_file_set(vec![self.sessions[id].root_directory.clone().into()]);
+        }
+        let sets = config.build().partition(&self.vfs);
+        let sessions = sets.len() - 1;
+        sets.into_iter()
+            .enumerate()
+            .map(|(index, set)| {
+                if index < sessions {
+                    SourceRoot::new_local(set)
+                } else {
+                    SourceRoot::new_library(set)
+                }
+            })
+            .collect()
     }
 
     /// One crate graph for all sessions: `extend` keeps one copy of each crate they share.
