@@ -14,7 +14,11 @@
 // }
 // #endif
 
-#if __CUDA_ARCH__ < 800
+// flowers_kit: upstream's fix (dfdx PR #855) for CUDA >= 12.2, whose cuda_fp16.hpp defines
+// these two for every architecture. Upstream tests `__CUDACC_VER_MAJOR__ < 12 ||
+// __CUDACC_VER_MINOR__ < 2`, which is also true of CUDA 13.0 and 13.1; the version test here
+// is the one it meant.
+#if (__CUDACC_VER_MAJOR__ < 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ < 2)) && __CUDA_ARCH__ < 800
 __device__ __forceinline__ __half __hmax_nan(__half a, __half b) {
     return __hisnan(a) ? a : (__hisnan(b) ? b : __hmax(a, b));
 }
