@@ -119,6 +119,8 @@ def check_results(stem, printed):
     α = 0.35 variant, so these are real features of the 750-photo sample. Both editions'
     wordings are read (the tests execute zh-CN 00 and 05)."""
     if stem.startswith("00_"):
+        # The second cell says where the work runs (device::Compute).
+        assert re.search(r"^CPU: .+, \d+ threads, (AVX-512|AVX2|portable) kernels\. ", printed, re.M), printed[:2000]
         accuracy = percent(printed, r"(?:Final test accuracy:|最终测试准确率：)")
         assert accuracy >= 70.0, f"the tutorial's classifier reached only {accuracy:.1f}%"
         for step in (0, 10, 50, 99):

@@ -41,6 +41,7 @@ pub mod prelude {
     pub use crate::data::{
         download_flowers, Augment, Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTION,
     };
+    pub use crate::device::Compute;
     pub use crate::error::{Error, Result};
     pub use crate::features::{BackendKind, DeviceKind, FeatureExtractor, Features};
     pub use crate::models::{MobileNetV2, Model};
