@@ -241,3 +241,29 @@ def test_no_notebook_turns_on_evcxrs_compilation_cache():
     sources.append(("init.evcxr", (ROOT / ".lab" / "evcxr" / "init.evcxr").read_text()))
     on = [name for name, source in sources if re.search(r"^\s*:cache\s+[1-9]", source, re.M)]
     assert not on, f"evcxr's cache is turned on in {on}"
+
+
+def test_lab_cuda_refuses_at_once_without_a_gpu_and_cuda_kernels_get_the_cuda_cfg(tmp_path):
+    """`./lab --cuda` on a machine where no NVIDIA GPU answers stops before installing anything,
+    saying so; where one does, its kernels build the kit with `--cfg flowers_kit_cuda` (the
+    `cuda` feature: flowers_kit/build.rs; scripts/cuda-kernels.sh builds it that way)."""
+    no_gpu = tmp_path / "bin"
+    no_gpu.mkdir()
+    # An nvidia-smi that fails, as one does without a driver.
+    (no_gpu / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    (no_gpu / "nvidia-smi").chmod(0o755)
+    for path in (f"{no_gpu}:/usr/bin:/bin", "/usr/bin:/bin"):
+        done = subprocess.run([str(ROOT / "lab"), "--cuda"], env=dict(os.environ, PATH=path),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done
+        assert "no NVIDIA GPU answers on this machine" in done.stderr and "without --cuda" in done.stderr, done.stderr
+    # The kernel script's cargo configuration, with and without FLOWERS_KIT_CUDA (evcxr_jupyter
+    # replaced by `true`: only the configuration is looked at).
+    for cuda in ("1", "0"):
+        kernels = tmp_path / f"kernels-{cuda}"
+        subprocess.run([str(ROOT / "scripts" / "evcxr-kernel")], check=True, timeout=60,
+                       env=dict(os.environ, FLOWERS_KIT_KERNELS_DIR=str(kernels), FLOWERS_KIT_CUDA=cuda,
+                                EVCXR_JUPYTER="true", FLOWERS_KIT_PREWARM="0"))
+        config = tomllib.loads((kernels / ".cargo" / "config.toml").read_text())
+        assert config.get("build", {}).get("rustflags") == (["--cfg", "flowers_kit_cuda"] if cuda == "1" else None)
+        assert config["patch"]["crates-io"]["dfdx"]["path"] == str((ROOT / "tools" / "dfdx").resolve())

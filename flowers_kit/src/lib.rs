@@ -41,9 +41,8 @@ pub mod prelude {
     pub use crate::data::{
         download_flowers, Augment, Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTION,
     };
-    pub use crate::device::Compute;
     pub use crate::error::{Error, Result};
-    pub use crate::features::{BackendKind, DeviceKind, FeatureExtractor, Features};
+    pub use crate::features::{BackendKind, Compute, DeviceKind, FeatureExtractor, Features};
     pub use crate::models::{MobileNetV2, Model};
     pub use crate::plot::{self, Chart, Gallery, Picture, Series};
     pub use crate::train::{

@@ -6,6 +6,7 @@
 //! training uploads them to whatever device it runs on.
 
 pub mod cache;
+mod compute;
 mod engine;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::progress::{Progress, Unit};
 use crate::weights::{fetch_weights, KerasWeights, WeightsRequest};
+pub use compute::{Compute, Gpu};
 pub use engine::BackendKind;
 use engine::Engine;
 
