@@ -68,26 +68,33 @@ enum Backend {
 
 impl RustAnalyzer {
     pub(crate) fn new(root_directory: &Path) -> Result<RustAnalyzer> {
-        let backend = match std::env::var_os(crate::shared_analyzer::SOCKET_VARIABLE) {
-            Some(socket) if !socket.is_empty() => {
-                match crate::shared_analyzer::Client::connect(Path::new(&socket), root_directory) {
-                    Ok(client) => Backend::Shared(client),
-                    Err(error) => {
-                        log(&format!(
-                            "evcxr: shared rust-analyzer unavailable ({error:#}); using one of this kernel's own"
-                        ));
-                        Self::local_backend(root_directory, true)?
-                    }
-                }
+        let backend = match Self::connect_shared(root_directory) {
+            Some(Ok(client)) => Backend::Shared(client),
+            Some(Err(error)) => {
+                log(&format!(
+                    "evcxr: shared rust-analyzer unavailable ({error:#}); using one of this kernel's own"
+                ));
+                Self::local_backend(root_directory, true)?
             }
-            _ => Self::local_backend(root_directory, true)?,
+            None => Self::local_backend(root_directory, true)?,
         };
-        Ok(RustAnalyzer {
+        Ok(Self::with_backend(root_directory, backend))
+    }
+
+    fn with_backend(root_directory: &Path, backend: Backend) -> RustAnalyzer {
+        RustAnalyzer {
             backend,
             root_directory: root_directory.to_owned(),
             last_source: None,
             reconnects: 0,
-        })
+        }
+    }
+
+    /// A session at the shared analyzer `EVCXR_SHARED_ANALYZER` names, if it names one.
+    fn connect_shared(root_directory: &Path) -> Option<Result<crate::shared_analyzer::Client>> {
+        use crate::shared_analyzer::{Client, SOCKET_VARIABLE};
+        let base = std::env::var_os(SOCKET_VARIABLE).filter(|base| !base.is_empty())?;
+        Some(Client::connect(Path::new(&base), root_directory))
     }
 
     fn local_backend(root_directory: &Path, with_sysroot: bool) -> Result<Backend> {
@@ -103,15 +110,13 @@ impl RustAnalyzer {
     /// for an analysis of this kernel's own. Either way the new backend is brought to the same
     /// source, so that the learner's variables and their types live on.
     fn fall_back(&mut self, error: &anyhow::Error) -> Result<()> {
-        use crate::shared_analyzer::{Client, SOCKET_VARIABLE, is_connection_error};
         self.reconnects += 1;
-        let socket = std::env::var_os(SOCKET_VARIABLE).filter(|socket| !socket.is_empty());
-        let reconnected = match socket {
-            Some(socket) if is_connection_error(error) && self.reconnects <= 3 => {
-                Client::connect(Path::new(&socket), &self.root_directory).ok()
-            }
-            _ => None,
-        };
+        let reconnected =
+            if crate::shared_analyzer::is_connection_error(error) && self.reconnects <= 3 {
+                Self::connect_shared(&self.root_directory).and_then(Result::ok)
+            } else {
+                None
+            };
         self.backend = match reconnected {
             Some(client) => {
                 log(&format!(
@@ -126,15 +131,15 @@ impl RustAnalyzer {
                 Self::local_backend(&self.root_directory, true)?
             }
         };
-        match (&mut self.backend, self.last_source.clone()) {
-            (Backend::Local { .. }, Some(source)) => self.backend.set_source(source),
-            // (If this fails too, the request that follows fails and falls back again.)
-            (Backend::Shared(_), Some(source)) => {
-                let _ = self.backend.set_source(source);
-                Ok(())
+        if let Some(source) = self.last_source.clone() {
+            let replayed = self.backend.set_source(source);
+            // (A shared one that fails this too fails the request that follows, which falls
+            // back again.)
+            if matches!(self.backend, Backend::Local { .. }) {
+                replayed?;
             }
-            (_, None) => Ok(()),
         }
+        Ok(())
     }
 
     /// Runs `request` on the backend; a shared analyzer's failure falls back (`fall_back`) and
@@ -162,7 +167,7 @@ impl RustAnalyzer {
     ) -> HashMap<String, VariableInfo> {
         self.request(|backend| backend.top_level_variables(function_name))
             .unwrap_or_else(|error| {
-                // Only a kernel's own analysis gets here, and it does not fail this way.
+                // Only when falling back failed: a kernel's own analysis cannot fail this way.
                 log(&format!("evcxr: rust-analyzer: {error:#}"));
                 HashMap::new()
             })
@@ -190,7 +195,10 @@ impl Backend {
         }
     }
 
-    fn top_level_variables(&mut self, function_name: &str) -> Result<HashMap<String, VariableInfo>> {
+    fn top_level_variables(
+        &mut self,
+        function_name: &str,
+    ) -> Result<HashMap<String, VariableInfo>> {
         match self {
             Backend::Local { engine, session } => {
                 Ok(engine.top_level_variables(*session, function_name))
@@ -238,6 +246,10 @@ pub(crate) struct VariableInfo {
 
 pub(crate) type SessionId = u64;
 
+fn no_session(id: SessionId) -> anyhow::Error {
+    anyhow!("no analysis session {id}")
+}
+
 /// One rust-analyzer database with the crates of one or more sessions (evcxr kernels), each a
 /// crate of its own (`<root>/src/lib.rs`, `<root>/Cargo.toml`). Their crate graphs are merged,
 /// so the crates they have in common (the sysroot, a class's dependencies) are analysed once.
@@ -258,8 +270,7 @@ struct Session {
     source_file_id: FileId,
     last_cargo_toml: Option<Vec<u8>>,
     current_source: String,
-    /// The folders this session's workspace reads, and its crate graph, once loaded.
-    load: Vec<ra_vfs::loader::Entry>,
+    /// Its crate graph, once its Cargo.toml is loaded.
     crate_graph: Option<CrateGraphBuilder>,
 }
 
@@ -323,7 +334,6 @@ impl Engine {
                 source_file_id,
                 last_cargo_toml: None,
                 current_source: String::new(),
-                load: Vec::new(),
                 crate_graph: None,
             },
         );
@@ -340,17 +350,20 @@ impl Engine {
     }
 
     fn session(&self, id: SessionId) -> Result<&Session> {
-        self.sessions
-            .get(&id)
-            .ok_or_else(|| anyhow!("no analysis session {id}"))
+        self.sessions.get(&id).ok_or_else(|| no_session(id))
+    }
+
+    /// The sessions in the order they were opened: the merged crate graph and the source roots
+    /// list them the same way every time.
+    fn sessions_in_order(&self) -> impl Iterator<Item = &Session> {
+        let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
+        ids.sort();
+        ids.into_iter().map(|id| &self.sessions[id])
     }
 
     pub(crate) fn set_source(&mut self, id: SessionId, source: String) -> Result<()> {
         let mut change = ra_hir::ChangeWithProcMacros::default();
-        let session = self
-            .sessions
-            .get_mut(&id)
-            .ok_or_else(|| anyhow!("no analysis session {id}"))?;
+        let session = self.sessions.get_mut(&id).ok_or_else(|| no_session(id))?;
         session.current_source = source;
         std::fs::write(session.source_file.as_path(), &*session.current_source)
             .with_context(|| format!("Failed to write {:?}", session.source_file))?;
@@ -477,18 +490,10 @@ impl Engine {
                 })
             })
             .collect();
-        if let Some(session) = self.sessions.get_mut(&id) {
-            session.load = load;
-        }
         // The loader reads this session's folders: those of sessions before it are in the Vfs
         // already (nothing is watched, so nothing is dropped), and files that did not change
         // are no change to the Vfs.
         self.loader_version += 1;
-        let load = self
-            .sessions
-            .get(&id)
-            .map(|session| session.load.clone())
-            .unwrap_or_default();
         // Note, set_config is what triggers loading and calling the callback that we registered when we created self.loader.
         use ra_vfs::loader::Handle;
         self.loader.set_config(ra_vfs::loader::Config {
@@ -552,11 +557,9 @@ impl Engine {
     /// dependencies) is one library root, which rust-analyzer treats as unchanging between
     /// edits. (Upstream evcxr puts every file in one local root.)
     fn source_roots(&self) -> Vec<SourceRoot> {
-        let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
-        ids.sort();
         let mut config = ra_vfs::file_set::FileSetConfig::builder();
-        for id in ids {
-            config.add_file_set(vec![self.sessions[id].root_directory.clone().into()]);
+        for session in self.sessions_in_order() {
+            config.add_file_set(vec![session.root_directory.clone().into()]);
         }
         let sets = config.build().partition(&self.vfs);
         let sessions = sets.len() - 1;
@@ -574,14 +577,13 @@ impl Engine {
 
     /// One crate graph for all sessions: `extend` keeps one copy of each crate they share.
     fn set_merged_crate_graph(&self, change: &mut ra_hir::ChangeWithProcMacros) {
-        let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
-        ids.sort();
         let mut merged = CrateGraphBuilder::default();
         let mut proc_macros = ProcMacroPaths::default();
-        for id in ids {
-            if let Some(graph) = &self.sessions[id].crate_graph {
-                merged.extend(graph.clone(), &mut proc_macros);
-            }
+        for graph in self
+            .sessions_in_order()
+            .filter_map(|session| session.crate_graph.as_ref())
+        {
+            merged.extend(graph.clone(), &mut proc_macros);
         }
         change.set_crate_graph(merged);
     }
@@ -704,7 +706,9 @@ impl Engine {
             .analysis()
             .hover(&hover_config, file_range)
         {
-            Ok(range_info) => Ok(range_info.map(|info: RangeInfo<HoverResult>| info.info.markup.into())),
+            Ok(range_info) => {
+                Ok(range_info.map(|info: RangeInfo<HoverResult>| info.info.markup.into()))
+            }
             _ => bail!("hover fail"),
         }
     }
@@ -863,12 +867,10 @@ mod test {
     #[test]
     fn get_variable_types() -> Result<()> {
         let tmpdir = tempfile::tempdir()?;
-        let mut ra = RustAnalyzer {
-            backend: RustAnalyzer::local_backend(tmpdir.path(), false)?,
-            root_directory: tmpdir.path().to_owned(),
-            last_source: None,
-            reconnects: 0,
-        };
+        let mut ra = RustAnalyzer::with_backend(
+            tmpdir.path(),
+            RustAnalyzer::local_backend(tmpdir.path(), false)?,
+        );
         std::fs::write(
             tmpdir.path().join("Cargo.toml"),
             r#"
@@ -961,7 +963,10 @@ mod test {
         let mut engine = Engine::new(false);
         let a = engine.open(&tmpdir.path().join("a"))?;
         let b = engine.open(&tmpdir.path().join("b"))?;
-        engine.set_source(a, "fn f() { let p = petals::first(); let n = 1u8; }".to_owned())?;
+        engine.set_source(
+            a,
+            "fn f() { let p = petals::first(); let n = 1u8; }".to_owned(),
+        )?;
         engine.set_source(b, "fn f() { let q = petals::first().length; }".to_owned())?;
         let in_a = engine.top_level_variables(a, "f");
         let in_b = engine.top_level_variables(b, "f");

@@ -21,7 +21,7 @@
 //! Requests are served one at a time (rust-analyzer's database takes one writer), each a line
 //! of JSON. The socket is created in a folder only its owner can enter, and the server refuses
 //! lines over `MAX_REQUEST_BYTES`. A kernel whose server goes away falls back to an analysis of
-//! its own (`RustAnalyzer::fall_back_to_local`).
+//! its own (`RustAnalyzer::fall_back`).
 
 use crate::rust_analyzer::Completion;
 use crate::rust_analyzer::Completions;
@@ -67,11 +67,23 @@ const STUCK_LIMIT: Duration = Duration::from_secs(240);
 
 #[derive(Serialize, Deserialize)]
 enum Request {
-    Open { root: PathBuf },
-    SetSource { source: String },
-    TopLevelVariables { function: String },
-    Completions { position: usize },
-    Hover { start: u32, end: u32, markdown: bool },
+    Open {
+        root: PathBuf,
+    },
+    SetSource {
+        source: String,
+    },
+    TopLevelVariables {
+        function: String,
+    },
+    Completions {
+        position: usize,
+    },
+    Hover {
+        start: u32,
+        end: u32,
+        markdown: bool,
+    },
 }
 
 /// `Completions` as the server writes them (their kinds are `&'static str` in the kernel).
@@ -110,7 +122,9 @@ const CONNECTION_ERROR: &str = "connection to the shared rust-analyzer lost";
 
 /// Whether `error` says the server went away, so that it may be started again.
 pub(crate) fn is_connection_error(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| cause.to_string() == CONNECTION_ERROR)
+    error
+        .chain()
+        .any(|cause| cause.to_string() == CONNECTION_ERROR)
 }
 
 /// The socket of this evcxr build's server for the path `base` (`EVCXR_SHARED_ANALYZER`):
@@ -480,7 +494,8 @@ fn answer(
     request: Request,
 ) -> std::result::Result<serde_json::Value, String> {
     let text = |error: anyhow::Error| format!("{error:#}");
-    let json = |value: Result<serde_json::Value, serde_json::Error>| value.map_err(|e| e.to_string());
+    let json =
+        |value: Result<serde_json::Value, serde_json::Error>| value.map_err(|e| e.to_string());
     let current = |session: &Option<crate::rust_analyzer::SessionId>| {
         session.ok_or_else(|| "no session: send Open first".to_owned())
     };
@@ -496,18 +511,28 @@ fn answer(
             engine.set_source(current(session)?, source).map_err(text)?;
             Ok(serde_json::Value::Null)
         }
-        Request::TopLevelVariables { function } => {
-            json(serde_json::to_value(engine.top_level_variables(current(session)?, &function)))
-        }
-        Request::Completions { position } => {
-            json(serde_json::to_value(engine.completions(current(session)?, position).map_err(text)?))
-        }
-        Request::Hover { start, end, markdown } => {
+        Request::TopLevelVariables { function } => json(serde_json::to_value(
+            engine.top_level_variables(current(session)?, &function),
+        )),
+        Request::Completions { position } => json(serde_json::to_value(
+            engine
+                .completions(current(session)?, position)
+                .map_err(text)?,
+        )),
+        Request::Hover {
+            start,
+            end,
+            markdown,
+        } => {
             if start > end {
                 return Err("hover range ends before it starts".to_owned());
             }
             let range = TextRange::new(start.into(), end.into());
-            json(serde_json::to_value(engine.hover(current(session)?, range, markdown).map_err(text)?))
+            json(serde_json::to_value(
+                engine
+                    .hover(current(session)?, range, markdown)
+                    .map_err(text)?,
+            ))
         }
     }
 }
