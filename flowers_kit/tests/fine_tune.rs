@@ -11,10 +11,10 @@ use std::path::Path;
 
 use dfdx::prelude::*;
 use flowers_kit::backend::dfdx::{DfdxNetwork, StepParams, TrainableSuffix};
-use flowers_kit::backend::native::{Kernels, NativeNetwork};
+use flowers_kit::backend::native::{Kernels, NativeNetwork, NativeSuffix};
 use flowers_kit::backend::{Cut, Network};
 use flowers_kit::data::Dataset;
-use flowers_kit::features::FeatureExtractor;
+use flowers_kit::features::{BackendKind, FeatureExtractor};
 use flowers_kit::models::Model;
 use flowers_kit::train::{train, Classifier, FineTune, Optimizer, TrainConfig};
 
@@ -230,6 +230,184 @@ fn gradients_of_every_family_match_finite_differences() {
                 network.steps()[step].name
             );
         }
+    }
+}
+
+/// The native backward pass against dfdx's autodiff, on every family with up to three
+/// blocks unfrozen (swish and squeeze-excitation, hard swish, pre-activation batch norms,
+/// concatenated branches and average pools, separable cells): the same features, and the
+/// same gradient for every weight, bias, scale and shift.
+#[test]
+fn native_gradients_match_dfdx_autodiff_on_every_family() {
+    let n = 3;
+    for (name, _, _) in FAMILIES {
+        let network = network(name, 5);
+        let pixels = pixels(&network, n);
+        for blocks in [1, network.max_fine_tune_blocks().min(3)] {
+            let cut = network.cut(blocks).unwrap();
+            // Scaled to a root mean square of 1: deep in a random network the activations
+            // reach the hundreds, where swish is ReLU and sigmoid a step, and a wrong
+            // derivative of either would go unseen.
+            let mut rows = rows(&cut, &pixels, n);
+            let rms = (rows.iter().map(|v| v * v).sum::<f32>() / rows.len() as f32).sqrt();
+            rows.iter_mut().for_each(|v| *v /= rms.max(1e-6));
+            let dim = network.feature_dim();
+            let projection: Vec<f32> = (0..n * dim)
+                .map(|i| ((i * 37) % 23) as f32 / 23.0 - 0.5)
+                .collect();
+            let mut reference = TrainableSuffix::new(&cut, Cpu::default()).unwrap();
+            let traced = reference.features_traced(&rows, n).unwrap();
+            let expected_features = traced.as_vec();
+            let p: Tensor<(usize, usize), f32, Cpu> =
+                Cpu::default().tensor((projection.clone(), (n, dim)));
+            let grads = traced
+                .try_mul(p)
+                .unwrap()
+                .try_sum::<(), _>()
+                .unwrap()
+                .backward();
+            let expected: Vec<Vec<f32>> = reference
+                .params_mut()
+                .iter()
+                .flat_map(|params| match params {
+                    StepParams::Conv { weights, bias } => {
+                        vec![grads.get(weights).as_vec(), grads.get(bias).as_vec()]
+                    }
+                    StepParams::Affine { scale, shift } => {
+                        vec![grads.get(scale).as_vec(), grads.get(shift).as_vec()]
+                    }
+                    StepParams::None => Vec::new(),
+                })
+                .collect();
+
+            let native = NativeSuffix::new(&cut).unwrap();
+            let (features, tape) = native.forward(&rows, n).unwrap();
+            let scale = expected_features.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let worst = max_abs_diff(&features, &expected_features);
+            assert!(
+                worst <= 1e-4 * scale,
+                "{name}, {blocks} blocks: features differ by {worst}"
+            );
+            let actual = native.backward(&tape, &projection).unwrap();
+            assert_eq!(actual.len(), expected.len(), "{name}: tensors");
+            let mut compared = 0;
+            for (t, (a, e)) in actual.iter().zip(&expected).enumerate() {
+                // Relative to the gradient's norm: through three ResNet blocks of a random
+                // network the values reach the hundreds, and f32 sums in another order differ
+                // by a few parts in 10⁴; a wrong kernel is off by its whole size.
+                let norm = |v: &mut dyn Iterator<Item = f32>| {
+                    v.map(|x| f64::from(x).powi(2)).sum::<f64>().sqrt()
+                };
+                let size = norm(&mut e.iter().copied());
+                let error = norm(&mut a.iter().zip(e).map(|(a, e)| a - e)) / size.max(1e-12);
+                assert!(
+                    error <= 2e-3,
+                    "{name}, {blocks} blocks, tensor {t} of {}: gradients differ by {error:.1e} \
+                     of their norm",
+                    expected.len()
+                );
+                let largest = e.iter().fold(0f32, |m, v| m.max(v.abs()));
+                compared += usize::from(largest > 1e-6);
+            }
+            assert!(
+                compared * 2 >= expected.len(),
+                "{name}: gradients vanish nearly everywhere"
+            );
+        }
+    }
+}
+
+/// Training with the native backward pass takes the same steps as training on dfdx's tape:
+/// the same losses step by step (head-only phase, then blocks and head with weight decay on
+/// the kernels only), and the same trained weights. MobileNet V2 with its real weights, and
+/// ResNet V2 for the pre-activation batch norms' scale and shift.
+#[test]
+fn native_and_dfdx_fine_tuning_take_the_same_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = photos(&dir.path().join("photos"));
+    for name in ["mobilenet_v2_0.35_224", "resnet50_v2"] {
+        let (weights, scale) = if name == "resnet50_v2" {
+            let file = dir.path().join("resnet.h5");
+            let spec = support::keras::write_h5(name, &file);
+            (
+                file,
+                spec["max_abs_feature"].as_f64().unwrap().max(1.0) as f32,
+            )
+        } else {
+            (
+                support::golden().join("mobilenet_v2_0.35_224_no_top.h5"),
+                1.0,
+            )
+        };
+        let extractor =
+            FeatureExtractor::with_weights(Model::parse(name).unwrap(), weights.to_str())
+                .unwrap()
+                .cache_dir(dir.path().join("cache"))
+                .quiet();
+        let config = TrainConfig {
+            steps: 4,
+            batch_size: Some(4),
+            optimizer: Optimizer::adam(),
+            learning_rate: 0.01 / scale,
+            weight_decay: 0.01,
+            eval_every: 1,
+            verbose: false,
+            fine_tune: Some(FineTune {
+                blocks: 1,
+                learning_rate: 0.001 / scale,
+                head_steps: 2,
+            }),
+            ..Default::default()
+        };
+        let rows = extractor.extract_for(&split, &config).unwrap();
+        let (native, native_history) = train(&rows, &config).unwrap();
+        let reference = TrainConfig {
+            backend: BackendKind::Dfdx,
+            ..config.clone()
+        };
+        let (dfdx, dfdx_history) = train(&rows, &reference).unwrap();
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-3 * b.abs().max(1e-2);
+        for (what, a, b) in [
+            (
+                "training",
+                &native_history.train_loss,
+                &dfdx_history.train_loss,
+            ),
+            ("test", &native_history.test_loss, &dfdx_history.test_loss),
+        ] {
+            assert_eq!(a.len(), b.len(), "{name}: {what} losses recorded");
+            assert!(
+                a.iter().zip(b).all(|(a, b)| close(*a, *b)),
+                "{name}: {what} losses, native {a:?}, dfdx {b:?}"
+            );
+        }
+        let weights = |c: &Classifier| -> Vec<f32> {
+            let cut = c.fine_tuned().expect("a fine-tuned classifier");
+            cut.suffix()
+                .iter()
+                .flat_map(|s| s.parameters())
+                .flatten()
+                .copied()
+                .collect()
+        };
+        let (a, b) = (weights(&native), weights(&dfdx));
+        let before: Vec<f32> = rows
+            .cut
+            .as_ref()
+            .unwrap()
+            .suffix()
+            .iter()
+            .flat_map(|s| s.parameters())
+            .flatten()
+            .copied()
+            .collect();
+        let moved = max_abs_diff(&b, &before);
+        assert!(moved > 0.0, "{name}: the blocks did not train");
+        let worst = max_abs_diff(&a, &b);
+        assert!(
+            worst <= 0.05 * moved,
+            "{name}: trained weights differ by {worst}, where training moved them by {moved}"
+        );
     }
 }
 

@@ -65,7 +65,7 @@ impl Network {
             .count()
     }
 
-    fn cut_at(&self, blocks: usize, first: usize) -> Cut {
+    pub(crate) fn cut_at(&self, blocks: usize, first: usize) -> Cut {
         let steps = self.steps();
         let mut inputs: Vec<usize> = steps[first..]
             .iter()

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::head::{Activation, Dense, Head};
 use super::metrics::{most_probable, Metrics};
-use crate::backend::TrainableSuffix;
+use crate::backend::native::NativeSuffix;
 use crate::backend::{Cut, Network, Step};
 use crate::data::image::Resize;
 use crate::error::{Error, Result};
@@ -186,7 +186,7 @@ impl Classifier {
         match &self.fine_tuned {
             None => self.head.probabilities(rows, n),
             Some(FineTuned::Trained(cut, _)) => {
-                let suffix = TrainableSuffix::new(cut, dfdx::tensor::Cpu::default())?;
+                let suffix = NativeSuffix::new(cut)?;
                 self.head.probabilities(&suffix.features(rows, n)?, n)
             }
             Some(FineTuned::Saved(_)) => Err(Error::InvalidArgument(

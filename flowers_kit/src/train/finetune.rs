@@ -4,8 +4,10 @@
 //! The network is cut below those blocks ([`crate::backend::Cut`]): the frozen part runs
 //! once per photo (and view) on the native backend, and its output — the activations
 //! entering the blocks — is cached like features and becomes the training rows. Training
-//! runs the steps above the cut, the same steps of the same network, on dfdx with a traced
-//! tape ([`crate::backend::TrainableSuffix`]). Batch norm stays folded into the
+//! runs the steps above the cut, the same steps of the same network: on the CPU with the
+//! native kernels and their backward pass ([`crate::backend::native::NativeSuffix`]), on a
+//! GPU (or with `TrainConfig::backend` set to dfdx) on dfdx with a traced tape
+//! ([`crate::backend::TrainableSuffix`]). Batch norm stays folded into the
 //! convolutions with its inference statistics, which is what the Keras guide's
 //! `training=False` achieves: what trains is each convolution's kernel and bias (and the
 //! scale and shift of a batch norm that follows no convolution, as ResNet V2's

@@ -6,6 +6,7 @@ pub mod finetune;
 pub mod head;
 pub mod metrics;
 pub mod optim;
+mod suffix;
 pub mod trainer;
 
 pub use classifier::{Classifier, Prediction};

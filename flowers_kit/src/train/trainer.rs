@@ -11,11 +11,12 @@ use super::finetune::{FineTune, Schedule};
 use super::head::{forward_from_first, Activation, DeviceParams, Head};
 use super::metrics::most_probable;
 use super::optim::{update, Optimizer, Slots};
-use crate::backend::{ParamMut, TrainableSuffix, EVAL_CHUNK};
+use super::suffix::Suffix;
+use crate::backend::EVAL_CHUNK;
 use crate::data::Augment;
 use crate::device::{dfdx_error as backend, DeviceKind, DfdxDevice};
 use crate::error::{Error, Result};
-use crate::features::{FeatureSet, Features, RowsPlan};
+use crate::features::{BackendKind, FeatureSet, Features, RowsPlan};
 use std::borrow::Cow;
 
 /// Hyperparameters, named after the tutorial's constants where it has them.
@@ -50,6 +51,10 @@ pub struct TrainConfig {
     /// Where to train.
     #[serde(skip)]
     pub device: DeviceKind,
+    /// What trains fine-tuned blocks on the CPU: the native kernels' own backward pass
+    /// (the default, several times faster) or dfdx's tape (the reference). On a GPU, dfdx.
+    #[serde(skip)]
+    pub backend: BackendKind,
     /// Print the tutorial's `Test accuracy at step N` lines.
     pub verbose: bool,
     /// Train on augmented views of the training photos instead of the photos themselves
@@ -80,6 +85,7 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             seed: 0,
             device: DeviceKind::Cpu,
+            backend: BackendKind::Native,
             verbose: true,
             augment: None,
             views: 4,
@@ -437,7 +443,10 @@ fn run_on<D: DfdxDevice>(
     let fine_tune = config
         .fine_tune
         .expect("invariant: validate pairs rows of a cut with config.fine_tune");
-    let mut suffix = TrainableSuffix::new(cut, dev.clone())?;
+    // The CPU trains the blocks with the native kernels unless dfdx is asked for; another
+    // device traces them with dfdx where the head runs.
+    let native = config.device == DeviceKind::Cpu && config.backend == BackendKind::Native;
+    let mut suffix = Suffix::new(cut, &dev, native)?;
     if fine_tune.head_steps > 0 {
         // Phase 1: the head alone on the frozen features, computed once from the rows.
         let frozen = |set: &FeatureSet| -> Result<FeatureSet> {
@@ -566,19 +575,13 @@ fn accuracy(logits: &[f32], labels: &[usize], classes: usize) -> f32 {
     correct as f32 / labels.len() as f32
 }
 
-/// An optimizer's state for one trainable tensor of the suffix.
-enum SuffixSlots<D: DfdxDevice> {
-    Matrix(Slots<(usize, usize), D>),
-    Vector(Slots<(usize,), D>),
-}
-
 /// Loss and accuracy of the head (after the suffix, if any) on a whole set, without
 /// recording gradients: the set uploaded at once for plain features, [`EVAL_CHUNK`] rows
 /// at a time through the suffix.
 fn evaluate<D: DfdxDevice>(
     dev: &D,
     head: &DeviceParams<D>,
-    suffix: Option<&TrainableSuffix<D>>,
+    suffix: Option<&Suffix<D>>,
     set: &FeatureSet,
     uploaded: Option<&Batch<D>>,
     classes: usize,
@@ -633,7 +636,7 @@ fn evaluate<D: DfdxDevice>(
 fn train_loop<D: DfdxDevice>(
     dev: &D,
     head: &mut DeviceParams<D>,
-    mut suffix: Option<&mut TrainableSuffix<D>>,
+    mut suffix: Option<&mut Suffix<D>>,
     rows: &FeatureSet,
     (validation, test): (&FeatureSet, &FeatureSet),
     config: &TrainConfig,
@@ -657,17 +660,6 @@ fn train_loop<D: DfdxDevice>(
         (plain && !validation.is_empty()).then(|| Batch::new(dev, validation, classes, None));
     let mut w_slots: Vec<Slots<(usize, usize), D>> = head.w.iter().map(|_| Slots::new()).collect();
     let mut b_slots: Vec<Slots<(usize,), D>> = head.b.iter().map(|_| Slots::new()).collect();
-    let mut suffix_slots: Vec<SuffixSlots<D>> = Vec::new();
-    if let Some(suffix) = suffix.as_deref_mut() {
-        for params in suffix.params_mut() {
-            for tensor in params.tensors_mut() {
-                suffix_slots.push(match tensor {
-                    ParamMut::Matrix(_) => SuffixSlots::Matrix(Slots::new()),
-                    ParamMut::Vector(_) => SuffixSlots::Vector(Slots::new()),
-                });
-            }
-        }
-    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(phase.seed);
     for step in 0..phase.steps {
         let sampled;
@@ -679,7 +671,7 @@ fn train_loop<D: DfdxDevice>(
         let b_traced: Vec<_> = head.b.iter().map(|b| b.leaky_trace()).collect();
         let w_traced: Vec<_> = rest.iter().map(|w| w.leaky_trace()).collect();
         // The head's first product, traced, and what W₁'s gradient is computed from.
-        let (first, batch_labels, targets, plain_batch) = match suffix.as_deref() {
+        let (first, batch_labels, targets, plain_batch) = match suffix.as_deref_mut() {
             None => {
                 let batch = match &picked {
                     None => full.as_ref().expect("invariant: uploaded for full batches"),
@@ -698,7 +690,7 @@ fn train_loop<D: DfdxDevice>(
             }
             Some(suffix) => {
                 let (values, labels) = picked_rows(rows, picked.as_deref());
-                let features = suffix.features_traced(&values, labels.len())?;
+                let features = suffix.forward(dev, &values, labels.len())?;
                 let first = features.try_matmul(w1.leaky_trace()).map_err(backend)?;
                 let targets = one_hot(dev, &labels, classes);
                 (first, labels, targets, None)
@@ -751,28 +743,7 @@ fn train_loop<D: DfdxDevice>(
         }
         if let Some(suffix) = suffix.as_deref_mut() {
             let lr = phase.suffix_learning_rate * factor;
-            let tensors = suffix.params_mut().iter_mut().flat_map(|p| p.tensors_mut());
-            for (tensor, slots) in tensors.zip(&mut suffix_slots) {
-                match (tensor, slots) {
-                    (ParamMut::Matrix(w), SuffixSlots::Matrix(slots)) => {
-                        let g = grads.get(&*w);
-                        *w = update(
-                            &config.optimizer,
-                            w.clone(),
-                            g,
-                            slots,
-                            lr,
-                            config.weight_decay,
-                            t,
-                        )?;
-                    }
-                    (ParamMut::Vector(v), SuffixSlots::Vector(slots)) => {
-                        let g = grads.get(&*v);
-                        *v = update(&config.optimizer, v.clone(), g, slots, lr, 0.0, t)?;
-                    }
-                    _ => unreachable!("invariant: slots were made from the same tensors"),
-                }
-            }
+            suffix.update(&grads, &config.optimizer, lr, config.weight_decay, t)?;
         }
         if step % config.eval_every == 0 || step + 1 == phase.steps {
             let (test_loss, test_accuracy) = evaluate(

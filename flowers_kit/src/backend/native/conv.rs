@@ -91,7 +91,7 @@ const WINDOW_CHANNELS: usize = 16;
 
 /// The `[kh, kw, cin]` patch of every output pixel, zeros for padding: `[ho·wo, kh·kw·cin]`
 /// (output rows in parallel with `parallel`).
-fn im2col(
+pub(super) fn im2col(
     input: &[f32],
     (h, w, c): (usize, usize, usize),
     conv: &Conv,

@@ -74,7 +74,7 @@ pub(super) fn bias_activate(out: &mut [f32], bias: &[f32], activation: Activatio
 // max/min rather than clamp: clamp's NaN-preserving compare-and-select vectorises worse.
 #[allow(clippy::manual_clamp)]
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

@@ -28,20 +28,24 @@
 //! inverted-residual block band by band, `conv` holds the matrix-product convolutions,
 //! `depthwise/` the depthwise kernel per instruction set (`portable`, `avx2`, `avx512`),
 //! `packed` the AVX2 micro-kernel, `isa` which instruction sets the CPU has, `threads` when work
-//! is split among threads, `eltwise` the activations, `pooling` the pooling loops and
-//! `pool` the reusable buffers.
+//! is split among threads, `eltwise` the activations, `pooling` the pooling loops,
+//! `pool` the reusable buffers; `train` runs the steps above a cut forward and backward for
+//! fine-tuning, with the gradient kernels of `grad`.
 
 mod block;
 mod conv;
 mod depthwise;
 mod eltwise;
 mod exec;
+mod grad;
 mod isa;
 mod packed;
 mod plan;
 mod pool;
 mod pooling;
 mod threads;
+mod train;
 
 pub use isa::Kernels;
 pub use plan::NativeNetwork;
+pub use train::{NativeSuffix, Parameter, SuffixTape};

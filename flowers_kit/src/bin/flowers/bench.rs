@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use flowers_kit::data::image::load_resized;
 use flowers_kit::data::Dataset;
-use flowers_kit::features::FeatureExtractor;
+use flowers_kit::features::{BackendKind, FeatureExtractor};
 use flowers_kit::files::ScratchDir;
 use flowers_kit::{Error, Result};
 use rayon::prelude::*;
@@ -237,6 +237,86 @@ pub fn train_steps(dim: usize, device: &flowers_kit::features::DeviceKind) -> Re
         "1000 full-batch steps, linear head, 2934x{dim} features, {} threads: {:.2} s",
         rayon::current_num_threads(),
         start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Seconds per fine-tuning step: the last `blocks` blocks of `extractor`'s model (random
+/// weights) and a linear head, Adam, on `batch` fixed random activations at the cut — what
+/// `bench/torch_finetune.py` times for PyTorch. Steps run for about `seconds`, after one
+/// warm-up run.
+pub fn fine_tune_steps(
+    args: &super::ExtractorArgs,
+    blocks: usize,
+    batch: usize,
+    seconds: f64,
+) -> Result<()> {
+    use flowers_kit::backend::Network;
+    use flowers_kit::features::{FeatureSet, FeatureSource, Features};
+    use flowers_kit::train::{train, FineTune, Optimizer, TrainConfig};
+    use rand::{Rng, SeedableRng};
+    let network = Network::random(args.model, 0)?;
+    let cut = network.cut(blocks)?;
+    let dim = cut.row_len();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut set = |n: usize| -> Result<FeatureSet> {
+        let values = (0..n * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        FeatureSet::new(values, dim, (0..n).map(|i| i % 5).collect(), vec![])
+    };
+    let features = Features {
+        classes: (0..5).map(|c| format!("class{c}")).collect(),
+        source: FeatureSource {
+            model: network.model().name(),
+            weights_id: network.weights_id().into(),
+            weights_path: None,
+            resize: Default::default(),
+        },
+        dim,
+        train: set(batch)?,
+        validation: set(0)?,
+        test: set(1)?,
+        train_views: Vec::new(),
+        augment: None,
+        cut: Some(cut.clone()),
+    };
+    let run = |steps: usize| -> Result<f64> {
+        let config = TrainConfig {
+            steps,
+            batch_size: Some(batch),
+            learning_rate: 1e-3,
+            optimizer: Optimizer::adam(),
+            eval_every: steps,
+            verbose: false,
+            device: args.device.into(),
+            backend: args.backend.into(),
+            fine_tune: Some(FineTune {
+                blocks,
+                learning_rate: 1e-3,
+                head_steps: 0,
+            }),
+            ..Default::default()
+        };
+        let start = Instant::now();
+        train(&features, &config)?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    // Two evaluations of one test row and the set-up are in every run: the difference
+    // between a long and a short run is the steps alone.
+    let short = 2;
+    let once = run(short)?;
+    let per_step_guess = (once / short as f64).max(1e-4);
+    let steps = ((seconds / per_step_guess) as usize).clamp(short + 4, 10_000);
+    let long = run(steps)?;
+    let short_again = run(short)?;
+    let per_step = (long - short_again.min(once)) / (steps - short) as f64;
+    println!(
+        "{}, {blocks} block(s) + head, batch {batch}, {:?} backend, {} threads: {per_step:.4} s \
+         per fine-tuning step ({} steps, {} trainable parameters)",
+        network.model().name(),
+        BackendKind::from(args.backend),
+        rayon::current_num_threads(),
+        steps,
+        cut.parameter_count()
     );
     Ok(())
 }

@@ -454,6 +454,14 @@ enum Command {
         /// (the full dataset's training split) with 5 classes.
         #[arg(long, conflicts_with_all = ["extract", "forward_only"])]
         train: bool,
+        /// Instead: time fine-tuning steps of the last --blocks blocks and the head (Adam, a
+        /// fixed random batch of --batch activations at the cut, random weights), and print
+        /// seconds per step; --backend dfdx times dfdx's tape instead of the native kernels.
+        #[arg(long, conflicts_with_all = ["extract", "forward_only", "train"])]
+        fine_tune: bool,
+        /// Blocks to fine-tune, with --fine-tune.
+        #[arg(long, default_value_t = 2, value_parser = positive, requires = "fine_tune")]
+        blocks: usize,
         /// Instead: extract features of every photo in --data twice, with a fresh cache, and
         /// report the cold and the warm (cached) run.
         #[arg(long)]
@@ -631,8 +639,13 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             data,
             forward_only,
             train,
+            fine_tune,
+            blocks,
             extract,
         } => {
+            if fine_tune {
+                return bench::fine_tune_steps(&extractor, blocks, batch, seconds);
+            }
             if train {
                 let dim = extractor.model.feature_dim();
                 return bench::train_steps(dim, &extractor.device.into());

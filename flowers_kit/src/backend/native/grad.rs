@@ -1,0 +1,373 @@
+//! Gradient kernels: what each kind of step's backward pass computes, on NHWC buffers
+//! (`[pixels, channels]`, images one after the other). `train` runs them in reverse step
+//! order; each adds into the gradients it is handed, so a value read by several steps sums
+//! what each reader sends back.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::eltwise::exp;
+use super::threads::MIN_PARALLEL_MACS;
+use crate::models::graph::{Activation, Shape};
+
+/// Multiplies `dy` (the gradient of an activation's output) by the activation's derivative,
+/// in place. The ReLU family and the sigmoids read it off the `output`; swish and hard swish
+/// need the `input` (a convolution's or sum's value before its activation), which the
+/// forward pass keeps for exactly those two.
+// max/min and comparisons rather than clamp: they vectorise.
+#[allow(clippy::manual_clamp)]
+pub(super) fn activation_grad(
+    dy: &mut [f32],
+    output: &[f32],
+    input: Option<&[f32]>,
+    activation: Activation,
+) {
+    assert_eq!(
+        dy.len(),
+        output.len(),
+        "an activation's gradient and output differ"
+    );
+    let with_input = |dy: &mut [f32], f: &dyn Fn(f32) -> f32| {
+        let input = input.expect("invariant: the forward pass keeps swish's input");
+        assert_eq!(
+            dy.len(),
+            input.len(),
+            "an activation's gradient and input differ"
+        );
+        for (d, &x) in dy.iter_mut().zip(input) {
+            *d *= f(x);
+        }
+    };
+    match activation {
+        Activation::Linear => {}
+        Activation::Relu => {
+            for (d, &y) in dy.iter_mut().zip(output) {
+                *d = if y > 0.0 { *d } else { 0.0 };
+            }
+        }
+        Activation::Relu6 => {
+            for (d, &y) in dy.iter_mut().zip(output) {
+                *d = if y > 0.0 && y < 6.0 { *d } else { 0.0 };
+            }
+        }
+        Activation::Sigmoid => {
+            for (d, &y) in dy.iter_mut().zip(output) {
+                *d *= y * (1.0 - y);
+            }
+        }
+        Activation::HardSigmoid => {
+            for (d, &y) in dy.iter_mut().zip(output) {
+                *d = if y > 0.0 && y < 1.0 {
+                    *d * (1.0 / 6.0)
+                } else {
+                    0.0
+                };
+            }
+        }
+        Activation::Swish => with_input(dy, &|x| {
+            let s = 1.0 / (1.0 + exp(-x));
+            s * (1.0 + x * (1.0 - s))
+        }),
+        Activation::HardSwish => with_input(dy, &|x| {
+            let gate = (x + 3.0).max(0.0).min(6.0) * (1.0 / 6.0);
+            gate + if x > -3.0 && x < 3.0 {
+                x * (1.0 / 6.0)
+            } else {
+                0.0
+            }
+        }),
+    }
+}
+
+/// A matrix read from a slice: element `(i, j)` at `i·row_stride + j·column_stride`, so a
+/// row-major matrix and its transpose are views of the same values.
+#[derive(Clone, Copy)]
+pub(super) struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    columns: usize,
+    row_stride: usize,
+    column_stride: usize,
+}
+
+impl<'a> View<'a> {
+    /// `data` as a row-major `[rows, columns]` matrix.
+    pub(super) fn rows(data: &'a [f32], rows: usize, columns: usize) -> View<'a> {
+        View {
+            data,
+            rows,
+            columns,
+            row_stride: columns,
+            column_stride: 1,
+        }
+    }
+
+    /// The same values, rows and columns swapped.
+    pub(super) fn t(self) -> View<'a> {
+        View {
+            rows: self.columns,
+            columns: self.rows,
+            row_stride: self.column_stride,
+            column_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Whether every element the view names lies inside its slice.
+    fn in_bounds(&self) -> bool {
+        if self.rows == 0 || self.columns == 0 {
+            return true;
+        }
+        (self.rows - 1)
+            .checked_mul(self.row_stride)
+            .zip((self.columns - 1).checked_mul(self.column_stride))
+            .and_then(|(a, b)| a.checked_add(b))
+            .is_some_and(|last| last < self.data.len())
+    }
+}
+
+/// `out = a · b`, or `out += a · b` with `accumulate`; `out` row-major. A large product runs
+/// on gemm's own threads: the backward products (batch rows as the inner dimension for the
+/// weights' gradient) are big enough to gain from them.
+pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.columns, b.columns);
+    // Checked in release builds too: gemm reads and writes through raw pointers below.
+    assert!(
+        b.rows == k && Some(out.len()) == m.checked_mul(n) && a.in_bounds() && b.in_bounds(),
+        "gradient product shapes do not match the slices"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            out.fill(0.0);
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && m.saturating_mul(k).saturating_mul(n) >= MIN_PARALLEL_MACS {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the assert above proves that `out` holds exactly m×n values (row-major with the
+    // strides given) and that every element either view names is inside its slice; `out` is
+    // a `&mut` and so cannot alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.column_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.column_stride as isize,
+            b.row_stride as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Adds the sum over rows of `[rows, c]` `values` to `out` (`[c]`): a bias's gradient.
+pub(super) fn add_column_sums(values: &[f32], out: &mut [f32]) {
+    for row in values.chunks_exact(out.len()) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+/// A window's geometry on one image: input `[h, w, c]`, output `[ho, wo, ·]`, taps
+/// `kernel`, `stride` and the padding before the first row and column.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Window {
+    pub input: Shape,
+    pub output: (usize, usize),
+    pub kernel: (usize, usize),
+    pub stride: usize,
+    pub pad: (usize, usize),
+}
+
+impl Window {
+    /// The input pixel under tap `(ky, kx)` of output pixel `(oy, ox)`, or `None` in the
+    /// padding.
+    #[inline(always)]
+    fn tap(&self, (oy, ox): (usize, usize), (ky, kx): (usize, usize)) -> Option<usize> {
+        let [h, w, _] = self.input;
+        let y = (oy * self.stride + ky)
+            .checked_sub(self.pad.0)
+            .filter(|&y| y < h)?;
+        let x = (ox * self.stride + kx)
+            .checked_sub(self.pad.1)
+            .filter(|&x| x < w)?;
+        Some(y * w + x)
+    }
+}
+
+/// A depthwise convolution's backward pass on one image: adds `Σ dz·x` to `dw`
+/// (`[taps, c]`), and, when given `dx`, `Σ dz·w` to the input's gradient.
+pub(super) fn depthwise_grad(
+    window: &Window,
+    x: &[f32],
+    w: &[f32],
+    dz: &[f32],
+    dw: &mut [f32],
+    mut dx: Option<&mut [f32]>,
+) {
+    let [h, iw, c] = window.input;
+    let (ho, wo) = window.output;
+    let (kh, kw) = window.kernel;
+    assert!(
+        x.len() == h * iw * c
+            && w.len() == kh * kw * c
+            && dw.len() == w.len()
+            && dz.len() == ho * wo * c
+            && dx.as_ref().is_none_or(|dx| dx.len() == x.len()),
+        "depthwise gradient buffers do not match the layer's shape"
+    );
+    for oy in 0..ho {
+        for ox in 0..wo {
+            let d = &dz[(oy * wo + ox) * c..][..c];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let Some(p) = window.tap((oy, ox), (ky, kx)) else {
+                        continue;
+                    };
+                    let t = (ky * kw + kx) * c;
+                    let pixel = &x[p * c..][..c];
+                    for ((g, &v), &d) in dw[t..t + c].iter_mut().zip(pixel).zip(d) {
+                        *g += d * v;
+                    }
+                    if let Some(dx) = dx.as_deref_mut() {
+                        for ((g, &k), &d) in dx[p * c..][..c].iter_mut().zip(&w[t..t + c]).zip(d) {
+                            *g += d * k;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The reverse of im2col on one image: adds each patch row of `cols` (`[ho·wo, kh·kw·c]`)
+/// back onto the input pixels it was copied from.
+pub(super) fn col2im(window: &Window, cols: &[f32], dx: &mut [f32]) {
+    let [h, w, c] = window.input;
+    let (ho, wo) = window.output;
+    let (kh, kw) = window.kernel;
+    let row_len = kh * kw * c;
+    assert!(
+        cols.len() == ho * wo * row_len && dx.len() == h * w * c,
+        "col2im buffers do not match the layer's shape"
+    );
+    for (o, row) in cols.chunks_exact(row_len).enumerate() {
+        for (t, tap) in row.chunks_exact(c).enumerate() {
+            if let Some(p) = window.tap((o / wo, o % wo), (t / kw, t % kw)) {
+                for (g, v) in dx[p * c..][..c].iter_mut().zip(tap) {
+                    *g += v;
+                }
+            }
+        }
+    }
+}
+
+/// Pooling's backward pass on one image: a max pool sends each output's gradient to the
+/// first tap holding the maximum (TensorFlow's choice), an average pool shares it among
+/// the valid taps. Adds into `dx`.
+pub(super) fn pool_grad(window: &Window, x: &[f32], dz: &[f32], max: bool, dx: &mut [f32]) {
+    let [h, w, c] = window.input;
+    let (ho, wo) = window.output;
+    let (kh, kw) = window.kernel;
+    assert!(
+        x.len() == h * w * c && dx.len() == x.len() && dz.len() == ho * wo * c,
+        "pooling gradient buffers do not match the layer's shape"
+    );
+    let mut best = vec![(f32::NEG_INFINITY, usize::MAX); c];
+    for oy in 0..ho {
+        for ox in 0..wo {
+            let d = &dz[(oy * wo + ox) * c..][..c];
+            let taps = (0..kh * kw).filter_map(|t| window.tap((oy, ox), (t / kw, t % kw)));
+            if max {
+                best.fill((f32::NEG_INFINITY, usize::MAX));
+                for p in taps {
+                    for (ch, (b, &v)) in best.iter_mut().zip(&x[p * c..][..c]).enumerate() {
+                        if v > b.0 || b.1 == usize::MAX {
+                            *b = (v, p * c + ch);
+                        }
+                    }
+                }
+                for (&(_, at), &d) in best.iter().zip(d) {
+                    if at != usize::MAX {
+                        dx[at] += d;
+                    }
+                }
+            } else {
+                let taps: Vec<usize> = taps.collect();
+                let share = 1.0 / taps.len().max(1) as f32;
+                for p in taps {
+                    for (g, &d) in dx[p * c..][..c].iter_mut().zip(d) {
+                        *g += d * share;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f(image, a, b, sum)` on each image's slices of `a` (`a_len` values per image) and
+/// `b` (`b_len` values, or empty slices when `b_len` is 0), in parallel when there are
+/// several; each worker adds into its own `[len]` sum, and their total is returned. What a
+/// weight's gradient over a batch needs.
+pub(super) fn per_image_sum<F>(
+    (a, a_len): (&[f32], usize),
+    (b, b_len): (&mut [f32], usize),
+    len: usize,
+    f: F,
+) -> Vec<f32>
+where
+    F: Fn(usize, &[f32], &mut [f32], &mut [f32]) + Sync,
+{
+    let images = a.len() / a_len.max(1);
+    assert!(
+        a_len > 0 && a.len() == images * a_len && b.len() == images * b_len,
+        "per-image buffers do not hold the same number of images"
+    );
+    let b: Vec<&mut [f32]> = if b_len == 0 {
+        (0..images).map(|_| <&mut [f32]>::default()).collect()
+    } else {
+        b.chunks_mut(b_len).collect()
+    };
+    let work = |mut sum: Vec<f32>, (i, (a, b)): (usize, (&[f32], &mut [f32]))| {
+        f(i, a, b, &mut sum);
+        sum
+    };
+    if images > 1 && rayon::current_num_threads() > 1 {
+        a.par_chunks(a_len)
+            .zip(b.into_par_iter())
+            .enumerate()
+            .fold(|| vec![0f32; len], work)
+            .reduce(
+                || vec![0f32; len],
+                |mut x, y| {
+                    x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
+                    x
+                },
+            )
+    } else {
+        a.chunks(a_len)
+            .zip(b)
+            .enumerate()
+            .fold(vec![0f32; len], work)
+    }
+}
