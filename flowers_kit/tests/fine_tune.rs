@@ -288,7 +288,7 @@ fn native_gradients_match_dfdx_autodiff_on_every_family() {
                 worst <= 1e-4 * scale,
                 "{name}, {blocks} blocks: features differ by {worst}"
             );
-            let actual = native.backward(&tape, &projection).unwrap();
+            let actual = native.backward(tape, &projection).unwrap();
             assert_eq!(actual.len(), expected.len(), "{name}: tensors");
             let mut compared = 0;
             for (t, (a, e)) in actual.iter().zip(&expected).enumerate() {

@@ -10,6 +10,24 @@ use super::eltwise::exp;
 use super::threads::MIN_PARALLEL_MACS;
 use crate::models::graph::{Activation, Shape};
 
+/// Values per job of an element-wise loop: smaller loops run on the calling thread, where a
+/// job costs more to hand out than it saves.
+const ELEMENTWISE_JOB: usize = 1 << 15;
+
+/// Runs `f(offset, chunk)` over `values` in chunks of whole `[c]` rows, in parallel when it
+/// is large: the element-wise loops of a backward pass (a third of its time on one thread).
+pub(super) fn par_rows(values: &mut [f32], c: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let chunk = (ELEMENTWISE_JOB / c.max(1)).max(1) * c.max(1);
+    if values.len() > chunk && rayon::current_num_threads() > 1 {
+        values
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, values)| f(i * chunk, values));
+    } else {
+        f(0, values);
+    }
+}
+
 /// Multiplies `dy` (the gradient of an activation's output) by the activation's derivative,
 /// in place. The ReLU family and the sigmoids read it off the `output`; swish and hard swish
 /// need the `input` (a convolution's or sum's value before its activation), which the
@@ -146,11 +164,69 @@ pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: boo
         return;
     }
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 && m.saturating_mul(k).saturating_mul(n) >= MIN_PARALLEL_MACS {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
+    let large = m.saturating_mul(k).saturating_mul(n) >= MIN_PARALLEL_MACS;
+    if threads > 1 && large && k >= m.max(n) {
+        // A weight's gradient (the batch's pixels as the inner dimension): each thread sums
+        // its share of the pixels into its own copy, then the copies are added.
+        let share = k.div_ceil(threads);
+        let partial = (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                let (from, to) = (t * share, ((t + 1) * share).min(k));
+                let mut part = vec![0f32; m * n];
+                let a = View {
+                    data: &a.data[from * a.column_stride..],
+                    columns: to - from,
+                    ..a
+                };
+                let b = View {
+                    data: &b.data[from * b.row_stride..],
+                    rows: to - from,
+                    ..b
+                };
+                single_threaded_product(&mut part, a, b, false);
+                part
+            })
+            .reduce(
+                || vec![0f32; m * n],
+                |mut x, y| {
+                    x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
+                    x
+                },
+            );
+        if accumulate {
+            out.iter_mut().zip(&partial).for_each(|(o, p)| *o += p);
+        } else {
+            out.copy_from_slice(&partial);
+        }
+        return;
+    }
+    // One band of output rows per thread, each a single-threaded product.
+    if threads > 1 && large && m >= 2 * threads {
+        let rows = m.div_ceil(threads);
+        out.par_chunks_mut(rows * n)
+            .enumerate()
+            .for_each(|(band, out)| {
+                let first = band * rows;
+                let a = View {
+                    data: &a.data[first * a.row_stride..],
+                    rows: out.len() / n,
+                    ..a
+                };
+                single_threaded_product(out, a, b, accumulate);
+            });
+        return;
+    }
+    single_threaded_product(out, a, b, accumulate);
+}
+
+/// [`product`] on the calling thread, shapes already checked.
+fn single_threaded_product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.columns, b.columns);
+    assert!(
+        b.rows == k && Some(out.len()) == m.checked_mul(n) && a.in_bounds() && b.in_bounds(),
+        "gradient product shapes do not match the slices"
+    );
     // SAFETY: the assert above proves that `out` holds exactly m×n values (row-major with the
     // strides given) and that every element either view names is inside its slice; `out` is
     // a `&mut` and so cannot alias the inputs.
@@ -174,18 +250,45 @@ pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: boo
             false,
             false,
             false,
-            parallelism,
+            Parallelism::None,
         );
     }
 }
 
-/// Adds the sum over rows of `[rows, c]` `values` to `out` (`[c]`): a bias's gradient.
+/// Adds the sum over rows of `[rows, c]` `values` to `out` (`[c]`): a bias's gradient
+/// (each thread sums its share of the rows, then the shares are added).
 pub(super) fn add_column_sums(values: &[f32], out: &mut [f32]) {
-    for row in values.chunks_exact(out.len()) {
-        for (o, v) in out.iter_mut().zip(row) {
-            *o += v;
+    let c = out.len().max(1);
+    let sum = |values: &[f32]| {
+        let mut sum = vec![0f32; c];
+        for row in values.chunks_exact(c) {
+            for (o, v) in sum.iter_mut().zip(row) {
+                *o += v;
+            }
         }
-    }
+        sum
+    };
+    let chunk = (ELEMENTWISE_JOB / c).max(1) * c;
+    let total = if values.len() > chunk && rayon::current_num_threads() > 1 {
+        values.par_chunks(chunk).map(sum).reduce(
+            || vec![0f32; c],
+            |mut x, y| {
+                x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
+                x
+            },
+        )
+    } else {
+        sum(values)
+    };
+    out.iter_mut().zip(&total).for_each(|(o, t)| *o += t);
+}
+
+/// `out += values`, element by element.
+pub(super) fn add_into(out: &mut [f32], values: &[f32]) {
+    assert_eq!(out.len(), values.len(), "gradients of different sizes");
+    par_rows(out, 1, |at, out| {
+        out.iter_mut().zip(&values[at..]).for_each(|(o, v)| *o += v)
+    });
 }
 
 /// A window's geometry on one image: input `[h, w, c]`, output `[ho, wo, ·]`, taps

@@ -13,10 +13,11 @@ use rayon::prelude::*;
 use super::conv::{im2col, run_conv};
 use super::eltwise::activate;
 use super::grad::{
-    activation_grad, add_column_sums, col2im, depthwise_grad, per_image_sum, pool_grad, product,
-    View, Window,
+    activation_grad, add_column_sums, add_into, col2im, depthwise_grad, par_rows, per_image_sum,
+    pool_grad, product, View, Window,
 };
-use super::isa::Kernels;
+use super::isa::{has_avx2_fma, Kernels};
+use super::packed::PackedWeights;
 use super::pool::Pool;
 use super::pooling::{average_pool, pool2d};
 use crate::backend::{Cut, Kernel, Step, EVAL_CHUNK};
@@ -37,7 +38,7 @@ use crate::models::graph::Activation;
 /// let (features, tape) = suffix.forward(&rows, 2)?;
 /// assert_eq!(features.len(), 2 * network.feature_dim());
 /// // The gradient of the features' sum, for every weight and bias above the cut.
-/// let gradients = suffix.backward(&tape, &vec![1.0; features.len()])?;
+/// let gradients = suffix.backward(tape, &vec![1.0; features.len()])?;
 /// assert_eq!(gradients.iter().map(Vec::len).sum::<usize>(), cut.parameter_count());
 /// # Ok::<(), flowers_kit::Error>(())
 /// ```
@@ -54,6 +55,73 @@ pub struct NativeSuffix {
     /// it itself).
     after: Vec<Activation>,
     kernels: Kernels,
+    /// Buffers kept from one step to the next.
+    buffers: Recycler,
+}
+
+/// Buffers kept from one training step to the next: a step's values and gradients are tens
+/// of megabytes, and handing them back to the allocator made every step fault their pages
+/// in again (a fifth of a step went to the kernel).
+#[derive(Default)]
+struct Recycler(std::sync::Mutex<Vec<Vec<f32>>>);
+
+/// Buffers smaller than this (values) are not worth keeping.
+const MIN_RECYCLED: usize = 1 << 14;
+/// The most buffers kept: more than a step of the largest suffix uses at once.
+const MAX_RECYCLED: usize = 256;
+
+impl Recycler {
+    /// A buffer of `len` values whose contents are unspecified: for kernels that write every
+    /// value.
+    fn any(&self, len: usize) -> Vec<f32> {
+        let kept = {
+            let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let best = kept
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| kept.swap_remove(i))
+        };
+        match kept {
+            Some(mut buffer) => {
+                // Only what the old contents do not cover is written here.
+                buffer.resize(len, 0.0);
+                buffer
+            }
+            None => vec![0f32; len],
+        }
+    }
+
+    /// A buffer of `len` zeros.
+    fn zeros(&self, len: usize) -> Vec<f32> {
+        let mut buffer = self.any(len);
+        par_rows(&mut buffer, 1, |_, chunk| chunk.fill(0.0));
+        buffer
+    }
+
+    /// Keeps `buffer` for a later step.
+    fn give(&self, buffer: Vec<f32>) {
+        if buffer.capacity() >= MIN_RECYCLED {
+            let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < MAX_RECYCLED {
+                kept.push(buffer);
+            }
+        }
+    }
+}
+
+impl Clone for Recycler {
+    fn clone(&self) -> Recycler {
+        Recycler::default()
+    }
+}
+
+impl std::fmt::Debug for Recycler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recycler")
+    }
 }
 
 /// What a forward pass keeps for the backward pass: every step's value for a batch.
@@ -137,6 +205,7 @@ impl NativeSuffix {
             activations,
             after,
             kernels: Kernels::detect(),
+            buffers: Recycler::default(),
         })
     }
 
@@ -152,7 +221,9 @@ impl NativeSuffix {
         let mut out = Vec::with_capacity(n * self.cut.network().feature_dim());
         for chunk in rows.chunks(EVAL_CHUNK * row_len) {
             let m = chunk.len() / row_len;
-            out.extend(self.forward(chunk, m)?.0);
+            let (features, tape) = self.forward(chunk, m)?;
+            out.extend(features);
+            self.recycle(tape);
         }
         Ok(out)
     }
@@ -171,9 +242,12 @@ impl NativeSuffix {
         let mut offset = 0;
         for &j in self.cut.inputs() {
             let size: usize = all[j].shape.iter().product();
-            let mut values = Vec::with_capacity(n * size);
-            for row in rows.chunks_exact(row_len) {
-                values.extend_from_slice(&row[offset..offset + size]);
+            let mut values = self.buffers.any(n * size);
+            for (map, row) in values
+                .chunks_exact_mut(size)
+                .zip(rows.chunks_exact(row_len))
+            {
+                map.copy_from_slice(&row[offset..offset + size]);
             }
             tape.values[j] = values;
             offset += size;
@@ -182,9 +256,16 @@ impl NativeSuffix {
             let mut value = self.step_forward(step, &tape.values, n)?;
             let after = self.after[k];
             if needs_input(after) {
-                tape.before_activation[first + k] = Some(value.clone());
+                let mut output = self.buffers.any(value.len());
+                par_rows(&mut output, 1, |at, chunk| {
+                    chunk.copy_from_slice(&value[at..at + chunk.len()]);
+                    activate(chunk, after)
+                });
+                tape.before_activation[first + k] = Some(value);
+                value = output;
+            } else if after != Activation::Linear {
+                par_rows(&mut value, 1, |_, chunk| activate(chunk, after));
             }
-            activate(&mut value, after);
             tape.values[first + k] = value;
         }
         let [h, w, c] = all[all.len() - 1].shape;
@@ -200,7 +281,7 @@ impl NativeSuffix {
 
     /// The gradient of every trainable tensor, in the order of [`Step::parameters`] step by
     /// step, given the gradient `d_features` (`[n, F]`) of the features `tape` came with.
-    pub fn backward(&self, tape: &SuffixTape, d_features: &[f32]) -> Result<Vec<Vec<f32>>> {
+    pub fn backward(&self, tape: SuffixTape, d_features: &[f32]) -> Result<Vec<Vec<f32>>> {
         let all = self.cut.network().steps();
         let first = self.cut.first();
         let n = tape.n;
@@ -213,10 +294,13 @@ impl NativeSuffix {
         }
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; all.len()];
         let share = 1.0 / (h * w) as f32;
-        let mut last = Vec::with_capacity(n * h * w * c);
-        for d in d_features.chunks_exact(c) {
-            for _ in 0..h * w {
-                last.extend(d.iter().map(|v| v * share));
+        let mut last = self.buffers.any(n * h * w * c);
+        for (map, d) in last
+            .chunks_exact_mut(h * w * c)
+            .zip(d_features.chunks_exact(c))
+        {
+            for pixel in map.chunks_exact_mut(c) {
+                pixel.iter_mut().zip(d).for_each(|(p, v)| *p = v * share);
             }
         }
         grads[all.len() - 1] = Some(last);
@@ -232,9 +316,19 @@ impl NativeSuffix {
                 tape.before_activation[i].as_deref(),
                 self.activations[k],
             );
-            parameters[k] = self.step_backward(step, tape, &dz, &mut grads)?;
+            parameters[k] = self.step_backward(step, &tape, &dz, &mut grads)?;
+            self.buffers.give(dz);
         }
+        self.recycle(tape);
         Ok(parameters.into_iter().flatten().collect())
+    }
+
+    /// Keeps a tape's buffers for the next step.
+    fn recycle(&self, tape: SuffixTape) {
+        let kept = tape.before_activation.into_iter().flatten();
+        for buffer in tape.values.into_iter().chain(kept) {
+            self.buffers.give(buffer);
+        }
     }
 
     /// Every trainable tensor, in the order [`backward`](Self::backward) returns their
@@ -284,15 +378,24 @@ impl NativeSuffix {
         let input = |k: usize| values[step.inputs[k]].as_slice();
         let in_shape = |k: usize| all[step.inputs[k]].shape;
         let [ho, wo, co] = step.shape;
-        let mut out = vec![0f32; n * ho * wo * co];
+        // Every kernel writes each value, but padding (zeros around the input).
+        let mut out = match step.kernel {
+            Kernel::Pad(_) => self.buffers.zeros(n * ho * wo * co),
+            _ => self.buffers.any(n * ho * wo * co),
+        };
         match &step.kernel {
             Kernel::Conv(conv) if conv.is_pointwise() => {
-                // The batch as one tall image: one product over all its pixels.
+                // The batch as one tall image: one product over all its pixels, on the
+                // inference path's packed micro-kernel where the CPU has AVX2 (packing the
+                // weights costs one copy of them, a fraction of a product over the batch).
                 let [h, w, cin] = in_shape(0);
+                let packed = has_avx2_fma()
+                    .then(|| PackedWeights::new(&conv.weights, &conv.bias, cin, co))
+                    .flatten();
                 let mut pool = Pool::default();
                 run_conv(
                     conv,
-                    None,
+                    packed.as_ref(),
                     self.kernels,
                     input(0),
                     [n * h, w, cin],
@@ -332,8 +435,9 @@ impl NativeSuffix {
             }
             Kernel::Activation(_) => out.copy_from_slice(input(0)),
             Kernel::Add(_) => {
-                for k in 0..step.inputs.len() {
-                    out.iter_mut().zip(input(k)).for_each(|(o, x)| *o += x);
+                out.copy_from_slice(input(0));
+                for k in 1..step.inputs.len() {
+                    add_into(&mut out, input(k));
                 }
             }
             Kernel::Multiply => {
@@ -348,17 +452,16 @@ impl NativeSuffix {
                     } else {
                         (a, b)
                     };
-                    for ((o, x), s) in out
-                        .chunks_exact_mut(ho * wo * co)
-                        .zip(big.chunks_exact(ho * wo * co))
-                        .zip(small.chunks_exact(co))
-                    {
-                        for (o, x) in o.chunks_exact_mut(co).zip(x.chunks_exact(co)) {
-                            for ((o, x), s) in o.iter_mut().zip(x).zip(s) {
-                                *o = x * s;
+                    out.par_chunks_mut(ho * wo * co)
+                        .zip(big.par_chunks(ho * wo * co))
+                        .zip(small.par_chunks(co))
+                        .for_each(|((o, x), s)| {
+                            for (o, x) in o.chunks_exact_mut(co).zip(x.chunks_exact(co)) {
+                                for ((o, x), s) in o.iter_mut().zip(x).zip(s) {
+                                    *o = x * s;
+                                }
                             }
-                        }
-                    }
+                        });
                 }
             }
             Kernel::Concat => {
@@ -405,12 +508,9 @@ impl NativeSuffix {
             }
             Kernel::GlobalAvgPool => {
                 let [h, w, c] = in_shape(0);
-                for (out, x) in out
-                    .chunks_exact_mut(c)
-                    .zip(input(0).chunks_exact(h * w * c))
-                {
-                    average_pool(x, c, out);
-                }
+                out.par_chunks_mut(c)
+                    .zip(input(0).par_chunks(h * w * c))
+                    .for_each(|(out, x)| average_pool(x, c, out));
             }
             Kernel::Input => {
                 return Err(Error::InvalidArgument(
@@ -441,7 +541,7 @@ impl NativeSuffix {
         // A zeroed buffer for input `k`'s gradient from this step; `None` below the cut.
         let fresh = |k: usize| -> Option<Vec<f32>> {
             let j = step.inputs[k];
-            (j >= first).then(|| vec![0f32; tape.values[j].len()])
+            (j >= first).then(|| self.buffers.zeros(tape.values[j].len()))
         };
         let mut given = Vec::new();
         let parameters = match &step.kernel {
@@ -483,7 +583,7 @@ impl NativeSuffix {
                     if conv.is_pointwise() {
                         product(&mut dw, View::rows(x, rows, cin).t(), dz_view, false);
                         if let Some(dx) = dx.as_deref_mut() {
-                            product(dx, dz_view, weights.t(), true);
+                            product(dx, dz_view, weights.t(), false);
                         }
                     } else {
                         let window = Window {
@@ -493,7 +593,7 @@ impl NativeSuffix {
                             stride: conv.stride,
                             pad: (conv.pad[0], conv.pad[2]),
                         };
-                        let mut cols = vec![0f32; rows * k];
+                        let mut cols = self.buffers.any(rows * k);
                         cols.par_chunks_mut(ho * wo * k)
                             .zip(x.par_chunks(in_len))
                             .for_each(|(cols, x)| {
@@ -507,6 +607,7 @@ impl NativeSuffix {
                                 .zip(cols.par_chunks(ho * wo * k))
                                 .for_each(|(dx, cols)| col2im(&window, cols, dx));
                         }
+                        self.buffers.give(cols);
                     }
                     dw
                 };
@@ -562,27 +663,29 @@ impl NativeSuffix {
                     } else {
                         (&mut da, &mut db)
                     };
-                    for (i, d) in dz.chunks_exact(out_len).enumerate() {
-                        let s = &small[i * co..][..co];
-                        let x = &big[i * out_len..][..out_len];
-                        if let Some(g) = d_big.as_deref_mut() {
-                            for (g, d) in g[i * out_len..][..out_len]
-                                .chunks_exact_mut(co)
-                                .zip(d.chunks_exact(co))
-                            {
-                                for ((g, d), s) in g.iter_mut().zip(d).zip(s) {
-                                    *g += d * s;
+                    if let Some(g) = d_big.as_deref_mut() {
+                        g.par_chunks_mut(out_len)
+                            .zip(dz.par_chunks(out_len))
+                            .zip(small.par_chunks(co))
+                            .for_each(|((g, d), s)| {
+                                for (g, d) in g.chunks_exact_mut(co).zip(d.chunks_exact(co)) {
+                                    for ((g, d), s) in g.iter_mut().zip(d).zip(s) {
+                                        *g += d * s;
+                                    }
                                 }
-                            }
-                        }
-                        if let Some(g) = d_small.as_deref_mut() {
-                            let g = &mut g[i * co..][..co];
-                            for (d, x) in d.chunks_exact(co).zip(x.chunks_exact(co)) {
-                                for ((g, d), x) in g.iter_mut().zip(d).zip(x) {
-                                    *g += d * x;
+                            });
+                    }
+                    if let Some(g) = d_small.as_deref_mut() {
+                        g.par_chunks_mut(co)
+                            .zip(dz.par_chunks(out_len))
+                            .zip(big.par_chunks(out_len))
+                            .for_each(|((g, d), x)| {
+                                for (d, x) in d.chunks_exact(co).zip(x.chunks_exact(co)) {
+                                    for ((g, d), x) in g.iter_mut().zip(d).zip(x) {
+                                        *g += d * x;
+                                    }
                                 }
-                            }
-                        }
+                            });
                     }
                 }
                 given.push((0, da));
@@ -655,11 +758,13 @@ impl NativeSuffix {
                 let share = 1.0 / (h * w) as f32;
                 let mut dx = fresh(0);
                 if let Some(dx) = dx.as_deref_mut() {
-                    for (g, d) in dx.chunks_exact_mut(h * w * c).zip(dz.chunks_exact(c)) {
-                        for g in g.chunks_exact_mut(c) {
-                            g.iter_mut().zip(d).for_each(|(g, d)| *g += d * share);
-                        }
-                    }
+                    dx.par_chunks_mut(h * w * c)
+                        .zip(dz.par_chunks(c))
+                        .for_each(|(g, d)| {
+                            for g in g.chunks_exact_mut(c) {
+                                g.iter_mut().zip(d).for_each(|(g, d)| *g += d * share);
+                            }
+                        });
                 }
                 given.push((0, dx));
                 Vec::new()
@@ -675,7 +780,10 @@ impl NativeSuffix {
         for (k, dx) in given {
             let Some(dx) = dx else { continue };
             match &mut grads[step.inputs[k]] {
-                Some(sum) => sum.iter_mut().zip(&dx).for_each(|(s, d)| *s += d),
+                Some(sum) => {
+                    add_into(sum, &dx);
+                    self.buffers.give(dx);
+                }
                 empty => *empty = Some(dx),
             }
         }
@@ -868,7 +976,7 @@ mod tests {
         for (a, e) in features.iter().zip(&expected_features) {
             assert!((a - e).abs() <= 1e-5, "features: {a} against {e}");
         }
-        let actual = suffix.backward(&tape, &projection).expect("backward");
+        let actual = suffix.backward(tape, &projection).expect("backward");
         assert_eq!(actual.len(), expected.len());
         for (t, (a, e)) in actual.iter().zip(&expected).enumerate() {
             assert!(
