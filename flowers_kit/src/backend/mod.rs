@@ -21,7 +21,10 @@ use padding::resolve;
 pub use cut::{BlockStart, Cut, MAX_CUT_VALUES};
 /// The network above a [`Cut`], traced for training: what `train` fine-tunes, through this
 /// API rather than the dfdx module it lives in.
-pub use dfdx::{ParamMut, TrainableSuffix, EVAL_CHUNK};
+pub use dfdx::{Matrix, ParamMut, Traced, TrainableSuffix, EVAL_CHUNK};
+/// The same steps trained on the CPU by the native kernels' forward and backward passes,
+/// for `train` through this API.
+pub use native::{NativeSuffix, Parameter, SuffixTape};
 
 /// Largest input resolution a network is built for (defined with the image code, which
 /// bounds every resize by it).

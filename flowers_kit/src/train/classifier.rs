@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::head::{Activation, Dense, Head};
 use super::metrics::{most_probable, Metrics};
-use crate::backend::native::NativeSuffix;
+use crate::backend::NativeSuffix;
 use crate::backend::{Cut, Network, Step};
 use crate::data::image::Resize;
 use crate::error::{Error, Result};

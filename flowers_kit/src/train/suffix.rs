@@ -8,9 +8,7 @@ use dfdx::tensor::{Cpu, Gradients, Tensor, TensorFrom, Trace};
 use rayon::prelude::*;
 
 use super::optim::{update, Optimizer, Slots};
-use crate::backend::dfdx::{Matrix, Traced};
-use crate::backend::native::{NativeSuffix, SuffixTape};
-use crate::backend::{Cut, ParamMut, TrainableSuffix};
+use crate::backend::{Cut, Matrix, NativeSuffix, ParamMut, SuffixTape, Traced, TrainableSuffix};
 use crate::device::DfdxDevice;
 use crate::error::Result;
 

@@ -167,9 +167,9 @@ pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: boo
     let large = m.saturating_mul(k).saturating_mul(n) >= MIN_PARALLEL_MACS;
     if threads > 1 && large && k >= m.max(n) {
         // A weight's gradient (the batch's pixels as the inner dimension): each thread sums
-        // its share of the pixels into its own copy, then the copies are added.
+        // its share of the pixels into its own copy, then the copies are added in order.
         let share = k.div_ceil(threads);
-        let partial = (0..threads)
+        let parts: Vec<Vec<f32>> = (0..k.div_ceil(share))
             .into_par_iter()
             .map(|t| {
                 let (from, to) = (t * share, ((t + 1) * share).min(k));
@@ -187,13 +187,8 @@ pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: boo
                 single_threaded_product(&mut part, a, b, false);
                 part
             })
-            .reduce(
-                || vec![0f32; m * n],
-                |mut x, y| {
-                    x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
-                    x
-                },
-            );
+            .collect();
+        let partial = sum_in_order(parts, m * n);
         if accumulate {
             out.iter_mut().zip(&partial).for_each(|(o, p)| *o += p);
         } else {
@@ -256,7 +251,7 @@ fn single_threaded_product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate
 }
 
 /// Adds the sum over rows of `[rows, c]` `values` to `out` (`[c]`): a bias's gradient
-/// (each thread sums its share of the rows, then the shares are added).
+/// (chunks of rows summed in parallel, then added in order).
 pub(super) fn add_column_sums(values: &[f32], out: &mut [f32]) {
     let c = out.len().max(1);
     let sum = |values: &[f32]| {
@@ -270,13 +265,7 @@ pub(super) fn add_column_sums(values: &[f32], out: &mut [f32]) {
     };
     let chunk = (ELEMENTWISE_JOB / c).max(1) * c;
     let total = if values.len() > chunk && rayon::current_num_threads() > 1 {
-        values.par_chunks(chunk).map(sum).reduce(
-            || vec![0f32; c],
-            |mut x, y| {
-                x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
-                x
-            },
-        )
+        sum_in_order(values.par_chunks(chunk).map(sum).collect(), c)
     } else {
         sum(values)
     };
@@ -428,10 +417,20 @@ pub(super) fn pool_grad(window: &Window, x: &[f32], dz: &[f32], max: bool, dx: &
     }
 }
 
+/// Adds `parts` in order: the same sum, to the last bit, whichever thread finished first.
+fn sum_in_order(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut total = vec![0f32; len];
+    for part in parts {
+        total.iter_mut().zip(&part).for_each(|(t, p)| *t += p);
+    }
+    total
+}
+
 /// Runs `f(image, a, b, sum)` on each image's slices of `a` (`a_len` values per image) and
-/// `b` (`b_len` values, or empty slices when `b_len` is 0), in parallel when there are
-/// several; each worker adds into its own `[len]` sum, and their total is returned. What a
-/// weight's gradient over a batch needs.
+/// `b` (`b_len` values, or empty slices when `b_len` is 0). The images are split into one
+/// contiguous share per thread, each adding into its own `[len]` sum, and the shares' sums
+/// are added in order, so that a training run repeats exactly. What a weight's gradient
+/// over a batch needs.
 pub(super) fn per_image_sum<F>(
     (a, a_len): (&[f32], usize),
     (b, b_len): (&mut [f32], usize),
@@ -446,31 +445,23 @@ where
         a_len > 0 && a.len() == images * a_len && b.len() == images * b_len,
         "per-image buffers do not hold the same number of images"
     );
-    let b: Vec<&mut [f32]> = if b_len == 0 {
+    let mut b: Vec<&mut [f32]> = if b_len == 0 {
         (0..images).map(|_| <&mut [f32]>::default()).collect()
     } else {
         b.chunks_mut(b_len).collect()
     };
-    let work = |mut sum: Vec<f32>, (i, (a, b)): (usize, (&[f32], &mut [f32]))| {
-        f(i, a, b, &mut sum);
-        sum
-    };
-    if images > 1 && rayon::current_num_threads() > 1 {
-        a.par_chunks(a_len)
-            .zip(b.into_par_iter())
-            .enumerate()
-            .fold(|| vec![0f32; len], work)
-            .reduce(
-                || vec![0f32; len],
-                |mut x, y| {
-                    x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
-                    x
-                },
-            )
-    } else {
-        a.chunks(a_len)
-            .zip(b)
-            .enumerate()
-            .fold(vec![0f32; len], work)
-    }
+    let share = images.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let parts: Vec<Vec<f32>> = a
+        .par_chunks(share * a_len)
+        .zip(b.par_chunks_mut(share))
+        .enumerate()
+        .map(|(s, (a, b))| {
+            let mut sum = vec![0f32; len];
+            for (i, (a, b)) in a.chunks(a_len).zip(b.iter_mut()).enumerate() {
+                f(s * share + i, a, b, &mut sum);
+            }
+            sum
+        })
+        .collect();
+    sum_in_order(parts, len)
 }

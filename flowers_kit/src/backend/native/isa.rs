@@ -2,12 +2,19 @@
 
 /// Which instruction set the native kernels are written for. [`Kernels::detect`] picks the
 /// widest this CPU has; tests force each available one to compare it with the reference.
+///
+/// Each is a set of capabilities, the wider including the narrower's strategy: a CPU with
+/// AVX-512 also has AVX2 and FMA, so it keeps the packed products and fused blocks and adds
+/// its own depthwise kernel. (Until 2026-12 `Avx512` meant gemm's products without packing
+/// or fusion, and an AVX-512 CPU ran 1.2–1.7× slower by default than with `--kernels avx2`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// AVX-512: the explicit depthwise kernel, and gemm's AVX-512 matrix products.
+    /// AVX-512 (with AVX2 + FMA): everything [`Kernels::Avx2`] does, with the depthwise
+    /// layers on the explicit AVX-512 kernel.
     Avx512,
     /// AVX2 + FMA: matrix products on weights packed once, with the bias, residual and
-    /// clamp fused into the store, and the depthwise loop compiled for AVX2.
+    /// clamp fused into the store, inverted-residual blocks fused, and the depthwise loop
+    /// compiled for AVX2.
     Avx2,
     /// Any CPU: portable loops (gemm still picks its own kernels at run time).
     Portable,
@@ -39,7 +46,7 @@ impl Kernels {
     pub fn is_supported(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => is_x86_feature_detected!("avx512f"),
+            Kernels::Avx512 => is_x86_feature_detected!("avx512f") && has_avx2_fma(),
             #[cfg(not(target_arch = "x86_64"))]
             Kernels::Avx512 => false,
             Kernels::Avx2 => has_avx2_fma(),

@@ -2,11 +2,12 @@
 //! instruction set the CPU has ([`Kernels`], chosen at run time).
 //!
 //! - Convolutions are matrix products: a 1×1 stride-1 convolution multiplies the activation
-//!   directly, others go through an im2col buffer. With [`Kernels::Avx2`] the weights are
+//!   directly, others go through an im2col buffer. With AVX2 ([`Kernels::Avx2`], and
+//!   [`Kernels::Avx512`], whose CPUs have AVX2 too) the weights are
 //!   packed once for a 6×16 FMA micro-kernel (`packed.rs`) that adds the bias, a residual
 //!   addend and the ReLU/ReLU6 clamp as it stores; otherwise each is one `gemm` call into an
 //!   output pre-filled with the bias (and the addend).
-//! - With [`Kernels::Avx2`], an inverted-residual block (expand → depthwise → project) is one
+//! - With AVX2 kernels, an inverted-residual block (expand → depthwise → project) is one
 //!   step, run band by band of output rows so that its expanded activations stay in L2.
 //! - Depthwise convolutions vectorise over channels: explicit AVX-512 and AVX2 kernels (taps
 //!   in registers) inside the image, a bounds-checked loop at its borders and for any other

@@ -24,7 +24,8 @@ pub struct NativeNetwork {
     pub(super) resolution: usize,
     pub(super) features: usize,
     pub(super) kernels: Kernels,
-    /// With [`Kernels::Avx2`]: each non-depthwise convolution's packed weights.
+    /// With AVX2 kernels ([`Kernels::Avx2`] and [`Kernels::Avx512`]): each non-depthwise
+    /// convolution's packed weights.
     pub(super) packed: Vec<Option<PackedWeights>>,
     /// At the projection of an inverted-residual block run as one step: its parts.
     pub(super) blocks: Vec<Option<Block>>,
@@ -159,7 +160,7 @@ impl NativeNetwork {
         let packed: Vec<Option<PackedWeights>> = steps
             .iter()
             .map(|step| match &step.kernel {
-                Kernel::Conv(c) if kernels == Kernels::Avx2 && !c.depthwise => {
+                Kernel::Conv(c) if kernels != Kernels::Portable && !c.depthwise => {
                     PackedWeights::new(&c.weights, &c.bias, c.kernel.0 * c.kernel.1 * c.cin, c.cout)
                 }
                 _ => None,

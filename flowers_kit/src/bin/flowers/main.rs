@@ -219,7 +219,8 @@ struct ExtractorArgs {
     /// Where the network runs.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
-    /// Which implementation runs it on the CPU.
+    /// Which implementation runs it on the CPU: feature extraction, and the fine-tuned blocks
+    /// when training.
     #[arg(long, value_enum, default_value_t = BackendArg::Native)]
     backend: BackendArg,
     /// The native backend's instruction set [default: the widest this CPU has].
@@ -568,6 +569,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                 weight_decay,
                 seed,
                 device: extractor.device.into(),
+                backend: extractor.backend.into(),
                 augment,
                 views,
                 fine_tune: fine_tune_blocks.map(|blocks| FineTune {
