@@ -366,7 +366,8 @@ fn native_and_dfdx_fine_tuning_take_the_same_steps() {
             ..config.clone()
         };
         let (dfdx, dfdx_history) = train(&rows, &reference).unwrap();
-        // Threads share the work, not the order of the sums: a run repeats to the last bit.
+        // Threads share the work, not the order of the sums: on one machine with one thread
+        // count, a run repeats to the last bit.
         let (_, again) = train(&rows, &config).unwrap();
         assert_eq!(
             again.train_loss, native_history.train_loss,

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::optim::{update, Optimizer, Slots};
 use crate::backend::{Cut, Matrix, NativeSuffix, ParamMut, SuffixTape, Traced, TrainableSuffix};
 use crate::device::DfdxDevice;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The trainable steps above a cut, with their optimizer state.
 pub(super) enum Suffix<D: DfdxDevice> {
@@ -88,7 +88,7 @@ impl<D: DfdxDevice> Suffix<D> {
                 suffix, pending, ..
             } => {
                 let (features, tape) = suffix.forward(rows, n)?;
-                let dim = features.len() / n.max(1);
+                let dim = suffix.feature_dim();
                 let features: Matrix<D> = dev.tensor((features, (n, dim)));
                 let traced = features.leaky_trace();
                 *pending = Some((tape, features));
@@ -115,13 +115,21 @@ impl<D: DfdxDevice> Suffix<D> {
                 cpu,
                 slots,
             } => {
-                let (tape, features) = pending
-                    .take()
-                    .expect("invariant: the training loop runs forward before each update");
+                let (tape, features) = pending.take().ok_or_else(|| {
+                    Error::InvalidArgument("a fine-tuning update needs a forward pass first".into())
+                })?;
                 let gradients = suffix.backward(tape, &grads.get(&features).as_vec())?;
                 // Each tensor's update is independent of the others': on the CPU they run
                 // in parallel (a tenth of a step on one thread).
                 let parameters = suffix.parameters_mut();
+                if parameters.len() != gradients.len() || parameters.len() != slots.len() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} trainable tensors, {} gradients and {} optimizer states",
+                        parameters.len(),
+                        gradients.len(),
+                        slots.len()
+                    )));
+                }
                 parameters
                     .into_par_iter()
                     .zip(gradients)

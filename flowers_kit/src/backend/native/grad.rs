@@ -1,7 +1,6 @@
 //! Gradient kernels: what each kind of step's backward pass computes, on NHWC buffers
 //! (`[pixels, channels]`, images one after the other). `train` runs them in reverse step
-//! order; each adds into the gradients it is handed, so a value read by several steps sums
-//! what each reader sends back.
+//! order, and for a value read by several steps adds up what each reader sends back.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -14,15 +13,14 @@ use crate::models::graph::{Activation, Shape};
 /// job costs more to hand out than it saves.
 const ELEMENTWISE_JOB: usize = 1 << 15;
 
-/// Runs `f(offset, chunk)` over `values` in chunks of whole `[c]` rows, in parallel when it
-/// is large: the element-wise loops of a backward pass (a third of its time on one thread).
-pub(super) fn par_rows(values: &mut [f32], c: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let chunk = (ELEMENTWISE_JOB / c.max(1)).max(1) * c.max(1);
-    if values.len() > chunk && rayon::current_num_threads() > 1 {
+/// Runs `f(offset, chunk)` over `values` in chunks, in parallel when it is large: the
+/// element-wise loops of a backward pass (a third of its time on one thread).
+pub(super) fn par_elements(values: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    if values.len() > ELEMENTWISE_JOB && rayon::current_num_threads() > 1 {
         values
-            .par_chunks_mut(chunk)
+            .par_chunks_mut(ELEMENTWISE_JOB)
             .enumerate()
-            .for_each(|(i, values)| f(i * chunk, values));
+            .for_each(|(i, values)| f(i * ELEMENTWISE_JOB, values));
     } else {
         f(0, values);
     }
@@ -144,10 +142,11 @@ impl<'a> View<'a> {
     }
 }
 
-/// `out = a · b`, or `out += a · b` with `accumulate`; `out` row-major. A large product runs
-/// on gemm's own threads: the backward products (batch rows as the inner dimension for the
-/// weights' gradient) are big enough to gain from them.
-pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool) {
+/// `out = a · b`, `out` row-major. A large product is split among the threads, each part a
+/// single-threaded gemm (gemm's own threads scaled these shapes poorly): a weight's
+/// gradient, whose inner dimension is the batch's pixels, by pixels (each thread sums its
+/// share, the shares are added in order); any other product by bands of output rows.
+pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>) {
     let (m, k, n) = (a.rows, a.columns, b.columns);
     // Checked in release builds too: gemm reads and writes through raw pointers below.
     assert!(
@@ -158,9 +157,7 @@ pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: boo
         return;
     }
     if k == 0 {
-        if !accumulate {
-            out.fill(0.0);
-        }
+        out.fill(0.0);
         return;
     }
     let threads = rayon::current_num_threads();
@@ -184,16 +181,12 @@ pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: boo
                     rows: to - from,
                     ..b
                 };
-                single_threaded_product(&mut part, a, b, false);
+                single_threaded_product(&mut part, a, b);
                 part
             })
             .collect();
         let partial = sum_in_order(parts, m * n);
-        if accumulate {
-            out.iter_mut().zip(&partial).for_each(|(o, p)| *o += p);
-        } else {
-            out.copy_from_slice(&partial);
-        }
+        out.copy_from_slice(&partial);
         return;
     }
     // One band of output rows per thread, each a single-threaded product.
@@ -208,15 +201,15 @@ pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: boo
                     rows: out.len() / n,
                     ..a
                 };
-                single_threaded_product(out, a, b, accumulate);
+                single_threaded_product(out, a, b);
             });
         return;
     }
-    single_threaded_product(out, a, b, accumulate);
+    single_threaded_product(out, a, b);
 }
 
 /// [`product`] on the calling thread, shapes already checked.
-fn single_threaded_product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool) {
+fn single_threaded_product(out: &mut [f32], a: View<'_>, b: View<'_>) {
     let (m, k, n) = (a.rows, a.columns, b.columns);
     assert!(
         b.rows == k && Some(out.len()) == m.checked_mul(n) && a.in_bounds() && b.in_bounds(),
@@ -233,7 +226,7 @@ fn single_threaded_product(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate
             out.as_mut_ptr(),
             1,
             n as isize,
-            accumulate,
+            false,
             a.data.as_ptr(),
             a.column_stride as isize,
             a.row_stride as isize,
@@ -275,7 +268,7 @@ pub(super) fn add_column_sums(values: &[f32], out: &mut [f32]) {
 /// `out += values`, element by element.
 pub(super) fn add_into(out: &mut [f32], values: &[f32]) {
     assert_eq!(out.len(), values.len(), "gradients of different sizes");
-    par_rows(out, 1, |at, out| {
+    par_elements(out, |at, out| {
         out.iter_mut().zip(&values[at..]).for_each(|(o, v)| *o += v)
     });
 }
@@ -394,7 +387,8 @@ pub(super) fn pool_grad(window: &Window, x: &[f32], dz: &[f32], max: bool, dx: &
                 best.fill((f32::NEG_INFINITY, usize::MAX));
                 for p in taps {
                     for (ch, (b, &v)) in best.iter_mut().zip(&x[p * c..][..c]).enumerate() {
-                        if v > b.0 || b.1 == usize::MAX {
+                        // The forward pass's `f32::max` skips NaN, and so does this.
+                        if v > b.0 || (b.1 == usize::MAX && !v.is_nan()) {
                             *b = (v, p * c + ch);
                         }
                     }
@@ -464,4 +458,69 @@ where
         })
         .collect();
     sum_in_order(parts, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2000) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    /// `a · b` by the definition, in f64.
+    fn naive(a: View<'_>, b: View<'_>) -> Vec<f32> {
+        let at = |v: &View<'_>, i: usize, j: usize| {
+            f64::from(v.data[i * v.row_stride + j * v.column_stride])
+        };
+        let mut out = Vec::with_capacity(a.rows * b.columns);
+        for i in 0..a.rows {
+            for j in 0..b.columns {
+                out.push(
+                    (0..a.columns)
+                        .map(|k| at(&a, i, k) * at(&b, k, j))
+                        .sum::<f64>() as f32,
+                );
+            }
+        }
+        out
+    }
+
+    /// Every way `product` splits its work — by pixels (a weight's gradient: transposed left
+    /// operand, inner dimension unevenly shared among three threads), by bands of output
+    /// rows (transposed right operand), and on one thread — gives the product.
+    #[test]
+    fn products_split_among_threads_are_the_product() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("a pool");
+        pool.install(|| {
+            for (m, k, n) in [(40, 3001, 50), (301, 100, 150), (5, 7, 3)] {
+                let x = values(k * m, 1);
+                let y = values(k * n, 2);
+                let w = values(n * k, 3);
+                // A weight's gradient: xᵀ · y with x `[k, m]`; an input's: y · wᵀ with w `[n, k]`.
+                let cases = [
+                    (View::rows(&x, k, m).t(), View::rows(&y, k, n)),
+                    (View::rows(&y, k, n).t(), View::rows(&w, n, k).t()),
+                ];
+                for (case, (a, b)) in cases.into_iter().enumerate() {
+                    let expected = naive(a, b);
+                    let mut out = vec![f32::NAN; a.rows * b.columns];
+                    product(&mut out, a, b);
+                    let scale = (a.columns as f32).sqrt();
+                    for (i, (o, e)) in out.iter().zip(&expected).enumerate() {
+                        assert!(
+                            (o - e).abs() <= 1e-4 * scale,
+                            "{m}×{k}×{n}, case {case}, [{i}]: {o} against {e}"
+                        );
+                    }
+                }
+            }
+        });
+    }
 }

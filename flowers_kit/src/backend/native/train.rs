@@ -13,8 +13,8 @@ use rayon::prelude::*;
 use super::conv::{im2col, run_conv};
 use super::eltwise::activate;
 use super::grad::{
-    activation_grad, add_column_sums, add_into, col2im, depthwise_grad, par_rows, per_image_sum,
-    pool_grad, product, View, Window,
+    activation_grad, add_column_sums, add_into, col2im, depthwise_grad, par_elements,
+    per_image_sum, pool_grad, product, View, Window,
 };
 use super::isa::{has_avx2_fma, Kernels};
 use super::packed::PackedWeights;
@@ -57,6 +57,34 @@ pub struct NativeSuffix {
     kernels: Kernels,
     /// Buffers kept from one step to the next.
     buffers: Recycler,
+    /// Values a forward pass keeps per row (every step's output, and the values before
+    /// swish), to bound a batch before allocating it.
+    tape_values_per_row: usize,
+    /// Names these weights: a tape made with others is refused.
+    stamp: Stamp,
+}
+
+/// The most values a forward pass may keep: 2²⁹ (2 GiB of f32). A batch of 256 photos
+/// through three ResNet-50 V2 blocks keeps about 2²⁸.
+pub const MAX_TAPE_VALUES: usize = 1 << 29;
+
+/// A number no other suffix, clone or set of weights has: a tape carries its suffix's, and
+/// [`NativeSuffix::backward`] refuses a tape from another suffix, or from before the weights
+/// changed (its values would no longer match them).
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp(u64);
+
+impl Stamp {
+    fn fresh() -> Stamp {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Stamp(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Clone for Stamp {
+    fn clone(&self) -> Stamp {
+        Stamp::fresh()
+    }
 }
 
 /// Buffers kept from one training step to the next: a step's values and gradients are tens
@@ -97,7 +125,7 @@ impl Recycler {
     /// A buffer of `len` zeros.
     fn zeros(&self, len: usize) -> Vec<f32> {
         let mut buffer = self.any(len);
-        par_rows(&mut buffer, 1, |_, chunk| chunk.fill(0.0));
+        par_elements(&mut buffer, |_, chunk| chunk.fill(0.0));
         buffer
     }
 
@@ -128,6 +156,8 @@ impl std::fmt::Debug for Recycler {
 #[derive(Debug)]
 pub struct SuffixTape {
     n: usize,
+    /// The suffix's [`Stamp`] when the tape was made.
+    stamp: u64,
     /// By step: the rows' maps for the cut's inputs, each trainable step's output; empty
     /// for the other steps.
     values: Vec<Vec<f32>>,
@@ -169,14 +199,20 @@ impl NativeSuffix {
                 all[unread].name
             )));
         }
-        let below = |j: &usize| *j < first && !cut.inputs().contains(j);
-        if let Some(step) = all[first..].iter().find(|s| s.inputs.iter().any(below)) {
-            return Err(Error::InvalidArgument(format!(
-                "{}: step {} reads a frozen step the cut does not carry",
-                cut.network().model().name(),
-                step.name
-            )));
-        }
+        let kept_before_activation = |s: &Step| match &s.kernel {
+            Kernel::Conv(c) => needs_input(c.activation),
+            Kernel::Affine { activation, .. }
+            | Kernel::Activation(activation)
+            | Kernel::Add(activation) => needs_input(*activation),
+            _ => false,
+        };
+        let tape_values_per_row = cut.row_len()
+            + all[first..]
+                .iter()
+                .map(|s| {
+                    s.shape.iter().product::<usize>() * (1 + usize::from(kept_before_activation(s)))
+                })
+                .sum::<usize>();
         let mut steps = cut.suffix().to_vec();
         let mut activations = Vec::with_capacity(steps.len());
         let mut after = Vec::with_capacity(steps.len());
@@ -206,12 +242,19 @@ impl NativeSuffix {
             after,
             kernels: Kernels::detect(),
             buffers: Recycler::default(),
+            tape_values_per_row,
+            stamp: Stamp::fresh(),
         })
     }
 
     /// Values per photo of its input rows (the maps crossing the cut).
     pub fn row_len(&self) -> usize {
         self.cut.row_len()
+    }
+
+    /// Values per feature vector it computes.
+    pub fn feature_dim(&self) -> usize {
+        self.cut.network().feature_dim()
     }
 
     /// Features `[n, F]` of `n` rows, [`EVAL_CHUNK`] rows at a time.
@@ -229,12 +272,25 @@ impl NativeSuffix {
     }
 
     /// Features `[n, F]` of `n` rows, and what [`backward`](Self::backward) needs.
+    /// Errors when the batch would keep more than [`MAX_TAPE_VALUES`] values.
     pub fn forward(&self, rows: &[f32], n: usize) -> Result<(Vec<f32>, SuffixTape)> {
+        if n.checked_mul(self.tape_values_per_row)
+            .is_none_or(|values| values > MAX_TAPE_VALUES)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "a batch of {n} photos through {} would keep more than {} MiB of \
+                 activations for the backward pass: use a batch of at most {}",
+                self.cut.block_name(),
+                (MAX_TAPE_VALUES * 4) >> 20,
+                MAX_TAPE_VALUES / self.tape_values_per_row.max(1)
+            )));
+        }
         self.check_rows(rows, n)?;
         let all = self.cut.network().steps();
         let first = self.cut.first();
         let mut tape = SuffixTape {
             n,
+            stamp: self.stamp.0,
             values: vec![Vec::new(); all.len()],
             before_activation: vec![None; all.len()],
         };
@@ -257,14 +313,14 @@ impl NativeSuffix {
             let after = self.after[k];
             if needs_input(after) {
                 let mut output = self.buffers.any(value.len());
-                par_rows(&mut output, 1, |at, chunk| {
+                par_elements(&mut output, |at, chunk| {
                     chunk.copy_from_slice(&value[at..at + chunk.len()]);
                     activate(chunk, after)
                 });
                 tape.before_activation[first + k] = Some(value);
                 value = output;
             } else if after != Activation::Linear {
-                par_rows(&mut value, 1, |_, chunk| activate(chunk, after));
+                par_elements(&mut value, |_, chunk| activate(chunk, after));
             }
             tape.values[first + k] = value;
         }
@@ -286,6 +342,13 @@ impl NativeSuffix {
         let first = self.cut.first();
         let n = tape.n;
         let [h, w, c] = all[all.len() - 1].shape;
+        if tape.stamp != self.stamp.0 {
+            return Err(Error::InvalidArgument(
+                "this tape was made by another suffix, or before its weights changed: run \
+                 forward again"
+                    .into(),
+            ));
+        }
         if tape.values.len() != all.len() || Some(d_features.len()) != n.checked_mul(c) {
             return Err(Error::InvalidArgument(format!(
                 "expected the gradient of {n} feature vectors of {c} values, got {} values",
@@ -333,7 +396,9 @@ impl NativeSuffix {
 
     /// Every trainable tensor, in the order [`backward`](Self::backward) returns their
     /// gradients.
+    /// Tapes made before are refused afterwards: they hold values of the old weights.
     pub fn parameters_mut(&mut self) -> Vec<Parameter<'_>> {
+        self.stamp = Stamp::fresh();
         self.steps
             .iter_mut()
             .flat_map(|step| {
@@ -581,9 +646,9 @@ impl NativeSuffix {
                     let dz_view = View::rows(dz, rows, co);
                     let mut dw = vec![0f32; k * co];
                     if conv.is_pointwise() {
-                        product(&mut dw, View::rows(x, rows, cin).t(), dz_view, false);
+                        product(&mut dw, View::rows(x, rows, cin).t(), dz_view);
                         if let Some(dx) = dx.as_deref_mut() {
-                            product(dx, dz_view, weights.t(), false);
+                            product(dx, dz_view, weights.t());
                         }
                     } else {
                         let window = Window {
@@ -599,10 +664,10 @@ impl NativeSuffix {
                             .for_each(|(cols, x)| {
                                 im2col(x, (h, w, cin), conv, (ho, wo), cols, false)
                             });
-                        product(&mut dw, View::rows(&cols, rows, k).t(), dz_view, false);
+                        product(&mut dw, View::rows(&cols, rows, k).t(), dz_view);
                         if let Some(dx) = dx.as_deref_mut() {
                             // The patches' gradient, reusing the patches' buffer.
-                            product(&mut cols, dz_view, weights.t(), false);
+                            product(&mut cols, dz_view, weights.t());
                             dx.par_chunks_mut(in_len)
                                 .zip(cols.par_chunks(ho * wo * k))
                                 .for_each(|(dx, cols)| col2im(&window, cols, dx));
@@ -841,6 +906,49 @@ mod tests {
             bias: values(cout, seed + 1),
             activation,
         })
+    }
+
+    /// A tape is used with the suffix and weights that made it, and a batch is bounded
+    /// before anything is allocated: errors, not panics or silently wrong gradients.
+    #[test]
+    fn tapes_from_elsewhere_and_huge_batches_are_refused() {
+        let network = Network::random(Model::parse("mobilenet_v2_0.35_96").expect("a model"), 0)
+            .expect("a network");
+        let cut = network.cut(1).expect("a cut");
+        let mut suffix = NativeSuffix::new(&cut).expect("a suffix");
+        let other = suffix.clone();
+        let rows = vec![0.5; 2 * cut.row_len()];
+        let gradient = vec![1.0; 2 * suffix.feature_dim()];
+        let (_, tape) = other.forward(&rows, 2).expect("forward");
+        assert!(
+            suffix.backward(tape, &gradient).is_err(),
+            "another suffix's tape"
+        );
+        let (_, tape) = suffix.forward(&rows, 2).expect("forward");
+        suffix.parameters_mut()[0].values[0] += 1.0;
+        assert!(
+            suffix.backward(tape, &gradient).is_err(),
+            "a tape of the old weights"
+        );
+        let (_, tape) = suffix.forward(&rows, 2).expect("forward");
+        assert!(
+            suffix.backward(tape, &gradient[1..]).is_err(),
+            "a short gradient"
+        );
+        let (_, tape) = suffix.forward(&rows, 2).expect("forward");
+        assert_eq!(suffix.backward(tape, &gradient).expect("backward").len(), 8);
+        let huge = MAX_TAPE_VALUES / cut.row_len() + 1;
+        let error = suffix
+            .forward(&[], huge)
+            .expect_err("a batch past the bound");
+        assert!(
+            error.to_string().contains("use a batch of at most"),
+            "{error}"
+        );
+        assert!(
+            suffix.forward(&rows, 3).is_err(),
+            "rows of another batch size"
+        );
     }
 
     /// Every kind of step no family's last blocks hold — padding, strided and depthwise

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use flowers_kit::data::image::load_resized;
 use flowers_kit::data::Dataset;
-use flowers_kit::features::{BackendKind, FeatureExtractor};
+use flowers_kit::features::{BackendKind, DeviceKind, FeatureExtractor};
 use flowers_kit::files::ScratchDir;
 use flowers_kit::{Error, Result};
 use rayon::prelude::*;
@@ -309,11 +309,18 @@ pub fn fine_tune_steps(
     let long = run(steps)?;
     let short_again = run(short)?;
     let per_step = (long - short_again.min(once)) / (steps - short) as f64;
+    // What trains the blocks: the GPU always runs dfdx (see `TrainConfig::backend`).
+    let engine = match (
+        DeviceKind::from(args.device),
+        BackendKind::from(args.backend),
+    ) {
+        (DeviceKind::Cuda, _) => "dfdx on CUDA".to_string(),
+        (DeviceKind::Cpu, backend) => format!("{backend:?} backend"),
+    };
     println!(
-        "{}, {blocks} block(s) + head, batch {batch}, {:?} backend, {} threads: {per_step:.4} s \
+        "{}, {blocks} block(s) + head, batch {batch}, {engine}, {} threads: {per_step:.4} s \
          per fine-tuning step ({} steps, {} trainable parameters)",
         network.model().name(),
-        BackendKind::from(args.backend),
         rayon::current_num_threads(),
         steps,
         cut.parameter_count()
