@@ -802,6 +802,21 @@ fn prepare(
 
 /// The checks behind [`Network::new`]: every input is an earlier step, every shape follows
 /// from the inputs', every weight has the length its shape says.
+/// How many readers each step has among steps `first..`, counting the final average as
+/// the last step's reader: a step above `first` with none would silently lose its gradient.
+pub(crate) fn readers_from(steps: &[Step], first: usize) -> Vec<usize> {
+    let mut readers = vec![0usize; steps.len()];
+    for step in steps.iter().skip(first) {
+        for &j in &step.inputs {
+            readers[j] += 1;
+        }
+    }
+    if let Some(last) = readers.last_mut() {
+        *last += 1;
+    }
+    readers
+}
+
 fn validate(model: &Model, steps: &[Step]) -> Result<()> {
     let resolution = model.resolution();
     if resolution == 0 || resolution > MAX_RESOLUTION {

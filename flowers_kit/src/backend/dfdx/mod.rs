@@ -199,14 +199,7 @@ where
             params.len()
         )));
     }
-    let mut readers = vec![0usize; steps.len()];
-    for step in &steps[first..] {
-        for &j in &step.inputs {
-            readers[j] += 1;
-        }
-    }
-    // The final average reads the last step.
-    readers[steps.len() - 1] += 1;
+    let mut readers = super::readers_from(steps, first);
     // A step nobody reads would take its inputs' tapes with it, and their gradients would
     // silently stop there.
     if let Some(unread) = (first..steps.len()).find(|&i| readers[i] == 0) {

@@ -185,13 +185,7 @@ impl NativeSuffix {
     pub fn new(cut: &Cut) -> Result<NativeSuffix> {
         let all = cut.network().steps();
         let first = cut.first();
-        let mut readers = vec![0usize; all.len()];
-        for step in &all[first..] {
-            for &j in &step.inputs {
-                readers[j] += 1;
-            }
-        }
-        readers[all.len() - 1] += 1;
+        let readers = crate::backend::readers_from(all, first);
         if let Some(unread) = (first..all.len()).find(|&i| readers[i] == 0) {
             return Err(Error::InvalidArgument(format!(
                 "{}: step {} is read by no later step",
