@@ -132,6 +132,14 @@ fn check(family: &str) {
         );
         println!("{run}: max |Δ| {max:.3e}, mean {mean:.3e} (bound {bound:.1e})");
         assert!(max <= bound, "{run}: max |Δ| {max} > {bound}");
+        if backend == BackendKind::Native {
+            // One photo at a time: each photo's layers split among the threads.
+            let one = extractor.batch_size(1).unwrap();
+            let out = one.extract_paths(&golden_pngs()).unwrap();
+            let (max, _) = support::max_mean_abs_diff(&out.values, &golden);
+            println!("{run}, batch 1: max |Δ| {max:.3e}");
+            assert!(max <= bound, "{run}, batch 1: max |Δ| {max} > {bound}");
+        }
     }
 }
 

@@ -4,7 +4,7 @@ mod support;
 
 use dfdx::tensor::Cpu;
 use flowers_kit::backend::dfdx::DfdxNetwork;
-use flowers_kit::backend::native::{Kernels, NativeNetwork};
+use flowers_kit::backend::native::{Kernels, LayerSplit, NativeNetwork};
 use flowers_kit::backend::Network;
 use flowers_kit::data::image::{self, Resize};
 use flowers_kit::models::MobileNetV2;
@@ -52,8 +52,9 @@ fn dfdx_cpu_matches_tensorflow_for_every_variant() {
     }
 }
 
-/// Batch 8 runs images in parallel; batch 1 runs each image with parallel layers: both
-/// paths, with every instruction set this CPU has (AVX-512, AVX2 with fused blocks, portable).
+/// Batch 8 runs images in parallel; batch 1 runs each image with its layers split among a
+/// team of spinning threads (no other test here holds it), or as rayon tasks: every path,
+/// with every instruction set this CPU has (AVX-512, AVX2 with fused blocks, portable).
 #[test]
 fn native_matches_tensorflow_for_every_variant_kernel_set_and_threading_mode() {
     for (name, kernels) in GOLDEN_VARIANTS
@@ -72,6 +73,8 @@ fn native_matches_tensorflow_for_every_variant_kernel_set_and_threading_mode() {
             .flat_map(|image| native.forward(image, 1).unwrap())
             .collect();
         compare(name, &one_by_one, network.model().feature_dim());
+        let on_rayon = native.forward_split(&pixels, 8, LayerSplit::Rayon).unwrap();
+        compare(name, &on_rayon, network.model().feature_dim());
     }
 }
 

@@ -583,6 +583,18 @@ impl FeatureExtractor {
         Ok(images as f64 / start.elapsed().as_secs_f64())
     }
 
+    /// Each step's mean time for one image over `rounds` passes, with its multiply-adds and
+    /// bytes (`flowers bench --layers`): native backend only, the others have no steps of
+    /// their own to time.
+    pub fn layer_times(&self, rounds: usize) -> Result<Vec<crate::backend::native::LayerTime>> {
+        match &self.engine {
+            Engine::Native(native) => native.layer_times(rounds),
+            _ => Err(Error::InvalidArgument(
+                "layer times are measured on the native backend only (--backend native)".into(),
+            )),
+        }
+    }
+
     /// Decodes and resizes one photo as this extractor's input.
     pub fn preprocess(&self, path: &Path) -> Result<Image> {
         let bytes = read_photo(path, &self.limits)?;

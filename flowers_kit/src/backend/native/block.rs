@@ -1,11 +1,9 @@
 //! Inverted-residual blocks (expand → depthwise → project) run as one step, band by band.
 
-use rayon::prelude::*;
-
 use super::depthwise::Depthwise;
 use super::isa::Kernels;
 use super::packed::{self, Epilogue, PackedWeights};
-use super::threads::MIN_PARALLEL_MACS;
+use super::threads::Threads;
 use crate::backend::{Conv, Kernel, Step};
 use crate::models::graph::Activation;
 
@@ -87,8 +85,8 @@ thread_local! {
 }
 
 /// `block` of `steps` (whose weights `packed` holds) on input `x` into `out` (the
-/// projection's output), with the residual addend; output rows split among threads when
-/// `parallel`.
+/// projection's output), with the residual addend; output rows split among `threads` for a
+/// large block.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_block(
     steps: &[Step],
@@ -99,7 +97,7 @@ pub(super) fn run_block(
     x: &[f32],
     out: &mut [f32],
     residual: Option<&[f32]>,
-    parallel: bool,
+    threads: Threads,
 ) {
     let part = |i: usize| {
         let step = steps.get(i)?;
@@ -131,18 +129,15 @@ pub(super) fn run_block(
         wo,
         kernels,
     };
-    let threads = rayon::current_num_threads();
-    let macs = ho * wo * cout * e_step.shape[2];
-    if parallel && threads > 1 && ho >= threads && macs >= MIN_PARALLEL_MACS {
-        let rows = ho.div_ceil(threads);
-        out.par_chunks_mut(rows * wo * cout)
-            .enumerate()
-            .for_each(|(t, out)| {
-                let first = t * rows;
-                let count = out.len() / (wo * cout);
-                let res = residual.map(|r| &r[first * wo * cout..(first + count) * wo * cout]);
-                band.rows(first..first + count, out, res);
-            });
+    let split = threads.for_work(ho * wo * cout * e_step.shape[2]);
+    if split > 1 && ho >= split {
+        let rows = ho.div_ceil(split);
+        threads.chunks_mut(out, rows * wo * cout, split, |t, out| {
+            let first = t * rows;
+            let count = out.len() / (wo * cout);
+            let res = residual.map(|r| &r[first * wo * cout..(first + count) * wo * cout]);
+            band.rows(first..first + count, out, res);
+        });
     } else {
         band.rows(0..ho, out, residual);
     }
@@ -219,7 +214,7 @@ impl BlockBand<'_> {
                     (hi - from) * w,
                     weights,
                     Epilogue::new(activation, None),
-                    false,
+                    Threads::One,
                 );
                 held = lo..hi;
                 let band = &expanded[..(hi - lo) * in_row];
@@ -230,7 +225,7 @@ impl BlockBand<'_> {
                 Depthwise::of(self.depthwise, band, (hi - lo, w), pad, self.kernels).run(
                     dw,
                     (count, wo),
-                    false,
+                    Threads::One,
                 );
 
                 let at = (start - rows.start) * wo * cout..(end - rows.start) * wo * cout;
@@ -242,7 +237,7 @@ impl BlockBand<'_> {
                     count * wo,
                     weights,
                     Epilogue::new(activation, residual.map(|r| &r[at])),
-                    false,
+                    Threads::One,
                 );
                 start = end;
             }

@@ -2,14 +2,13 @@
 //! packed product) or an im2col copy, with gemm where the weights are not packed.
 
 use gemm::Parallelism;
-use rayon::prelude::*;
 
 use super::depthwise::Depthwise;
 use super::eltwise::{activate, bias_activate};
 use super::isa::Kernels;
 use super::packed::{self, Epilogue, PackedWeights};
 use super::pool::Pool;
-use super::threads::MIN_PARALLEL_MACS;
+use super::threads::Threads;
 use crate::backend::Conv;
 use crate::models::graph::{Activation, Shape};
 
@@ -24,11 +23,12 @@ pub(super) fn run_conv(
     out: &mut [f32],
     [ho, wo, cout]: Shape,
     residual: Option<&[f32]>,
+    affine: Option<Affine>,
     pool: &mut Pool,
-    parallel: bool,
+    threads: Threads,
 ) {
     if conv.depthwise {
-        Depthwise::of(conv, input, (h, w), conv.pad[0], kernels).run(out, (ho, wo), parallel);
+        Depthwise::of(conv, input, (h, w), conv.pad[0], kernels).run(out, (ho, wo), threads);
         return;
     }
     // The product's left operand: the input itself for a 1×1 convolution, else its patches:
@@ -36,13 +36,35 @@ pub(super) fn run_conv(
     // WINDOW_CHANNELS values, else copied by im2col (the 3-channel stems).
     let m = ho * wo;
     let k = conv.kernel.0 * conv.kernel.1 * cin;
-    let windows = packed.is_some()
-        && !conv.is_pointwise()
-        && cin >= WINDOW_CHANNELS
-        && conv.kernel.0 * conv.kernel.1 <= packed::MAX_TAPS;
-    let cols = (!conv.is_pointwise() && !windows).then(|| {
+    let gathered = gathers_patches(conv, packed.is_some());
+    if let (Some(weights), true) = (packed, gathered) {
+        let epilogue = Epilogue::new(conv.activation, residual);
+        let dims = (h, w, cin);
+        gathered_product(
+            input,
+            dims,
+            conv,
+            (ho, wo),
+            out,
+            weights,
+            epilogue,
+            affine,
+            threads,
+        );
+        return;
+    }
+    let windows = !conv.is_pointwise() && !gathered;
+    let cols = gathered.then(|| {
         let mut cols = pool.take(m * k);
-        im2col(input, (h, w, cin), conv, (ho, wo), &mut cols, parallel);
+        im2col(
+            input,
+            (h, w, cin),
+            conv,
+            (ho, wo),
+            &mut cols,
+            affine,
+            threads,
+        );
         cols
     });
     let a = cols.as_deref().unwrap_or(input);
@@ -62,7 +84,7 @@ pub(super) fn run_conv(
             } else {
                 packed::Operand::Rows(a)
             };
-            packed::product(out, operand, m, weights, epilogue, parallel);
+            packed::product(out, operand, m, weights, epilogue, threads);
         }
         None => {
             // A linear convolution, or one feeding a residual add, starts from bias
@@ -72,7 +94,7 @@ pub(super) fn run_conv(
             if accumulate {
                 fill_rows(out, &conv.bias, residual);
             }
-            matmul(out, a, &conv.weights, m, k, cout, accumulate, parallel);
+            matmul(out, a, &conv.weights, (m, k, cout), accumulate, threads);
             if accumulate {
                 activate(out, conv.activation);
             } else {
@@ -85,41 +107,116 @@ pub(super) fn run_conv(
     }
 }
 
+/// Whether `conv` copies its patches (im2col) before its product: a k×k convolution whose
+/// windows the packed product cannot read in place (too few channels per tap, too many
+/// taps, or weights not packed).
+pub(super) fn gathers_patches(conv: &Conv, packed: bool) -> bool {
+    let read_in_place =
+        packed && conv.cin >= WINDOW_CHANNELS && conv.kernel.0 * conv.kernel.1 <= packed::MAX_TAPS;
+    !(conv.depthwise || conv.is_pointwise() || read_in_place)
+}
+
+/// A per-channel `x · scale + shift` applied to each value as patches are gathered.
+#[derive(Clone, Copy)]
+pub(super) struct Affine<'a> {
+    pub(super) scale: &'a [f32],
+    pub(super) shift: &'a [f32],
+}
+
 /// The fewest input channels for which the packed product reads a convolution's windows in
 /// place rather than from an im2col copy: each tap is one run of the micro-kernel.
 const WINDOW_CHANNELS: usize = 16;
 
 /// The `[kh, kw, cin]` patch of every output pixel, zeros for padding: `[ho·wo, kh·kw·cin]`
-/// (output rows in parallel with `parallel`).
+/// (output rows shared among `threads` for a large layer); with `affine`, of the input
+/// after that per-channel affine step (the padding is still zero).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn im2col(
     input: &[f32],
-    (h, w, c): (usize, usize, usize),
+    dims: (usize, usize, usize),
     conv: &Conv,
     (ho, wo): (usize, usize),
     cols: &mut [f32],
-    parallel: bool,
+    affine: Option<Affine>,
+    threads: Threads,
 ) {
+    let row_len = conv.kernel.0 * conv.kernel.1 * dims.2;
+    let rows = &mut cols[..ho * wo * row_len];
+    // A copy, not multiply-adds: its length stands for the work.
+    let split = threads.for_work(rows.len());
+    threads.chunks_mut(rows, wo * row_len, split, |oy, rows| {
+        im2col_rows(input, dims, conv, wo, oy..oy + 1, rows, affine)
+    });
+}
+
+/// The patches of output rows `rows` (`wo` pixels each) into `cols`, as [`im2col`].
+fn im2col_rows(
+    input: &[f32],
+    (h, w, c): (usize, usize, usize),
+    conv: &Conv,
+    wo: usize,
+    rows: std::ops::Range<usize>,
+    cols: &mut [f32],
+    affine: Option<Affine>,
+) {
+    if let Some(Affine { scale, shift }) = affine {
+        assert!(
+            scale.len() == c && shift.len() == c,
+            "im2col: the affine step has {} scales and {} shifts for {c} channels",
+            scale.len(),
+            shift.len()
+        );
+    }
+    // Copies `c`-channel pixels from `from` into `to`, through the affine step if any.
+    let copy = |to: &mut [f32], from: &[f32]| match affine {
+        None => {
+            // An element loop, not a memcpy call: runs of 9–27 values are common.
+            for (t, v) in to.iter_mut().zip(from) {
+                *t = *v;
+            }
+        }
+        Some(Affine { scale, shift }) => {
+            for (to, from) in to.chunks_exact_mut(c).zip(from.chunks_exact(c)) {
+                for (((t, v), s), b) in to.iter_mut().zip(from).zip(scale).zip(shift) {
+                    *t = v * s + b;
+                }
+            }
+        }
+    };
     let (kh, kw) = conv.kernel;
     let (pad_y, pad_x) = (conv.pad[0], conv.pad[2]);
     let row_len = kh * kw * c;
-    let fill = |(oy, rows): (usize, &mut [f32])| {
-        for (ox, row) in rows.chunks_exact_mut(row_len).enumerate() {
-            let left = (ox * conv.stride).checked_sub(pad_x);
-            // A window row inside the image is one contiguous run of kw·c values.
-            let inside = left.filter(|&x| x + kw <= w);
-            for (ky, taps) in row.chunks_exact_mut(kw * c).enumerate() {
-                let Some(y) = (oy * conv.stride + ky)
-                    .checked_sub(pad_y)
-                    .filter(|&y| y < h)
-                else {
+    // The affine step tiled along a window row (the identity without one), for the
+    // fixed-length copies of the stems' rows (3×3 and 7×7 windows of 3 channels).
+    let mut tiled = ([1f32; MAX_RUN], [0f32; MAX_RUN]);
+    if let Some(Affine { scale, shift }) = affine {
+        for (j, (s, b)) in tiled.0.iter_mut().zip(tiled.1.iter_mut()).enumerate() {
+            *s = scale[j % c];
+            *b = shift[j % c];
+        }
+    }
+    let inside_run = |to: &mut [f32], from: &[f32]| match kw * c {
+        9 => run::<9>(to, from, &tiled),
+        21 => run::<21>(to, from, &tiled),
+        _ => copy(to, from),
+    };
+    // Row by row of the window, so that each source row is found once per output row.
+    for (oy, out_row) in rows.zip(cols.chunks_exact_mut(wo * row_len)) {
+        for ky in 0..kh {
+            let source = (oy * conv.stride + ky)
+                .checked_sub(pad_y)
+                .filter(|&y| y < h)
+                .map(|y| &input[y * w * c..(y + 1) * w * c]);
+            for (ox, row) in out_row.chunks_exact_mut(row_len).enumerate() {
+                let taps = &mut row[ky * kw * c..(ky + 1) * kw * c];
+                let Some(source) = source else {
                     taps.fill(0.0);
                     continue;
                 };
-                if let Some(x) = inside {
-                    // An element loop, not a memcpy call: runs of 9–27 values are common.
-                    for (t, v) in taps.iter_mut().zip(&input[(y * w + x) * c..][..kw * c]) {
-                        *t = *v;
-                    }
+                // A window row inside the image is one contiguous run of kw·c values.
+                let left = (ox * conv.stride).checked_sub(pad_x);
+                if let Some(x) = left.filter(|&x| x + kw <= w) {
+                    inside_run(taps, &source[x * c..(x + kw) * c]);
                     continue;
                 }
                 for (kx, tap) in taps.chunks_exact_mut(c).enumerate() {
@@ -127,22 +224,99 @@ pub(super) fn im2col(
                         .checked_sub(pad_x)
                         .filter(|&x| x < w)
                     {
-                        Some(x) => {
-                            for (t, v) in tap.iter_mut().zip(&input[(y * w + x) * c..][..c]) {
-                                *t = *v;
-                            }
-                        }
+                        Some(x) => copy(tap, &source[x * c..(x + 1) * c]),
                         None => tap.fill(0.0),
                     }
                 }
             }
         }
-    };
-    let rows = &mut cols[..ho * wo * row_len];
-    if parallel && rows.len() >= MIN_PARALLEL_MACS {
-        rows.par_chunks_mut(wo * row_len).enumerate().for_each(fill);
-    } else {
-        rows.chunks_mut(wo * row_len).enumerate().for_each(fill);
+    }
+}
+
+/// Values of patches one band gathers (~64 KB: the band and its product stay in L2).
+const BAND_VALUES: usize = 16 * 1024;
+
+thread_local! {
+    /// The gathered patches of one band, per thread.
+    static PATCHES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A packed convolution over gathered patches, band by band of output rows: each band's
+/// patches are copied into a per-thread buffer and multiplied while they are in cache. A 3×3
+/// stem's whole patch matrix (0.45 MB at 128×128) spilled L2, and copying it took twice the
+/// product's time.
+#[allow(clippy::too_many_arguments)]
+fn gathered_product(
+    input: &[f32],
+    dims: (usize, usize, usize),
+    conv: &Conv,
+    (ho, wo): (usize, usize),
+    out: &mut [f32],
+    weights: &PackedWeights,
+    epilogue: Epilogue,
+    affine: Option<Affine>,
+    threads: Threads,
+) {
+    let k = conv.kernel.0 * conv.kernel.1 * dims.2;
+    let cout = weights.n();
+    let row_out = wo * cout;
+    let mut per_band = (BAND_VALUES / (wo * k).max(1)).max(1);
+    let split = threads.for_work(ho * wo * k * cout);
+    if split > 1 {
+        per_band = per_band.min(ho.div_ceil(split));
+    }
+    threads.chunks_mut(out, per_band * row_out, split, |band, out| {
+        let first = band * per_band;
+        let count = out.len() / row_out.max(1);
+        let residual = epilogue
+            .residual
+            .map(|r| &r[first * row_out..][..out.len()]);
+        PATCHES.with(|patches| {
+            // A band never runs another band inside it on the same thread.
+            let mut patches = patches
+                .try_borrow_mut()
+                .expect("invariant: one gathered band at a time per thread");
+            if patches.len() < count * wo * k {
+                patches.resize(count * wo * k, 0.0);
+            }
+            let cols = &mut patches[..count * wo * k];
+            im2col_rows(input, dims, conv, wo, first..first + count, cols, affine);
+            packed::product(
+                out,
+                packed::Operand::Rows(cols),
+                count * wo,
+                weights,
+                Epilogue {
+                    residual,
+                    ..epilogue
+                },
+                Threads::One,
+            );
+        });
+    });
+}
+
+/// The longest window row [`run`] copies.
+const MAX_RUN: usize = 32;
+
+/// `to[j] = from[j] · scale[j] + shift[j]` for a window row of `N` values: a fixed length
+/// compiles to a few vector instructions, where a loop of unknown length 9 or 21 ran 3× slower
+/// than the product that reads it.
+#[inline(always)]
+fn run<const N: usize>(
+    to: &mut [f32],
+    from: &[f32],
+    (scale, shift): &([f32; MAX_RUN], [f32; MAX_RUN]),
+) {
+    const { assert!(N <= MAX_RUN) };
+    let to: &mut [f32; N] = (&mut to[..N])
+        .try_into()
+        .expect("invariant: a slice of N values is an array of N");
+    let from: &[f32; N] = from[..N]
+        .try_into()
+        .expect("invariant: a slice of N values is an array of N");
+    for j in 0..N {
+        to[j] = from[j] * scale[j] + shift[j];
     }
 }
 
@@ -169,20 +343,17 @@ fn fill_rows(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
     }
 }
 
-/// `out[m, n] = a[m, k] · b[k, n]` (with `accumulate`: `+=`), all row-major. With
-/// `parallel`, a large product is split into one band of rows per thread, each a
+/// `out[m, n] = a[m, k] · b[k, n]` (with `accumulate`: `+=`), all row-major. A large
+/// product is split into one band of rows per thread of `threads`, each a
 /// single-threaded gemm: gemm's own threading cost more than it saved on these shapes
 /// (batch 1 at 1.0/224 ran at 33 images/s on 2 threads against 52 on one).
-#[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     out: &mut [f32],
     a: &[f32],
     b: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     accumulate: bool,
-    parallel: bool,
+    threads: Threads,
 ) {
     // Checked in release builds too: gemm reads and writes through raw pointers below.
     assert!(
@@ -191,12 +362,20 @@ fn matmul(
             && Some(b.len()) == k.checked_mul(n),
         "matmul shapes do not match the slices"
     );
-    let threads = rayon::current_num_threads();
-    if parallel && threads > 1 && m >= 2 * threads && m * k * n >= MIN_PARALLEL_MACS {
-        let rows = m.div_ceil(threads);
-        out.par_chunks_mut(rows * n)
-            .zip(a.par_chunks(rows * k))
-            .for_each(|(out, a)| matmul(out, a, b, a.len() / k.max(1), k, n, accumulate, false));
+    let split = threads.for_work(m * k * n);
+    if split > 1 && m >= 2 * split {
+        let rows = m.div_ceil(split);
+        threads.chunks_mut(out, rows * n, split, |band, out| {
+            let a = &a[band * rows * k..][..out.len() / n.max(1) * k];
+            matmul(
+                out,
+                a,
+                b,
+                (a.len() / k.max(1), k, n),
+                accumulate,
+                Threads::One,
+            );
+        });
         return;
     }
     // SAFETY: the assert above proves that the three slices hold exactly m×n, m×k and k×n

@@ -1,21 +1,39 @@
 //! Running a prepared network: images in parallel, or one image with its layers split among
-//! threads; each step's buffer from the pool, released after its last reader.
+//! the threads of a team; each step's buffer from the pool, released after its last reader.
+
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
 use super::block::run_block;
-use super::conv::run_conv;
+use super::conv::{run_conv, Affine};
 use super::eltwise::activate;
 use super::plan::NativeNetwork;
 use super::pool::{Buffer, Pool};
 use super::pooling::{average_pool, pool2d};
-use crate::backend::Kernel;
+use super::team::with_team;
+use super::threads::Threads;
+use crate::backend::{Kernel, Step};
 use crate::error::{Error, Result};
 use crate::models::graph::Shape;
 
+/// How a single image's layers share the threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerSplit {
+    /// Among a team of threads that spin between layers, led by the calling thread: every
+    /// layer above a few microseconds of work is split. Falls back to `Rayon` (for a network
+    /// of at least 250 M multiply-adds) or `None` while another image holds the team.
+    Team,
+    /// As tasks on rayon's pool: large layers only, since waking a sleeping worker costs
+    /// tens of microseconds.
+    Rayon,
+    /// No split: the calling thread only.
+    None,
+}
+
 impl NativeNetwork {
-    /// Features `[n, F]` of `n` images given as NHWC pixels in [0, 1].
-    pub fn forward(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
+    /// An error unless `pixels` holds `n` images at this network's resolution.
+    fn check_pixels(&self, pixels: &[f32], n: usize) -> Result<()> {
         let per_image = self.resolution * self.resolution * 3;
         if Some(pixels.len()) != n.checked_mul(per_image) {
             return Err(Error::InvalidArgument(format!(
@@ -24,6 +42,13 @@ impl NativeNetwork {
                 pixels.len()
             )));
         }
+        Ok(())
+    }
+
+    /// Features `[n, F]` of `n` images given as NHWC pixels in [0, 1].
+    pub fn forward(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
+        self.check_pixels(pixels, n)?;
+        let per_image = self.resolution * self.resolution * 3;
         let mut out = vec![0f32; n * self.features];
         let threads = rayon::current_num_threads();
         if n >= threads && threads > 1 {
@@ -40,27 +65,62 @@ impl NativeNetwork {
                             .chunks(per_image)
                             .zip(features.chunks_mut(self.features))
                         {
-                            self.forward_image(image, f, pool, false);
+                            self.forward_image(image, f, pool, Threads::One, None);
                         }
                     })
                 });
         } else {
-            let mut run = || {
-                self.with_pool(|pool| {
-                    for (image, f) in pixels.chunks(per_image).zip(out.chunks_mut(self.features)) {
-                        self.forward_image(image, f, pool, threads > 1 && self.split_layers);
-                    }
-                })
-            };
-            if threads > 1 && self.split_layers {
-                // On a worker thread, each layer's split is a cheap local job for the other
-                // workers to steal, not a job injected from outside and waited for.
-                rayon::scope(|_| run());
-            } else {
-                run();
-            }
+            self.one_by_one(pixels, &mut out, None, LayerSplit::Team);
         }
         Ok(out)
+    }
+
+    /// Features `[n, F]` of `n` images taken one at a time, each image's layers shared
+    /// among the threads as `split` says ([`forward`](Self::forward) does this with
+    /// [`LayerSplit::Team`] when there are fewer images than threads). For tests and
+    /// benchmarks that compare the ways of splitting.
+    pub fn forward_split(&self, pixels: &[f32], n: usize, split: LayerSplit) -> Result<Vec<f32>> {
+        self.check_pixels(pixels, n)?;
+        let mut out = vec![0f32; n * self.features];
+        self.one_by_one(pixels, &mut out, None, split);
+        Ok(out)
+    }
+
+    /// The images of `pixels` one by one into `out`, each image's layers split as `split`
+    /// says; with `times`, each step's time is added to its entry.
+    pub(super) fn one_by_one(
+        &self,
+        pixels: &[f32],
+        out: &mut [f32],
+        mut times: Option<&mut [Duration]>,
+        split: LayerSplit,
+    ) {
+        let per_image = self.resolution * self.resolution * 3;
+        let mut run = |threads: Threads| {
+            self.with_pool(|pool| {
+                for (image, f) in pixels.chunks(per_image).zip(out.chunks_mut(self.features)) {
+                    self.forward_image(image, f, pool, threads, times.as_deref_mut());
+                }
+            })
+        };
+        // A spinning helper must not share a core with its leader.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let size = rayon::current_num_threads().min(cores);
+        // On a rayon worker thread, each split is a cheap local job for the other workers to
+        // steal rather than a job injected from outside.
+        let on_rayon =
+            |run: &mut (dyn FnMut(Threads) + Send)| rayon::scope(|_| run(Threads::Rayon));
+        match split {
+            LayerSplit::Team if size > 1 => with_team(size, |team| match team {
+                Some(team) => run(Threads::Team(team)),
+                // Another image holds the team: rayon splits the large layers of a large
+                // network.
+                None if self.split_layers => on_rayon(&mut run),
+                None => run(Threads::One),
+            }),
+            LayerSplit::Rayon if size > 1 => on_rayon(&mut run),
+            _ => run(Threads::One),
+        }
     }
 
     /// Runs `work` with a warm buffer pool, kept for the next call.
@@ -74,22 +134,25 @@ impl NativeNetwork {
     }
 
     /// One image through the network into `features`.
-    fn forward_image(&self, image: &[f32], features: &mut [f32], pool: &mut Pool, parallel: bool) {
+    fn forward_image(
+        &self,
+        image: &[f32],
+        features: &mut [f32],
+        pool: &mut Pool,
+        threads: Threads,
+        mut times: Option<&mut [Duration]>,
+    ) {
         let mut values: Vec<Option<Buffer>> = std::iter::repeat_with(|| None)
             .take(self.steps.len())
             .collect();
         for (i, step) in self.steps.iter().enumerate() {
-            if self.inside_block.get(i) == Some(&true) {
+            // The image is read where it is; steps computed inside later ones have no buffer.
+            if self.inside_later.get(i) == Some(&true) || matches!(step.kernel, Kernel::Input) {
                 continue;
             }
+            let started = times.is_some().then(Instant::now);
             let [h, w, c] = step.shape;
-            // Network::new checked that every input is an earlier step; the plan keeps each
-            // buffer until its last reader.
-            let input = |k: usize| -> &[f32] {
-                values[step.inputs[k]]
-                    .as_deref()
-                    .expect("invariant: an input's buffer lives until its last reader (plan)")
-            };
+            let input = |k: usize| -> &[f32] { read(&self.steps, &values, image, step.inputs[k]) };
             let in_shape = |k: usize| -> Shape { self.steps[step.inputs[k]].shape };
             let output = if let Some(conv) = self.fused_into[i] {
                 // The convolution's buffer already holds the sum.
@@ -103,15 +166,12 @@ impl NativeNetwork {
             } else {
                 let mut out = pool.take(h * w * c);
                 match &step.kernel {
-                    Kernel::Input => out.copy_from_slice(image),
+                    Kernel::Input => {}
                     Kernel::Conv(_) if self.blocks[i].is_some() => {
-                        let residual = self.residual[i]
-                            .and_then(|j| values.get(j))
-                            .and_then(|v| v.as_deref());
+                        let residual =
+                            self.residual[i].map(|j| read(&self.steps, &values, image, j));
                         if let Some(block) = &self.blocks[i] {
-                            let x = values[block.input]
-                                .as_deref()
-                                .expect("invariant: a block's input lives until its projection");
+                            let x = read(&self.steps, &values, image, block.input);
                             run_block(
                                 &self.steps,
                                 &self.packed,
@@ -121,25 +181,38 @@ impl NativeNetwork {
                                 x,
                                 &mut out,
                                 residual,
-                                parallel,
+                                threads,
                             );
                         }
                     }
                     Kernel::Conv(conv) => {
-                        let residual = self.residual[i]
-                            .and_then(|j| values.get(j))
-                            .and_then(|v| v.as_deref());
+                        let residual =
+                            self.residual[i].map(|j| read(&self.steps, &values, image, j));
+                        // A rescaling gathered with the patches: the convolution reads the
+                        // rescaling's input.
+                        let (x, affine) = match self.gathers_affine[i].map(|a| &self.steps[a]) {
+                            Some(Step {
+                                kernel: Kernel::Affine { scale, shift, .. },
+                                inputs,
+                                ..
+                            }) => (
+                                read(&self.steps, &values, image, inputs[0]),
+                                Some(Affine { scale, shift }),
+                            ),
+                            _ => (input(0), None),
+                        };
                         run_conv(
                             conv,
                             self.packed.get(i).and_then(Option::as_ref),
                             self.kernels,
-                            input(0),
+                            x,
                             in_shape(0),
                             &mut out,
                             step.shape,
                             residual,
+                            affine,
                             pool,
-                            parallel,
+                            threads,
                         );
                     }
                     Kernel::Affine {
@@ -245,6 +318,11 @@ impl NativeNetwork {
                 out
             };
             values[i] = Some(output);
+            if let (Some(times), Some(started)) = (times.as_deref_mut(), started) {
+                if let Some(t) = times.get_mut(i) {
+                    *t += started.elapsed();
+                }
+            }
             for &j in &step.inputs {
                 if self.last_use.get(j) == Some(&i) {
                     if let Some(buffer) = values.get_mut(j).and_then(Option::take) {
@@ -252,7 +330,16 @@ impl NativeNetwork {
                     }
                 }
             }
-            let extra = [self.residual[i], self.blocks[i].as_ref().map(|b| b.input)];
+            // Inputs read past the step's own: the residual addend, a block's input, the input
+            // of a gathered affine step.
+            let gathered = self.gathers_affine[i]
+                .and_then(|a| self.steps.get(a))
+                .and_then(|a| a.inputs.first().copied());
+            let extra = [
+                self.residual[i],
+                self.blocks[i].as_ref().map(|b| b.input),
+                gathered,
+            ];
             for j in extra.into_iter().flatten() {
                 if self.last_use.get(j) == Some(&i) {
                     if let Some(buffer) = values.get_mut(j).and_then(Option::take) {
@@ -265,18 +352,13 @@ impl NativeNetwork {
             Some(outputs) => {
                 let mut at = 0;
                 for &j in outputs {
-                    let map = values[j]
-                        .as_deref()
-                        .expect("invariant: output maps live to the end (plan)");
+                    let map = read(&self.steps, &values, image, j);
                     features[at..at + map.len()].copy_from_slice(map);
                     at += map.len();
                 }
             }
             None => {
-                let last = values
-                    .last()
-                    .and_then(|v| v.as_deref())
-                    .expect("invariant: the last step's output lives to the end (plan)");
+                let last = read(&self.steps, &values, image, values.len() - 1);
                 average_pool(last, self.features, features);
             }
         }
@@ -284,4 +366,16 @@ impl NativeNetwork {
             pool.give(buffer);
         }
     }
+}
+
+/// Step `j`'s output: the image itself for the input step, else its buffer.
+fn read<'a>(steps: &[Step], values: &'a [Option<Buffer>], image: &'a [f32], j: usize) -> &'a [f32] {
+    if matches!(steps[j].kernel, Kernel::Input) {
+        return image;
+    }
+    // Network::new checked that every input is an earlier step; the plan keeps each buffer
+    // until its last reader (outputs to the end).
+    values[j]
+        .as_deref()
+        .expect("invariant: a step's buffer lives until its last reader (plan)")
 }

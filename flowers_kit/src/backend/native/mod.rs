@@ -16,7 +16,7 @@
 //!   over channels (activations compiled for AVX2 where the CPU has it).
 //! - Buffers come from pools kept between calls and return to them after their last reader;
 //!   nothing is allocated per layer once warm. A batch runs its images in parallel on rayon;
-//!   a single large image parallelises inside the layers instead.
+//!   a single image splits its layers among a team of spinning threads instead (`team`).
 //!
 //! Memory safety: the gemm call, the micro-kernel and the explicit SIMD loads are `unsafe`.
 //! They rely on the shapes that [`Network::new`] validated (weights `[kh, kw, cin, cout]` or
@@ -29,7 +29,8 @@
 //! inverted-residual block band by band, `conv` holds the matrix-product convolutions,
 //! `depthwise/` the depthwise kernel per instruction set (`portable`, `avx2`, `avx512`),
 //! `packed` the AVX2 micro-kernel, `isa` which instruction sets the CPU has, `threads` when work
-//! is split among threads, `eltwise` the activations, `pooling` the pooling loops,
+//! is split among threads and `team` the spinning threads that share one image's layers,
+//! `profile` each step's time against the CPU's roofs, `eltwise` the activations, `pooling` the pooling loops,
 //! `pool` the reusable buffers; `train` runs the steps above a cut forward and backward for
 //! fine-tuning, with the gradient kernels of `grad`.
 
@@ -44,9 +45,13 @@ mod packed;
 mod plan;
 mod pool;
 mod pooling;
+mod profile;
+mod team;
 mod threads;
 mod train;
 
+pub use exec::LayerSplit;
 pub use isa::Kernels;
 pub use plan::NativeNetwork;
+pub use profile::{LayerTime, Roofs};
 pub use train::{NativeSuffix, Parameter, SuffixTape};

@@ -11,13 +11,11 @@
 //! rows in place, then adds the bias (and the residual), clamps, and stores each value once.
 //!
 //! Cache blocking: rows go in chunks whose `a` fits in L1/L2, each chunk meets every panel
-//! (`k · 64` bytes, L2-resident); with `parallel`, the row chunks are shared among threads.
-
-use rayon::prelude::*;
+//! (`k · 64` bytes, L2-resident); split by [`Threads`], the row chunks are shared among threads.
 
 use super::eltwise::activate;
 use super::isa::has_avx2_fma;
-use super::threads::MIN_PARALLEL_MACS;
+use super::threads::Threads;
 use crate::models::graph::Activation;
 
 /// Columns per panel: two AVX2 registers.
@@ -120,6 +118,11 @@ impl PackedWeights {
     pub(crate) fn k(&self) -> usize {
         self.k
     }
+
+    /// Output columns.
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
 }
 
 /// What happens to each product before it is stored.
@@ -164,7 +167,7 @@ pub(crate) fn product(
     m: usize,
     w: &PackedWeights,
     epilogue: Epilogue,
-    parallel: bool,
+    threads: Threads,
 ) {
     let (k, n) = (w.k, w.n);
     let operand_fits = match a {
@@ -190,14 +193,13 @@ pub(crate) fn product(
     if m == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
-    let parallel = parallel && threads > 1 && m * k * n >= MIN_PARALLEL_MACS;
+    let split = threads.for_work(m * k * n);
     let mut chunk = (CHUNK_BYTES / (4 * (k + n))).max(MR) / MR * MR;
-    if parallel {
+    if split > 1 {
         // Enough chunks for every thread, each still a whole number of tiles.
-        chunk = chunk.min(m.div_ceil(threads).div_ceil(MR) * MR);
+        chunk = chunk.min(m.div_ceil(split).div_ceil(MR) * MR);
     }
-    let run = |(index, out): (usize, &mut [f32])| {
+    let run = |index: usize, out: &mut [f32]| {
         let first = index * chunk;
         let rows = out.len() / n;
         let residual = epilogue.residual.map(|r| &r[first * n..(first + rows) * n]);
@@ -212,11 +214,7 @@ pub(crate) fn product(
         );
         activate(out, epilogue.then);
     };
-    if parallel {
-        out.par_chunks_mut(chunk * n).enumerate().for_each(run);
-    } else {
-        out.chunks_mut(chunk * n).enumerate().for_each(run);
-    }
+    threads.chunks_mut(out, chunk * n, split, run);
 }
 
 /// One chunk of rows (`out` and `residual` hold just those) against every panel.
@@ -388,10 +386,11 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::team::Team;
     use super::*;
 
     /// The packed product against a plain triple loop, for shapes with partial tiles and
-    /// panels, a residual, each clamp, and both threading modes.
+    /// panels, a residual, each clamp, and every threading mode (large enough to split on rayon and on the team).
     #[test]
     fn matches_the_plain_product() {
         if !has_avx2_fma() {
@@ -408,6 +407,7 @@ mod tests {
             (49, 96, 24),
             (200, 27, 40),
             (13, 5, 8),
+            (300, 128, 120),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..k * n).map(|_| next()).collect();
@@ -418,7 +418,8 @@ mod tests {
                 (None, f32::NEG_INFINITY, f32::INFINITY),
                 (Some(&residual[..]), 0.0, 0.1),
             ] {
-                for parallel in [false, true] {
+                let team = Team::new(2).expect("threads start");
+                for threads in [Threads::One, Threads::Rayon, Threads::Team(&team)] {
                     let mut out = vec![f32::NAN; m * n];
                     let epilogue = Epilogue {
                         residual: res,
@@ -426,7 +427,7 @@ mod tests {
                         hi,
                         then: Activation::Linear,
                     };
-                    product(&mut out, Operand::Rows(&a), m, &packed, epilogue, parallel);
+                    product(&mut out, Operand::Rows(&a), m, &packed, epilogue, threads);
                     for i in 0..m {
                         for j in 0..n {
                             let mut want = bias[j] + res.map_or(0.0, |r| r[i * n + j]);
@@ -444,7 +445,7 @@ mod tests {
     }
 
     /// Windows read in place give the product of an im2col copy, for strides, paddings,
-    /// 1×7 and 3×3 kernels, taps that fall outside the image, and both threading modes.
+    /// 1×7 and 3×3 kernels, taps that fall outside the image, and every threading mode.
     #[test]
     fn windows_match_copied_patches() {
         if !has_avx2_fma() {
@@ -490,7 +491,8 @@ mod tests {
                 pad,
                 out_width: wo,
             };
-            for parallel in [false, true] {
+            let team = Team::new(2).expect("threads start");
+            for threads in [Threads::One, Threads::Rayon, Threads::Team(&team)] {
                 let m = ho * wo;
                 let mut want = vec![0f32; m * n];
                 let mut got = vec![f32::NAN; m * n];
@@ -501,7 +503,7 @@ mod tests {
                     m,
                     &packed,
                     epilogue,
-                    parallel,
+                    threads,
                 );
                 product(
                     &mut got,
@@ -509,7 +511,7 @@ mod tests {
                     m,
                     &packed,
                     epilogue,
-                    parallel,
+                    threads,
                 );
                 for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                     assert!(

@@ -3,6 +3,7 @@
 //! blocks run as one step, and whether a single image splits its layers among threads.
 
 use super::block::{find_blocks, Block};
+use super::conv::gathers_patches;
 use super::isa::Kernels;
 use super::packed::PackedWeights;
 use super::pool::Pool;
@@ -29,8 +30,13 @@ pub struct NativeNetwork {
     pub(super) packed: Vec<Option<PackedWeights>>,
     /// At the projection of an inverted-residual block run as one step: its parts.
     pub(super) blocks: Vec<Option<Block>>,
-    /// Expansions and depthwise convolutions computed inside such a block's step.
-    pub(super) inside_block: Vec<bool>,
+    /// Steps computed inside a later one: a block's expansion and depthwise convolution, and
+    /// an affine step that a convolution applies as it gathers its patches.
+    pub(super) inside_later: Vec<bool>,
+    /// For a convolution gathering its patches (im2col) from a linear affine step read by
+    /// nothing else (an input rescaling): that step, applied to each value as it is copied,
+    /// so the rescaled image is never written (the padding stays zero, as after the step).
+    pub(super) gathers_affine: Vec<Option<usize>>,
     /// Whether a single image splits its layers among threads (see
     /// [`MIN_PARALLEL_IMAGE_MACS`]).
     pub(super) split_layers: bool,
@@ -52,7 +58,8 @@ impl Clone for NativeNetwork {
             kernels: self.kernels,
             packed: self.packed.clone(),
             blocks: self.blocks.clone(),
-            inside_block: self.inside_block.clone(),
+            inside_later: self.inside_later.clone(),
+            gathers_affine: self.gathers_affine.clone(),
             split_layers: self.split_layers,
             pools: Default::default(),
             outputs: self.outputs.clone(),
@@ -166,7 +173,35 @@ impl NativeNetwork {
                 _ => None,
             })
             .collect();
-        let (blocks, inside_block) = find_blocks(&steps, &readers, &packed, &mut last_use);
+        let (blocks, mut inside_later) = find_blocks(&steps, &readers, &packed, &mut last_use);
+        let mut gathers_affine = vec![None; n];
+        for (c, step) in steps.iter().enumerate() {
+            let (Kernel::Conv(conv), &[a]) = (&step.kernel, step.inputs.as_slice()) else {
+                continue;
+            };
+            let Some(affine) = steps.get(a) else {
+                continue;
+            };
+            if let (
+                Kernel::Affine {
+                    activation: Activation::Linear,
+                    ..
+                },
+                &[x],
+            ) = (&affine.kernel, affine.inputs.as_slice())
+            {
+                if gathers_patches(conv, packed[c].is_some())
+                    && readers.get(a) == Some(&1)
+                    && inside_later.get(a) == Some(&false)
+                {
+                    gathers_affine[c] = Some(a);
+                    inside_later[a] = true;
+                    if let Some(l) = last_use.get_mut(x) {
+                        *l = (*l).max(c);
+                    }
+                }
+            }
+        }
         let macs: usize = steps
             .iter()
             .map(|step| match &step.kernel {
@@ -198,7 +233,8 @@ impl NativeNetwork {
             kernels,
             packed,
             blocks,
-            inside_block,
+            inside_later,
+            gathers_affine,
             split_layers: macs >= MIN_PARALLEL_IMAGE_MACS,
             pools: Default::default(),
             outputs: outputs.map(<[usize]>::to_vec),

@@ -20,6 +20,7 @@ use super::isa::{has_avx2_fma, Kernels};
 use super::packed::PackedWeights;
 use super::pool::Pool;
 use super::pooling::{average_pool, pool2d};
+use super::threads::Threads;
 use crate::backend::{Cut, Kernel, Step, EVAL_CHUNK};
 use crate::error::{Error, Result};
 use crate::models::graph::Activation;
@@ -461,8 +462,9 @@ impl NativeSuffix {
                     &mut out,
                     [n * ho, wo, co],
                     None,
+                    None,
                     &mut pool,
-                    true,
+                    Threads::Rayon,
                 );
             }
             Kernel::Conv(conv) => {
@@ -480,8 +482,9 @@ impl NativeSuffix {
                             out,
                             step.shape,
                             None,
+                            None,
                             pool,
-                            false,
+                            Threads::One,
                         )
                     });
             }
@@ -656,7 +659,7 @@ impl NativeSuffix {
                         cols.par_chunks_mut(ho * wo * k)
                             .zip(x.par_chunks(in_len))
                             .for_each(|(cols, x)| {
-                                im2col(x, (h, w, cin), conv, (ho, wo), cols, false)
+                                im2col(x, (h, w, cin), conv, (ho, wo), cols, None, Threads::One)
                             });
                         product(&mut dw, View::rows(&cols, rows, k).t(), dz_view);
                         if let Some(dx) = dx.as_deref_mut() {

@@ -1,5 +1,6 @@
 //! The `features` writer and the `bench` measurements.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -144,6 +145,78 @@ pub fn forward(extractor: &FeatureExtractor, seconds: f64) -> Result<()> {
         rayon::current_num_threads()
     );
     Ok(())
+}
+
+/// Each step of one image (batch 1) against this CPU's roofs: what it takes, what its
+/// multiply-adds and bytes would take at the measured compute and memory roofs, and how far
+/// above that it runs.
+pub fn layers(extractor: &FeatureExtractor, seconds: f64) -> Result<()> {
+    let roofs = flowers_kit::backend::native::Roofs::measure();
+    let once: f64 = extractor.layer_times(1)?.iter().map(|l| l.seconds).sum();
+    let rounds = ((seconds / once.max(1e-6)) as usize).clamp(1, 100_000);
+    let layers = extractor.layer_times(rounds)?;
+    let total: f64 = layers.iter().map(|l| l.seconds).sum();
+    // Written, not printed: a closed pipe (`| head`) ends the table instead of panicking.
+    let mut out = std::io::stdout().lock();
+    let stdout = |e: std::io::Error| Error::io(Path::new("<stdout>"), e);
+    let roof_total: f64 = layers.iter().map(|l| roofs.seconds(l)).sum();
+    writeln!(
+        out,
+        "{} batch 1, {} threads, {rounds} rounds: {:.1} µs per image ({:.0} images/s)",
+        extractor.model(),
+        roofs.threads,
+        total * 1e6,
+        1.0 / total
+    )
+    .map_err(stdout)?;
+    writeln!(
+        out,
+        "roofs (measured): {:.1} G multiply-adds/s per core (the micro-kernel in cache), \
+         {:.1} GB/s from memory (all threads); a step's roof is the longer of its work and \
+         its bytes at those rates, all threads sharing it",
+        roofs.multiply_adds_per_core / 1e9,
+        roofs.bytes_per_second / 1e9
+    )
+    .map_err(stdout)?;
+    writeln!(
+        out,
+        "{:<28} {:<16} {:>14} {:>8} {:>8} {:>8} {:>6} {:>7} {:>8} {:>7}",
+        "step", "kind", "output", "M MACs", "KiB", "µs", "%", "GMAC/s", "roof µs", "×roof"
+    )
+    .map_err(stdout)?;
+    for layer in &layers {
+        let roof = roofs.seconds(layer);
+        let [h, w, c] = layer.shape;
+        writeln!(
+            out,
+            "{:<28} {:<16} {:>14} {:>8.2} {:>8.0} {:>8.1} {:>6.1} {:>7.1} {:>8.1} {:>7.1}",
+            truncate(&layer.name, 28),
+            layer.kind,
+            format!("{h}×{w}×{c}"),
+            layer.multiply_adds as f64 / 1e6,
+            layer.bytes as f64 / 1024.0,
+            layer.seconds * 1e6,
+            100.0 * layer.seconds / total,
+            layer.multiply_adds as f64 / layer.seconds.max(1e-12) / 1e9,
+            roof * 1e6,
+            layer.seconds / roof.max(1e-12),
+        )
+        .map_err(stdout)?;
+    }
+    writeln!(
+        out,
+        "total: {:.1} µs, roof {:.1} µs ({:.1}× the roof)",
+        total * 1e6,
+        roof_total * 1e6,
+        total / roof_total.max(1e-12)
+    )
+    .map_err(stdout)?;
+    Ok(())
+}
+
+/// At most `n` characters of `s`.
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
 /// Decode+resize images/s over the photos, in parallel, for about `seconds`.

@@ -467,6 +467,10 @@ enum Command {
         /// report the cold and the warm (cached) run.
         #[arg(long)]
         extract: bool,
+        /// Instead: time each step of one image (batch 1, the native backend) over about
+        /// --seconds and print it against this CPU's measured compute and memory roofs.
+        #[arg(long, conflicts_with_all = ["extract", "forward_only", "train", "fine_tune"])]
+        layers: bool,
     },
 }
 
@@ -644,7 +648,11 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             fine_tune,
             blocks,
             extract,
+            layers,
         } => {
+            if layers {
+                return bench::layers(&extractor.build(true)?, seconds);
+            }
             if fine_tune {
                 return bench::fine_tune_steps(&extractor, blocks, batch, seconds);
             }

@@ -9,11 +9,9 @@ mod avx2;
 mod avx512;
 mod portable;
 
-use rayon::prelude::*;
-
 use super::eltwise::activate;
 use super::isa::Kernels;
-use super::threads::MIN_PARALLEL_MACS;
+use super::threads::Threads;
 use crate::backend::Conv;
 use crate::models::graph::Activation;
 
@@ -66,8 +64,9 @@ impl<'a> Depthwise<'a> {
         }
     }
 
-    /// The whole `[ho, wo, c]` output, row by row (rows in parallel for a large layer).
-    pub(super) fn run(&self, output: &mut [f32], (ho, wo): (usize, usize), parallel: bool) {
+    /// The whole `[ho, wo, c]` output, row by row (rows shared among `threads` for a large
+    /// layer).
+    pub(super) fn run(&self, output: &mut [f32], (ho, wo): (usize, usize), threads: Threads) {
         let (kh, kw) = self.kernel;
         // The AVX-512 kernel's unchecked loads rely on these lengths (see its SAFETY note).
         assert!(
@@ -80,15 +79,11 @@ impl<'a> Depthwise<'a> {
             "depthwise buffers do not match the layer's shape"
         );
         let row_len = wo * self.c;
-        let run = |(oy, row): (usize, &mut [f32])| {
+        let split = threads.for_work(output.len() * kh * kw);
+        threads.chunks_mut(output, row_len, split, |oy, row| {
             self.row(oy, row);
             activate(row, self.then);
-        };
-        if parallel && output.len() * kh * kw >= MIN_PARALLEL_MACS {
-            output.par_chunks_mut(row_len).enumerate().for_each(run);
-        } else {
-            output.chunks_mut(row_len).enumerate().for_each(run);
-        }
+        });
     }
 
     /// One output row, dispatched to the widest vector unit available.
