@@ -47,9 +47,25 @@ impl NativeNetwork {
 
     /// Features `[n, F]` of `n` images given as NHWC pixels in [0, 1].
     pub fn forward(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
+        // Checked before the allocation: `n` is bounded by the pixels it came with.
         self.check_pixels(pixels, n)?;
-        let per_image = self.resolution * self.resolution * 3;
         let mut out = vec![0f32; n * self.features];
+        self.forward_into(pixels, n, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`forward`](Self::forward) into `out` (`n × F` values), which an app keeps from call
+    /// to call: once warm, a call allocates nothing (tested with a counting allocator).
+    pub fn forward_into(&self, pixels: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+        self.check_pixels(pixels, n)?;
+        if Some(out.len()) != n.checked_mul(self.features) {
+            return Err(Error::InvalidArgument(format!(
+                "expected room for {n} × {} features, got {} values",
+                self.features,
+                out.len()
+            )));
+        }
+        let per_image = self.resolution * self.resolution * 3;
         let threads = rayon::current_num_threads();
         if n >= threads && threads > 1 {
             // Whole images per thread, one contiguous share each: no synchronisation inside
@@ -70,9 +86,9 @@ impl NativeNetwork {
                     })
                 });
         } else {
-            self.one_by_one(pixels, &mut out, None, LayerSplit::Team);
+            self.one_by_one(pixels, out, None, LayerSplit::Team);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Features `[n, F]` of `n` images taken one at a time, each image's layers shared
@@ -104,8 +120,7 @@ impl NativeNetwork {
             })
         };
         // A spinning helper must not share a core with its leader.
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let size = rayon::current_num_threads().min(cores);
+        let size = rayon::current_num_threads().min(cores());
         // On a rayon worker thread, each split is a cheap local job for the other workers to
         // steal rather than a job injected from outside.
         let on_rayon =
@@ -142,9 +157,7 @@ impl NativeNetwork {
         threads: Threads,
         mut times: Option<&mut [Duration]>,
     ) {
-        let mut values: Vec<Option<Buffer>> = std::iter::repeat_with(|| None)
-            .take(self.steps.len())
-            .collect();
+        let mut values = pool.take_slots(self.steps.len());
         for (i, step) in self.steps.iter().enumerate() {
             // The image is read where it is; steps computed inside later ones have no buffer.
             if self.inside_later.get(i) == Some(&true) || matches!(step.kernel, Kernel::Input) {
@@ -362,9 +375,7 @@ impl NativeNetwork {
                 average_pool(last, self.features, features);
             }
         }
-        for buffer in values.into_iter().flatten() {
-            pool.give(buffer);
-        }
+        pool.give_slots(values);
     }
 }
 
@@ -378,4 +389,11 @@ fn read<'a>(steps: &[Step], values: &'a [Option<Buffer>], image: &'a [f32], j: u
     values[j]
         .as_deref()
         .expect("invariant: a step's buffer lives until its last reader (plan)")
+}
+
+/// The cores this process may use, read once: `available_parallelism` reads the cgroup
+/// files on every call (dozens of allocations and system calls per image).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }

@@ -227,7 +227,7 @@ fn chunk_product(
     lo: f32,
     hi: f32,
 ) {
-    let (k, n) = (w.k, w.n);
+    let k = w.k;
     // Each tile's operand as segments: MR row starts of `run` values each, consecutive
     // along `k` (one segment of k for rows; one per tap for windows). Worked out once per
     // chunk, as safe slices, then met by every panel.
@@ -235,29 +235,62 @@ fn chunk_product(
         Operand::Rows(_) => (1, k),
         Operand::Windows(win) => (win.kernel.0 * win.kernel.1, win.channels),
     };
-    let zeros = match a {
-        Operand::Rows(_) => Vec::new(),
-        Operand::Windows(win) => vec![0f32; win.channels],
-    };
     let count = rows.len();
-    let mut segments: Vec<[*const f32; MR]> = Vec::with_capacity(count.div_ceil(MR) * taps);
-    for first in (0..count).step_by(MR) {
-        // Missing rows repeat the tile's last row: computed, never stored.
-        let row = |r: usize| rows.start + (first + r).min(count - 1);
-        match a {
-            Operand::Rows(a) => {
-                segments.push(std::array::from_fn(|r| a[row(r) * k..][..k].as_ptr()));
+    SCRATCH.with(|scratch| {
+        // A chunk never runs another chunk inside it on the same thread.
+        let mut scratch = scratch
+            .try_borrow_mut()
+            .expect("invariant: one chunk at a time per thread");
+        let (segments, zeros) = &mut *scratch;
+        // Kept between calls, so a warm product allocates nothing.
+        segments.clear();
+        if let Operand::Windows(win) = a {
+            if zeros.len() < win.channels {
+                zeros.resize(win.channels, 0.0);
             }
-            Operand::Windows(win) => {
-                for tap in 0..taps {
-                    let at = (tap / win.kernel.1, tap % win.kernel.1);
-                    segments.push(std::array::from_fn(|r| {
-                        win.tap(row(r), at, &zeros).as_ptr()
-                    }));
+        }
+        let zeros = &zeros[..];
+        for first in (0..count).step_by(MR) {
+            // Missing rows repeat the tile's last row: computed, never stored.
+            let row = |r: usize| rows.start + (first + r).min(count - 1);
+            match a {
+                Operand::Rows(a) => {
+                    segments.push(std::array::from_fn(|r| a[row(r) * k..][..k].as_ptr()));
+                }
+                Operand::Windows(win) => {
+                    for tap in 0..taps {
+                        let at = (tap / win.kernel.1, tap % win.kernel.1);
+                        segments.push(std::array::from_fn(|r| win.tap(row(r), at, zeros).as_ptr()));
+                    }
                 }
             }
         }
-    }
+        tiles(out, segments, taps, run, count, w, residual, lo, hi);
+        segments.clear();
+    });
+}
+
+thread_local! {
+    /// One chunk's operand segments and the zeros that stand for padding taps, per thread.
+    #[allow(clippy::type_complexity)]
+    static SCRATCH: std::cell::RefCell<(Vec<[*const f32; MR]>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Every tile of a chunk: each panel of `w` against the tiles' operand `segments`.
+#[allow(clippy::too_many_arguments)]
+fn tiles(
+    out: &mut [f32],
+    segments: &[[*const f32; MR]],
+    taps: usize,
+    run: usize,
+    count: usize,
+    w: &PackedWeights,
+    residual: Option<&[f32]>,
+    lo: f32,
+    hi: f32,
+) {
+    let (k, n) = (w.k, w.n);
     for (p, (panel, bias)) in w
         .panels
         .chunks_exact(k * NR)

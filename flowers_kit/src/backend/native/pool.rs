@@ -5,9 +5,28 @@
 #[derive(Default)]
 pub(super) struct Pool {
     free: Vec<Buffer>,
+    /// Each step's live buffer during one image (empty between images; kept for its
+    /// capacity).
+    slots: Vec<Option<Buffer>>,
 }
 
 impl Pool {
+    /// `n` empty slots, one per step, in the pool's kept allocation.
+    pub(super) fn take_slots(&mut self, n: usize) -> Vec<Option<Buffer>> {
+        let mut slots = std::mem::take(&mut self.slots);
+        slots.clear();
+        slots.resize_with(n, || None);
+        slots
+    }
+
+    /// Returns the slots' buffers to the pool, and the slots for the next image.
+    pub(super) fn give_slots(&mut self, mut slots: Vec<Option<Buffer>>) {
+        for buffer in slots.drain(..).flatten() {
+            self.free.push(buffer);
+        }
+        self.slots = slots;
+    }
+
     /// A buffer of `len` values (contents unspecified: every kernel writes all of them).
     pub(super) fn take(&mut self, len: usize) -> Buffer {
         let best = self

@@ -1,0 +1,94 @@
+//! A warm forward pass allocates nothing: every buffer comes from pools kept between calls.
+//! One test in its own binary, so that the counting allocator sees only this test's threads
+//! (the team's helpers and rayon's workers included).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+use flowers_kit::backend::native::{LayerSplit, NativeNetwork};
+use flowers_kit::backend::Network;
+use flowers_kit::models::Model;
+
+/// The system allocator, counting every allocation and reallocation.
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, SeqCst);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, SeqCst);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, SeqCst);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn a_warm_forward_pass_allocates_nothing() {
+    // Two threads at least, so that batch 1 runs on the team and batch 4 in parallel.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build_global();
+    // Fused blocks; squeeze-and-excitation and hard swish; separable convolutions, pooling,
+    // cropping and concatenation; a 7×7 stem after zero padding.
+    for name in [
+        "mobilenet_v2_0.35_96",
+        "mobilenet_v3_large",
+        "nasnet_mobile",
+        "resnet50_v2",
+    ] {
+        let model = Model::parse(name).unwrap();
+        let network = Network::random(model, 1).unwrap();
+        let native = NativeNetwork::new(&network).unwrap();
+        let per_image = model.resolution() * model.resolution() * 3;
+        let pixels: Vec<f32> = (0..4 * per_image)
+            .map(|i| (i % 255) as f32 / 255.0)
+            .collect();
+        let mut out = vec![0f32; 4 * native.output_len()];
+        let runs: [(usize, Option<LayerSplit>); 4] = [
+            (1, None),
+            (4, None),
+            (1, Some(LayerSplit::Rayon)),
+            (1, Some(LayerSplit::None)),
+        ];
+        let mut run = |(n, split): (usize, Option<LayerSplit>)| {
+            let pixels = &pixels[..n * per_image];
+            let out = &mut out[..n * native.output_len()];
+            match split {
+                None => native.forward_into(pixels, n, out).unwrap(),
+                // forward_split returns a fresh Vec: only the pass inside it is counted.
+                Some(split) => drop(native.forward_split(pixels, n, split).unwrap()),
+            }
+        };
+        // Warm: every pool, band buffer and thread.
+        for _ in 0..3 {
+            runs.into_iter().for_each(&mut run);
+        }
+        for config in runs {
+            let before = ALLOCATIONS.load(SeqCst);
+            run(config);
+            let allocated = ALLOCATIONS.load(SeqCst) - before;
+            let expected = usize::from(config.1.is_some());
+            eprintln!("{name} {config:?}: {allocated}");
+            assert!(
+                allocated == expected || std::env::var("SOFT").is_ok(),
+                "{name}, batch {}, {:?}: {allocated} allocations",
+                config.0,
+                config.1
+            );
+        }
+    }
+}
