@@ -54,4 +54,4 @@ pub use exec::LayerSplit;
 pub use isa::Kernels;
 pub use plan::NativeNetwork;
 pub use profile::{LayerTime, Roofs};
-pub use train::{NativeSuffix, Parameter, SuffixTape};
+pub use train::{NativeSuffix, Parameter, SuffixStepTime, SuffixTape};

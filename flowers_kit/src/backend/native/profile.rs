@@ -185,18 +185,16 @@ impl NativeNetwork {
                         + parts.iter().map(|p| p.1).sum::<usize>(),
                 )
             }
-            (Kernel::Conv(c), None) => {
+            (Kernel::Conv(_), None) => {
                 let (macs, weights) = conv_work(i);
                 let residual = self.residual[i].map_or(0, size);
-                let (kh, kw) = c.kernel;
-                let what = if c.depthwise { "depthwise" } else { "conv" };
                 (
-                    format!("{what} {kh}×{kw}/{}", c.stride),
+                    step_kind(&step.kernel),
                     macs,
                     inputs + output + residual + weights,
                 )
             }
-            (kernel, _) => (kernel_kind(kernel).to_string(), 0, inputs + output),
+            (kernel, _) => (step_kind(kernel), 0, inputs + output),
         };
         LayerTime {
             name: step.name.clone(),
@@ -209,11 +207,14 @@ impl NativeNetwork {
     }
 }
 
-/// A short name for a step that is not a convolution.
-fn kernel_kind(kernel: &Kernel) -> &'static str {
-    match kernel {
+/// A short name for what a step computes: `conv 3×3/2`, `depthwise 3×3/1`, `add`…
+pub(super) fn step_kind(kernel: &Kernel) -> String {
+    let name = match kernel {
+        Kernel::Conv(c) => {
+            let what = if c.depthwise { "depthwise" } else { "conv" };
+            return format!("{what} {}×{}/{}", c.kernel.0, c.kernel.1, c.stride);
+        }
         Kernel::Input => "input",
-        Kernel::Conv(_) => "conv",
         Kernel::Affine { .. } => "affine",
         Kernel::Activation(_) => "activation",
         Kernel::Add(_) => "add",
@@ -224,7 +225,8 @@ fn kernel_kind(kernel: &Kernel) -> &'static str {
         Kernel::Pad(_) => "pad",
         Kernel::Crop(_) => "crop",
         Kernel::GlobalAvgPool => "global average",
-    }
+    };
+    name.to_string()
 }
 
 #[cfg(test)]

@@ -23,7 +23,10 @@ use super::pooling::{average_pool, pool2d};
 use super::threads::Threads;
 use crate::backend::{Cut, Kernel, Step, EVAL_CHUNK};
 use crate::error::{Error, Result};
-use crate::models::graph::Activation;
+use crate::models::graph::{Activation, Shape};
+use std::time::{Duration, Instant};
+
+use super::profile::step_kind;
 
 /// The trainable steps of a [`Cut`], with their current weights, on the CPU.
 ///
@@ -63,6 +66,28 @@ pub struct NativeSuffix {
     tape_values_per_row: usize,
     /// Names these weights: a tape made with others is refused.
     stamp: Stamp,
+}
+
+/// One step of a fine-tuning pass: forward and backward times for a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuffixStepTime {
+    /// The Keras layer the step ends with.
+    pub name: String,
+    /// What it computes (`conv 1×1/1`, `depthwise 3×3/1`, `add`…).
+    pub kind: String,
+    /// Its output `[h, w, c]` per row.
+    pub shape: Shape,
+    /// Multiply-adds of the forward pass for the batch; the backward pass of a convolution
+    /// does about twice as many (the input's gradient and the weights').
+    pub forward_multiply_adds: usize,
+    /// Bytes the forward pass must read and write at least once.
+    pub forward_bytes: usize,
+    /// Bytes the backward pass must read and write at least once.
+    pub backward_bytes: usize,
+    /// Mean seconds of the forward pass.
+    pub forward_seconds: f64,
+    /// Mean seconds of the backward pass.
+    pub backward_seconds: f64,
 }
 
 /// The most values a forward pass may keep: 2²⁹ (2 GiB of f32). A batch of 256 photos
@@ -269,6 +294,17 @@ impl NativeSuffix {
     /// Features `[n, F]` of `n` rows, and what [`backward`](Self::backward) needs.
     /// Errors when the batch would keep more than [`MAX_TAPE_VALUES`] values.
     pub fn forward(&self, rows: &[f32], n: usize) -> Result<(Vec<f32>, SuffixTape)> {
+        self.forward_timed(rows, n, None)
+    }
+
+    /// [`forward`](Self::forward), adding each step's time (its kernel and activation) to
+    /// `times[k]` for step `k` of the suffix.
+    fn forward_timed(
+        &self,
+        rows: &[f32],
+        n: usize,
+        mut times: Option<&mut [Duration]>,
+    ) -> Result<(Vec<f32>, SuffixTape)> {
         if n.checked_mul(self.tape_values_per_row)
             .is_none_or(|values| values > MAX_TAPE_VALUES)
         {
@@ -304,6 +340,7 @@ impl NativeSuffix {
             offset += size;
         }
         for (k, step) in self.steps.iter().enumerate() {
+            let started = times.is_some().then(Instant::now);
             let mut value = self.step_forward(step, &tape.values, n)?;
             let after = self.after[k];
             if needs_input(after) {
@@ -318,6 +355,11 @@ impl NativeSuffix {
                 par_elements(&mut value, |_, chunk| activate(chunk, after));
             }
             tape.values[first + k] = value;
+            if let (Some(t), Some(started)) =
+                (times.as_deref_mut().and_then(|t| t.get_mut(k)), started)
+            {
+                *t += started.elapsed();
+            }
         }
         let [h, w, c] = all[all.len() - 1].shape;
         let mut features = vec![0f32; n * c];
@@ -333,6 +375,16 @@ impl NativeSuffix {
     /// The gradient of every trainable tensor, in the order of [`Step::parameters`] step by
     /// step, given the gradient `d_features` (`[n, F]`) of the features `tape` came with.
     pub fn backward(&self, tape: SuffixTape, d_features: &[f32]) -> Result<Vec<Vec<f32>>> {
+        self.backward_timed(tape, d_features, None)
+    }
+
+    /// [`backward`](Self::backward), adding each step's time to `times[k]`.
+    fn backward_timed(
+        &self,
+        tape: SuffixTape,
+        d_features: &[f32],
+        mut times: Option<&mut [Duration]>,
+    ) -> Result<Vec<Vec<f32>>> {
         let all = self.cut.network().steps();
         let first = self.cut.first();
         let n = tape.n;
@@ -364,6 +416,7 @@ impl NativeSuffix {
         grads[all.len() - 1] = Some(last);
         let mut parameters: Vec<Vec<Vec<f32>>> = vec![Vec::new(); self.steps.len()];
         for (k, step) in self.steps.iter().enumerate().rev() {
+            let started = times.is_some().then(Instant::now);
             let i = first + k;
             let mut dz = grads[i]
                 .take()
@@ -376,9 +429,73 @@ impl NativeSuffix {
             );
             parameters[k] = self.step_backward(step, &tape, &dz, &mut grads)?;
             self.buffers.give(dz);
+            if let (Some(t), Some(started)) =
+                (times.as_deref_mut().and_then(|t| t.get_mut(k)), started)
+            {
+                *t += started.elapsed();
+            }
         }
         self.recycle(tape);
         Ok(parameters.into_iter().flatten().collect())
+    }
+
+    /// Each step's mean forward and backward time over `rounds` passes of `rows` (`n` of
+    /// them, after one warm-up pass), with its multiply-adds and bytes (`flowers bench
+    /// --fine-tune --layers`).
+    pub fn step_times(&self, rows: &[f32], n: usize, rounds: usize) -> Result<Vec<SuffixStepTime>> {
+        if rounds == 0 {
+            return Err(Error::InvalidArgument(
+                "step times need at least one round".into(),
+            ));
+        }
+        let count = self.steps.len();
+        let (mut forward, mut backward) =
+            (vec![Duration::ZERO; count], vec![Duration::ZERO; count]);
+        let dim = self.feature_dim();
+        let d_features = vec![1.0 / (n * dim).max(1) as f32; n * dim];
+        for round in 0..=rounds {
+            let (f, b) = if round == 0 {
+                (None, None)
+            } else {
+                (Some(&mut forward[..]), Some(&mut backward[..]))
+            };
+            let (_, tape) = self.forward_timed(rows, n, f)?;
+            self.backward_timed(tape, &d_features, b)?;
+        }
+        let all = self.cut.network().steps();
+        let size = |j: usize| all.get(j).map_or(0, |s| s.shape.iter().product::<usize>());
+        Ok(self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(k, step)| {
+                let inputs: usize = step.inputs.iter().map(|&j| size(j)).sum();
+                let output: usize = step.shape.iter().product();
+                let (macs, weights) = match &step.kernel {
+                    Kernel::Conv(c) => (
+                        output * c.kernel.0 * c.kernel.1 * if c.depthwise { 1 } else { c.cin },
+                        c.weights.len() + c.bias.len(),
+                    ),
+                    Kernel::Affine { scale, shift, .. } => (0, scale.len() + shift.len()),
+                    _ => (0, 0),
+                };
+                let kind = step_kind(&step.kernel);
+                let seconds = |d: Duration| d.as_secs_f64() / rounds as f64;
+                SuffixStepTime {
+                    name: step.name.clone(),
+                    kind,
+                    shape: step.shape,
+                    forward_multiply_adds: n * macs,
+                    // Forward: the inputs and the output per row, and the weights once;
+                    // backward: the output's gradient, the inputs and their gradients, the
+                    // weights and their gradients.
+                    forward_bytes: 4 * (n * (inputs + output) + weights),
+                    backward_bytes: 4 * (n * (output + 2 * inputs) + 2 * weights),
+                    forward_seconds: seconds(forward[k]),
+                    backward_seconds: seconds(backward[k]),
+                }
+            })
+            .collect())
     }
 
     /// Keeps a tape's buffers for the next step.
@@ -907,6 +1024,39 @@ mod tests {
 
     /// A tape is used with the suffix and weights that made it, and a batch is bounded
     /// before anything is allocated: errors, not panics or silently wrong gradients.
+    /// One entry per step of the suffix, each timed both ways, the convolutions' work
+    /// adding up to the blocks' multiply-adds for the batch.
+    #[test]
+    fn step_times_cover_every_step() {
+        let network = Network::random(Model::parse("mobilenet_v2_0.35_96").expect("a model"), 0)
+            .expect("a network");
+        let cut = network.cut(2).expect("a cut");
+        let suffix = NativeSuffix::new(&cut).expect("a suffix");
+        let rows = vec![0.5; 3 * cut.row_len()];
+        let times = suffix.step_times(&rows, 3, 2).expect("step times");
+        assert_eq!(times.len(), network.steps().len() - cut.first());
+        assert!(times
+            .iter()
+            .all(|t| t.forward_seconds > 0.0 && t.backward_seconds > 0.0));
+        let macs: usize = network.steps()[cut.first()..]
+            .iter()
+            .map(|s| match &s.kernel {
+                Kernel::Conv(c) => {
+                    s.shape.iter().product::<usize>()
+                        * c.kernel.0
+                        * c.kernel.1
+                        * if c.depthwise { 1 } else { c.cin }
+                }
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(
+            times.iter().map(|t| t.forward_multiply_adds).sum::<usize>(),
+            3 * macs
+        );
+        assert!(suffix.step_times(&rows, 3, 0).is_err());
+    }
+
     #[test]
     fn tapes_from_elsewhere_and_huge_batches_are_refused() {
         let network = Network::random(Model::parse("mobilenet_v2_0.35_96").expect("a model"), 0)

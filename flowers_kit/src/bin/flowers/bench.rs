@@ -214,6 +214,99 @@ pub fn layers(extractor: &FeatureExtractor, seconds: f64) -> Result<()> {
     Ok(())
 }
 
+/// Each step of a fine-tuning pass (the last `blocks` blocks, random weights, `batch` random
+/// activations at the cut): forward and backward times against this CPU's roofs.
+pub fn fine_tune_layers(
+    model: flowers_kit::models::Model,
+    blocks: usize,
+    batch: usize,
+    seconds: f64,
+) -> Result<()> {
+    use flowers_kit::backend::native::{NativeSuffix, Roofs};
+    use flowers_kit::backend::Network;
+    let network = Network::random(model, 0)?;
+    let cut = network.cut(blocks)?;
+    let suffix = NativeSuffix::new(&cut)?;
+    let rows: Vec<f32> = (0..batch * cut.row_len())
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let roofs = Roofs::measure();
+    let once: f64 = suffix
+        .step_times(&rows, batch, 1)?
+        .iter()
+        .map(|s| s.forward_seconds + s.backward_seconds)
+        .sum();
+    let rounds = ((seconds / once.max(1e-6)) as usize).clamp(1, 10_000);
+    let steps = suffix.step_times(&rows, batch, rounds)?;
+    // The roof of a pass: its multiply-adds (twice the forward's for a backward pass) or its
+    // bytes at the measured rates, whichever is longer.
+    let roof = |macs: usize, bytes: usize| {
+        let compute = macs as f64 / (roofs.multiply_adds_per_core * roofs.threads as f64);
+        compute.max(bytes as f64 / roofs.bytes_per_second)
+    };
+    let mut out = std::io::stdout().lock();
+    let stdout = |e: std::io::Error| Error::io(Path::new("<stdout>"), e);
+    let total: f64 = steps
+        .iter()
+        .map(|s| s.forward_seconds + s.backward_seconds)
+        .sum();
+    let roof_total: f64 = steps
+        .iter()
+        .map(|s| {
+            roof(s.forward_multiply_adds, s.forward_bytes)
+                + roof(2 * s.forward_multiply_adds, s.backward_bytes)
+        })
+        .sum();
+    writeln!(
+        out,
+        "{} fine-tuning {blocks} block(s), batch {batch}, {} threads, {rounds} rounds: {:.1} ms \
+         per step without the head and the optimizer",
+        model.name(),
+        roofs.threads,
+        total * 1e3
+    )
+    .map_err(stdout)?;
+    writeln!(
+        out,
+        "roofs (measured): {:.1} G multiply-adds/s per core, {:.1} GB/s from memory",
+        roofs.multiply_adds_per_core / 1e9,
+        roofs.bytes_per_second / 1e9
+    )
+    .map_err(stdout)?;
+    writeln!(
+        out,
+        "{:<28} {:<16} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8}",
+        "step", "kind", "M MACs", "fwd ms", "×roof", "bwd ms", "×roof", "% time"
+    )
+    .map_err(stdout)?;
+    for s in &steps {
+        let forward_roof = roof(s.forward_multiply_adds, s.forward_bytes);
+        let backward_roof = roof(2 * s.forward_multiply_adds, s.backward_bytes);
+        writeln!(
+            out,
+            "{:<28} {:<16} {:>9.1} {:>9.2} {:>9.1} {:>8.2} {:>9.1} {:>8.1}",
+            truncate(&s.name, 28),
+            s.kind,
+            s.forward_multiply_adds as f64 / 1e6,
+            s.forward_seconds * 1e3,
+            s.forward_seconds / forward_roof.max(1e-12),
+            s.backward_seconds * 1e3,
+            s.backward_seconds / backward_roof.max(1e-12),
+            100.0 * (s.forward_seconds + s.backward_seconds) / total.max(1e-12),
+        )
+        .map_err(stdout)?;
+    }
+    writeln!(
+        out,
+        "total: {:.2} ms, roof {:.2} ms ({:.1}× the roof)",
+        total * 1e3,
+        roof_total * 1e3,
+        total / roof_total.max(1e-12)
+    )
+    .map_err(stdout)?;
+    Ok(())
+}
+
 /// At most `n` characters of `s`.
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()

@@ -468,8 +468,9 @@ enum Command {
         #[arg(long)]
         extract: bool,
         /// Instead: time each step of one image (batch 1, the native backend) over about
-        /// --seconds and print it against this CPU's measured compute and memory roofs.
-        #[arg(long, conflicts_with_all = ["extract", "forward_only", "train", "fine_tune"])]
+        /// --seconds and print it against this CPU's measured compute and memory roofs; with
+        /// --fine-tune, each step of a fine-tuning pass (forward and backward, --batch rows).
+        #[arg(long, conflicts_with_all = ["extract", "forward_only", "train"])]
         layers: bool,
     },
 }
@@ -650,6 +651,9 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             extract,
             layers,
         } => {
+            if layers && fine_tune {
+                return bench::fine_tune_layers(extractor.model, blocks, batch, seconds);
+            }
             if layers {
                 return bench::layers(&extractor.build(true)?, seconds);
             }
