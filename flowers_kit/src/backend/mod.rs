@@ -207,6 +207,17 @@ impl Network {
     /// // A first step that is not the input is refused, not run.
     /// let bad = vec![Step { name: "x".into(), kernel: Kernel::Concat, inputs: vec![], shape: [96, 96, 3] }];
     /// assert!(Network::new(model, bad, "test".into(), None).is_err());
+    /// // Nor is a step with nothing in it: a convolution to zero channels.
+    /// use flowers_kit::backend::Conv;
+    /// use flowers_kit::models::graph::Activation;
+    /// let input = Step { name: "in".into(), kernel: Kernel::Input, inputs: vec![], shape: [96, 96, 3] };
+    /// let empty = Conv {
+    ///     kernel: (1, 1), stride: 1, pad: [0; 4], cin: 3, cout: 0, depthwise: false,
+    ///     weights: vec![], bias: vec![], activation: Activation::Linear,
+    /// };
+    /// let conv = Step { name: "c".into(), kernel: Kernel::Conv(empty), inputs: vec![0], shape: [96, 96, 0] };
+    /// let error = Network::new(model, vec![input, conv], "test".into(), None).unwrap_err();
+    /// assert!(error.to_string().contains("empty dimension"), "{error}");
     /// # Ok::<(), flowers_kit::Error>(())
     /// ```
     pub fn new(
@@ -833,6 +844,13 @@ fn validate(model: &Model, steps: &[Step]) -> Result<()> {
                 step.name
             )))
         };
+        if step.shape.contains(&0) {
+            // Kernels divide by channel counts and split by rows: nothing empty runs.
+            return bad(format!(
+                "output shape {:?} has an empty dimension",
+                step.shape
+            ));
+        }
         let mut inputs = Vec::with_capacity(step.inputs.len());
         for &j in &step.inputs {
             match steps.get(j).filter(|_| j < i) {

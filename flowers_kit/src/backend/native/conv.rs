@@ -1,10 +1,9 @@
 //! Convolutions as matrix products: 1×1 directly, k×k through windows read in place (the
 //! packed product) or an im2col copy, with gemm where the weights are not packed.
 
-use gemm::Parallelism;
-
 use super::depthwise::Depthwise;
-use super::eltwise::{activate, bias_activate};
+use super::eltwise::{activate, affine as affine_channels, bias_activate};
+use super::gemm::{product_here, View};
 use super::isa::Kernels;
 use super::packed::{self, Epilogue, PackedWeights};
 use super::pool::Pool;
@@ -37,6 +36,11 @@ pub(super) fn run_conv(
     let m = ho * wo;
     let k = conv.kernel.0 * conv.kernel.1 * cin;
     let gathered = gathers_patches(conv, packed.is_some());
+    // The plan folds an affine step only into a convolution that gathers its patches.
+    assert!(
+        affine.is_none() || gathered,
+        "invariant: an affine step is gathered only with patches (plan)"
+    );
     if let (Some(weights), true) = (packed, gathered) {
         let epilogue = Epilogue::new(conv.activation, residual);
         let dims = (h, w, cin);
@@ -175,13 +179,7 @@ fn im2col_rows(
                 *t = *v;
             }
         }
-        Some(Affine { scale, shift }) => {
-            for (to, from) in to.chunks_exact_mut(c).zip(from.chunks_exact(c)) {
-                for (((t, v), s), b) in to.iter_mut().zip(from).zip(scale).zip(shift) {
-                    *t = v * s + b;
-                }
-            }
-        }
+        Some(Affine { scale, shift }) => affine_channels(to, from, scale, shift),
     };
     let (kh, kw) = conv.kernel;
     let (pad_y, pad_x) = (conv.pad[0], conv.pad[2]);
@@ -196,8 +194,8 @@ fn im2col_rows(
         }
     }
     let inside_run = |to: &mut [f32], from: &[f32]| match kw * c {
-        9 => run::<9>(to, from, &tiled),
-        21 => run::<21>(to, from, &tiled),
+        9 => affine_row::<9>(to, from, &tiled),
+        21 => affine_row::<21>(to, from, &tiled),
         _ => copy(to, from),
     };
     // Row by row of the window, so that each source row is found once per output row.
@@ -296,14 +294,14 @@ fn gathered_product(
     });
 }
 
-/// The longest window row [`run`] copies.
+/// The longest window row [`affine_row`] copies.
 const MAX_RUN: usize = 32;
 
 /// `to[j] = from[j] · scale[j] + shift[j]` for a window row of `N` values: a fixed length
 /// compiles to a few vector instructions, where a loop of unknown length 9 or 21 ran 3× slower
 /// than the product that reads it.
 #[inline(always)]
-fn run<const N: usize>(
+fn affine_row<const N: usize>(
     to: &mut [f32],
     from: &[f32],
     (scale, shift): &([f32; MAX_RUN], [f32; MAX_RUN]),
@@ -355,7 +353,7 @@ pub(super) fn matmul(
     accumulate: bool,
     threads: Threads,
 ) {
-    // Checked in release builds too: gemm reads and writes through raw pointers below.
+    // Checked first: the bands below slice `a` by these shapes.
     assert!(
         Some(out.len()) == m.checked_mul(n)
             && Some(a.len()) == m.checked_mul(k)
@@ -378,30 +376,5 @@ pub(super) fn matmul(
         });
         return;
     }
-    // SAFETY: the assert above proves that the three slices hold exactly m×n, m×k and k×n
-    // elements; the strides describe those row-major layouts, so every address gemm forms is
-    // inside its slice; `out` is a `&mut` and so cannot alias the inputs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
+    product_here(out, View::rows(a, m, k), View::rows(b, k, n), accumulate);
 }

@@ -39,6 +39,17 @@ fn activate_inline(values: &mut [f32], activation: Activation) {
     }
 }
 
+/// `out = x · scale + shift`, per channel over rows of `scale.len()` channels (a batch norm
+/// without a convolution, a rescaling).
+pub(super) fn affine(out: &mut [f32], x: &[f32], scale: &[f32], shift: &[f32]) {
+    let c = scale.len().max(1);
+    for (row, x) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        for (((o, v), s), t) in row.iter_mut().zip(x).zip(scale).zip(shift) {
+            *o = v * s + t;
+        }
+    }
+}
+
 /// Adds the per-channel bias to every row and applies `activation`, in one pass.
 // max/min rather than clamp: clamp's NaN-preserving compare-and-select vectorises worse.
 #[allow(clippy::manual_clamp)]

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::block::run_block;
 use super::conv::{run_conv, Affine};
-use super::eltwise::activate;
+use super::eltwise::{activate, affine};
 use super::plan::NativeNetwork;
 use super::pool::{Buffer, Pool};
 use super::pooling::{average_pool, pool2d};
@@ -22,13 +22,14 @@ use crate::models::graph::Shape;
 pub enum LayerSplit {
     /// Among a team of threads that spin between layers, led by the calling thread: every
     /// layer above a few microseconds of work is split. Falls back to `Rayon` (for a network
-    /// of at least 250 M multiply-adds) or `None` while another image holds the team.
+    /// of at least 250 M multiply-adds) or `Single` while another image holds the team, or
+    /// where its threads cannot be started.
     Team,
     /// As tasks on rayon's pool: large layers only, since waking a sleeping worker costs
     /// tens of microseconds.
     Rayon,
     /// No split: the calling thread only.
-    None,
+    Single,
 }
 
 impl NativeNetwork {
@@ -86,30 +87,33 @@ impl NativeNetwork {
                     })
                 });
         } else {
-            self.one_by_one(pixels, out, None, LayerSplit::Team);
+            self.one_by_one(pixels, out, None, LayerSplit::Team, false);
         }
         Ok(())
     }
 
     /// Features `[n, F]` of `n` images taken one at a time, each image's layers shared
     /// among the threads as `split` says ([`forward`](Self::forward) does this with
-    /// [`LayerSplit::Team`] when there are fewer images than threads). For tests and
-    /// benchmarks that compare the ways of splitting.
+    /// [`LayerSplit::Team`] when there are fewer images than threads, but does not wait for
+    /// a team that another image holds). For tests and benchmarks that compare the ways of
+    /// splitting.
     pub fn forward_split(&self, pixels: &[f32], n: usize, split: LayerSplit) -> Result<Vec<f32>> {
         self.check_pixels(pixels, n)?;
         let mut out = vec![0f32; n * self.features];
-        self.one_by_one(pixels, &mut out, None, split);
+        self.one_by_one(pixels, &mut out, None, split, true);
         Ok(out)
     }
 
     /// The images of `pixels` one by one into `out`, each image's layers split as `split`
-    /// says; with `times`, each step's time is added to its entry.
+    /// says (waiting for the team while another image holds it with `wait`); with `times`,
+    /// each step's time is added to its entry.
     pub(super) fn one_by_one(
         &self,
         pixels: &[f32],
         out: &mut [f32],
         mut times: Option<&mut [Duration]>,
         split: LayerSplit,
+        wait: bool,
     ) {
         let per_image = self.resolution * self.resolution * 3;
         let mut run = |threads: Threads| {
@@ -126,7 +130,7 @@ impl NativeNetwork {
         let on_rayon =
             |run: &mut (dyn FnMut(Threads) + Send)| rayon::scope(|_| run(Threads::Rayon));
         match split {
-            LayerSplit::Team if size > 1 => with_team(size, |team| match team {
+            LayerSplit::Team if size > 1 => with_team(size, wait, |team| match team {
                 Some(team) => run(Threads::Team(team)),
                 // Another image holds the team: rayon splits the large layers of a large
                 // network.
@@ -243,12 +247,7 @@ impl NativeNetwork {
                                 *o = v * s + t;
                             }
                         } else {
-                            for (row, x) in out.chunks_exact_mut(c).zip(input(0).chunks_exact(c)) {
-                                for (((o, v), s), t) in row.iter_mut().zip(x).zip(scale).zip(shift)
-                                {
-                                    *o = v * s + t;
-                                }
-                            }
+                            affine(&mut out, input(0), scale, shift);
                         }
                         activate(&mut out, *activation);
                     }
@@ -393,7 +392,7 @@ fn read<'a>(steps: &[Step], values: &'a [Option<Buffer>], image: &'a [f32], j: u
 
 /// The cores this process may use, read once: `available_parallelism` reads the cgroup
 /// files on every call (dozens of allocations and system calls per image).
-fn cores() -> usize {
+pub(super) fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }

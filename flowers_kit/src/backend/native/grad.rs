@@ -2,10 +2,11 @@
 //! (`[pixels, channels]`, images one after the other). `train` runs them in reverse step
 //! order, and for a value read by several steps adds up what each reader sends back.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::eltwise::exp;
+use super::gemm::product_here;
+pub(super) use super::gemm::View;
 use super::threads::MIN_PARALLEL_MACS;
 use crate::models::graph::{Activation, Shape};
 
@@ -95,53 +96,6 @@ pub(super) fn activation_grad(
     }
 }
 
-/// A matrix read from a slice: element `(i, j)` at `i·row_stride + j·column_stride`, so a
-/// row-major matrix and its transpose are views of the same values.
-#[derive(Clone, Copy)]
-pub(super) struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    columns: usize,
-    row_stride: usize,
-    column_stride: usize,
-}
-
-impl<'a> View<'a> {
-    /// `data` as a row-major `[rows, columns]` matrix.
-    pub(super) fn rows(data: &'a [f32], rows: usize, columns: usize) -> View<'a> {
-        View {
-            data,
-            rows,
-            columns,
-            row_stride: columns,
-            column_stride: 1,
-        }
-    }
-
-    /// The same values, rows and columns swapped.
-    pub(super) fn t(self) -> View<'a> {
-        View {
-            rows: self.columns,
-            columns: self.rows,
-            row_stride: self.column_stride,
-            column_stride: self.row_stride,
-            ..self
-        }
-    }
-
-    /// Whether every element the view names lies inside its slice.
-    fn in_bounds(&self) -> bool {
-        if self.rows == 0 || self.columns == 0 {
-            return true;
-        }
-        (self.rows - 1)
-            .checked_mul(self.row_stride)
-            .zip((self.columns - 1).checked_mul(self.column_stride))
-            .and_then(|(a, b)| a.checked_add(b))
-            .is_some_and(|last| last < self.data.len())
-    }
-}
-
 /// `out = a · b`, `out` row-major. A large product is split among the threads, each part a
 /// single-threaded gemm (gemm's own threads scaled these shapes poorly): a weight's
 /// gradient, whose inner dimension is the batch's pixels, by pixels (each thread sums its
@@ -181,7 +135,7 @@ pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>) {
                     rows: to - from,
                     ..b
                 };
-                single_threaded_product(&mut part, a, b);
+                product_here(&mut part, a, b, false);
                 part
             })
             .collect();
@@ -201,46 +155,11 @@ pub(super) fn product(out: &mut [f32], a: View<'_>, b: View<'_>) {
                     rows: out.len() / n,
                     ..a
                 };
-                single_threaded_product(out, a, b);
+                product_here(out, a, b, false);
             });
         return;
     }
-    single_threaded_product(out, a, b);
-}
-
-/// [`product`] on the calling thread, shapes already checked.
-fn single_threaded_product(out: &mut [f32], a: View<'_>, b: View<'_>) {
-    let (m, k, n) = (a.rows, a.columns, b.columns);
-    assert!(
-        b.rows == k && Some(out.len()) == m.checked_mul(n) && a.in_bounds() && b.in_bounds(),
-        "gradient product shapes do not match the slices"
-    );
-    // SAFETY: the assert above proves that `out` holds exactly m×n values (row-major with the
-    // strides given) and that every element either view names is inside its slice; `out` is
-    // a `&mut` and so cannot alias the inputs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr(),
-            a.column_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.column_stride as isize,
-            b.row_stride as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
+    product_here(out, a, b, false);
 }
 
 /// Adds the sum over rows of `[rows, c]` `values` to `out` (`[c]`): a bias's gradient

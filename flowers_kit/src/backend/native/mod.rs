@@ -26,11 +26,13 @@
 //!
 //! Files, one concern each: `plan` prepares a network (which buffers live how long, which
 //! steps fuse, packed weights), `exec` runs it image by image, `block` runs an
-//! inverted-residual block band by band, `conv` holds the matrix-product convolutions,
+//! inverted-residual block band by band, `conv` holds the matrix-product convolutions
+//! (`gemm` the one call into the gemm crate, shared with the gradient kernels),
 //! `depthwise/` the depthwise kernel per instruction set (`portable`, `avx2`, `avx512`),
-//! `packed` the AVX2 micro-kernel, `isa` which instruction sets the CPU has, `threads` when work
-//! is split among threads and `team` the spinning threads that share one image's layers,
-//! `profile` each step's time against the CPU's roofs, `eltwise` the activations, `pooling` the pooling loops,
+//! `packed` the AVX2 micro-kernel, `isa` which instruction sets the CPU has, `threads` when
+//! work is split among threads and `team` the spinning threads that share one image's
+//! layers, `profile` each step's time against the CPU's roofs, `eltwise` the activations,
+//! `pooling` the pooling loops,
 //! `pool` the reusable buffers; `train` runs the steps above a cut forward and backward for
 //! fine-tuning, with the gradient kernels of `grad`.
 
@@ -39,6 +41,7 @@ mod conv;
 mod depthwise;
 mod eltwise;
 mod exec;
+mod gemm;
 mod grad;
 mod isa;
 mod packed;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::conv::matmul;
-use super::exec::LayerSplit;
+use super::exec::{cores, LayerSplit};
 use super::isa::has_avx2_fma;
 use super::packed::{self, Epilogue, PackedWeights};
 use super::plan::NativeNetwork;
@@ -42,7 +42,7 @@ pub struct Roofs {
     pub multiply_adds_per_core: f64,
     /// Bytes per second that all threads together read from memory.
     pub bytes_per_second: f64,
-    /// Threads that share each layer.
+    /// Threads that share each layer of a single image (rayon's, at most one per core).
     pub threads: usize,
 }
 
@@ -52,7 +52,8 @@ impl Roofs {
         Roofs {
             multiply_adds_per_core: compute_roof(),
             bytes_per_second: memory_roof(),
-            threads: rayon::current_num_threads(),
+            // As many as share a single image's layers.
+            threads: rayon::current_num_threads().min(cores()),
         }
     }
 
@@ -144,9 +145,15 @@ impl NativeNetwork {
             .collect();
         let mut features = vec![0f32; self.features];
         let mut times = vec![Duration::ZERO; self.steps.len()];
-        self.one_by_one(&image, &mut features, None, LayerSplit::Team);
+        self.one_by_one(&image, &mut features, None, LayerSplit::Team, true);
         for _ in 0..rounds {
-            self.one_by_one(&image, &mut features, Some(&mut times), LayerSplit::Team);
+            self.one_by_one(
+                &image,
+                &mut features,
+                Some(&mut times),
+                LayerSplit::Team,
+                true,
+            );
         }
         Ok(self
             .steps
@@ -246,7 +253,8 @@ mod tests {
         let macs: usize = layers.iter().map(|l| l.multiply_adds).sum();
         assert_eq!(macs, model.multiply_adds().expect("macs"));
         let fused = native.inside_later.iter().filter(|&&b| b).count();
-        // Less the input step, and the rescaling that the first convolution gathers.
+        // Less the input step (the rescaling that the first convolution gathers is among
+        // the fused steps).
         assert_eq!(layers.len(), native.steps.len() - fused - 1);
         assert!(layers.iter().all(|l| l.seconds > 0.0));
         assert!(!layers.iter().any(|l| l.kind == "affine"));

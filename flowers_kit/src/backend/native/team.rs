@@ -11,10 +11,11 @@
 //! part. A thread runs a part only after claiming it from that word, so a helper that looks
 //! late can never claim a part of a job whose leader has returned.
 
+use std::any::Any;
 use std::cell::UnsafeCell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -50,8 +51,8 @@ struct Shared {
     job: UnsafeCell<Option<Job<'static>>>,
     /// Parts of the current job that have finished.
     done: AtomicUsize,
-    /// Whether a part of the current job panicked.
-    panicked: AtomicBool,
+    /// The first panic of a part of the current job, raised again by the leader.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
     /// Whether each helper is parked (or about to be).
     asleep: Vec<AtomicBool>,
     stop: AtomicBool,
@@ -79,16 +80,60 @@ impl Shared {
             {
                 continue;
             }
-            // SAFETY: part `next` of the live job was just claimed; the leader does not
-            // return (ending the borrow behind `job`) or write `job` until it is done.
-            let job = unsafe { *self.job.get() };
-            if let Some(job) = job {
-                if catch_unwind(AssertUnwindSafe(|| job(next))).is_err() {
-                    self.panicked.store(true, SeqCst);
-                }
+            let ran = catch_unwind(AssertUnwindSafe(|| {
+                // SAFETY: part `next` of the live job was just claimed; the leader does not
+                // return (ending the borrow behind `job`) or write `job` until it is done.
+                let job = unsafe { *self.job.get() };
+                job.expect("invariant: a claimable job was published")(next)
+            }));
+            if let Err(payload) = ran {
+                self.keep_panic(payload);
             }
+            // Counted whatever happened, so that the leader never waits forever.
             self.done.fetch_add(1, SeqCst);
         }
+    }
+}
+
+impl Shared {
+    /// Keeps the first panic of the job for the leader; drops any later one, a panic in
+    /// whose drop is caught too.
+    fn keep_panic(&self, payload: Box<dyn Any + Send>) {
+        let mut slot = self.panic.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(payload);
+        } else {
+            drop(slot);
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+        }
+    }
+}
+
+/// Waits until every part of the published job has run, then retires the job: on the way
+/// out of [`Team::run`] however it leaves, so that no part outlives the borrow behind it.
+struct Retire<'a> {
+    team: &'a Team,
+    parts: usize,
+}
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        let shared = &*self.team.shared;
+        let mut spins = 0u32;
+        while shared.done.load(SeqCst) < self.parts {
+            spins = spins.wrapping_add(1);
+            // A helper the system preempted may take a while: leave it the core.
+            if spins.is_multiple_of(1 << 12) {
+                thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        // SAFETY: every part has finished, so no thread reads the job any more.
+        unsafe {
+            *shared.job.get() = None;
+        }
+        self.team.leading.store(false, SeqCst);
     }
 }
 
@@ -112,7 +157,7 @@ impl Team {
             claim: AtomicU64::new(0),
             job: UnsafeCell::new(None),
             done: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
+            panic: Mutex::new(None),
             asleep: (0..helpers).map(|_| AtomicBool::new(false)).collect(),
             stop: AtomicBool::new(false),
         });
@@ -141,7 +186,7 @@ impl Team {
     /// Runs `job(i)` for every `i < parts`, shared among the team; returns when all have run.
     ///
     /// # Panics
-    /// When a part panicked (on whichever thread ran it).
+    /// With the first panic of a part (on whichever thread ran it), once all have run.
     pub(super) fn run(&self, parts: usize, job: &(dyn Fn(usize) + Sync)) {
         if parts <= 1
             || parts > MAX_PARTS
@@ -169,17 +214,16 @@ impl Team {
                 helper.thread().unpark();
             }
         }
+        let retire = Retire { team: self, parts };
         shared.work(epoch);
-        while shared.done.load(SeqCst) < parts {
-            std::hint::spin_loop();
-        }
-        // SAFETY: as above; every part has finished, so no thread reads the job any more.
-        unsafe {
-            *shared.job.get() = None;
-        }
-        self.leading.store(false, SeqCst);
-        if shared.panicked.swap(false, SeqCst) {
-            panic!("a part of a split layer panicked on a team thread");
+        drop(retire);
+        let panic = shared
+            .panic
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(payload) = panic {
+            resume_unwind(payload);
         }
     }
 
@@ -277,21 +321,32 @@ fn help(shared: &Shared, index: usize) {
     }
 }
 
-/// The process's team, shared by every network: one image at a time leads it.
-static TEAM: Mutex<Option<Team>> = Mutex::new(None);
+/// The process's team, shared by every network: one image at a time leads it. `None` until
+/// first asked for, and `Some(None)` when its threads could not be started for that size
+/// (not tried again for it).
+static TEAM: Mutex<Option<(usize, Option<Team>)>> = Mutex::new(None);
 
-/// Runs `work` with the team of `size` threads, or with `None` when another image holds it
-/// (or its threads cannot be started): that caller then splits its layers on rayon.
-pub(super) fn with_team<R>(size: usize, work: impl FnOnce(Option<&Team>) -> R) -> R {
-    let Ok(mut guard) = TEAM.try_lock() else {
-        return work(None);
+/// Runs `work` with the team of `size` threads, or with `None` when its threads cannot be
+/// started, or when another image holds it and `wait` is false (that caller then splits its
+/// layers on rayon). A team of another size is stopped and replaced.
+pub(super) fn with_team<R>(size: usize, wait: bool, work: impl FnOnce(Option<&Team>) -> R) -> R {
+    let locked = if wait {
+        TEAM.lock().unwrap_or_else(PoisonError::into_inner)
+    } else {
+        match TEAM.try_lock() {
+            Ok(guard) => guard,
+            // A part that panicked leaves the team consistent (see Team::run): keep it.
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return work(None),
+        }
     };
-    if guard.as_ref().map(Team::size) != Some(size) {
+    let mut guard = locked;
+    if guard.as_ref().map(|(s, _)| *s) != Some(size) {
         // The old team (another thread count) is stopped and joined first.
         *guard = None;
-        *guard = Team::new(size);
+        *guard = Some((size, Team::new(size)));
     }
-    work(guard.as_ref())
+    work(guard.as_ref().and_then(|(_, team)| team.as_ref()))
 }
 
 #[cfg(test)]
@@ -352,10 +407,21 @@ mod tests {
     #[test]
     fn a_panicking_part_reaches_the_leader_and_the_team_goes_on() {
         let team = Team::new(2).expect("threads start");
+        let finished = AtomicUsize::new(0);
         let caught = catch_unwind(AssertUnwindSafe(|| {
-            team.run(8, &|i| assert!(i != 5, "part 5 fails"));
+            team.run(8, &|i| {
+                assert!(i != 5, "part 5 fails");
+                finished.fetch_add(1, SeqCst);
+            });
         }));
-        assert!(caught.is_err());
+        let payload = caught.expect_err("the part's panic");
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+        assert_eq!(message, Some("part 5 fails"));
+        // Every other part ran before the leader raised it.
+        assert_eq!(finished.load(SeqCst), 7);
         let total = AtomicUsize::new(0);
         team.run(8, &|i| {
             total.fetch_add(i, SeqCst);

@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use super::conv::{im2col, run_conv};
-use super::eltwise::activate;
+use super::eltwise::{activate, affine};
 use super::grad::{
     activation_grad, add_column_sums, add_into, col2im, depthwise_grad, par_elements,
     per_image_sum, pool_grad, product, View, Window,
@@ -606,11 +606,7 @@ impl NativeSuffix {
                     });
             }
             Kernel::Affine { scale, shift, .. } => {
-                for (o, x) in out.chunks_exact_mut(co).zip(input(0).chunks_exact(co)) {
-                    for (((o, x), s), t) in o.iter_mut().zip(x).zip(scale).zip(shift) {
-                        *o = x * s + t;
-                    }
-                }
+                affine(&mut out, input(0), scale, shift);
             }
             Kernel::Activation(_) => out.copy_from_slice(input(0)),
             Kernel::Add(_) => {
