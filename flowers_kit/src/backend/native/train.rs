@@ -77,9 +77,11 @@ pub struct SuffixStepTime {
     pub kind: String,
     /// Its output `[h, w, c]` per row.
     pub shape: Shape,
-    /// Multiply-adds of the forward pass for the batch; the backward pass of a convolution
-    /// does about twice as many (the input's gradient and the weights').
+    /// Multiply-adds of the forward pass for the batch.
     pub forward_multiply_adds: usize,
+    /// Multiply-adds of the backward pass: a convolution's weights' gradient, and its
+    /// input's unless the input lies below the cut (where no gradient is needed).
+    pub backward_multiply_adds: usize,
     /// Bytes the forward pass must read and write at least once.
     pub forward_bytes: usize,
     /// Bytes the backward pass must read and write at least once.
@@ -480,12 +482,14 @@ impl NativeSuffix {
                     _ => (0, 0),
                 };
                 let kind = step_kind(&step.kernel);
+                let below_cut = step.inputs.iter().all(|&j| j < self.cut.first());
                 let seconds = |d: Duration| d.as_secs_f64() / rounds as f64;
                 SuffixStepTime {
                     name: step.name.clone(),
                     kind,
                     shape: step.shape,
                     forward_multiply_adds: n * macs,
+                    backward_multiply_adds: n * macs * if below_cut { 1 } else { 2 },
                     // Forward: the inputs and the output per row, and the weights once;
                     // backward: the output's gradient, the inputs and their gradients, the
                     // weights and their gradients.
@@ -1050,6 +1054,14 @@ mod tests {
             times.iter().map(|t| t.forward_multiply_adds).sum::<usize>(),
             3 * macs
         );
+        // The first convolution reads the cut: only its weights' gradient is computed.
+        assert_eq!(
+            times[0].backward_multiply_adds,
+            times[0].forward_multiply_adds
+        );
+        assert!(times[1..]
+            .iter()
+            .all(|t| t.backward_multiply_adds == 2 * t.forward_multiply_adds));
         assert!(suffix.step_times(&rows, 3, 0).is_err());
     }
 

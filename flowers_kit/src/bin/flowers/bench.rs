@@ -238,8 +238,8 @@ pub fn fine_tune_layers(
         .sum();
     let rounds = ((seconds / once.max(1e-6)) as usize).clamp(1, 10_000);
     let steps = suffix.step_times(&rows, batch, rounds)?;
-    // The roof of a pass: its multiply-adds (twice the forward's for a backward pass) or its
-    // bytes at the measured rates, whichever is longer.
+    // The roof of a pass: its multiply-adds or its bytes at the measured rates, whichever is
+    // longer.
     let roof = |macs: usize, bytes: usize| {
         let compute = macs as f64 / (roofs.multiply_adds_per_core * roofs.threads as f64);
         compute.max(bytes as f64 / roofs.bytes_per_second)
@@ -254,7 +254,7 @@ pub fn fine_tune_layers(
         .iter()
         .map(|s| {
             roof(s.forward_multiply_adds, s.forward_bytes)
-                + roof(2 * s.forward_multiply_adds, s.backward_bytes)
+                + roof(s.backward_multiply_adds, s.backward_bytes)
         })
         .sum();
     writeln!(
@@ -281,7 +281,7 @@ pub fn fine_tune_layers(
     .map_err(stdout)?;
     for s in &steps {
         let forward_roof = roof(s.forward_multiply_adds, s.forward_bytes);
-        let backward_roof = roof(2 * s.forward_multiply_adds, s.backward_bytes);
+        let backward_roof = roof(s.backward_multiply_adds, s.backward_bytes);
         writeln!(
             out,
             "{:<28} {:<16} {:>9.1} {:>9.2} {:>9.1} {:>8.2} {:>9.1} {:>8.1}",
