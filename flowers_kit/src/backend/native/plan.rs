@@ -37,8 +37,8 @@ pub struct NativeNetwork {
     /// nothing else (an input rescaling): that step, applied to each value as it is copied,
     /// so the rescaled image is never written (the padding stays zero, as after the step).
     pub(super) gathers_affine: Vec<Option<usize>>,
-    /// Whether a single image splits its layers among threads (see
-    /// [`MIN_PARALLEL_IMAGE_MACS`]).
+    /// Whether a single image splits its layers among rayon's threads when the team is
+    /// held by another image (see [`MIN_PARALLEL_IMAGE_MACS`]).
     pub(super) split_layers: bool,
     /// Warm buffer pools between calls, one per thread that ran (a few MB each).
     pub(super) pools: std::sync::Mutex<Vec<Pool>>,
