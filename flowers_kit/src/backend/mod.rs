@@ -126,6 +126,18 @@ pub struct Step {
 }
 
 impl Step {
+    /// Multiply-adds for one image: a convolution's output values times the taps each one
+    /// sums (its window, times the input channels unless depthwise); 0 for any other step.
+    pub fn multiply_adds(&self) -> usize {
+        match &self.kernel {
+            Kernel::Conv(c) => {
+                let per_output = c.kernel.0 * c.kernel.1 * if c.depthwise { 1 } else { c.cin };
+                self.shape.iter().product::<usize>() * per_output
+            }
+            _ => 0,
+        }
+    }
+
     /// Whether `other` computes the same thing from the same inputs, weights aside: the
     /// same name, inputs, shape and kernel (sizes, stride, padding, activation).
     pub fn same_operation(&self, other: &Step) -> bool {

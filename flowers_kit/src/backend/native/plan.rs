@@ -202,16 +202,7 @@ impl NativeNetwork {
                 }
             }
         }
-        let macs: usize = steps
-            .iter()
-            .map(|step| match &step.kernel {
-                Kernel::Conv(c) => {
-                    let per_output = c.kernel.0 * c.kernel.1 * if c.depthwise { 1 } else { c.cin };
-                    step.shape.iter().product::<usize>() * per_output
-                }
-                _ => 0,
-            })
-            .sum();
+        let macs: usize = steps.iter().map(Step::multiply_adds).sum();
         let features = match outputs {
             None => network.feature_dim(),
             Some(outputs) => outputs

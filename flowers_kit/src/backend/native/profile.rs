@@ -172,11 +172,13 @@ impl NativeNetwork {
         let size = |j: usize| self.steps.get(j).map_or(0, |s| s.shape.iter().product());
         let inputs: usize = step.inputs.iter().map(|&j| size(j)).sum();
         let output = size(i);
-        let conv_work = |j: usize| match self.steps.get(j).map(|s| (&s.kernel, s.shape)) {
-            Some((Kernel::Conv(c), [h, w, co])) => {
-                let per_output = c.kernel.0 * c.kernel.1 * if c.depthwise { 1 } else { c.cin };
-                (h * w * co * per_output, c.weights.len() + c.bias.len())
-            }
+        let conv_work = |j: usize| match self.steps.get(j) {
+            Some(
+                s @ Step {
+                    kernel: Kernel::Conv(c),
+                    ..
+                },
+            ) => (s.multiply_adds(), c.weights.len() + c.bias.len()),
             _ => (0, 0),
         };
         let (kind, multiply_adds, values) = match (&step.kernel, &self.blocks[i]) {

@@ -473,13 +473,11 @@ impl NativeSuffix {
             .map(|(k, step)| {
                 let inputs: usize = step.inputs.iter().map(|&j| size(j)).sum();
                 let output: usize = step.shape.iter().product();
-                let (macs, weights) = match &step.kernel {
-                    Kernel::Conv(c) => (
-                        output * c.kernel.0 * c.kernel.1 * if c.depthwise { 1 } else { c.cin },
-                        c.weights.len() + c.bias.len(),
-                    ),
-                    Kernel::Affine { scale, shift, .. } => (0, scale.len() + shift.len()),
-                    _ => (0, 0),
+                let macs = step.multiply_adds();
+                let weights = match &step.kernel {
+                    Kernel::Conv(c) => c.weights.len() + c.bias.len(),
+                    Kernel::Affine { scale, shift, .. } => scale.len() + shift.len(),
+                    _ => 0,
                 };
                 let kind = step_kind(&step.kernel);
                 let below_cut = step.inputs.iter().all(|&j| j < self.cut.first());
