@@ -183,6 +183,7 @@ impl NativeNetwork {
             } else {
                 let mut out = pool.take(h * w * c);
                 match &step.kernel {
+                    // Read in place (skipped above).
                     Kernel::Input => {}
                     Kernel::Conv(_) if self.blocks[i].is_some() => {
                         let residual =
