@@ -159,7 +159,10 @@ pub fn layers(extractor: &FeatureExtractor, seconds: f64) -> Result<()> {
     // Written, not printed: a closed pipe (`| head`) ends the table instead of panicking.
     let mut out = std::io::stdout().lock();
     let stdout = |e: std::io::Error| Error::io(Path::new("<stdout>"), e);
-    let roof_total: f64 = layers.iter().map(|l| roofs.seconds(l)).sum();
+    let roof_total: f64 = layers
+        .iter()
+        .map(|l| roofs.seconds(l.multiply_adds, l.bytes))
+        .sum();
     writeln!(
         out,
         "{} batch 1, {} threads, {rounds} rounds: {:.1} µs per image ({:.0} images/s)",
@@ -185,7 +188,7 @@ pub fn layers(extractor: &FeatureExtractor, seconds: f64) -> Result<()> {
     )
     .map_err(stdout)?;
     for layer in &layers {
-        let roof = roofs.seconds(layer);
+        let roof = roofs.seconds(layer.multiply_adds, layer.bytes);
         let [h, w, c] = layer.shape;
         writeln!(
             out,
@@ -238,12 +241,7 @@ pub fn fine_tune_layers(
         .sum();
     let rounds = ((seconds / once.max(1e-6)) as usize).clamp(1, 10_000);
     let steps = suffix.step_times(&rows, batch, rounds)?;
-    // The roof of a pass: its multiply-adds or its bytes at the measured rates, whichever is
-    // longer.
-    let roof = |macs: usize, bytes: usize| {
-        let compute = macs as f64 / (roofs.multiply_adds_per_core * roofs.threads as f64);
-        compute.max(bytes as f64 / roofs.bytes_per_second)
-    };
+    let roof = |macs: usize, bytes: usize| roofs.seconds(macs, bytes);
     let mut out = std::io::stdout().lock();
     let stdout = |e: std::io::Error| Error::io(Path::new("<stdout>"), e);
     let total: f64 = steps
