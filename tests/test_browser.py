@@ -71,6 +71,7 @@ def test_tutorial_notebook_renders_in_jupyterlab(product_env, notebook, prefix, 
         print(check.stdout)
         assert check.returncode == 0, check.stdout + check.stderr
         assert (ARTIFACTS / f"{prefix}-plots.png").stat().st_size > 10_000
+        assert (ARTIFACTS / f"{prefix}-grad-cam.png").stat().st_size > 10_000
     finally:
         lab.terminate()
         try:

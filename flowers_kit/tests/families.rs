@@ -141,6 +141,11 @@ fn check(family: &str) {
             assert!(max <= bound, "{run}, batch 1: max |Δ| {max} > {bound}");
         }
     }
+    // Grad-CAM reads the last feature map: its mean is TF's features, for every family.
+    let extractor = FeatureExtractor::with_weights(model, Some(h5.to_str().unwrap()))
+        .unwrap()
+        .without_cache();
+    support::check_class_maps(&extractor, &golden_pngs()[..2], &golden, bound);
 }
 
 /// The test's files are laid out exactly as `tf_keras` writes them: same groups, datasets,

@@ -72,11 +72,38 @@ fn the_zh_cn_figures_speak_chinese_with_glyphs_for_every_character() {
         Metrics::from_probabilities(&classes, &[0, 1], &[0.9, 0.1, 0.4, 0.6], &[]).unwrap();
     let confusion = plot::confusion(&metrics).unwrap().svg().unwrap();
     assert!(confusion.contains("混淆矩阵") && confusion.contains("预测标签"));
+    // The feature-space map: title, axes and legend in Chinese.
+    let features = two_class_features();
+    let wrong = Metrics::from_probabilities(
+        &classes,
+        features.test.labels(),
+        &[0.1, 0.9, 0.9, 0.1],
+        features.test.paths(),
+    )
+    .unwrap();
+    let map = plot::feature_map(&features, Some(&wrong))
+        .unwrap()
+        .svg()
+        .unwrap();
+    for text in ["特征空间", "主成分", "训练照片", "测试照片（判错）"] {
+        assert!(map.contains(text), "{text} is missing from the feature map");
+    }
 
     // Every character the kit draws, and level 1 of the standard table, has a glyph.
     let bytes = font_bytes();
     let font = FontRef::try_from_slice(&bytes).unwrap();
-    let drawn: String = [svg.as_str(), confusion.as_str()].concat();
+    let tsne = plot::feature_map_tsne(&two_class_features_for_tsne(), None)
+        .unwrap()
+        .svg()
+        .unwrap();
+    assert!(tsne.contains("张测试照片的 t-SNE 图"), "t-SNE title");
+    let drawn: String = [
+        svg.as_str(),
+        confusion.as_str(),
+        map.as_str(),
+        tsne.as_str(),
+    ]
+    .concat();
     let level1 = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fonts/tgscc-level1.txt"),
     )
@@ -130,4 +157,42 @@ fn the_zh_cn_figures_speak_chinese_with_glyphs_for_every_character() {
     );
     plot::set_language(Language::English);
     assert!(plot::curves(&history()).svg().unwrap().contains("Accuracy"));
+}
+
+/// Features of 6 training and 2 test photos of two classes, in 3 dimensions.
+fn two_class_features() -> flowers_kit::features::Features {
+    use flowers_kit::features::{FeatureExtractor, FeatureSet, Features};
+    use flowers_kit::models::Model;
+    let set = |values: Vec<f32>, labels: Vec<usize>| {
+        let paths = (0..labels.len())
+            .map(|i| std::path::PathBuf::from(format!("{i}.jpg")))
+            .collect();
+        FeatureSet::new(values, 3, labels, paths).unwrap()
+    };
+    let extractor =
+        FeatureExtractor::with_random_weights(Model::parse("mobilenet_v2_0.35_96").unwrap(), 0)
+            .unwrap();
+    Features {
+        classes: vec!["daisy".into(), "roses".into()],
+        source: extractor.source(),
+        dim: 3,
+        train: set(
+            vec![
+                0., 0., 1., 1., 0., 0., 0., 1., 0., 5., 5., 1., 6., 5., 0., 5., 6., 0.,
+            ],
+            vec![0, 0, 0, 1, 1, 1],
+        ),
+        validation: FeatureSet::new(vec![], 3, vec![], vec![]).unwrap(),
+        test: set(vec![0., 0., 0., 5., 5., 5.], vec![0, 1]),
+        train_views: vec![],
+        augment: None,
+        cut: None,
+    }
+}
+
+/// [`two_class_features`] with enough test photos for t-SNE (4 or more).
+fn two_class_features_for_tsne() -> flowers_kit::features::Features {
+    let mut features = two_class_features();
+    features.test = features.train.clone();
+    features
 }

@@ -58,8 +58,8 @@ try {
   const pngs = await page.locator(".jp-RenderedImage img").count();
   const svgs = await page.locator(".jp-RenderedSVG").count();
   console.log(`rendered: ${pngs} PNG outputs, ${svgs} SVG outputs; final test accuracy ${match[1]}%`);
-  if (pngs < 3) await fail(`expected the photo grid, the gallery and the photo as PNG outputs, found ${pngs}`);
-  if (svgs < 3) await fail(`expected the curves, confusion matrix and top-k charts as SVG outputs, found ${svgs}`);
+  if (pngs < 4) await fail(`expected the photo grid, the gallery, the Grad-CAM maps and the photo as PNG outputs, found ${pngs}`);
+  if (svgs < 6) await fail(`expected the three feature-space maps, the curves, confusion matrix and top-k charts as SVG outputs, found ${svgs}`);
 
   if (chinese) {
     if (!text.includes("使用迁移学习对花卉进行分类")) await fail("the zh-CN title is not on the page");
@@ -90,6 +90,9 @@ try {
   await page.screenshot({ path: path.join(outDir, `${prefix}-plots.png`) });
   await page.locator(".jp-RenderedImage").first().scrollIntoViewIfNeeded();
   await page.screenshot({ path: path.join(outDir, `${prefix}-grid.png`) });
+  // The Grad-CAM maps: the third photo figure (after the labelled grid and the mistakes).
+  await page.locator(".jp-RenderedImage").nth(2).scrollIntoViewIfNeeded();
+  await page.screenshot({ path: path.join(outDir, `${prefix}-grad-cam.png`) });
   // The extraction cell: its progress report is one or a few lines, not a wall.
   const extraction = page.getByText(/Extracted \d+ photos|photos from the cache/).first();
   if ((await extraction.count()) === 0) await fail("the extraction cell printed no summary line");

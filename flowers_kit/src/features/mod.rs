@@ -8,6 +8,9 @@
 pub mod cache;
 mod compute;
 mod engine;
+mod maps;
+mod projection;
+mod tsne;
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +32,9 @@ use crate::weights::{fetch_weights, KerasWeights, WeightsRequest};
 pub use compute::{Compute, Gpu};
 pub use engine::BackendKind;
 use engine::Engine;
+pub use maps::FeatureMap;
+pub use projection::{Projection, MAX_PCA_DIM};
+pub use tsne::{tsne, MAX_TSNE_POINTS};
 
 /// Largest batch, in bytes of preprocessed pixels (f32), that [`FeatureExtractor::batch_size`]
 /// accepts: 256 MiB, about 440 photos at 224 px or 4,000 at 96 px. Bigger batches are no
@@ -412,6 +418,21 @@ impl FeatureExtractor {
         self
     }
 
+    /// The limits this extractor reads photos with (size, pixels).
+    pub fn limits(&self) -> PhotoLimits {
+        self.limits
+    }
+
+    /// The instruction set for parts of this network run natively apart from its engine
+    /// (the frozen part below a cut, the last feature map): the engine's own if it runs
+    /// natively, else the widest this CPU has.
+    fn native_kernels(&self) -> Kernels {
+        match &self.engine {
+            Engine::Native(net) => net.kernels(),
+            _ => Kernels::detect(),
+        }
+    }
+
     /// What identifies this extractor's features (model, weights, preprocessing).
     pub fn source(&self) -> FeatureSource {
         FeatureSource {
@@ -519,15 +540,10 @@ impl FeatureExtractor {
     /// (cached apart from the features). It runs on the native backend, once per photo.
     fn frozen_part(&self, cut: &Cut) -> Result<FeatureExtractor> {
         let network = cut.frozen()?;
-        // The instruction set chosen for this extractor, if it runs natively.
-        let kernels = match &self.engine {
-            Engine::Native(net) => net.kernels(),
-            _ => Kernels::detect(),
-        };
         let engine = Engine::Native(NativeNetwork::with_outputs(
             &network,
             cut.inputs(),
-            kernels,
+            self.native_kernels(),
         )?);
         Ok(FeatureExtractor {
             network,

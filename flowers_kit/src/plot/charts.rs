@@ -160,6 +160,36 @@ enum Kind {
         log_x: bool,
     },
     SideBySide(Vec<Chart>),
+    /// Photos as points coloured by class (the feature space's map).
+    ClassPoints {
+        title: String,
+        x_label: String,
+        y_label: String,
+        classes: Vec<String>,
+        points: Vec<ClassPoint>,
+        /// Legend entries for the kinds of point: (train, test, mistake).
+        kinds: [String; 3],
+    },
+}
+
+/// One photo on a [`Kind::ClassPoints`] chart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ClassPoint {
+    pub x: f64,
+    pub y: f64,
+    /// Index into the chart's classes: the point's colour.
+    pub class: usize,
+    /// A training photo (small and faint), a test photo, or a test photo the classifier got
+    /// wrong (crossed).
+    pub kind: PointKind,
+}
+
+/// What a [`ClassPoint`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PointKind {
+    Train,
+    Test,
+    Mistake,
 }
 
 /// A chart: displays inline in evcxr (SVG) and saves as `.svg` or `.png`.
@@ -314,6 +344,27 @@ impl Chart {
         }
     }
 
+    /// Photos as points coloured by class, training photos small and faint, test photos
+    /// larger, the test mistakes crossed (the feature map, `plot::feature_map`).
+    pub(crate) fn class_points(
+        (title, axes, kinds): super::language::MapTexts,
+        classes: Vec<String>,
+        points: Vec<ClassPoint>,
+    ) -> Chart {
+        Chart {
+            kind: Kind::ClassPoints {
+                title,
+                x_label: axes.0,
+                y_label: axes.1,
+                classes,
+                points,
+                kinds,
+            },
+            width: 720,
+            height: 520,
+        }
+    }
+
     /// Charts next to each other in one figure.
     pub fn side_by_side(charts: Vec<Chart>) -> Chart {
         let width = charts.iter().map(|c| c.width).sum();
@@ -418,6 +469,14 @@ impl Chart {
                 points,
                 log_x,
             } => draw_scatter(area, title, x_label, y_label, points, *log_x),
+            Kind::ClassPoints {
+                title,
+                x_label,
+                y_label,
+                classes,
+                points,
+                kinds,
+            } => draw_class_points(area, title, (x_label, y_label), classes, points, kinds),
             Kind::SideBySide(charts) => {
                 let mut rest = area.clone();
                 for chart in charts {
@@ -476,11 +535,7 @@ fn draw_lines<DB: DrawingBackend>(
                     .filter(|v| v.is_finite()),
             ),
     );
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (super::language::font_family(), 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
+    let mut chart = frame(area, title, 20)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(plot_error)?;
     // Steps and batch sizes are whole numbers: no "10.0" on their axis.
@@ -553,11 +608,22 @@ fn scatter_frame<'a, 'b, DB: DrawingBackend>(
     area: &'a DrawingArea<DB, Shift>,
     title: &'b str,
 ) -> ChartBuilder<'a, 'b, DB> {
+    let mut builder = frame(area, title, 20);
+    builder.margin_right(90);
+    builder
+}
+
+/// The frame every x–y chart shares: a title of `size` points, margins, room for the axes'
+/// labels.
+fn frame<'a, 'b, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &'b str,
+    size: u32,
+) -> ChartBuilder<'a, 'b, DB> {
     let mut builder = ChartBuilder::on(area);
     builder
-        .caption(title, (super::language::font_family(), 20))
+        .caption(title, (super::language::font_family(), size))
         .margin(12)
-        .margin_right(90)
         .x_label_area_size(40)
         .y_label_area_size(56);
     builder
@@ -633,6 +699,108 @@ fn draw_scatter<DB: DrawingBackend>(
             .draw_series(placed.iter().enumerate().map(labelled_point!()))
             .map_err(plot_error)?;
     }
+    Ok(())
+}
+
+fn draw_class_points<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    classes: &[String],
+    points: &[ClassPoint],
+    kinds: &[String; 3],
+) -> Result<()> {
+    let placed: Vec<&ClassPoint> = points
+        .iter()
+        .filter(|p| p.x.is_finite() && p.y.is_finite())
+        .collect();
+    let (x0, x1) = span(placed.iter().map(|p| p.x));
+    let (y0, y1) = span(placed.iter().map(|p| p.y));
+    let mut chart = frame(area, title, 18)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .light_line_style(RGBColor(240, 240, 240))
+        .draw()
+        .map_err(plot_error)?;
+    let color = |class: usize| COLORS[class % COLORS.len()];
+    // Training photos first, so that the test photos and mistakes are drawn over them.
+    for kind in [PointKind::Train, PointKind::Test, PointKind::Mistake] {
+        let of_kind = placed.iter().filter(|p| p.kind == kind);
+        match kind {
+            PointKind::Train => chart.draw_series(
+                of_kind.map(|p| Circle::new((p.x, p.y), 2, color(p.class).mix(0.35).filled())),
+            ),
+            PointKind::Test => chart.draw_series(of_kind.map(|p| {
+                EmptyElement::at((p.x, p.y))
+                    + Circle::new((0, 0), 4, color(p.class).filled())
+                    + Circle::new((0, 0), 4, WHITE.stroke_width(1))
+            })),
+            PointKind::Mistake => chart.draw_series(of_kind.map(|p| {
+                EmptyElement::at((p.x, p.y))
+                    + Circle::new((0, 0), 4, color(p.class).filled())
+                    + Cross::new((0, 0), 6, BLACK.stroke_width(2))
+            })),
+        }
+        .map_err(plot_error)?;
+    }
+    // The legend: one entry per class (its colour), then one per kind of point shown.
+    let grey = RGBColor(120, 120, 120);
+    for (class, name) in classes.iter().enumerate() {
+        let c = color(class);
+        legend_entry(&mut chart, name, move |(x, y)| {
+            Circle::new((x + 9, y), 4, c.filled())
+        })?;
+    }
+    let shown = |kind: PointKind| placed.iter().any(|p| p.kind == kind);
+    if shown(PointKind::Train) {
+        legend_entry(&mut chart, &kinds[0], move |(x, y)| {
+            Circle::new((x + 9, y), 2, grey.filled())
+        })?;
+    }
+    if shown(PointKind::Test) || shown(PointKind::Mistake) {
+        legend_entry(&mut chart, &kinds[1], move |(x, y)| {
+            Circle::new((x + 9, y), 4, grey.filled())
+        })?;
+    }
+    if shown(PointKind::Mistake) {
+        legend_entry(&mut chart, &kinds[2], |(x, y)| {
+            Cross::new((x + 9, y), 6, BLACK.stroke_width(2))
+        })?;
+    }
+    chart
+        .configure_series_labels()
+        .label_font((super::language::font_family(), 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(plot_error)?;
+    Ok(())
+}
+
+/// A legend entry with nothing drawn on the chart: `label` beside the element `marker` draws.
+fn legend_entry<'a, DB, E>(
+    chart: &mut ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    label: &str,
+    marker: impl Fn((i32, i32)) -> E + 'a,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    E: IntoDynElement<'a, DB, (i32, i32)>,
+{
+    chart
+        .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+        .map_err(plot_error)?
+        .label(label)
+        .legend(marker);
     Ok(())
 }
 

@@ -153,6 +153,76 @@ pub(crate) fn mistake_captions(prediction: &str, probability: f32, label: &str) 
     }
 }
 
+/// A feature-space map's title, its axes' labels, and the legend entries of its training
+/// photos, test photos and test mistakes.
+pub(crate) type MapTexts = (String, (String, String), [String; 3]);
+
+/// The feature-space map's title, axes and legend entries for its kinds of point: `model`
+/// and the share of the variance its two axes show.
+pub(crate) fn feature_map_texts(model: &str, explained: [f64; 2]) -> MapTexts {
+    let [a, b] = explained.map(|e| e * 100.0);
+    match language() {
+        Language::English => (
+            format!(
+                "{model}: the feature space in 2-D (PCA: these two axes hold {:.0}% of the variance)",
+                a + b
+            ),
+            (
+                format!("first principal component ({a:.0}%)"),
+                format!("second principal component ({b:.0}%)"),
+            ),
+            point_kinds(),
+        ),
+        Language::ZhCn => (
+            format!(
+                "{model}：特征空间的 PCA 二维投影（两轴共占方差的 {:.0}%）",
+                a + b
+            ),
+            (
+                format!("第一主成分（{a:.0}%）"),
+                format!("第二主成分（{b:.0}%）"),
+            ),
+            point_kinds(),
+        ),
+    }
+}
+
+/// The legend entries of a feature-space map's training photos, test photos and test
+/// mistakes.
+fn point_kinds() -> [String; 3] {
+    match language() {
+        Language::English => ["training photo", "test photo", "test photo, wrong"],
+        Language::ZhCn => ["训练照片", "测试照片", "测试照片（判错）"],
+    }
+    .map(String::from)
+}
+
+/// The t-SNE map's title, axes and legend entries: `model` and the number of test photos.
+pub(crate) fn tsne_texts(model: &str, photos: usize) -> MapTexts {
+    match language() {
+        Language::English => (
+            format!("{model}: t-SNE of the {photos} test photos (neighbours stay neighbours)"),
+            ("t-SNE 1".into(), "t-SNE 2".into()),
+            point_kinds(),
+        ),
+        Language::ZhCn => (
+            format!("{model}：{photos} 张测试照片的 t-SNE 图（相近的照片仍然相近）"),
+            ("t-SNE 1".into(), "t-SNE 2".into()),
+            point_kinds(),
+        ),
+    }
+}
+
+/// The caption of one photo's class-activation map: the class it is for, with its
+/// probability.
+pub(crate) fn class_map_caption(class: &str, probability: f32) -> String {
+    let percent = probability * 100.0;
+    match language() {
+        Language::English => format!("Grad-CAM: {class} ({percent:.0}%)"),
+        Language::ZhCn => format!("{class} 的类激活图（{percent:.0}%）"),
+    }
+}
+
 /// "view 3": the caption of an augmented view.
 pub(crate) fn view_caption(index: usize) -> String {
     match language() {

@@ -111,7 +111,7 @@ impl Picture {
     }
 
     /// Thumbnails in a grid of `columns`, captions below; an error shows as a grey tile.
-    fn of_thumbnails(tiles: &[Thumbnail], columns: usize) -> Result<Picture> {
+    pub(super) fn of_thumbnails(tiles: &[Thumbnail], columns: usize) -> Result<Picture> {
         ensure_fonts();
         check_tiles(tiles.len())?;
         let columns = columns.clamp(1, tiles.len()) as u32;
@@ -296,7 +296,7 @@ impl Picture {
 /// The photo scaled to fit a `TILE` square: (width, height, RGB bytes).
 /// A photo scaled to fit a tile (width, height, RGB), or why it could not be read; and its
 /// caption lines.
-type Thumbnail = (Result<(u32, u32, Vec<u8>)>, Vec<String>);
+pub(super) type Thumbnail = (Result<(u32, u32, Vec<u8>)>, Vec<String>);
 
 /// Most views [`Picture::views`] draws.
 pub const MAX_VIEWS_SHOWN: usize = 64;
@@ -317,7 +317,7 @@ fn check_tiles(count: usize) -> Result<()> {
 }
 
 /// `rgb` scaled to fit a square tile.
-fn fit(rgb: &image::RgbImage) -> (u32, u32, Vec<u8>) {
+pub(super) fn fit(rgb: &image::RgbImage) -> (u32, u32, Vec<u8>) {
     let (w, h) = rgb.dimensions();
     let scale = TILE as f32 / w.max(h) as f32;
     let (tw, th) = (

@@ -254,6 +254,34 @@ impl Classifier {
         Ok(ranked)
     }
 
+    /// The extractor the classifier was trained on: its model, resize and weights (`weights`,
+    /// a path or URL, if given; else the file the training read, unless the classifier was
+    /// trained on the published weights, which come from the cache as published), without a
+    /// feature cache. Errors if those are not the weights it was trained on.
+    pub fn training_extractor(&self, weights: Option<&str>) -> Result<FeatureExtractor> {
+        let trained_on = &self.source;
+        // Published weights that Keras builds differently from the same file by path
+        // (EfficientNet's input rescaling) are fetched as published again (from the cache).
+        let published = trained_on
+            .weights_id
+            .ends_with(crate::backend::PUBLISHED_INPUT);
+        let source = weights.map(str::to_string).or_else(|| {
+            trained_on
+                .weights_path
+                .as_ref()
+                .filter(|p| p.is_file() && !published)
+                .map(|p| p.display().to_string())
+        });
+        let extractor = FeatureExtractor::with_weights(
+            crate::models::Model::parse(&trained_on.model)?,
+            source.as_deref(),
+        )?
+        .resize(trained_on.resize)
+        .without_cache();
+        trained_on.check(&extractor)?;
+        Ok(extractor)
+    }
+
     /// For a fine-tuned classifier, `extractor` with the fine-tuned blocks' weights in its
     /// network: what extracts the head's inputs from a photo. `None` without fine-tuning
     /// (the extractor itself does). `extractor` must be the one the classifier was trained

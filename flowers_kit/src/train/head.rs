@@ -306,6 +306,82 @@ impl Head {
         })
     }
 
+    /// For one feature vector, the score (logit, before the softmax) of `class` and its
+    /// gradient with respect to each feature: how much each feature pushes the photo
+    /// towards `class`, which Grad-CAM weighs the feature map's channels by. Computed in
+    /// f64 on the calling thread (one row; no device needed).
+    ///
+    /// ```
+    /// use flowers_kit::train::head::{Dense, Head};
+    /// use flowers_kit::train::Activation;
+    /// // One linear layer: the gradient of a class's score is that class's weights.
+    /// let layer = Dense { weights: vec![1.0, 2.0, 3.0, 4.0], bias: vec![0.5, 0.0], inputs: 2, outputs: 2 };
+    /// let head = Head::from_layers(vec![layer], Activation::Relu)?;
+    /// let (score, gradient) = head.class_score_gradient(&[1.0, 1.0], 1)?;
+    /// assert_eq!((score, gradient), (6.0, vec![2.0, 4.0]));
+    /// # Ok::<(), flowers_kit::Error>(())
+    /// ```
+    pub fn class_score_gradient(&self, features: &[f32], class: usize) -> Result<(f32, Vec<f32>)> {
+        if features.len() != self.inputs() || class >= self.classes() {
+            return Err(Error::InvalidArgument(format!(
+                "the head takes {} features and scores {} classes, not {} features and class {class}",
+                self.inputs(),
+                self.classes(),
+                features.len()
+            )));
+        }
+        // Forward, keeping each layer's input (after the activation).
+        let mut inputs: Vec<Vec<f64>> = Vec::with_capacity(self.layers.len());
+        let mut x: Vec<f64> = features.iter().map(|&v| f64::from(v)).collect();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut z: Vec<f64> = layer.bias.iter().map(|&b| f64::from(b)).collect();
+            for (xi, row) in x.iter().zip(layer.weights.chunks_exact(layer.outputs)) {
+                for (zo, &w) in z.iter_mut().zip(row) {
+                    *zo += xi * f64::from(w);
+                }
+            }
+            if i + 1 < self.layers.len() && self.activation == Activation::Relu {
+                z.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            inputs.push(std::mem::replace(&mut x, z));
+        }
+        let score = x[class];
+        // Backward from d score / d logits = the one-hot vector of `class`.
+        let mut gradient = vec![0.0f64; self.classes()];
+        gradient[class] = 1.0;
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            let mut below: Vec<f64> = layer
+                .weights
+                .chunks_exact(layer.outputs)
+                .map(|row| {
+                    row.iter()
+                        .zip(&gradient)
+                        .map(|(&w, g)| f64::from(w) * g)
+                        .sum()
+                })
+                .collect();
+            // The layer's input came out of a ReLU unless it is the features themselves.
+            if i > 0 && self.activation == Activation::Relu {
+                for (g, &h) in below.iter_mut().zip(&inputs[i]) {
+                    if h <= 0.0 {
+                        *g = 0.0;
+                    }
+                }
+            }
+            gradient = below;
+        }
+        // Checked after the conversion: a finite f64 can still be too large for an f32.
+        let score = score as f32;
+        let gradient: Vec<f32> = gradient.into_iter().map(|g| g as f32).collect();
+        if !score.is_finite() || gradient.iter().any(|g| !g.is_finite()) {
+            return Err(Error::InvalidArgument(
+                "the classifier's score is not a finite number (weights or features too large?)"
+                    .into(),
+            ));
+        }
+        Ok((score, gradient))
+    }
+
     /// Class probabilities `[n, classes]` for `n` feature rows `[n, inputs]`.
     pub fn probabilities(&self, features: &[f32], n: usize) -> Result<Vec<f32>> {
         if Some(features.len()) != n.checked_mul(self.inputs()) {

@@ -1,6 +1,6 @@
 //! Accuracy, confusion matrix, per-class precision/recall/F1 and the misclassified photos.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -149,6 +149,27 @@ impl Metrics {
             per_class,
             misclassified,
         })
+    }
+
+    /// The photos of the wrong predictions, to find them among a set's photos (a mistake
+    /// computed without paths has an empty one).
+    pub fn mistaken_photos(&self) -> std::collections::HashSet<&Path> {
+        self.misclassified
+            .iter()
+            .map(|m| m.path.as_path())
+            .collect()
+    }
+
+    /// Errors unless these metrics are for `classes` (the same names, in the same order),
+    /// `whose` naming what the classes came from in the message.
+    pub fn check_classes(&self, classes: &[String], whose: &str) -> Result<()> {
+        if self.classes != classes {
+            return Err(Error::InvalidArgument(format!(
+                "the metrics are for the classes {:?}, {whose} for {classes:?}",
+                self.classes
+            )));
+        }
+        Ok(())
     }
 
     /// The wrong predictions, the most confidently wrong first: fastai's "top losses",

@@ -3,6 +3,7 @@
 pub mod classifier;
 mod denormals;
 pub mod finetune;
+pub mod grad_cam;
 pub mod head;
 pub mod metrics;
 pub mod optim;
@@ -11,6 +12,7 @@ pub mod trainer;
 
 pub use classifier::{Classifier, Prediction};
 pub use finetune::{FineTune, Schedule};
+pub use grad_cam::ClassMap;
 pub use head::{Activation, Head};
 pub use metrics::{ClassMetrics, Metrics, Mistake};
 pub use optim::Optimizer;

@@ -117,3 +117,63 @@ pub fn quick_fetch(attempts: u32) -> flowers_kit::data::FetchOptions {
         ..Default::default()
     }
 }
+
+/// The extractor's last feature map of each photo averages to TensorFlow's features of it
+/// (`golden`, one row per photo, within `bound`), and a Grad-CAM map of it under a random
+/// head has one finite, non-negative value per cell and the probability the classifier
+/// predicts: the maps are the real network's, for the family the extractor runs.
+pub fn check_class_maps(
+    extractor: &flowers_kit::features::FeatureExtractor,
+    photos: &[PathBuf],
+    golden: &[f32],
+    bound: f32,
+) {
+    use flowers_kit::train::{Activation, Classifier, Head};
+    let dim = extractor.feature_dim();
+    let head = Head::new(dim, &[], 5, Activation::Relu, 0).unwrap();
+    let classes: Vec<String> = (0..5).map(|i| format!("class {i}")).collect();
+    let classifier = Classifier::from_parts(head, classes, extractor.source()).unwrap();
+    for (photo, expected) in photos.iter().zip(golden.chunks(dim)) {
+        let map = extractor.last_feature_map(photo).unwrap();
+        assert_eq!(map.channels(), dim);
+        assert!(
+            map.height() * map.width() > 1,
+            "a map of {}×{} cells",
+            map.height(),
+            map.width()
+        );
+        let (max, _) = max_mean_abs_diff(&map.pooled(), expected);
+        assert!(
+            max <= bound,
+            "{}: the map's mean is {max} from TF's features",
+            photo.display()
+        );
+        let cam = classifier.grad_cam(extractor, photo, 2).unwrap();
+        assert_eq!(cam.values.len(), map.height() * map.width());
+        assert!(cam.values.iter().all(|v| v.is_finite() && *v >= 0.0));
+        let p = predicted_probability(&classifier, extractor, photo, "class 2");
+        // The map's mean and the whole network's features differ by rounding (summed in
+        // another order), which NASNet's large features carry to the 4th decimal.
+        assert!(
+            (p - cam.probability).abs() < 1e-3,
+            "{p} vs {}",
+            cam.probability
+        );
+    }
+}
+
+/// The probability `classifier.predict` gives the class named `class` for `photo`.
+pub fn predicted_probability(
+    classifier: &flowers_kit::train::Classifier,
+    extractor: &flowers_kit::features::FeatureExtractor,
+    photo: &Path,
+    class: &str,
+) -> f32 {
+    let classes = classifier.classes().len();
+    let predicted = classifier.predict(extractor, photo, classes).unwrap();
+    predicted
+        .iter()
+        .find(|p| p.class == class)
+        .unwrap()
+        .probability
+}

@@ -7,17 +7,17 @@ use gemm::Parallelism;
 /// A matrix read from a slice: element `(i, j)` at `i·row_stride + j·column_stride`, so a
 /// row-major matrix and its transpose are views of the same values.
 #[derive(Clone, Copy)]
-pub(super) struct View<'a> {
-    pub(super) data: &'a [f32],
-    pub(super) rows: usize,
-    pub(super) columns: usize,
-    pub(super) row_stride: usize,
-    pub(super) column_stride: usize,
+pub(crate) struct View<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rows: usize,
+    pub(crate) columns: usize,
+    pub(crate) row_stride: usize,
+    pub(crate) column_stride: usize,
 }
 
 impl<'a> View<'a> {
     /// `data` as a row-major `[rows, columns]` matrix.
-    pub(super) fn rows(data: &'a [f32], rows: usize, columns: usize) -> View<'a> {
+    pub(crate) fn rows(data: &'a [f32], rows: usize, columns: usize) -> View<'a> {
         View {
             data,
             rows,
@@ -28,7 +28,7 @@ impl<'a> View<'a> {
     }
 
     /// The same values, rows and columns swapped.
-    pub(super) fn t(self) -> View<'a> {
+    pub(crate) fn t(self) -> View<'a> {
         View {
             rows: self.columns,
             columns: self.rows,
@@ -58,7 +58,7 @@ impl<'a> View<'a> {
 /// When the views' shapes do not match each other or `out`, or a view names an element
 /// outside its slice: gemm reads and writes through raw pointers, so this is checked in
 /// release builds too.
-pub(super) fn product_here(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool) {
+pub(crate) fn product_here(out: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool) {
     let (m, k, n) = (a.rows, a.columns, b.columns);
     assert!(
         b.rows == k && Some(out.len()) == m.checked_mul(n) && a.in_bounds() && b.in_bounds(),

@@ -41,7 +41,7 @@ mod conv;
 mod depthwise;
 mod eltwise;
 mod exec;
-mod gemm;
+pub(crate) mod gemm;
 mod grad;
 mod isa;
 mod packed;

@@ -241,7 +241,6 @@ pub fn fine_tune_layers(
         .sum();
     let rounds = ((seconds / once.max(1e-6)) as usize).clamp(1, 10_000);
     let steps = suffix.step_times(&rows, batch, rounds)?;
-    let roof = |macs: usize, bytes: usize| roofs.seconds(macs, bytes);
     let mut out = std::io::stdout().lock();
     let stdout = |e: std::io::Error| Error::io(Path::new("<stdout>"), e);
     let total: f64 = steps
@@ -251,8 +250,8 @@ pub fn fine_tune_layers(
     let roof_total: f64 = steps
         .iter()
         .map(|s| {
-            roof(s.forward_multiply_adds, s.forward_bytes)
-                + roof(s.backward_multiply_adds, s.backward_bytes)
+            roofs.seconds(s.forward_multiply_adds, s.forward_bytes)
+                + roofs.seconds(s.backward_multiply_adds, s.backward_bytes)
         })
         .sum();
     writeln!(
@@ -278,8 +277,8 @@ pub fn fine_tune_layers(
     )
     .map_err(stdout)?;
     for s in &steps {
-        let forward_roof = roof(s.forward_multiply_adds, s.forward_bytes);
-        let backward_roof = roof(s.backward_multiply_adds, s.backward_bytes);
+        let forward_roof = roofs.seconds(s.forward_multiply_adds, s.forward_bytes);
+        let backward_roof = roofs.seconds(s.backward_multiply_adds, s.backward_bytes);
         writeln!(
             out,
             "{:<28} {:<16} {:>9.1} {:>9.2} {:>9.1} {:>8.2} {:>9.1} {:>8.1}",

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use flowers_kit::data::{self, Dataset};
 use flowers_kit::display::write_atomically;
 use flowers_kit::features::FeatureExtractor;
-use flowers_kit::models::Model;
 use flowers_kit::plot::{self, Gallery, Picture};
 use flowers_kit::train::{train, Classifier, TrainConfig};
 use flowers_kit::{Error, Result};
@@ -93,40 +92,31 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prints the top-k classes of each photo.
+/// Prints the top `top` classes of each photo, or with `None` every class's probability as
+/// one JSON line per photo.
 pub fn run_predict(
     classifier_path: &Path,
     images: &[PathBuf],
-    top: usize,
+    top: Option<usize>,
     weights: Option<&str>,
 ) -> Result<()> {
     let classifier = Classifier::load(classifier_path)?;
-    // The weights used in training, unless told otherwise; the digest check below makes sure
-    // they are the same weights.
-    let trained_on = classifier.source();
-    // Published weights that Keras builds differently from the same file by path
-    // (EfficientNet's input rescaling) are fetched as published again (from the cache).
-    let published = trained_on
-        .weights_id
-        .ends_with(flowers_kit::backend::PUBLISHED_INPUT);
-    let source = weights.map(str::to_string).or_else(|| {
-        trained_on
-            .weights_path
-            .as_ref()
-            .filter(|p| p.is_file() && !published)
-            .map(|p| p.display().to_string())
-    });
-    let extractor =
-        FeatureExtractor::with_weights(Model::parse(&trained_on.model)?, source.as_deref())?
-            .resize(trained_on.resize)
-            .without_cache();
+    let extractor = classifier.training_extractor(weights)?;
     // The extractor itself, or with the classifier's fine-tuned blocks (checked to be the
     // training extractor either way), prepared once for every photo.
     let fine_tuned = classifier.fine_tuned_extractor(&extractor)?;
-    trained_on.check(&extractor)?;
     let runner = fine_tuned.as_ref().unwrap_or(&extractor);
     for image in images {
-        let ranked = classifier.top_k(&runner.extract_one(image)?, top)?;
+        let features = runner.extract_one(image)?;
+        let Some(top) = top else {
+            // Every class, in label order, at full precision (`--json`).
+            let probabilities = classifier.head().probabilities(&features, 1)?;
+            let line = serde_json::json!({"photo": image.to_string_lossy(), "classes": classifier.classes(),
+                "probabilities": probabilities});
+            println!("{line}");
+            continue;
+        };
+        let ranked = classifier.top_k(&features, top)?;
         let answers: Vec<String> = ranked
             .iter()
             .map(|p| format!("{} {:.4}", p.class, p.probability))
