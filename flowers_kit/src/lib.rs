@@ -24,6 +24,7 @@ pub mod device;
 pub mod digest;
 pub mod display;
 pub mod error;
+pub mod export;
 pub mod features;
 pub mod files;
 pub mod models;
@@ -42,6 +43,7 @@ pub mod prelude {
         download_flowers, Augment, Dataset, Example, Split, TUTORIAL_SEED, TUTORIAL_TRAIN_FRACTION,
     };
     pub use crate::error::{Error, Result};
+    pub use crate::export::export_onnx;
     pub use crate::features::{BackendKind, Compute, DeviceKind, FeatureExtractor, Features};
     pub use crate::models::{MobileNetV2, Model};
     pub use crate::plot::{self, Chart, Gallery, Picture, Series};

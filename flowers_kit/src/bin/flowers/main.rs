@@ -419,9 +419,23 @@ enum Command {
         /// Keras weight file, if not the one used in training.
         #[arg(long)]
         weights: Option<String>,
+        /// Print one JSON object per photo, with every class's probability at full
+        /// precision: {"photo": .., "classes": [..], "probabilities": [..]}.
+        #[arg(long, conflicts_with = "top")]
+        json: bool,
         /// Photos to classify.
         #[arg(required = true)]
         images: Vec<PathBuf>,
+    },
+    /// Write a classifier as one ONNX model: RGB bytes resized to the model's size in, class
+    /// probabilities out (see the README's "Export to ONNX").
+    Export {
+        /// A classifier.safetensors written by `flowers train` (or a notebook).
+        #[arg(long)]
+        classifier: PathBuf,
+        /// The .onnx file to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print a model's prepared steps as JSON (kind, inputs, shape and sizes; no weights):
     /// what bench/ort_families.py turns into the same network for ONNX Runtime.
@@ -637,8 +651,17 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             classifier,
             top,
             weights,
+            json,
             images,
-        } => train_cmd::run_predict(&classifier, &images, top, weights.as_deref()),
+        } => {
+            let top = if json { None } else { Some(top) };
+            train_cmd::run_predict(&classifier, &images, top, weights.as_deref())
+        }
+        Command::Export { classifier, out } => {
+            let bytes = flowers_kit::export::export_onnx(&classifier, &out)?;
+            println!("Wrote {}: {:.1} MB", out.display(), bytes as f64 / 1e6);
+            Ok(())
+        }
         Command::Bench {
             extractor,
             batch,

@@ -33,7 +33,7 @@ pub(super) fn download(
     verify: Verify<'_>,
     started: Instant,
 ) -> Result<()> {
-    let program = program().ok_or_else(|| Error::Download {
+    let program = super::flowers_program().ok_or_else(|| Error::Download {
         url: url.to_string(),
         reason: format!(
             "this build of the kit (without its `download` feature, as the notebooks build it) \
@@ -58,23 +58,6 @@ pub(super) fn download(
 /// Where the helper downloads `dest` to, before it is checked.
 pub(super) fn fetched_path(dest: &Path) -> PathBuf {
     sibling(dest, ".fetched")
-}
-
-/// The helper program, if one is found (see the module's documentation).
-fn program() -> Option<PathBuf> {
-    if let Some(named) = std::env::var_os(FETCH_PROGRAM_VARIABLE).filter(|v| !v.is_empty()) {
-        // Named explicitly: used as given, so that a wrong name fails with its own message.
-        return Some(PathBuf::from(named));
-    }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let built =
-        ["debug", "release"].map(|profile| source.join("../target").join(profile).join("flowers"));
-    if let Some(found) = built.into_iter().find(|path| path.is_file()) {
-        return Some(found);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("flowers"))
-        .find(|path| path.is_file())
 }
 
 /// Runs the helper once, to completion, within what is left of the deadline.

@@ -34,6 +34,27 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, IoContext, Result};
 use crate::files::{sibling, FileLock};
 
+/// The `flowers` program, which the notebooks' build of the kit runs for what it leaves out
+/// (downloads, ONNX export), if one is found: the one [`FETCH_PROGRAM_VARIABLE`] names; the
+/// kit's own build of it next to its source (`target/debug/flowers`, which `./lab` and
+/// `./test` build, then `target/release/flowers`); `flowers` on the `PATH`.
+#[cfg(any(not(feature = "download"), not(feature = "onnx")))]
+pub(crate) fn flowers_program() -> Option<PathBuf> {
+    if let Some(named) = std::env::var_os(FETCH_PROGRAM_VARIABLE).filter(|v| !v.is_empty()) {
+        // Named explicitly: used as given, so that a wrong name fails with its own message.
+        return Some(PathBuf::from(named));
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let built =
+        ["debug", "release"].map(|profile| source.join("../target").join(profile).join("flowers"));
+    if let Some(found) = built.into_iter().find(|path| path.is_file()) {
+        return Some(found);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("flowers"))
+        .find(|path| path.is_file())
+}
+
 #[cfg(not(feature = "download"))]
 mod helper;
 #[cfg(feature = "download")]
