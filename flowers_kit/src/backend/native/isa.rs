@@ -9,8 +9,9 @@
 /// or fusion, and an AVX-512 CPU ran 1.2–1.7× slower by default than with `--kernels avx2`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// AVX-512 (with AVX2 + FMA): everything [`Kernels::Avx2`] does, with the depthwise
-    /// layers on the explicit AVX-512 kernel.
+    /// AVX-512 F and VL (with AVX2 + FMA): everything [`Kernels::Avx2`] does, with the
+    /// depthwise layers on the explicit AVX-512 kernel (masked tails for small channel
+    /// counts).
     Avx512,
     /// AVX2 + FMA: matrix products on weights packed once, with the bias, residual and
     /// clamp fused into the store, inverted-residual blocks fused, and the depthwise loop
@@ -46,7 +47,11 @@ impl Kernels {
     pub fn is_supported(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => is_x86_feature_detected!("avx512f") && has_avx2_fma(),
+            Kernels::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && has_avx2_fma()
+            }
             #[cfg(not(target_arch = "x86_64"))]
             Kernels::Avx512 => false,
             Kernels::Avx2 => has_avx2_fma(),

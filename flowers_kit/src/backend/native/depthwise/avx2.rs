@@ -10,55 +10,22 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::Depthwise;
-
-/// Output columns computed together.
-const GROUP: usize = 4;
+use super::{Depthwise, GROUP};
 
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn row(layer: &Depthwise, oy: usize, row: &mut [f32]) {
-    let Depthwise {
-        w,
-        c,
-        stride,
-        kernel: (kh, kw),
-        pad: (_, pad_x),
-        relu6,
-        ..
-    } = *layer;
-    let known = matches!((kh, kw), (3, 3) | (5, 5)) && matches!(stride, 1 | 2);
-    let Some((top, interior)) = layer.interior(oy, row, known) else {
+    let Some((top, interior)) = layer.explicit_interior(oy, row) else {
         return;
     };
-    // The furthest input and output values the interior touches: the window of its last
-    // column, in its bottom row, last channel. The unchecked loads below rely on it.
-    let last_input = ((top + kh - 1) * w + (interior.end - 1) * stride + kw - pad_x) * c;
-    assert!(
-        last_input <= layer.input.len()
-            && interior.end * c <= row.len()
-            && kh * kw * c <= layer.weights.len()
-            && c <= layer.bias.len(),
-        "depthwise interior outside its buffers"
-    );
     macro_rules! run {
         ($kh:literal, $kw:literal, $s:literal, $relu6:literal) => {
             // SAFETY: AVX2 and FMA were checked by the caller; every address formed is at
-            // most the ones just asserted (columns, rows and channels only grow towards
-            // them).
+            // most the ones `explicit_interior` asserted (columns, rows and channels only
+            // grow towards them).
             unsafe { columns::<$kh, $kw, $s, $relu6>(layer, top, row, interior.clone()) }
         };
     }
-    match ((kh, kw), stride, relu6) {
-        ((3, 3), 1, true) => run!(3, 3, 1, true),
-        ((3, 3), 1, false) => run!(3, 3, 1, false),
-        ((3, 3), 2, true) => run!(3, 3, 2, true),
-        ((3, 3), 2, false) => run!(3, 3, 2, false),
-        ((5, 5), 1, true) => run!(5, 5, 1, true),
-        ((5, 5), 1, false) => run!(5, 5, 1, false),
-        ((5, 5), 2, true) => run!(5, 5, 2, true),
-        ((5, 5), 2, false) => run!(5, 5, 2, false),
-        _ => layer.checked(oy, row, interior),
-    }
+    super::known_window!(layer, run, layer.checked(oy, row, interior))
 }
 
 /// Output columns `columns` (all inside the image) of one row, every channel.
@@ -73,15 +40,12 @@ unsafe fn columns<const KH: usize, const KW: usize, const S: usize, const RELU6:
     row: &mut [f32],
     columns: Range<usize>,
 ) {
-    let mut ox = columns.start;
-    while ox + GROUP <= columns.end {
-        group::<KH, KW, S, RELU6, GROUP>(layer, top, row, ox);
-        ox += GROUP;
-    }
-    while ox < columns.end {
-        group::<KH, KW, S, RELU6, 1>(layer, top, row, ox);
-        ox += 1;
-    }
+    let out = row.as_mut_ptr();
+    super::in_groups(
+        columns,
+        |ox| group::<KH, KW, S, RELU6, GROUP>(layer, top, out, ox),
+        |ox| group::<KH, KW, S, RELU6, 1>(layer, top, out, ox),
+    );
 }
 
 /// `N` output columns from `ox`, every channel block.
@@ -98,7 +62,7 @@ unsafe fn group<
 >(
     layer: &Depthwise,
     top: usize,
-    row: &mut [f32],
+    row: *mut f32,
     ox: usize,
 ) {
     let Depthwise {
@@ -111,7 +75,7 @@ unsafe fn group<
         ..
     } = *layer;
     let origin = input.as_ptr().add((top * w + ox * S - pad_x) * c);
-    let out = row.as_mut_ptr().add(ox * c);
+    let out = row.add(ox * c);
     let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
     let mut block = 0;
     while block < c {
@@ -156,10 +120,4 @@ unsafe fn group<
         }
         block += 8;
     }
-}
-
-/// The bounds-checked loop compiled for AVX2 + FMA: borders and windows over 3×3.
-#[target_feature(enable = "avx2,fma")]
-pub(super) fn checked_row(layer: &Depthwise, oy: usize, row: &mut [f32]) {
-    layer.checked(oy, row, 0..row.len() / layer.c)
 }

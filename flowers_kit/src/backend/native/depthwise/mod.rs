@@ -9,11 +9,55 @@ mod avx2;
 mod avx512;
 mod portable;
 
+use std::ops::Range;
+
 use super::eltwise::activate;
 use super::isa::Kernels;
 use super::threads::Threads;
 use crate::backend::Conv;
 use crate::models::graph::Activation;
+
+/// Output columns the explicit kernels compute together: each input vector loaded once
+/// serves every column of the group whose window covers it.
+#[cfg(target_arch = "x86_64")]
+const GROUP: usize = 4;
+
+/// Runs the explicit kernel's body for the window shapes it is written for (3×3 and 5×5,
+/// stride 1 or 2, with or without ReLU6) as constants, `$other` for any other.
+#[cfg(target_arch = "x86_64")]
+macro_rules! known_window {
+    ($layer:expr, $run:ident, $other:expr) => {
+        match ($layer.kernel, $layer.stride, $layer.relu6) {
+            ((3, 3), 1, true) => $run!(3, 3, 1, true),
+            ((3, 3), 1, false) => $run!(3, 3, 1, false),
+            ((3, 3), 2, true) => $run!(3, 3, 2, true),
+            ((3, 3), 2, false) => $run!(3, 3, 2, false),
+            ((5, 5), 1, true) => $run!(5, 5, 1, true),
+            ((5, 5), 1, false) => $run!(5, 5, 1, false),
+            ((5, 5), 2, true) => $run!(5, 5, 2, true),
+            ((5, 5), 2, false) => $run!(5, 5, 2, false),
+            _ => $other,
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+use known_window;
+
+/// Columns `columns` of a row, [`GROUP`] at a time through `group`, the rest one at a time
+/// through `single`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn in_groups(columns: Range<usize>, mut group: impl FnMut(usize), mut single: impl FnMut(usize)) {
+    let mut ox = columns.start;
+    while ox + GROUP <= columns.end {
+        group(ox);
+        ox += GROUP;
+    }
+    while ox < columns.end {
+        single(ox);
+        ox += 1;
+    }
+}
 
 /// One depthwise layer's fixed inputs: explicit padding, then bias and optionally ReLU6.
 #[derive(Clone, Copy)]
@@ -92,25 +136,14 @@ impl<'a> Depthwise<'a> {
         {
             // `NativeNetwork::with_kernels` refused kernels this CPU lacks; checked again
             // here because the safety of the calls below rests on it.
-            if self.kernels == Kernels::Avx512
-                && self.kernel.0 * self.kernel.1 <= avx512::MAX_TAPS
-                && is_x86_feature_detected!("avx512f")
-            {
-                // SAFETY: the CPU supports AVX-512F, checked just above.
+            if self.kernels == Kernels::Avx512 && Kernels::Avx512.is_supported() {
+                // SAFETY: the CPU supports AVX-512 (F and VL), AVX2 and FMA, checked just
+                // above.
                 return unsafe { avx512::row(self, oy, row) };
             }
-            if self.kernels != Kernels::Portable
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-            {
+            if self.kernels != Kernels::Portable && Kernels::Avx2.is_supported() {
                 // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                return unsafe {
-                    if matches!(self.kernel, (3, 3) | (5, 5)) {
-                        avx2::row(self, oy, row)
-                    } else {
-                        avx2::checked_row(self, oy, row)
-                    }
-                };
+                return unsafe { avx2::row(self, oy, row) };
             }
         }
         self.checked(oy, row, 0..row.len() / self.c)
@@ -150,5 +183,93 @@ impl Depthwise<'_> {
         self.checked(oy, row, 0..interior.start);
         self.checked(oy, row, interior.end..wo);
         top.filter(|_| !interior.is_empty()).map(|t| (t, interior))
+    }
+
+    /// [`Depthwise::interior`] for the explicit kernels, which run the window shapes of
+    /// [`known_window`] (the bounds-checked loop takes the whole row for any other), with
+    /// the check their unchecked loads rely on: the furthest input and output values the
+    /// interior touches (the window of its last column, in its bottom row, last channel)
+    /// lie inside their buffers.
+    #[inline(always)]
+    fn explicit_interior(
+        &self,
+        oy: usize,
+        row: &mut [f32],
+    ) -> Option<(usize, std::ops::Range<usize>)> {
+        let (kh, kw) = self.kernel;
+        let known = matches!((kh, kw), (3, 3) | (5, 5)) && matches!(self.stride, 1 | 2);
+        let (top, interior) = self.interior(oy, row, known)?;
+        let last_input =
+            ((top + kh - 1) * self.w + (interior.end - 1) * self.stride + kw - self.pad.1) * self.c;
+        assert!(
+            last_input <= self.input.len()
+                && interior.end * self.c <= row.len()
+                && kh * kw * self.c <= self.weights.len()
+                && self.c <= self.bias.len(),
+            "depthwise interior outside its buffers"
+        );
+        Some((top, interior))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel set this CPU has gives the bounds-checked loop's output, for channel
+    /// counts that fill whole registers and that leave tails of each width (1–7, 8, 9–15),
+    /// both window sizes and strides, with and without ReLU6, odd image sizes (partial
+    /// groups of columns) and padding on either side.
+    #[test]
+    fn every_kernel_set_matches_the_checked_loop() {
+        let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 211) as f32 / 50.0 - 2.0;
+        for c in [1, 5, 8, 9, 15, 16, 17, 24, 40, 56] {
+            for (kernel, stride, relu6) in [
+                ((3, 3), 1, true),
+                ((3, 3), 2, false),
+                ((5, 5), 1, false),
+                ((5, 5), 2, true),
+                ((1, 1), 1, true),
+            ] {
+                let (h, w) = (11, 13);
+                let pad = (kernel.0 / 2, kernel.1 / 2);
+                let (ho, wo) = (
+                    (h + 2 * pad.0 - kernel.0) / stride + 1,
+                    (w + 2 * pad.1 - kernel.1) / stride + 1,
+                );
+                let input: Vec<f32> = (0..h * w * c).map(|i| value(i, 1)).collect();
+                let weights: Vec<f32> = (0..kernel.0 * kernel.1 * c).map(|i| value(i, 2)).collect();
+                let bias: Vec<f32> = (0..c).map(|i| value(i, 3)).collect();
+                let layer = |kernels| Depthwise {
+                    input: &input,
+                    h,
+                    w,
+                    c,
+                    stride,
+                    kernel,
+                    pad,
+                    weights: &weights,
+                    bias: &bias,
+                    relu6,
+                    then: Activation::Linear,
+                    kernels,
+                };
+                let mut want = vec![0f32; ho * wo * c];
+                let portable = layer(Kernels::Portable);
+                for (oy, row) in want.chunks_exact_mut(wo * c).enumerate() {
+                    portable.checked(oy, row, 0..wo);
+                }
+                for kernels in Kernels::available() {
+                    let mut got = vec![f32::NAN; ho * wo * c];
+                    layer(kernels).run(&mut got, (ho, wo), Threads::One);
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                            "{kernels:?}, {c} channels, {kernel:?}/{stride}, value {i}: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
