@@ -4,14 +4,15 @@
 /// widest this CPU has; tests force each available one to compare it with the reference.
 ///
 /// Each is a set of capabilities, the wider including the narrower's strategy: a CPU with
-/// AVX-512 also has AVX2 and FMA, so it keeps the packed products and fused blocks and adds
-/// its own depthwise kernel. (Until 2026-12 `Avx512` meant gemm's products without packing
-/// or fusion, and an AVX-512 CPU ran 1.2–1.7× slower by default than with `--kernels avx2`.)
+/// AVX-512 also has AVX2 and FMA, so it keeps the packed products and fused blocks and runs
+/// them on its own micro-kernel and depthwise kernel. (Until 2026-12 `Avx512` meant gemm's
+/// products without packing or fusion, and an AVX-512 CPU ran 1.2–1.7× slower by default
+/// than with `--kernels avx2`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// AVX-512 F and VL (with AVX2 + FMA): everything [`Kernels::Avx2`] does, with the
-    /// depthwise layers on the explicit AVX-512 kernel (masked tails for small channel
-    /// counts).
+    /// AVX-512 F and VL (with AVX2 + FMA): everything [`Kernels::Avx2`] does, on AVX-512
+    /// kernels: a 12×16 micro-kernel for the packed products and the depthwise layers,
+    /// each with masked tails on 256-bit registers for small channel counts.
     Avx512,
     /// AVX2 + FMA: matrix products on weights packed once, with the bias, residual and
     /// clamp fused into the store, inverted-residual blocks fused, and the depthwise loop

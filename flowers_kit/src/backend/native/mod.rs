@@ -4,8 +4,9 @@
 //! - Convolutions are matrix products: a 1×1 stride-1 convolution multiplies the activation
 //!   directly, others go through an im2col buffer. With AVX2 ([`Kernels::Avx2`], and
 //!   [`Kernels::Avx512`], whose CPUs have AVX2 too) the weights are
-//!   packed once for a 6×16 FMA micro-kernel (`packed.rs`) that adds the bias, a residual
-//!   addend and the ReLU/ReLU6 clamp as it stores; otherwise each is one `gemm` call into an
+//!   packed once into 16-column panels for an FMA micro-kernel (`packed/`: 6×16 on AVX2,
+//!   12×16 on AVX-512, 256-bit registers for panels of at most 8 columns) that adds the
+//!   bias, a residual addend and the ReLU/ReLU6 clamp as it stores; otherwise each is one `gemm` call into an
 //!   output pre-filled with the bias (and the addend).
 //! - With AVX2 kernels, an inverted-residual block (expand → depthwise → project) is one
 //!   step, run band by band of output rows so that its expanded activations stay in L2.
@@ -29,7 +30,8 @@
 //! inverted-residual block band by band, `conv` holds the matrix-product convolutions
 //! (`gemm` the one call into the gemm crate, shared with the gradient kernels),
 //! `depthwise/` the depthwise kernel per instruction set (`portable`, `avx2`, `avx512`),
-//! `packed` the AVX2 micro-kernel, `isa` which instruction sets the CPU has, `threads` when
+//! `packed/` the packed product and its micro-kernel per instruction set (`avx2`,
+//! `avx512`), `isa` which instruction sets the CPU has, `threads` when
 //! work is split among threads and `team` the spinning threads that share one image's
 //! layers, `profile` each step's time against the CPU's roofs, `eltwise` the activations,
 //! `pooling` the pooling loops,

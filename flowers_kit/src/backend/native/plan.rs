@@ -168,7 +168,13 @@ impl NativeNetwork {
             .iter()
             .map(|step| match &step.kernel {
                 Kernel::Conv(c) if kernels != Kernels::Portable && !c.depthwise => {
-                    PackedWeights::new(&c.weights, &c.bias, c.kernel.0 * c.kernel.1 * c.cin, c.cout)
+                    PackedWeights::new(
+                        &c.weights,
+                        &c.bias,
+                        c.kernel.0 * c.kernel.1 * c.cin,
+                        c.cout,
+                        kernels,
+                    )
                 }
                 _ => None,
             })

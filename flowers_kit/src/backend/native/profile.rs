@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::conv::matmul;
 use super::exec::{cores, LayerSplit};
-use super::isa::has_avx2_fma;
+use super::isa::{has_avx2_fma, Kernels};
 use super::packed::{self, Epilogue, PackedWeights};
 use super::plan::NativeNetwork;
 use super::threads::Threads;
@@ -73,7 +73,8 @@ fn compute_roof() -> f64 {
     let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
     let w: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
     let mut out = vec![0f32; m * n];
-    let packed = PackedWeights::new(&w, &vec![0.0; n], k, n).filter(|_| has_avx2_fma());
+    let packed =
+        PackedWeights::new(&w, &vec![0.0; n], k, n, Kernels::detect()).filter(|_| has_avx2_fma());
     let mut once = || match &packed {
         Some(p) => packed::product(
             &mut out,

@@ -568,8 +568,8 @@ impl NativeSuffix {
                 // inference path's packed micro-kernel where the CPU has AVX2 (packing the
                 // weights costs one copy of them, a fraction of a product over the batch).
                 let [h, w, cin] = in_shape(0);
-                let packed = has_avx2_fma()
-                    .then(|| PackedWeights::new(&conv.weights, &conv.bias, cin, co))
+                let packed = (self.kernels != Kernels::Portable && has_avx2_fma())
+                    .then(|| PackedWeights::new(&conv.weights, &conv.bias, cin, co, self.kernels))
                     .flatten();
                 let mut pool = Pool::default();
                 run_conv(

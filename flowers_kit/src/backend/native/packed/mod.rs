@@ -1,4 +1,5 @@
-//! Convolutions as matrix products on weights packed once, with AVX2 and FMA.
+//! Convolutions as matrix products on weights packed once, with AVX2 and FMA (`avx2`, a
+//! 6×16 micro-kernel) or AVX-512 (`avx512`, 12×16).
 //!
 //! Every non-depthwise convolution is `out[m, n] = a[m, k] · w[k, n]`, where `a` is the input
 //! itself (1×1, stride 1) or its patches. Patches are read from the image in place
@@ -7,14 +8,15 @@
 //! convolution) only to read it back. A general gemm re-packs `w` on every call and
 //! needs separate passes for the bias, the activation and a residual addend. Here `w` is
 //! packed when the network is built, into panels of [`NR`] columns (`[k][NR]`, zero-padded),
-//! and a 6×16 micro-kernel keeps its tile in 12 registers over the whole `k`, reading `a`'s
-//! rows in place, then adds the bias (and the residual), clamps, and stores each value once.
+//! and a 6×16 micro-kernel keeps its tile in 12 registers over the whole `k` (the AVX-512 one
+//! two such tiles in 12 of its 32), reading `a`'s rows in place, then adds the bias (and the
+//! residual), clamps, and stores each value once.
 //!
 //! Cache blocking: rows go in chunks whose `a` fits in L1/L2, each chunk meets every panel
 //! (`k · 64` bytes, L2-resident); split by [`Threads`], the row chunks are shared among threads.
 
 use super::eltwise::activate;
-use super::isa::has_avx2_fma;
+use super::isa::{has_avx2_fma, Kernels};
 use super::threads::Threads;
 use crate::models::graph::Activation;
 
@@ -86,12 +88,21 @@ pub(crate) struct PackedWeights {
     panels: Vec<f32>,
     /// `[panels · NR]`, zero-padded.
     bias: Vec<f32>,
+    /// The micro-kernel the product runs: the 12×16 AVX-512 one when packed for
+    /// [`Kernels::Avx512`] (on a CPU that has it), else the 6×16 AVX2 one.
+    avx512: bool,
 }
 
 impl PackedWeights {
-    /// Packs row-major `weights` (`[k, n]`) and `bias` (`[n]`); `None` when the lengths do
-    /// not match the shape.
-    pub(crate) fn new(weights: &[f32], bias: &[f32], k: usize, n: usize) -> Option<PackedWeights> {
+    /// Packs row-major `weights` (`[k, n]`) and `bias` (`[n]`) for the micro-kernel of
+    /// `kernels`; `None` when the lengths do not match the shape.
+    pub(crate) fn new(
+        weights: &[f32],
+        bias: &[f32],
+        k: usize,
+        n: usize,
+        kernels: Kernels,
+    ) -> Option<PackedWeights> {
         if k == 0 || n == 0 || Some(weights.len()) != k.checked_mul(n) || bias.len() != n {
             return None;
         }
@@ -111,6 +122,7 @@ impl PackedWeights {
             n,
             panels: packed,
             bias: padded,
+            avx512: kernels == Kernels::Avx512 && Kernels::Avx512.is_supported(),
         })
     }
 
@@ -291,6 +303,8 @@ fn tiles(
     hi: f32,
 ) {
     let (k, n) = (w.k, w.n);
+    // The AVX-512 kernel takes two of the segments' 6-row tiles at a time.
+    let per_tile = if w.avx512 { 2 * MR } else { MR };
     for (p, (panel, bias)) in w
         .panels
         .chunks_exact(k * NR)
@@ -299,123 +313,61 @@ fn tiles(
     {
         let first_col = p * NR;
         let cols = (n - first_col).min(NR);
-        for (t, tile_segments) in segments.chunks_exact(taps).enumerate() {
-            let first_row = t * MR;
-            let tile_rows = (count - first_row).min(MR);
-            // SAFETY: `product` asserted AVX2/FMA and the lengths: every segment pointer
-            // starts a slice of at least `run` values (a row of `a`, a run of the image, or
-            // `zeros`), taps · run = k, the panel holds k × NR values and the bias NR; `out`
-            // (and `residual`) hold `count` rows of n, of which the tile writes (reads) rows
+        for (t, tile_segments) in segments.chunks(taps * per_tile / MR).enumerate() {
+            let first_row = t * per_tile;
+            let tile_rows = (count - first_row).min(per_tile);
+            let residual = residual.map(|r| r[first_row * n + first_col..].as_ptr());
+            let out = out[first_row * n + first_col..].as_mut_ptr();
+            // SAFETY: `product` asserted AVX2/FMA (and `PackedWeights::new` AVX-512 where
+            // `w.avx512`) and the lengths: every segment pointer starts a slice of at least
+            // `run` values (a row of `a`, a run of the image, or `zeros`), taps · run = k,
+            // the panel holds k × NR values and the bias NR; `out` (and `residual`) hold
+            // `count` rows of n, of which the tile writes (reads) rows
             // first_row..first_row + tile_rows, `cols` ≤ n − first_col values from first_col.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                avx2::tile(
-                    tile_segments,
-                    run,
-                    tile_rows,
-                    panel.as_ptr(),
-                    bias.as_ptr(),
-                    residual.map(|r| r.as_ptr().add(first_row * n + first_col)),
-                    out.as_mut_ptr().add(first_row * n + first_col),
-                    n,
-                    cols,
-                    lo,
-                    hi,
-                );
+                if w.avx512 {
+                    // A lone last tile of at most 6 rows reads its own segments twice.
+                    let (first, second) = tile_segments.split_at(taps.min(tile_segments.len()));
+                    let second = if second.is_empty() { first } else { second };
+                    avx512::tile(
+                        first,
+                        second,
+                        run,
+                        tile_rows,
+                        panel.as_ptr(),
+                        bias.as_ptr(),
+                        residual,
+                        out,
+                        n,
+                        cols,
+                        lo,
+                        hi,
+                    );
+                } else {
+                    avx2::tile(
+                        tile_segments,
+                        run,
+                        tile_rows,
+                        panel.as_ptr(),
+                        bias.as_ptr(),
+                        residual,
+                        out,
+                        n,
+                        cols,
+                        lo,
+                        hi,
+                    );
+                }
             }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::{MR, NR};
-
-    /// One `rows × cols` (≤ 6 × 16) tile of the product, with its epilogue.
-    ///
-    /// # Safety
-    /// AVX2 and FMA are available; every pointer of `segments` points at `run` values (the
-    /// tile's six operand rows, segment after segment along `k`); `panel` at
-    /// `segments.len() · run × NR` values and `bias` at `NR`; `out` (and `residual`) at
-    /// `rows` rows of `cols` writable (readable) values, `ldo` apart.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile(
-        segments: &[[*const f32; MR]],
-        run: usize,
-        rows: usize,
-        panel: *const f32,
-        bias: *const f32,
-        residual: Option<*const f32>,
-        out: *mut f32,
-        ldo: usize,
-        cols: usize,
-        lo: f32,
-        hi: f32,
-    ) {
-        let mut c = [_mm256_setzero_ps(); 2 * MR];
-        let mut b = panel;
-        for &[a0, a1, a2, a3, a4, a5] in segments {
-            for p in 0..run {
-                let b0 = _mm256_loadu_ps(b);
-                let b1 = _mm256_loadu_ps(b.add(8));
-                b = b.add(NR);
-                let x = _mm256_broadcast_ss(&*a0.add(p));
-                c[0] = _mm256_fmadd_ps(x, b0, c[0]);
-                c[1] = _mm256_fmadd_ps(x, b1, c[1]);
-                let x = _mm256_broadcast_ss(&*a1.add(p));
-                c[2] = _mm256_fmadd_ps(x, b0, c[2]);
-                c[3] = _mm256_fmadd_ps(x, b1, c[3]);
-                let x = _mm256_broadcast_ss(&*a2.add(p));
-                c[4] = _mm256_fmadd_ps(x, b0, c[4]);
-                c[5] = _mm256_fmadd_ps(x, b1, c[5]);
-                let x = _mm256_broadcast_ss(&*a3.add(p));
-                c[6] = _mm256_fmadd_ps(x, b0, c[6]);
-                c[7] = _mm256_fmadd_ps(x, b1, c[7]);
-                let x = _mm256_broadcast_ss(&*a4.add(p));
-                c[8] = _mm256_fmadd_ps(x, b0, c[8]);
-                c[9] = _mm256_fmadd_ps(x, b1, c[9]);
-                let x = _mm256_broadcast_ss(&*a5.add(p));
-                c[10] = _mm256_fmadd_ps(x, b0, c[10]);
-                c[11] = _mm256_fmadd_ps(x, b1, c[11]);
-            }
-        }
-        let (bias0, bias1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)));
-        let (low, high) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-        for r in 0..rows {
-            let mut v0 = _mm256_add_ps(c[2 * r], bias0);
-            let mut v1 = _mm256_add_ps(c[2 * r + 1], bias1);
-            let dst = out.add(r * ldo);
-            if cols == NR {
-                if let Some(res) = residual {
-                    let res = res.add(r * ldo);
-                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(res));
-                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(res.add(8)));
-                }
-                v0 = _mm256_min_ps(_mm256_max_ps(v0, low), high);
-                v1 = _mm256_min_ps(_mm256_max_ps(v1, low), high);
-                _mm256_storeu_ps(dst, v0);
-                _mm256_storeu_ps(dst.add(8), v1);
-            } else {
-                // A narrow last panel goes through a stack tile: no access past `cols`.
-                let mut tmp = [0f32; NR];
-                if let Some(res) = residual {
-                    std::ptr::copy_nonoverlapping(res.add(r * ldo), tmp.as_mut_ptr(), cols);
-                }
-                let t = tmp.as_mut_ptr();
-                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(t));
-                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(t.add(8)));
-                v0 = _mm256_min_ps(_mm256_max_ps(v0, low), high);
-                v1 = _mm256_min_ps(_mm256_max_ps(v1, low), high);
-                _mm256_storeu_ps(t, v0);
-                _mm256_storeu_ps(t.add(8), v1);
-                std::ptr::copy_nonoverlapping(t, dst, cols);
-            }
-        }
-    }
-}
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(test)]
 mod tests {
@@ -440,17 +392,20 @@ mod tests {
             (49, 96, 24),
             (200, 27, 40),
             (13, 5, 8),
+            (31, 19, 29),
             (300, 128, 120),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..k * n).map(|_| next()).collect();
             let bias: Vec<f32> = (0..n).map(|_| next()).collect();
             let residual: Vec<f32> = (0..m * n).map(|_| next()).collect();
-            let packed = PackedWeights::new(&w, &bias, k, n).unwrap();
-            for (res, lo, hi) in [
-                (None, f32::NEG_INFINITY, f32::INFINITY),
-                (Some(&residual[..]), 0.0, 0.1),
-            ] {
+            for (kernels, (res, lo, hi)) in packed_sets().flat_map(|kernels| {
+                [
+                    (kernels, (None, f32::NEG_INFINITY, f32::INFINITY)),
+                    (kernels, (Some(&residual[..]), 0.0, 0.1)),
+                ]
+            }) {
+                let packed = PackedWeights::new(&w, &bias, k, n, kernels).unwrap();
                 let team = Team::new(2).expect("threads start");
                 for threads in [Threads::One, Threads::Rayon, Threads::Team(&team)] {
                     let mut out = vec![f32::NAN; m * n];
@@ -469,7 +424,10 @@ mod tests {
                             }
                             let want = want.max(lo).min(hi);
                             let got = out[i * n + j];
-                            assert!((got - want).abs() < 1e-5, "{m}×{k}×{n} [{i},{j}]");
+                            assert!(
+                                (got - want).abs() < 1e-5,
+                                "{kernels:?} {m}×{k}×{n} [{i},{j}]"
+                            );
                         }
                     }
                 }
@@ -514,52 +472,61 @@ mod tests {
                 }
             }
             let weights: Vec<f32> = (0..k * n).map(|i| value(i + 13)).collect();
-            let packed = PackedWeights::new(&weights, &[0.25; 20], k, n).unwrap();
-            let windows = Windows {
-                input: &input,
-                size: (h, w),
-                channels: c,
-                kernel,
-                stride,
-                pad,
-                out_width: wo,
-            };
-            let team = Team::new(2).expect("threads start");
-            for threads in [Threads::One, Threads::Rayon, Threads::Team(&team)] {
-                let m = ho * wo;
-                let mut want = vec![0f32; m * n];
-                let mut got = vec![f32::NAN; m * n];
-                let epilogue = Epilogue::new(Activation::Relu6, None);
-                product(
-                    &mut want,
-                    Operand::Rows(&patches),
-                    m,
-                    &packed,
-                    epilogue,
-                    threads,
-                );
-                product(
-                    &mut got,
-                    Operand::Windows(windows),
-                    m,
-                    &packed,
-                    epilogue,
-                    threads,
-                );
-                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - e).abs() < 1e-5,
-                        "{kernel:?}/{stride} [{i}]: {g} vs {e}"
+            for kernels in packed_sets() {
+                let packed = PackedWeights::new(&weights, &[0.25; 20], k, n, kernels).unwrap();
+                let windows = Windows {
+                    input: &input,
+                    size: (h, w),
+                    channels: c,
+                    kernel,
+                    stride,
+                    pad,
+                    out_width: wo,
+                };
+                let team = Team::new(2).expect("threads start");
+                for threads in [Threads::One, Threads::Rayon, Threads::Team(&team)] {
+                    let m = ho * wo;
+                    let mut want = vec![0f32; m * n];
+                    let mut got = vec![f32::NAN; m * n];
+                    let epilogue = Epilogue::new(Activation::Relu6, None);
+                    product(
+                        &mut want,
+                        Operand::Rows(&patches),
+                        m,
+                        &packed,
+                        epilogue,
+                        threads,
                     );
+                    product(
+                        &mut got,
+                        Operand::Windows(windows),
+                        m,
+                        &packed,
+                        epilogue,
+                        threads,
+                    );
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - e).abs() < 1e-5,
+                            "{kernels:?} {kernel:?}/{stride} [{i}]: {g} vs {e}"
+                        );
+                    }
                 }
             }
         }
     }
 
+    /// The kernel sets that pack weights on this CPU (each micro-kernel it has).
+    fn packed_sets() -> impl Iterator<Item = Kernels> {
+        Kernels::available()
+            .into_iter()
+            .filter(|&k| k != Kernels::Portable)
+    }
+
     #[test]
     fn refuses_mismatched_weights() {
-        assert!(PackedWeights::new(&[0.0; 5], &[0.0; 2], 3, 2).is_none());
-        assert!(PackedWeights::new(&[0.0; 6], &[0.0; 3], 3, 2).is_none());
-        assert!(PackedWeights::new(&[], &[], 0, 0).is_none());
+        assert!(PackedWeights::new(&[0.0; 5], &[0.0; 2], 3, 2, Kernels::Avx2).is_none());
+        assert!(PackedWeights::new(&[0.0; 6], &[0.0; 3], 3, 2, Kernels::Avx2).is_none());
+        assert!(PackedWeights::new(&[], &[], 0, 0, Kernels::Avx2).is_none());
     }
 }

@@ -1,0 +1,88 @@
+//! The 6×16 micro-kernel with AVX2 + FMA: two 256-bit registers per row, 12 accumulators.
+
+use std::arch::x86_64::*;
+
+use super::{MR, NR};
+
+/// One `rows × cols` (≤ 6 × 16) tile of the product, with its epilogue.
+///
+/// # Safety
+/// AVX2 and FMA are available; every pointer of `segments` points at `run` values (the
+/// tile's six operand rows, segment after segment along `k`); `panel` at
+/// `segments.len() · run × NR` values and `bias` at `NR`; `out` (and `residual`) at
+/// `rows` rows of `cols` writable (readable) values, `ldo` apart.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile(
+    segments: &[[*const f32; MR]],
+    run: usize,
+    rows: usize,
+    panel: *const f32,
+    bias: *const f32,
+    residual: Option<*const f32>,
+    out: *mut f32,
+    ldo: usize,
+    cols: usize,
+    lo: f32,
+    hi: f32,
+) {
+    let mut c = [_mm256_setzero_ps(); 2 * MR];
+    let mut b = panel;
+    for &[a0, a1, a2, a3, a4, a5] in segments {
+        for p in 0..run {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            b = b.add(NR);
+            let x = _mm256_broadcast_ss(&*a0.add(p));
+            c[0] = _mm256_fmadd_ps(x, b0, c[0]);
+            c[1] = _mm256_fmadd_ps(x, b1, c[1]);
+            let x = _mm256_broadcast_ss(&*a1.add(p));
+            c[2] = _mm256_fmadd_ps(x, b0, c[2]);
+            c[3] = _mm256_fmadd_ps(x, b1, c[3]);
+            let x = _mm256_broadcast_ss(&*a2.add(p));
+            c[4] = _mm256_fmadd_ps(x, b0, c[4]);
+            c[5] = _mm256_fmadd_ps(x, b1, c[5]);
+            let x = _mm256_broadcast_ss(&*a3.add(p));
+            c[6] = _mm256_fmadd_ps(x, b0, c[6]);
+            c[7] = _mm256_fmadd_ps(x, b1, c[7]);
+            let x = _mm256_broadcast_ss(&*a4.add(p));
+            c[8] = _mm256_fmadd_ps(x, b0, c[8]);
+            c[9] = _mm256_fmadd_ps(x, b1, c[9]);
+            let x = _mm256_broadcast_ss(&*a5.add(p));
+            c[10] = _mm256_fmadd_ps(x, b0, c[10]);
+            c[11] = _mm256_fmadd_ps(x, b1, c[11]);
+        }
+    }
+    let (bias0, bias1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)));
+    let (low, high) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    for r in 0..rows {
+        let mut v0 = _mm256_add_ps(c[2 * r], bias0);
+        let mut v1 = _mm256_add_ps(c[2 * r + 1], bias1);
+        let dst = out.add(r * ldo);
+        if cols == NR {
+            if let Some(res) = residual {
+                let res = res.add(r * ldo);
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(res));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(res.add(8)));
+            }
+            v0 = _mm256_min_ps(_mm256_max_ps(v0, low), high);
+            v1 = _mm256_min_ps(_mm256_max_ps(v1, low), high);
+            _mm256_storeu_ps(dst, v0);
+            _mm256_storeu_ps(dst.add(8), v1);
+        } else {
+            // A narrow last panel goes through a stack tile: no access past `cols`.
+            let mut tmp = [0f32; NR];
+            if let Some(res) = residual {
+                std::ptr::copy_nonoverlapping(res.add(r * ldo), tmp.as_mut_ptr(), cols);
+            }
+            let t = tmp.as_mut_ptr();
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(t));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(t.add(8)));
+            v0 = _mm256_min_ps(_mm256_max_ps(v0, low), high);
+            v1 = _mm256_min_ps(_mm256_max_ps(v1, low), high);
+            _mm256_storeu_ps(t, v0);
+            _mm256_storeu_ps(t.add(8), v1);
+            std::ptr::copy_nonoverlapping(t, dst, cols);
+        }
+    }
+}
