@@ -423,14 +423,20 @@ impl FeatureExtractor {
         self.limits
     }
 
+    /// The instruction set the native backend runs this network with; `None` when another
+    /// backend runs it.
+    pub fn kernels(&self) -> Option<Kernels> {
+        match &self.engine {
+            Engine::Native(net) => Some(net.kernels()),
+            _ => None,
+        }
+    }
+
     /// The instruction set for parts of this network run natively apart from its engine
     /// (the frozen part below a cut, the last feature map): the engine's own if it runs
     /// natively, else the widest this CPU has.
     fn native_kernels(&self) -> Kernels {
-        match &self.engine {
-            Engine::Native(net) => net.kernels(),
-            _ => Kernels::detect(),
-        }
+        self.kernels().unwrap_or_else(Kernels::detect)
     }
 
     /// What identifies this extractor's features (model, weights, preprocessing).

@@ -139,8 +139,12 @@ pub fn forward(extractor: &FeatureExtractor, seconds: f64) -> Result<()> {
     let model = extractor.model();
     let batch = extractor.batch();
     let forward = extractor.throughput(seconds)?;
+    let kernels = extractor
+        .kernels()
+        .map_or(String::new(), |k| format!(", {k:?} kernels"));
     println!(
-        "{model} forward ({:?} backend), batch {batch}, {} threads: {forward:.1} images/s",
+        "{model} forward ({:?} backend{kernels}), batch {batch}, {} threads: {forward:.1} \
+         images/s",
         extractor.backend(),
         rayon::current_num_threads()
     );

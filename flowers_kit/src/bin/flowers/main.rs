@@ -62,7 +62,7 @@ impl From<BackendArg> for BackendKind {
 /// The instruction set of the native kernels.
 #[derive(Clone, Copy, ValueEnum)]
 enum KernelsArg {
-    /// AVX-512.
+    /// AVX-512 (F, VL): avx2's strategy on AVX-512 micro-kernels.
     Avx512,
     /// AVX2 and FMA: packed products, fused inverted-residual blocks.
     Avx2,
