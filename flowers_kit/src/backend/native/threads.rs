@@ -43,6 +43,19 @@ impl Threads<'_> {
         }
     }
 
+    /// `work(i)` for each `i < parts`; with `threads > 1` (from [`Threads::for_work`]) the
+    /// parts are shared among that many threads.
+    pub(super) fn parts<F>(self, parts: usize, threads: usize, work: F)
+    where
+        F: Fn(usize) + Sync + Send,
+    {
+        match self {
+            Threads::Team(team) if threads > 1 => team.run(parts, &work),
+            Threads::Rayon if threads > 1 => (0..parts).into_par_iter().for_each(work),
+            _ => (0..parts).for_each(work),
+        }
+    }
+
     /// `work(i, chunk)` for each `chunk`-long piece of `out` (the last may be shorter); with
     /// `threads > 1` (from [`Threads::for_work`]) the pieces are shared among that many
     /// threads.

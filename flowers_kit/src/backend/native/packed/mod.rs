@@ -206,6 +206,10 @@ pub(crate) fn product(
         return;
     }
     let split = threads.for_work(m * k * n);
+    let panels = n.div_ceil(NR);
+    if split > 1 && n > m && panels >= split {
+        return panels_shared(out, a, m, w, epilogue, threads, split);
+    }
     let mut chunk = (CHUNK_BYTES / (4 * (k + n))).max(MR) / MR * MR;
     if split > 1 {
         // Enough chunks for every thread, each still a whole number of tiles.
@@ -215,26 +219,99 @@ pub(crate) fn product(
         let first = index * chunk;
         let rows = out.len() / n;
         let residual = epilogue.residual.map(|r| &r[first * n..(first + rows) * n]);
-        chunk_product(
-            out,
-            a,
-            first..first + rows,
-            w,
-            residual,
-            epilogue.lo,
-            epilogue.hi,
-        );
+        // SAFETY: `out` is this chunk's `rows` rows of n values, written by this call only.
+        unsafe {
+            chunk_product(
+                out.as_mut_ptr(),
+                a,
+                first..first + rows,
+                w,
+                0..panels,
+                residual,
+                epilogue.lo,
+                epilogue.hi,
+            )
+        };
         activate(out, epilogue.then);
     };
     threads.chunks_mut(out, chunk * n, split, run);
 }
 
-/// One chunk of rows (`out` and `residual` hold just those) against every panel.
-fn chunk_product(
+/// [`product`] with the threads sharing the panels instead of the rows, for a product whose
+/// weights outweigh its operand (`n > m`: the small maps at the top of a network, such as
+/// ResNet-50's 7×7 ones, 49 rows against up to 9 MB of weights). Sharing the rows made
+/// every thread stream all the weights from memory, once per chunk of rows; here each
+/// streams its own share of them past rows kept in L2.
+fn panels_shared(
     out: &mut [f32],
+    a: Operand,
+    m: usize,
+    w: &PackedWeights,
+    epilogue: Epilogue,
+    threads: Threads,
+    split: usize,
+) {
+    let (k, n) = (w.k, w.n);
+    let panels = n.div_ceil(NR);
+    let per_part = panels.div_ceil(split);
+    let chunk = (SHARED_PANELS_CHUNK_BYTES / (4 * k)).max(MR) / MR * MR;
+    let base = SharedOut(out.as_mut_ptr());
+    threads.parts(panels.div_ceil(per_part), split, |part| {
+        let mine = part * per_part..((part + 1) * per_part).min(panels);
+        for first in (0..m).step_by(chunk) {
+            let last = (first + chunk).min(m);
+            let residual = epilogue.residual.map(|r| &r[first * n..last * n]);
+            // SAFETY: `out` holds m × n values (asserted by `product`), so rows
+            // first..last of it start at `first · n`; this part writes only the columns of
+            // its own panels `mine`, which no other part writes.
+            unsafe {
+                chunk_product(
+                    base.at(first * n),
+                    a,
+                    first..last,
+                    w,
+                    mine.clone(),
+                    residual,
+                    epilogue.lo,
+                    epilogue.hi,
+                )
+            };
+        }
+    });
+    activate(out, epilogue.then);
+}
+
+/// Bytes of the operand's rows that [`panels_shared`] keeps in L2 while a thread's panels
+/// stream past them (Zen 4 and recent Xeons have 1–2 MB of L2 per core).
+const SHARED_PANELS_CHUNK_BYTES: usize = 768 * 1024;
+
+/// The output of [`panels_shared`], which its parts write in disjoint columns.
+struct SharedOut(*mut f32);
+
+// SAFETY: the parts that share it write disjoint values (see `panels_shared`).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The output from value `offset` (a method, so that a closure captures the whole
+    /// `SharedOut`, which is `Sync`, rather than its pointer).
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// One chunk of rows against the panels `panels`: `out` points at the chunk's first row
+/// (rows `n` values apart), and `residual` holds just the chunk's rows.
+///
+/// # Safety
+/// `out` is valid for writes of `rows.len()` rows of `n` values, and no other thread reads
+/// or writes the columns of `panels` in those rows meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn chunk_product(
+    out: *mut f32,
     a: Operand,
     rows: std::ops::Range<usize>,
     w: &PackedWeights,
+    panels: std::ops::Range<usize>,
     residual: Option<&[f32]>,
     lo: f32,
     hi: f32,
@@ -277,7 +354,8 @@ fn chunk_product(
                 }
             }
         }
-        tiles(out, segments, taps, run, count, w, residual, lo, hi);
+        // SAFETY: as this function's.
+        unsafe { tiles(out, segments, taps, run, count, w, panels, residual, lo, hi) };
         segments.clear();
     });
 }
@@ -289,15 +367,19 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Every tile of a chunk: each panel of `w` against the tiles' operand `segments`.
+/// Every tile of a chunk: the panels `panels` of `w` against the tiles' operand `segments`.
+///
+/// # Safety
+/// As [`chunk_product`]'s, for `count` rows.
 #[allow(clippy::too_many_arguments)]
-fn tiles(
-    out: &mut [f32],
+unsafe fn tiles(
+    out: *mut f32,
     segments: &[[*const f32; MR]],
     taps: usize,
     run: usize,
     count: usize,
     w: &PackedWeights,
+    panels: std::ops::Range<usize>,
     residual: Option<&[f32]>,
     lo: f32,
     hi: f32,
@@ -310,6 +392,8 @@ fn tiles(
         .chunks_exact(k * NR)
         .zip(w.bias.chunks_exact(NR))
         .enumerate()
+        .take(panels.end)
+        .skip(panels.start)
     {
         let first_col = p * NR;
         let cols = (n - first_col).min(NR);
@@ -317,13 +401,14 @@ fn tiles(
             let first_row = t * per_tile;
             let tile_rows = (count - first_row).min(per_tile);
             let residual = residual.map(|r| r[first_row * n + first_col..].as_ptr());
-            let out = out[first_row * n + first_col..].as_mut_ptr();
+            let out = out.add(first_row * n + first_col);
             // SAFETY: `product` asserted AVX2/FMA (and `PackedWeights::new` AVX-512 where
             // `w.avx512`) and the lengths: every segment pointer starts a slice of at least
             // `run` values (a row of `a`, a run of the image, or `zeros`), taps · run = k,
-            // the panel holds k × NR values and the bias NR; `out` (and `residual`) hold
-            // `count` rows of n, of which the tile writes (reads) rows
-            // first_row..first_row + tile_rows, `cols` ≤ n − first_col values from first_col.
+            // the panel holds k × NR values and the bias NR; `out` (the caller's promise) and
+            // `residual` hold `count` rows of n, of which the tile writes (reads) rows
+            // first_row..first_row + tile_rows, `cols` ≤ n − first_col values from
+            // first_col, in a panel of `panels`.
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 if w.avx512 {
@@ -375,7 +460,8 @@ mod tests {
     use super::*;
 
     /// The packed product against a plain triple loop, for shapes with partial tiles and
-    /// panels, a residual, each clamp, and every threading mode (large enough to split on rayon and on the team).
+    /// panels, a residual, each clamp, and every threading mode (large enough to split on
+    /// rayon and on the team, by rows and by panels).
     #[test]
     fn matches_the_plain_product() {
         if !has_avx2_fma() {
@@ -394,6 +480,8 @@ mod tests {
             (13, 5, 8),
             (31, 19, 29),
             (300, 128, 120),
+            // Fewer rows than columns and enough work to split: the threads share panels.
+            (30, 600, 300),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..k * n).map(|_| next()).collect();
@@ -442,14 +530,15 @@ mod tests {
         if !has_avx2_fma() {
             return;
         }
-        let (h, w, c, n) = (9, 7, 16, 20);
         let value = |i: usize| ((i * 7919) % 101) as f32 / 101.0 - 0.5;
-        let input: Vec<f32> = (0..h * w * c).map(value).collect();
-        for (kernel, stride, pad) in [
-            ((3, 3), 1, (1, 1)),
-            ((3, 3), 2, (0, 0)),
-            ((1, 7), 1, (0, 3)),
+        // The 5×5 image with 40 columns has fewer rows than columns: the team shares panels.
+        for ((h, w, c, n), (kernel, stride, pad)) in [
+            ((9, 7, 16, 20), ((3, 3), 1, (1, 1))),
+            ((9, 7, 16, 20), ((3, 3), 2, (0, 0))),
+            ((9, 7, 16, 20), ((1, 7), 1, (0, 3))),
+            ((5, 5, 16, 40), ((3, 3), 1, (1, 1))),
         ] {
+            let input: Vec<f32> = (0..h * w * c).map(value).collect();
             let (kh, kw) = kernel;
             let (ho, wo) = (
                 (h + 2 * pad.0 - kh) / stride + 1,
@@ -473,7 +562,7 @@ mod tests {
             }
             let weights: Vec<f32> = (0..k * n).map(|i| value(i + 13)).collect();
             for kernels in packed_sets() {
-                let packed = PackedWeights::new(&weights, &[0.25; 20], k, n, kernels).unwrap();
+                let packed = PackedWeights::new(&weights, &vec![0.25; n], k, n, kernels).unwrap();
                 let windows = Windows {
                     input: &input,
                     size: (h, w),
