@@ -50,9 +50,9 @@ macro_rules! tile {
     }};
 }
 
-/// One `rows × cols` (≤ 12 × 16) tile of the product, with its epilogue: rows 0–5 read
-/// `segments`, rows 6–11 `second` (the next tile's, or `segments` again when there is none
-/// and `rows` ≤ 6).
+/// One `rows × cols` (at most 12 × 16) tile of the product, with its epilogue: rows 0–5
+/// read `segments`, rows 6–11 `second` (the next 6-row tile's; its missing rows repeat its
+/// last, computed and never stored).
 ///
 /// # Safety
 /// AVX-512 F and VL are available; every pointer of `segments` and `second` points at `run`

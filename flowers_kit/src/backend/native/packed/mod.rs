@@ -135,6 +135,16 @@ impl PackedWeights {
     pub(crate) fn n(&self) -> usize {
         self.n
     }
+
+    /// Rows of the micro-kernel's tile (12 for AVX-512's, 6 for AVX2's): row chunks are
+    /// whole numbers of them, so that no tile but a product's last runs part empty.
+    fn tile_rows(&self) -> usize {
+        if self.avx512 {
+            2 * MR
+        } else {
+            MR
+        }
+    }
 }
 
 /// What happens to each product before it is stored.
@@ -210,10 +220,11 @@ pub(crate) fn product(
     if split > 1 && n > m && panels >= split {
         return panels_shared(out, a, m, w, epilogue, threads, split);
     }
-    let mut chunk = (CHUNK_BYTES / (4 * (k + n))).max(MR) / MR * MR;
+    let tile = w.tile_rows();
+    let mut chunk = (CHUNK_BYTES / (4 * (k + n))).max(tile) / tile * tile;
     if split > 1 {
         // Enough chunks for every thread, each still a whole number of tiles.
-        chunk = chunk.min(m.div_ceil(split).div_ceil(MR) * MR);
+        chunk = chunk.min(m.div_ceil(split).div_ceil(tile) * tile);
     }
     let run = |index: usize, out: &mut [f32]| {
         let first = index * chunk;
@@ -254,7 +265,11 @@ fn panels_shared(
     let (k, n) = (w.k, w.n);
     let panels = n.div_ceil(NR);
     let per_part = panels.div_ceil(split);
-    let chunk = (SHARED_PANELS_CHUNK_BYTES / (4 * k)).max(MR) / MR * MR;
+    // As few chunks as keep the operand's rows in L2, of even sizes: the weights stream past
+    // once per chunk.
+    let tile = w.tile_rows();
+    let chunks = (m * k * 4).div_ceil(SHARED_PANELS_CHUNK_BYTES);
+    let chunk = m.div_ceil(chunks).div_ceil(tile) * tile;
     let base = SharedOut(out.as_mut_ptr());
     threads.parts(panels.div_ceil(per_part), split, |part| {
         let mine = part * per_part..((part + 1) * per_part).min(panels);
@@ -282,8 +297,9 @@ fn panels_shared(
 }
 
 /// Bytes of the operand's rows that [`panels_shared`] keeps in L2 while a thread's panels
-/// stream past them (Zen 4 and recent Xeons have 1–2 MB of L2 per core).
-const SHARED_PANELS_CHUNK_BYTES: usize = 768 * 1024;
+/// stream past them (Zen 4 and recent Xeons have 1–2 MB of L2 per core): ResNet-50's
+/// largest 7×7 operand (49 rows of 3×3×512) is 0.9 MB.
+const SHARED_PANELS_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// The output of [`panels_shared`], which its parts write in disjoint columns.
 struct SharedOut(*mut f32);
@@ -386,7 +402,7 @@ unsafe fn tiles(
 ) {
     let (k, n) = (w.k, w.n);
     // The AVX-512 kernel takes two of the segments' 6-row tiles at a time.
-    let per_tile = if w.avx512 { 2 * MR } else { MR };
+    let per_tile = w.tile_rows();
     for (p, (panel, bias)) in w
         .panels
         .chunks_exact(k * NR)
@@ -411,10 +427,10 @@ unsafe fn tiles(
             // first_col, in a panel of `panels`.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                if w.avx512 {
-                    // A lone last tile of at most 6 rows reads its own segments twice.
-                    let (first, second) = tile_segments.split_at(taps.min(tile_segments.len()));
-                    let second = if second.is_empty() { first } else { second };
+                // A lone last tile of at most 6 rows runs on the AVX2 kernel (an AVX-512 CPU
+                // has AVX2 and FMA), which computes 6 rows rather than 12.
+                if w.avx512 && tile_segments.len() > taps {
+                    let (first, second) = tile_segments.split_at(taps);
                     avx512::tile(
                         first,
                         second,
@@ -480,18 +496,24 @@ mod tests {
             (13, 5, 8),
             (31, 19, 29),
             (300, 128, 120),
-            // Fewer rows than columns and enough work to split: the threads share panels.
+            // Fewer rows than columns and enough work to split: the threads share panels
+            // (the last 12 or 4 columns wide).
             (30, 600, 300),
+            (30, 600, 292),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..k * n).map(|_| next()).collect();
             let bias: Vec<f32> = (0..n).map(|_| next()).collect();
             let residual: Vec<f32> = (0..m * n).map(|_| next()).collect();
-            for (kernels, (res, lo, hi)) in packed_sets().flat_map(|kernels| {
+            let inf = f32::INFINITY;
+            for (kernels, (res, lo, hi, then)) in packed_sets().flat_map(|kernels| {
                 [
-                    (kernels, (None, f32::NEG_INFINITY, f32::INFINITY)),
-                    (kernels, (Some(&residual[..]), 0.0, 0.1)),
+                    (None, -inf, inf, Activation::Linear),
+                    (Some(&residual[..]), 0.0, 0.1, Activation::Linear),
+                    // Applied after the product, once to every value.
+                    (None, -inf, inf, Activation::Sigmoid),
                 ]
+                .map(|case| (kernels, case))
             }) {
                 let packed = PackedWeights::new(&w, &bias, k, n, kernels).unwrap();
                 let team = Team::new(2).expect("threads start");
@@ -501,7 +523,7 @@ mod tests {
                         residual: res,
                         lo,
                         hi,
-                        then: Activation::Linear,
+                        then,
                     };
                     product(&mut out, Operand::Rows(&a), m, &packed, epilogue, threads);
                     for i in 0..m {
@@ -510,7 +532,9 @@ mod tests {
                             for p in 0..k {
                                 want += a[i * k + p] * w[p * n + j];
                             }
-                            let want = want.max(lo).min(hi);
+                            let mut want = [want.max(lo).min(hi)];
+                            activate(&mut want, then);
+                            let [want] = want;
                             let got = out[i * n + j];
                             assert!(
                                 (got - want).abs() < 1e-5,
