@@ -124,3 +124,38 @@ def test_export_refuses_what_it_cannot_write(product_env, tmp_path):
     bad = subprocess.run([str(FLOWERS), "export", "--classifier", tmp_path / "junk.safetensors",
                           "--out", tmp_path / "m.txt"], env=product_env, capture_output=True, text=True)
     assert bad.returncode != 0 and ".onnx" in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("edition", ["", "zh-CN/"])
+def test_the_python_snippet_of_notebook_05_runs_the_export(edition, product_env, tmp_path, capsys):
+    """The snippet notebook 05 ends with, as a learner copies it: only the file's path and the
+    photo's name replaced. Its answer for a photo of any size comes close to `flowers
+    predict`'s (it rounds the resized photo to bytes, and Pillow decodes the JPEG)."""
+    notebook = json.loads((ROOT / "notebooks" / f"{edition}05_beyond_the_tutorial.ipynb").read_text())
+    [cell] = [c for c in notebook["cells"] if "InferenceSession" in "".join(c["source"])]
+    snippet = "".join(cell["source"]).split("```python\n")[1].split("```")[0]
+    data = tmp_path / "data"
+    for folder in sorted(SAMPLE.iterdir()):
+        (data / folder.name).mkdir(parents=True)
+        for photo in sorted(folder.iterdir())[:4]:
+            shutil.copy(photo, data / folder.name / photo.name)
+    flowers(product_env, "train", "--data", data, "--model", "mobilenet_v2_0.35_128", "--steps", "30",
+            "--batch", "8", "--out", tmp_path / "run")
+    exported = tmp_path / "flowers.onnx"
+    flowers(product_env, "export", "--classifier", tmp_path / "run" / "classifier.safetensors", "--out", exported)
+    path = 'os.path.expanduser("~/.cache/flowers_kit/flowers.onnx")'
+    assert snippet.count(path) == 1 and snippet.count('"rose.jpg"') == 1, snippet
+    classes = sorted(f.name for f in SAMPLE.iterdir())
+    for photo in sorted(SAMPLE.glob("*/*.jpg"))[::250][:3]:
+        code = snippet.replace(path, repr(str(exported))).replace('"rose.jpg"', repr(str(photo)))
+        capsys.readouterr()
+        exec(compile(code, "notebook 05's snippet", "exec"), {})
+        printed = capsys.readouterr().out.strip().splitlines()[-1]
+        answer = eval(printed, {})  # the dict the snippet prints: {class: probability}
+        assert list(answer) == classes, printed
+        [line] = flowers(product_env, "predict", "--json", "--classifier",
+                         tmp_path / "run" / "classifier.safetensors", photo).splitlines()
+        expected = json.loads(line)["probabilities"]
+        difference = max(abs(answer[c] - p) for c, p in zip(classes, expected))
+        print(f"{photo.name} ({Image.open(photo).size[0]}×{Image.open(photo).size[1]}): max |Δp| {difference:.3f}")
+        assert difference <= 0.02, (answer, expected)

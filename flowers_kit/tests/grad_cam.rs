@@ -242,7 +242,7 @@ fn a_fine_tuned_classifier_maps_its_own_network() {
 /// The feature map of real features: every photo is a point, the mistakes are crossed, and
 /// bad input is refused.
 #[test]
-fn the_feature_map_draws_every_photo_and_crosses_the_mistakes() {
+fn the_feature_space_draws_every_photo_and_crosses_the_mistakes() {
     use flowers_kit::features::FeatureSet;
     // Two well-separated clouds of 3-D "features", one per class.
     let mut values = Vec::new();
@@ -282,7 +282,7 @@ fn the_feature_map_draws_every_photo_and_crosses_the_mistakes() {
         augment: None,
         cut: None,
     };
-    let svg = plot::feature_map(&features, None).unwrap().svg().unwrap();
+    let svg = plot::feature_space(&features, None).unwrap().svg().unwrap();
     assert!(
         svg.contains("daisy") && svg.contains("roses"),
         "a legend entry per class"
@@ -305,7 +305,7 @@ fn the_feature_map_draws_every_photo_and_crosses_the_mistakes() {
     let classifier = Classifier::new(head, &features).unwrap();
     let metrics = classifier.evaluate(&features.test).unwrap();
     assert_eq!(metrics.misclassified.len(), 5);
-    let crossed = plot::feature_map(&features, Some(&metrics))
+    let crossed = plot::feature_space(&features, Some(&metrics))
         .unwrap()
         .svg()
         .unwrap();
@@ -315,7 +315,7 @@ fn the_feature_map_draws_every_photo_and_crosses_the_mistakes() {
     );
 
     // t-SNE of the test photos alone: every test photo drawn, the mistakes crossed.
-    let tsne = plot::feature_map_tsne(&features, Some(&metrics))
+    let tsne = plot::feature_space_tsne(&features, Some(&metrics))
         .unwrap()
         .svg()
         .unwrap();
@@ -325,11 +325,11 @@ fn the_feature_map_draws_every_photo_and_crosses_the_mistakes() {
     // Bad input: features that cannot be projected, metrics of other classes.
     let mut flat = features.clone();
     flat.train = FeatureSet::new(vec![1.0; 30 * 3], 3, vec![0; 30], vec![]).unwrap();
-    assert!(plot::feature_map(&flat, None).is_err());
+    assert!(plot::feature_space(&flat, None).is_err());
     let mut other = metrics.clone();
     other.classes = vec!["a".into(), "b".into()];
-    assert!(plot::feature_map(&features, Some(&other)).is_err());
-    assert!(plot::feature_map_tsne(&features, Some(&other)).is_err());
+    assert!(plot::feature_space(&features, Some(&other)).is_err());
+    assert!(plot::feature_space_tsne(&features, Some(&other)).is_err());
 }
 
 /// The tutorial's network with its real ImageNet weights: the last feature map (4×4 cells of

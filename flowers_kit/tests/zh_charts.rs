@@ -81,7 +81,7 @@ fn the_zh_cn_figures_speak_chinese_with_glyphs_for_every_character() {
         features.test.paths(),
     )
     .unwrap();
-    let map = plot::feature_map(&features, Some(&wrong))
+    let map = plot::feature_space(&features, Some(&wrong))
         .unwrap()
         .svg()
         .unwrap();
@@ -92,7 +92,7 @@ fn the_zh_cn_figures_speak_chinese_with_glyphs_for_every_character() {
     // Every character the kit draws, and level 1 of the standard table, has a glyph.
     let bytes = font_bytes();
     let font = FontRef::try_from_slice(&bytes).unwrap();
-    let tsne = plot::feature_map_tsne(&two_class_features_for_tsne(), None)
+    let tsne = plot::feature_space_tsne(&two_class_features_for_tsne(), None)
         .unwrap()
         .svg()
         .unwrap();

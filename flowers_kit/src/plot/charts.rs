@@ -345,7 +345,7 @@ impl Chart {
     }
 
     /// Photos as points coloured by class, training photos small and faint, test photos
-    /// larger, the test mistakes crossed (the feature map, `plot::feature_map`).
+    /// larger, the test mistakes crossed (the feature space, `plot::feature_space`).
     pub(crate) fn class_points(
         (title, axes, kinds): super::language::MapTexts,
         classes: Vec<String>,

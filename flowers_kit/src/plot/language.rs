@@ -159,7 +159,7 @@ pub(crate) type MapTexts = (String, (String, String), [String; 3]);
 
 /// The feature-space map's title, axes and legend entries for its kinds of point: `model`
 /// and the share of the variance its two axes show.
-pub(crate) fn feature_map_texts(model: &str, explained: [f64; 2]) -> MapTexts {
+pub(crate) fn feature_space_texts(model: &str, explained: [f64; 2]) -> MapTexts {
     let [a, b] = explained.map(|e| e * 100.0);
     match language() {
         Language::English => (
@@ -175,7 +175,7 @@ pub(crate) fn feature_map_texts(model: &str, explained: [f64; 2]) -> MapTexts {
         ),
         Language::ZhCn => (
             format!(
-                "{model}：特征空间的 PCA 二维投影（两轴共占方差的 {:.0}%）",
+                "{model}：特征空间的 PCA 二维投影（两轴共解释了 {:.0}% 的方差）",
                 a + b
             ),
             (
@@ -206,7 +206,7 @@ pub(crate) fn tsne_texts(model: &str, photos: usize) -> MapTexts {
             point_kinds(),
         ),
         Language::ZhCn => (
-            format!("{model}：{photos} 张测试照片的 t-SNE 图（相近的照片仍然相近）"),
+            format!("{model}：{photos} 张测试照片的 t-SNE 图（特征空间中的近邻在图上仍是近邻）"),
             ("t-SNE 1".into(), "t-SNE 2".into()),
             point_kinds(),
         ),
@@ -219,7 +219,7 @@ pub(crate) fn class_map_caption(class: &str, probability: f32) -> String {
     let percent = probability * 100.0;
     match language() {
         Language::English => format!("Grad-CAM: {class} ({percent:.0}%)"),
-        Language::ZhCn => format!("{class} 的类激活图（{percent:.0}%）"),
+        Language::ZhCn => format!("类激活图：{class}（概率 {percent:.0}%）"),
     }
 }
 

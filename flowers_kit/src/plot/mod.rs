@@ -113,7 +113,7 @@ pub fn top_k(predictions: &[Prediction]) -> Chart {
     )
 }
 
-/// Most classes [`feature_map`] draws: one colour each, and the charts' palette has eight
+/// Most classes [`feature_space`] draws: one colour each, and the charts' palette has eight
 /// that can be told apart.
 pub const MAX_MAP_CLASSES: usize = 8;
 
@@ -133,11 +133,11 @@ pub const MAX_MAP_CLASSES: usize = 8;
 /// # use flowers_kit::prelude::*;
 /// # let features: Features = unimplemented!();
 /// # let metrics: Metrics = unimplemented!();
-/// plot::feature_map(&features, None)?;            // right after extraction
-/// plot::feature_map(&features, Some(&metrics))?;  // with the test mistakes crossed
+/// plot::feature_space(&features, None)?;            // right after extraction
+/// plot::feature_space(&features, Some(&metrics))?;  // with the test mistakes crossed
 /// # Ok::<(), flowers_kit::Error>(())
 /// ```
-pub fn feature_map(features: &Features, mistakes: Option<&Metrics>) -> crate::Result<Chart> {
+pub fn feature_space(features: &Features, mistakes: Option<&Metrics>) -> crate::Result<Chart> {
     let wrong = mistaken_photos(features, mistakes)?;
     let projection = Projection::pca(features.train.values(), features.dim)?;
     let mut points = class_points(
@@ -150,17 +150,17 @@ pub fn feature_map(features: &Features, mistakes: Option<&Metrics>) -> crate::Re
         &projection.project(features.test.values())?,
         Some(&wrong),
     ));
-    let texts = language::feature_map_texts(&features.source.model, projection.explained());
+    let texts = language::feature_space_texts(&features.source.model, projection.explained());
     Ok(Chart::class_points(texts, features.classes.clone(), points))
 }
 
-/// [`feature_map`] by t-SNE ([`crate::features::tsne`], perplexity 30) instead of PCA, for
+/// [`feature_space`] by t-SNE ([`crate::features::tsne`], perplexity 30) instead of PCA, for
 /// the test photos only (its cost grows with the square of the photos: about 2 s for 1,000
 /// on two cores, and at most [`crate::features::MAX_TSNE_POINTS`]). Photos that are
 /// neighbours in the feature space stay neighbours on the page, so clusters show more
 /// clearly than in PCA's flat projection; but t-SNE bends the space, so the distances
 /// between clusters and their sizes mean little, and its axes mean nothing.
-pub fn feature_map_tsne(features: &Features, mistakes: Option<&Metrics>) -> crate::Result<Chart> {
+pub fn feature_space_tsne(features: &Features, mistakes: Option<&Metrics>) -> crate::Result<Chart> {
     let wrong = mistaken_photos(features, mistakes)?;
     let layout = crate::features::tsne(features.test.values(), features.dim, 30.0)?;
     let points = class_points(&features.test, &layout, Some(&wrong));
