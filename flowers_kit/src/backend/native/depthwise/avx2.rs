@@ -7,46 +7,10 @@
 //! order), with the block's taps in registers and each input vector loaded once and
 //! used for every output column whose window covers it.
 
-use std::arch::x86_64::*;
-use std::ops::Range;
-
 use super::{Depthwise, GROUP};
+use std::arch::x86_64::*;
 
-#[target_feature(enable = "avx2,fma")]
-pub(super) fn row(layer: &Depthwise, oy: usize, row: &mut [f32]) {
-    let Some((top, interior)) = layer.explicit_interior(oy, row) else {
-        return;
-    };
-    macro_rules! run {
-        ($kh:literal, $kw:literal, $s:literal, $relu6:literal) => {
-            // SAFETY: AVX2 and FMA were checked by the caller; every address formed is at
-            // most the ones `explicit_interior` asserted (columns, rows and channels only
-            // grow towards them).
-            unsafe { columns::<$kh, $kw, $s, $relu6>(layer, top, row, interior.clone()) }
-        };
-    }
-    super::known_window!(layer, run, layer.checked(oy, row, interior))
-}
-
-/// Output columns `columns` (all inside the image) of one row, every channel.
-///
-/// # Safety
-/// AVX2 and FMA are available, the window is `KH × KW` with stride `S`, and `row`
-/// checked that every value this reads and writes is inside its slice.
-#[inline(always)]
-unsafe fn columns<const KH: usize, const KW: usize, const S: usize, const RELU6: bool>(
-    layer: &Depthwise,
-    top: usize,
-    row: &mut [f32],
-    columns: Range<usize>,
-) {
-    let out = row.as_mut_ptr();
-    super::in_groups(
-        columns,
-        |ox| group::<KH, KW, S, RELU6, GROUP>(layer, top, out, ox),
-        |ox| group::<KH, KW, S, RELU6, 1>(layer, top, out, ox),
-    );
-}
+super::explicit_row!("avx2,fma");
 
 /// `N` output columns from `ox`, every channel block.
 ///

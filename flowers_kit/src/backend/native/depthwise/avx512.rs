@@ -12,54 +12,16 @@
 //! by block; on a Zen 4 that made the default `Kernels::Avx512` 1.1–1.35× slower than
 //! `--kernels avx2` on MobileNet V2.
 
-use std::arch::x86_64::*;
-use std::ops::Range;
-
 use super::{Depthwise, GROUP};
+use std::arch::x86_64::*;
 
-/// # Safety
-/// The CPU has AVX-512 F and VL, AVX2 and FMA.
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-pub(super) unsafe fn row(layer: &Depthwise, oy: usize, row: &mut [f32]) {
-    let Some((top, interior)) = layer.explicit_interior(oy, row) else {
-        return;
-    };
-    macro_rules! run {
-        ($kh:literal, $kw:literal, $s:literal, $relu6:literal) => {
-            // SAFETY: the caller checked the instruction sets; every address formed is at
-            // most the ones `explicit_interior` asserted (columns, rows and channels only
-            // grow towards them), and masked lanes are neither read nor written.
-            unsafe { columns::<$kh, $kw, $s, $relu6>(layer, top, row, interior.clone()) }
-        };
-    }
-    super::known_window!(layer, run, layer.checked(oy, row, interior))
-}
-
-/// Output columns `columns` (all inside the image) of one row, every channel.
-///
-/// # Safety
-/// As [`row`]'s, for a `KH × KW` window with stride `S`, with every value read and written
-/// inside its slice.
-#[inline(always)]
-unsafe fn columns<const KH: usize, const KW: usize, const S: usize, const RELU6: bool>(
-    layer: &Depthwise,
-    top: usize,
-    row: &mut [f32],
-    columns: Range<usize>,
-) {
-    let out = row.as_mut_ptr();
-    super::in_groups(
-        columns,
-        |ox| group::<KH, KW, S, RELU6, GROUP>(layer, top, out, ox),
-        |ox| group::<KH, KW, S, RELU6, 1>(layer, top, out, ox),
-    );
-}
+super::explicit_row!("avx512f,avx512vl,avx2,fma");
 
 /// One channel block of `N` output columns, on one vector width: the same loop for the
 /// 512-bit and the 256-bit registers, with their masked load, store and arithmetic.
 macro_rules! block {
-    ($layer:expr, $top:expr, $out:expr, $ox:expr, $block:expr, $mask:expr,
-     $zero:ident, $set1:ident, $load:ident, $store:ident, $fmadd:ident, $min:ident, $max:ident) => {{
+    ($layer:expr, $top:expr, $out:expr, $ox:expr, $block:expr, $mask:expr, $zero:ident,
+     $set1:ident, $load:ident, $store:ident, $fmadd:ident, $min:ident, $max:ident) => {{
         let Depthwise {
             input,
             w,

@@ -9,8 +9,6 @@ mod avx2;
 mod avx512;
 mod portable;
 
-use std::ops::Range;
-
 use super::eltwise::activate;
 use super::isa::Kernels;
 use super::threads::Threads;
@@ -22,42 +20,67 @@ use crate::models::graph::Activation;
 #[cfg(target_arch = "x86_64")]
 const GROUP: usize = 4;
 
-/// Runs the explicit kernel's body for the window shapes it is written for (3×3 and 5×5,
-/// stride 1 or 2, with or without ReLU6) as constants, `$other` for any other.
+/// Defines an explicit kernel module's `row`, compiled with `$features`: the bounds-checked
+/// loop on the columns whose window leaves the image ([`Depthwise::explicit_interior`]), and
+/// on the others the module's own `group::<KH, KW, S, RELU6, N>` (`N` output columns from
+/// `ox`, every channel), [`GROUP`] columns at a time, for each window shape it is written
+/// for as constants: 3×3 and 5×5, stride 1 or 2, with or without ReLU6.
 #[cfg(target_arch = "x86_64")]
-macro_rules! known_window {
-    ($layer:expr, $run:ident, $other:expr) => {
-        match ($layer.kernel, $layer.stride, $layer.relu6) {
-            ((3, 3), 1, true) => $run!(3, 3, 1, true),
-            ((3, 3), 1, false) => $run!(3, 3, 1, false),
-            ((3, 3), 2, true) => $run!(3, 3, 2, true),
-            ((3, 3), 2, false) => $run!(3, 3, 2, false),
-            ((5, 5), 1, true) => $run!(5, 5, 1, true),
-            ((5, 5), 1, false) => $run!(5, 5, 1, false),
-            ((5, 5), 2, true) => $run!(5, 5, 2, true),
-            ((5, 5), 2, false) => $run!(5, 5, 2, false),
-            _ => $other,
+macro_rules! explicit_row {
+    ($features:literal) => {
+        /// # Safety
+        /// The CPU has the instruction sets this function is compiled for.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn row(layer: &Depthwise, oy: usize, row: &mut [f32]) {
+            let Some((top, interior)) = layer.explicit_interior(oy, row) else {
+                return;
+            };
+            let out = row.as_mut_ptr();
+            // SAFETY: the caller checked the instruction sets; every address `group` forms
+            // is at most the ones `explicit_interior` asserted (columns, rows and channels
+            // only grow towards them), and masked lanes are neither read nor written.
+            unsafe {
+                match (layer.kernel, layer.stride, layer.relu6) {
+                    ((3, 3), 1, true) => columns::<3, 3, 1, true>(layer, top, out, interior),
+                    ((3, 3), 1, false) => columns::<3, 3, 1, false>(layer, top, out, interior),
+                    ((3, 3), 2, true) => columns::<3, 3, 2, true>(layer, top, out, interior),
+                    ((3, 3), 2, false) => columns::<3, 3, 2, false>(layer, top, out, interior),
+                    ((5, 5), 1, true) => columns::<5, 5, 1, true>(layer, top, out, interior),
+                    ((5, 5), 1, false) => columns::<5, 5, 1, false>(layer, top, out, interior),
+                    ((5, 5), 2, true) => columns::<5, 5, 2, true>(layer, top, out, interior),
+                    ((5, 5), 2, false) => columns::<5, 5, 2, false>(layer, top, out, interior),
+                    _ => layer.checked(oy, row, interior),
+                }
+            }
+        }
+
+        /// Output columns `columns` (all inside the image) of the row at `out`, every
+        /// channel: [`GROUP`] at a time, then one at a time.
+        ///
+        /// # Safety
+        /// As `row`'s, for a `KH × KW` window with stride `S`, with every value read and
+        /// written inside its slice.
+        #[inline(always)]
+        unsafe fn columns<const KH: usize, const KW: usize, const S: usize, const RELU6: bool>(
+            layer: &Depthwise,
+            top: usize,
+            out: *mut f32,
+            columns: std::ops::Range<usize>,
+        ) {
+            let mut ox = columns.start;
+            while ox + GROUP <= columns.end {
+                group::<KH, KW, S, RELU6, GROUP>(layer, top, out, ox);
+                ox += GROUP;
+            }
+            while ox < columns.end {
+                group::<KH, KW, S, RELU6, 1>(layer, top, out, ox);
+                ox += 1;
+            }
         }
     };
 }
 #[cfg(target_arch = "x86_64")]
-use known_window;
-
-/// Columns `columns` of a row, [`GROUP`] at a time through `group`, the rest one at a time
-/// through `single`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn in_groups(columns: Range<usize>, mut group: impl FnMut(usize), mut single: impl FnMut(usize)) {
-    let mut ox = columns.start;
-    while ox + GROUP <= columns.end {
-        group(ox);
-        ox += GROUP;
-    }
-    while ox < columns.end {
-        single(ox);
-        ox += 1;
-    }
-}
+use explicit_row;
 
 /// One depthwise layer's fixed inputs: explicit padding, then bias and optionally ReLU6.
 #[derive(Clone, Copy)]
@@ -186,7 +209,7 @@ impl Depthwise<'_> {
     }
 
     /// [`Depthwise::interior`] for the explicit kernels, which run the window shapes of
-    /// [`known_window`] (the bounds-checked loop takes the whole row for any other), with
+    /// `explicit_row` (the bounds-checked loop takes the whole row for any other), with
     /// the check their unchecked loads rely on: the furthest input and output values the
     /// interior touches (the window of its last column, in its bottom row, last channel)
     /// lie inside their buffers.
