@@ -2,8 +2,9 @@
 //! the native kernels' instruction set) and what there is of an NVIDIA GPU.
 
 /// Where the kit's work runs on this machine, as notebook 00 shows it in its first cells: the
-/// CPU that runs extraction and training by default, and whether an NVIDIA GPU is there for
-/// [`DeviceKind::Cuda`](crate::device::DeviceKind::Cuda).
+/// CPU, and whether an NVIDIA GPU is there for
+/// [`DeviceKind::Cuda`](crate::device::DeviceKind::Cuda), which a build with CUDA prefers
+/// ([`DeviceKind::preferred`](crate::device::DeviceKind::preferred)).
 ///
 /// ```
 /// let here = flowers_kit::features::Compute::detect();
@@ -138,7 +139,8 @@ impl std::fmt::Display for Compute {
             ),
             Gpu::Cuda { name, capability } => write!(
                 f,
-                "CUDA: {name}, compute capability {}.{}, for DeviceKind::Cuda.",
+                "CUDA: {name}, compute capability {}.{}: extraction and training run there \
+                 (DeviceKind::Cuda).",
                 capability.0, capability.1
             ),
             Gpu::Unusable(reason) => write!(
@@ -176,7 +178,7 @@ mod tests {
         };
         assert!(gpu
             .to_string()
-            .ends_with("CUDA: NVIDIA H100, compute capability 9.0, for DeviceKind::Cuda."));
+            .ends_with("CUDA: NVIDIA H100, compute capability 9.0: extraction and training run there (DeviceKind::Cuda)."));
         // This machine, as the notebook shows it: its own CPU and thread count.
         let here = Compute::detect();
         assert_eq!(here.threads, rayon::current_num_threads());

@@ -325,13 +325,15 @@ impl FeatureExtractor {
         FeatureExtractor::from_network(Network::random(model, seed)?)
     }
 
-    /// An extractor running a prepared network on the CPU with the native backend.
+    /// An extractor running a prepared network on [`DeviceKind::preferred`]: the GPU in a
+    /// build with CUDA where one answers, else the CPU with the native backend.
     pub fn from_network(network: Network) -> Result<FeatureExtractor> {
-        let engine = Engine::new(&network, DeviceKind::Cpu, BackendKind::Native)?;
+        let device = DeviceKind::preferred();
+        let engine = Engine::new(&network, device, BackendKind::Native)?;
         Ok(FeatureExtractor {
             network,
             engine,
-            device: DeviceKind::Cpu,
+            device,
             backend: BackendKind::Native,
             resize: Resize::TfV1Bilinear,
             batch_size: 16,

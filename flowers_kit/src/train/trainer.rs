@@ -84,7 +84,7 @@ impl Default for TrainConfig {
             activation: Activation::Relu,
             weight_decay: 0.0,
             seed: 0,
-            device: DeviceKind::Cpu,
+            device: DeviceKind::preferred(),
             backend: BackendKind::Native,
             verbose: true,
             augment: None,

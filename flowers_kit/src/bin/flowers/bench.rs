@@ -454,7 +454,7 @@ pub fn fine_tune_steps(
             optimizer: Optimizer::adam(),
             eval_every: steps,
             verbose: false,
-            device: args.device.into(),
+            device: args.device(),
             backend: args.backend.into(),
             fine_tune: Some(FineTune {
                 blocks,
@@ -477,10 +477,7 @@ pub fn fine_tune_steps(
     let short_again = run(short)?;
     let per_step = (long - short_again.min(once)) / (steps - short) as f64;
     // What trains the blocks: the GPU always runs dfdx (see `TrainConfig::backend`).
-    let engine = match (
-        DeviceKind::from(args.device),
-        BackendKind::from(args.backend),
-    ) {
+    let engine = match (args.device(), BackendKind::from(args.backend)) {
         (DeviceKind::Cuda, _) => "dfdx on CUDA".to_string(),
         (DeviceKind::Cpu, backend) => format!("{backend:?} backend"),
     };

@@ -32,15 +32,6 @@ enum DeviceArg {
     Cuda,
 }
 
-impl From<DeviceArg> for DeviceKind {
-    fn from(arg: DeviceArg) -> Self {
-        match arg {
-            DeviceArg::Cpu => DeviceKind::Cpu,
-            DeviceArg::Cuda => DeviceKind::Cuda,
-        }
-    }
-}
-
 /// Which implementation runs the network on the CPU.
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
@@ -216,9 +207,10 @@ struct ExtractorArgs {
     /// Keras no_top weight file, path or URL [default: the published one].
     #[arg(long)]
     weights: Option<String>,
-    /// Where the network runs.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    /// Where the network runs [default: cuda in a build with CUDA where a GPU answers, else
+    /// cpu].
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
     /// Which implementation runs it on the CPU: feature extraction, and the fine-tuned blocks
     /// when training.
     #[arg(long, value_enum, default_value_t = BackendArg::Native)]
@@ -229,6 +221,15 @@ struct ExtractorArgs {
 }
 
 impl ExtractorArgs {
+    /// `--device`, else [`DeviceKind::preferred`].
+    fn device(&self) -> DeviceKind {
+        match self.device {
+            Some(DeviceArg::Cpu) => DeviceKind::Cpu,
+            Some(DeviceArg::Cuda) => DeviceKind::Cuda,
+            None => DeviceKind::preferred(),
+        }
+    }
+
     /// The extractor; without --weights, `random_by_default` picks seeded random weights
     /// (for benchmarks) instead of the published ones.
     fn build(&self, random_by_default: bool) -> flowers_kit::Result<FeatureExtractor> {
@@ -238,7 +239,7 @@ impl ExtractorArgs {
         };
         let extractor = extractor
             .with_backend(self.backend.into())?
-            .on(self.device.into())?;
+            .on(self.device())?;
         match self.kernels {
             Some(kernels) => extractor.with_native_kernels(kernels.into()),
             None => Ok(extractor),
@@ -587,7 +588,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                 activation: activation.into(),
                 weight_decay,
                 seed,
-                device: extractor.device.into(),
+                device: extractor.device(),
                 backend: extractor.backend.into(),
                 augment,
                 views,
@@ -685,7 +686,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             }
             if train {
                 let dim = extractor.model.feature_dim();
-                return bench::train_steps(dim, &extractor.device.into());
+                return bench::train_steps(dim, &extractor.device());
             }
             let extractor = extractor.build(true)?.batch_size(batch)?;
             bench::forward(&extractor, seconds)?;
