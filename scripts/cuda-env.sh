@@ -1,7 +1,7 @@
 # Sourced (by bash) by scripts/cuda-kernels.sh and `./lab --cuda`: a CUDA compiler for dfdx's
 # kernels, and an answer to dfdx's build script's question about the GPU.
 #  - nvcc: the CUDA toolkit on the PATH or in /usr/local/cuda (a GPU machine's own, matched to
-#    its driver), else NVIDIA's CUDA 13.2 compiler from PyPI (scripts/requirements-cuda.txt,
+#    its driver), else NVIDIA's CUDA 13.0 compiler from PyPI (scripts/requirements-cuda.txt,
 #    pinned) in .venv-cuda. FLOWERS_CUDA_PYPI=1 takes the pinned one always (CI does).
 #  - nvidia-smi: the machine's, when it answers; else, only when FLOWERS_CUDA_COMPUTE_CAP names
 #    the GPU to compile for (a build without a GPU), scripts/cuda/nvidia-smi, which answers that.

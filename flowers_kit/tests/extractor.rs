@@ -18,20 +18,9 @@ use flowers_kit::Error;
 use sha2::Digest;
 use support::http::{Behaviour, Server};
 
-fn golden_h5(variant: &str) -> PathBuf {
-    support::golden().join(format!("mobilenet_v2_{variant}_no_top.h5"))
-}
-
-fn golden_pngs() -> Vec<PathBuf> {
-    support::GOLDEN_IMAGES
-        .iter()
-        .map(|s| support::golden().join("images").join(format!("{s}.png")))
-        .collect()
-}
-
 fn extractor(variant: &str, cache: &Path) -> FeatureExtractor {
     let model = MobileNetV2::parse(&format!("mobilenet_v2_{variant}")).unwrap();
-    FeatureExtractor::with_weights(model, Some(golden_h5(variant).to_str().unwrap()))
+    FeatureExtractor::with_weights(model, Some(support::golden_h5(variant).to_str().unwrap()))
         .unwrap()
         .cache_dir(cache)
 }
@@ -43,7 +32,7 @@ fn teachable_machine_whole_model_file_holds_the_same_weights() {
     let model = MobileNetV2::parse("mobilenet_v2_0.35_224").unwrap();
     let tm = KerasWeights::open(support::shared().join("weights/teachable_machine_keras_model.h5"))
         .unwrap();
-    let keras = KerasWeights::open(golden_h5("0.35_224")).unwrap();
+    let keras = KerasWeights::open(support::golden_h5("0.35_224")).unwrap();
     assert!(
         tm.names().contains(&"dense_Dense1/kernel"),
         "the head is read too"
@@ -57,7 +46,7 @@ fn teachable_machine_whole_model_file_holds_the_same_weights() {
 fn wrong_or_damaged_weights_are_clear_errors() {
     let model = MobileNetV2::parse("mobilenet_v2_0.35_128").unwrap();
     // Another width's file: shapes disagree, and the message names tensor and file.
-    let other = KerasWeights::open(golden_h5("1.0_224")).unwrap();
+    let other = KerasWeights::open(support::golden_h5("1.0_224")).unwrap();
     let err = Network::from_keras(model, &other).unwrap_err().to_string();
     assert!(
         err.contains("Conv1/kernel") && err.contains("1.0_224_no_top.h5"),
@@ -69,7 +58,7 @@ fn wrong_or_damaged_weights_are_clear_errors() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let bytes = fs::read(golden_h5("0.35_128")).unwrap();
+    let bytes = fs::read(support::golden_h5("0.35_128")).unwrap();
     let truncated = dir.path().join("truncated.h5");
     fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let err = KerasWeights::open(&truncated).unwrap_err();
@@ -119,7 +108,7 @@ fn unknown_models_are_rejected_with_the_choices() {
 fn cache_serves_reruns_and_recomputes_what_changed() {
     let cache = tempfile::tempdir().unwrap();
     let photos = tempfile::tempdir().unwrap();
-    let paths: Vec<PathBuf> = golden_pngs()
+    let paths: Vec<PathBuf> = support::golden_pngs()
         .iter()
         .take(4)
         .map(|p| {
@@ -137,7 +126,7 @@ fn cache_serves_reruns_and_recomputes_what_changed() {
     assert_eq!(second.values, first.values);
 
     // A changed photo is recomputed; the others still come from the cache.
-    fs::copy(golden_pngs()[7].clone(), &paths[1]).unwrap();
+    fs::copy(support::golden_pngs()[7].clone(), &paths[1]).unwrap();
     let third = ex.extract_paths(&paths).unwrap();
     assert_eq!(third.cache_hits, 3);
     assert_ne!(third.values[1280..2560], first.values[1280..2560]);
@@ -194,7 +183,7 @@ fn unreadable_photos_are_skipped_not_fatal() {
     let cache = tempfile::tempdir().unwrap();
     let bad = cache.path().join("bad.jpg");
     fs::write(&bad, "garbage").unwrap();
-    let mut paths = golden_pngs()[..2].to_vec();
+    let mut paths = support::golden_pngs()[..2].to_vec();
     paths.insert(1, bad.clone());
     let out = extractor("0.35_128", cache.path())
         .extract_paths(&paths)
@@ -213,7 +202,7 @@ fn weights_server() -> Server {
             format!(
                 "/mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5"
             ),
-            Arc::new(fs::read(golden_h5(variant)).unwrap()),
+            Arc::new(fs::read(support::golden_h5(variant)).unwrap()),
         );
     }
     Server::start(files, Behaviour::Normal)
@@ -242,7 +231,7 @@ fn cli_downloads_weights_once_and_writes_golden_features() {
         "--out",
         out_file.to_str().unwrap(),
     ];
-    let run = flowers(home.path(), &server, &args, &golden_pngs());
+    let run = flowers(home.path(), &server, &args, &support::golden_pngs());
     assert!(
         run.status.success(),
         "{}",
@@ -255,7 +244,7 @@ fn cli_downloads_weights_once_and_writes_golden_features() {
         .join(format!("weights/mobilenet_v2/{key}-{file}"));
     assert_eq!(
         fs::read(&cached).unwrap(),
-        fs::read(golden_h5("0.35_128")).unwrap()
+        fs::read(support::golden_h5("0.35_128")).unwrap()
     );
 
     let (shape, ours) = support::tensor_f32(&out_file, "features");
@@ -268,13 +257,13 @@ fn cli_downloads_weights_once_and_writes_golden_features() {
 
     // Again: weights and features both come from the cache; its own output is overwritten.
     let requests = server.seen().len();
-    let again = flowers(home.path(), &server, &args, &golden_pngs());
+    let again = flowers(home.path(), &server, &args, &support::golden_pngs());
     assert!(again.status.success());
     assert_eq!(server.seen().len(), requests);
     assert_eq!(support::tensor_f32(&out_file, "features").1, ours);
 
     // Input order is output order.
-    let mut reversed = golden_pngs();
+    let mut reversed = support::golden_pngs();
     reversed.reverse();
     let rev = flowers(home.path(), &server, &args, &reversed);
     assert!(rev.status.success());
@@ -295,7 +284,7 @@ fn cli_features_refuses_foreign_files_and_bad_photos() {
         "--out",
         foreign.to_str().unwrap(),
     ];
-    let run = flowers(home.path(), &server, &args, &golden_pngs()[..1]);
+    let run = flowers(home.path(), &server, &args, &support::golden_pngs()[..1]);
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("refusing to overwrite"));
     assert_eq!(fs::read(&foreign).unwrap(), b"my precious notes");
@@ -314,7 +303,7 @@ fn cli_features_refuses_foreign_files_and_bad_photos() {
         home.path(),
         &server,
         &args,
-        &[golden_pngs()[0].clone(), bad],
+        &[support::golden_pngs()[0].clone(), bad],
     );
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -330,7 +319,7 @@ fn cli_features_refuses_foreign_files_and_bad_photos() {
         "--out",
         "x",
     ];
-    let run = flowers(home.path(), &server, &args, &golden_pngs()[..1]);
+    let run = flowers(home.path(), &server, &args, &support::golden_pngs()[..1]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
         stderr.contains("invalid value 'tpu'") && stderr.contains("[possible values: cpu, cuda]"),
@@ -427,7 +416,7 @@ fn linear_probe_on_real_features_of_the_sample_beats_75_percent() {
 
 /// Two classes of four golden photos each, as a dataset folder.
 fn two_class_folder(root: &Path) -> Dataset {
-    for (i, photo) in golden_pngs().iter().enumerate() {
+    for (i, photo) in support::golden_pngs().iter().enumerate() {
         let class = root.join(if i % 2 == 0 { "daisy" } else { "roses" });
         fs::create_dir_all(&class).unwrap();
         fs::copy(photo, class.join(photo.file_name().unwrap())).unwrap();
@@ -670,7 +659,7 @@ fn random_weights_give_an_untrained_network_with_features_of_a_usable_scale() {
     let untrained = FeatureExtractor::with_random_weights(trained.model(), 0)
         .unwrap()
         .cache_dir(cache.path());
-    let paths = golden_pngs();
+    let paths = support::golden_pngs();
     let features = untrained.extract_paths(&paths).unwrap();
     let dim = untrained.feature_dim();
     assert_eq!(features.values.len(), paths.len() * dim);

@@ -6,13 +6,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use flowers_kit::backend::native::Kernels;
 use flowers_kit::features::{BackendKind, FeatureExtractor};
 use flowers_kit::models::Model;
 
-use support::keras::{families, read_json, write_h5};
+use support::keras::{families, read_json, write_h5, FamilyCase};
 
 /// The HDF5 tree of a file as `<family>.keras_layout.json` lists it: groups (with their
 /// attributes) and datasets (with shape and dtype), depth first, in file order.
@@ -83,29 +83,16 @@ fn listing(path: &Path) -> serde_json::Value {
     json!({"attrs": attrs_json(&root.attrs().unwrap()), "groups": groups, "datasets": datasets})
 }
 
-fn golden_pngs() -> Vec<PathBuf> {
-    support::GOLDEN_IMAGES
-        .iter()
-        .map(|s| support::golden().join("images").join(format!("{s}.png")))
-        .collect()
-}
-
 fn check(family: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let h5 = dir.path().join(format!("{family}.h5"));
-    let spec = write_h5(family, &h5);
-    let model = Model::parse(family).unwrap();
+    let case = FamilyCase::new(family);
+    let model = case.model;
     let graph = model.graph(false);
     assert_eq!(
         graph.parameters().unwrap() as u64,
-        spec["parameters"].as_u64().unwrap(),
+        case.spec["parameters"].as_u64().unwrap(),
         "{family}: the graph's weights do not match Keras' model"
     );
-    let (_, golden) = support::tensor_f32(
-        &families().join(format!("{family}.safetensors")),
-        "features",
-    );
-    let bound = 1e-4 * spec["max_abs_feature"].as_f64().unwrap().max(1.0) as f32;
+    let (golden, bound) = (&case.golden, case.bound);
     // The reference, then the native backend with every instruction set this CPU has.
     let runs = std::iter::once((BackendKind::Dfdx, None)).chain(
         Kernels::available()
@@ -113,7 +100,7 @@ fn check(family: &str) {
             .map(|k| (BackendKind::Native, Some(k))),
     );
     for (backend, kernels) in runs {
-        let mut extractor = FeatureExtractor::with_weights(model, Some(h5.to_str().unwrap()))
+        let mut extractor = FeatureExtractor::with_weights(model, case.weights())
             .unwrap()
             .without_cache()
             .with_backend(backend)
@@ -123,9 +110,9 @@ fn check(family: &str) {
         if let Some(kernels) = kernels {
             extractor = extractor.with_native_kernels(kernels).unwrap();
         }
-        let out = extractor.extract_paths(&golden_pngs()).unwrap();
+        let out = extractor.extract_paths(&support::golden_pngs()).unwrap();
         assert!(out.skipped.is_empty());
-        let (max, mean) = support::max_mean_abs_diff(&out.values, &golden);
+        let (max, mean) = support::max_mean_abs_diff(&out.values, golden);
         let run = format!(
             "{family} {backend:?} {}",
             kernels.map_or(String::new(), |k| format!("{k:?}"))
@@ -135,17 +122,17 @@ fn check(family: &str) {
         if backend == BackendKind::Native {
             // One photo at a time: each photo's layers split among the threads.
             let one = extractor.batch_size(1).unwrap();
-            let out = one.extract_paths(&golden_pngs()).unwrap();
-            let (max, _) = support::max_mean_abs_diff(&out.values, &golden);
+            let out = one.extract_paths(&support::golden_pngs()).unwrap();
+            let (max, _) = support::max_mean_abs_diff(&out.values, golden);
             println!("{run}, batch 1: max |Δ| {max:.3e}");
             assert!(max <= bound, "{run}, batch 1: max |Δ| {max} > {bound}");
         }
     }
     // Grad-CAM reads the last feature map: its mean is TF's features, for every family.
-    let extractor = FeatureExtractor::with_weights(model, Some(h5.to_str().unwrap()))
+    let extractor = FeatureExtractor::with_weights(model, case.weights())
         .unwrap()
         .without_cache();
-    support::check_class_maps(&extractor, &golden_pngs()[..2], &golden, bound);
+    support::check_class_maps(&extractor, &support::golden_pngs()[..2], golden, bound);
 }
 
 /// The test's files are laid out exactly as `tf_keras` writes them: same groups, datasets,
@@ -229,7 +216,7 @@ fn cli_fetches_a_family_by_its_hub_handle_from_the_weights_mirror() {
         ])
         .arg("--out")
         .arg(&out)
-        .args(golden_pngs())
+        .args(support::golden_pngs())
         .env("FLOWERS_KIT_HOME", dir.path().join("home"))
         .env("FLOWERS_WEIGHTS_URL", &server.base)
         .output()

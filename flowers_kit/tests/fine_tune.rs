@@ -6,14 +6,10 @@
 
 mod support;
 
-use std::fs;
-use std::path::Path;
-
 use dfdx::prelude::*;
 use flowers_kit::backend::dfdx::{DfdxNetwork, StepParams, TrainableSuffix};
 use flowers_kit::backend::native::{Kernels, NativeNetwork, NativeSuffix};
 use flowers_kit::backend::{Cut, Network};
-use flowers_kit::data::Dataset;
 use flowers_kit::features::{BackendKind, FeatureExtractor};
 use flowers_kit::models::Model;
 use flowers_kit::train::{train, Classifier, FineTune, Optimizer, TrainConfig};
@@ -324,7 +320,7 @@ fn native_gradients_match_dfdx_autodiff_on_every_family() {
 #[test]
 fn native_and_dfdx_fine_tuning_take_the_same_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let split = photos(&dir.path().join("photos"));
+    let split = support::golden_photos(&dir.path().join("photos"));
     for name in ["mobilenet_v2_0.35_224", "resnet50_v2"] {
         let (weights, scale) = if name == "resnet50_v2" {
             let file = dir.path().join("resnet.h5");
@@ -334,10 +330,7 @@ fn native_and_dfdx_fine_tuning_take_the_same_steps() {
                 spec["max_abs_feature"].as_f64().unwrap().max(1.0) as f32,
             )
         } else {
-            (
-                support::golden().join("mobilenet_v2_0.35_224_no_top.h5"),
-                1.0,
-            )
+            (support::golden_h5("0.35_224"), 1.0)
         };
         let extractor =
             FeatureExtractor::with_weights(Model::parse(name).unwrap(), weights.to_str())
@@ -373,69 +366,19 @@ fn native_and_dfdx_fine_tuning_take_the_same_steps() {
             again.train_loss, native_history.train_loss,
             "{name}: a re-run differs"
         );
-        let close = |a: f32, b: f32| (a - b).abs() <= 1e-3 * b.abs().max(1e-2);
-        for (what, a, b) in [
-            (
-                "training",
-                &native_history.train_loss,
-                &dfdx_history.train_loss,
-            ),
-            ("test", &native_history.test_loss, &dfdx_history.test_loss),
-        ] {
-            assert_eq!(a.len(), b.len(), "{name}: {what} losses recorded");
-            assert!(
-                a.iter().zip(b).all(|(a, b)| close(*a, *b)),
-                "{name}: {what} losses, native {a:?}, dfdx {b:?}"
-            );
-        }
-        let weights = |c: &Classifier| -> Vec<f32> {
-            let cut = c.fine_tuned().expect("a fine-tuned classifier");
-            cut.suffix()
-                .iter()
-                .flat_map(|s| s.parameters())
-                .flatten()
-                .copied()
-                .collect()
-        };
-        let (a, b) = (weights(&native), weights(&dfdx));
-        let before: Vec<f32> = rows
-            .cut
-            .as_ref()
-            .unwrap()
-            .suffix()
-            .iter()
-            .flat_map(|s| s.parameters())
-            .flatten()
-            .copied()
-            .collect();
-        let moved = max_abs_diff(&b, &before);
-        assert!(moved > 0.0, "{name}: the blocks did not train");
-        let worst = max_abs_diff(&a, &b);
-        assert!(
-            worst <= 0.05 * moved,
-            "{name}: trained weights differ by {worst}, where training moved them by {moved}"
+        support::assert_same_training(
+            name,
+            (&native, &native_history),
+            (&dfdx, &dfdx_history),
+            &rows,
         );
     }
-}
-
-/// Two classes of four golden photos each.
-fn photos(root: &Path) -> flowers_kit::data::Split {
-    for (i, stem) in support::GOLDEN_IMAGES.iter().enumerate() {
-        let class = root.join(if i % 2 == 0 { "daisy" } else { "roses" });
-        fs::create_dir_all(&class).unwrap();
-        let photo = support::golden().join("images").join(format!("{stem}.png"));
-        fs::copy(&photo, class.join(photo.file_name().unwrap())).unwrap();
-    }
-    // All eight train; the test side needs at least one photo per class too.
-    let split = Dataset::open(root).unwrap().split(0.75, 1).unwrap();
-    assert!(!split.test.is_empty());
-    split
 }
 
 #[test]
 fn fine_tuning_helps_every_family_and_its_classifier_survives_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let split = photos(&dir.path().join("photos"));
+    let split = support::golden_photos(&dir.path().join("photos"));
     // Weights whose features carry the photos (seeded random ones collapse to constants):
     // the real MobileNet V2 0.35/224, and the other families' generator weights in Keras'
     // layout. The generator's features range up to `max_abs_feature` (23,000 for NASNet),
@@ -451,10 +394,7 @@ fn fine_tuning_helps_every_family_and_its_classifier_survives_the_file() {
     ];
     for name in families {
         let (weights, scale) = match name {
-            "mobilenet_v2_0.35_224" => (
-                support::golden().join("mobilenet_v2_0.35_224_no_top.h5"),
-                1.0,
-            ),
+            "mobilenet_v2_0.35_224" => (support::golden_h5("0.35_224"), 1.0),
             family => {
                 let file = dir.path().join(format!("{family}.h5"));
                 let spec = support::keras::write_h5(family, &file);
@@ -543,7 +483,7 @@ fn fine_tuning_helps_every_family_and_its_classifier_survives_the_file() {
 fn the_command_line_fine_tunes_another_family_and_predicts_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let split_root = dir.path().join("photos");
-    photos(&split_root);
+    support::golden_photos(&split_root);
     let weights = dir.path().join("efficientnet_b0.h5");
     support::keras::write_h5("efficientnet_b0", &weights);
     let out = dir.path().join("out");

@@ -347,10 +347,7 @@ fn mobilenet_v2_maps_average_to_tensorflows_features() {
     )
     .unwrap()
     .without_cache();
-    let photos: Vec<PathBuf> = support::GOLDEN_IMAGES
-        .iter()
-        .map(|s| support::golden().join("images").join(format!("{s}.png")))
-        .collect();
+    let photos = support::golden_pngs();
     let (_, golden) = support::tensor_f32(
         &support::golden().join("mobilenet_v2_0.35_128.safetensors"),
         "features",

@@ -103,6 +103,47 @@ fn keras_attr(value: &serde_json::Value) -> hdf5_pure::AttrValue {
     }
 }
 
+/// A family's golden check: its Keras-layout weight file written in a folder of its own, and
+/// TensorFlow's features of the golden photos with the bound extracted features must meet.
+pub struct FamilyCase {
+    pub model: flowers_kit::models::Model,
+    /// The weight file (in `_dir`, removed with the case).
+    pub h5: PathBuf,
+    _dir: tempfile::TempDir,
+    /// `<family>.json`: the generator's settings and Keras' model facts.
+    pub spec: serde_json::Value,
+    /// TensorFlow's features, one row per golden photo.
+    pub golden: Vec<f32>,
+    /// 1e-4 of the largest feature (at least 1e-4): the generator's weights make large ones.
+    pub bound: f32,
+}
+
+impl FamilyCase {
+    pub fn new(family: &str) -> FamilyCase {
+        let dir = tempfile::tempdir().unwrap();
+        let h5 = dir.path().join(format!("{family}.h5"));
+        let spec = write_h5(family, &h5);
+        let (_, golden) = super::tensor_f32(
+            &families().join(format!("{family}.safetensors")),
+            "features",
+        );
+        let bound = 1e-4 * spec["max_abs_feature"].as_f64().unwrap().max(1.0) as f32;
+        FamilyCase {
+            model: flowers_kit::models::Model::parse(family).unwrap(),
+            h5,
+            _dir: dir,
+            spec,
+            golden,
+            bound,
+        }
+    }
+
+    /// The weight file's path as the extractor takes it.
+    pub fn weights(&self) -> Option<&str> {
+        self.h5.to_str()
+    }
+}
+
 pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }

@@ -8,12 +8,19 @@ pub mod keras;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// `../shared` from the repository root (tests run in the crate folder).
+/// `../shared` from the repository root (tests run in the crate folder), or the folder
+/// `FLOWERS_TEST_SHARED` names: `scripts/gpu-check.sh` runs the CUDA tests on another machine
+/// with the part of it they read.
 pub fn shared() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("..")
-        .join("shared");
+    let root = std::env::var_os("FLOWERS_TEST_SHARED").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("..")
+                .join("shared")
+        },
+        PathBuf::from,
+    );
     assert!(
         root.is_dir(),
         "the shared data folder {} is missing",
@@ -68,6 +75,37 @@ pub const GOLDEN_IMAGES: [&str; 8] = [
     "06_tulips",
     "07_tulips",
 ];
+
+/// The 8 golden photos, in the order of the golden feature rows.
+pub fn golden_pngs() -> Vec<PathBuf> {
+    GOLDEN_IMAGES
+        .iter()
+        .map(|s| golden().join("images").join(format!("{s}.png")))
+        .collect()
+}
+
+/// Keras' no_top weight file of a MobileNet V2 variant (`"0.35_224"`), as the golden
+/// features were computed with.
+pub fn golden_h5(variant: &str) -> PathBuf {
+    golden().join(format!("mobilenet_v2_{variant}_no_top.h5"))
+}
+
+/// Two classes ("daisy", "roses") of four golden photos each, copied under `root`, and split
+/// as `Dataset::split(0.75, 1)` splits them (its test side is not empty).
+pub fn golden_photos(root: &Path) -> flowers_kit::data::Split {
+    for (i, stem) in GOLDEN_IMAGES.iter().enumerate() {
+        let class = root.join(if i % 2 == 0 { "daisy" } else { "roses" });
+        std::fs::create_dir_all(&class).unwrap();
+        let photo = golden().join("images").join(format!("{stem}.png"));
+        std::fs::copy(&photo, class.join(photo.file_name().unwrap())).unwrap();
+    }
+    let split = flowers_kit::data::Dataset::open(root)
+        .unwrap()
+        .split(0.75, 1)
+        .unwrap();
+    assert!(!split.test.is_empty());
+    split
+}
 
 /// A tensor from a safetensors file: its shape and raw little-endian bytes.
 pub fn tensor_bytes(path: &Path, name: &str) -> (Vec<usize>, Vec<u8>) {
@@ -176,4 +214,56 @@ pub fn predicted_probability(
         .find(|p| p.class == class)
         .unwrap()
         .probability
+}
+
+/// Two trainings of `rows` took the same steps: the same training and test losses step by
+/// step (within 1e-3, relative), and fine-tuned blocks (if any) that moved, to within 5 % of
+/// how far training moved them. `name` says which run failed.
+pub fn assert_same_training(
+    name: &str,
+    (a, a_history): (
+        &flowers_kit::train::Classifier,
+        &flowers_kit::train::History,
+    ),
+    (b, b_history): (
+        &flowers_kit::train::Classifier,
+        &flowers_kit::train::History,
+    ),
+    rows: &flowers_kit::features::Features,
+) {
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-3 * b.abs().max(1e-2);
+    for (what, a, b) in [
+        ("training", &a_history.train_loss, &b_history.train_loss),
+        ("test", &a_history.test_loss, &b_history.test_loss),
+    ] {
+        assert_eq!(a.len(), b.len(), "{name}: {what} losses recorded");
+        assert!(!a.is_empty(), "{name}: no {what} losses recorded");
+        assert!(
+            a.iter().zip(b).all(|(a, b)| close(*a, *b)),
+            "{name}: {what} losses {a:?} against {b:?}"
+        );
+    }
+    let Some(cut) = &rows.cut else {
+        return;
+    };
+    let suffix = |c: &flowers_kit::backend::Cut| -> Vec<f32> {
+        c.suffix()
+            .iter()
+            .flat_map(|s| s.parameters())
+            .flatten()
+            .copied()
+            .collect()
+    };
+    let trained = |c: &flowers_kit::train::Classifier| {
+        suffix(c.fine_tuned().expect("a fine-tuned classifier"))
+    };
+    let (a, b, before) = (trained(a), trained(b), suffix(cut));
+    let diff = |x: &[f32], y: &[f32]| max_mean_abs_diff(x, y).0;
+    let moved = diff(&b, &before);
+    assert!(moved > 0.0, "{name}: the blocks did not train");
+    let worst = diff(&a, &b);
+    assert!(
+        worst <= 0.05 * moved,
+        "{name}: trained weights differ by {worst}, where training moved them by {moved}"
+    );
 }
