@@ -4,8 +4,9 @@
 # builds the notebooks' kit (--cfg flowers_kit_cuda, see flowers_kit/build.rs), without a GPU
 # and without linking CUDA's libraries (cudarc's ci-check). Then checks that every kernel in
 # tools/dfdx became PTX for that GPU, written by this nvcc (not left from an earlier build).
+# Then compiles the kernels dfdx compiles at run time with NVRTC (scripts/nvrtc-check.py).
 # What it does not check: PTX is not assembled for the GPU (the driver does that when the kit
-# loads it), and the few kernels dfdx compiles at run time with NVRTC are not compiled here.
+# loads it).
 # Run by ./test. Usage: scripts/cuda-kernels.sh [CAP...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,5 +48,8 @@ for cap in "${caps[@]}"; do
     built=$((built + 1))
   done
   [ "$built" = "$kernels" ] || { echo "$built PTX files for $kernels kernels in $out" >&2; exit 1; }
+  # The kernels dfdx compiles at run time with NVRTC, from the headers it would use.
+  LD_LIBRARY_PATH="$FLOWERS_CUDA_HOME/lib" python3 -I scripts/nvrtc-check.py "$FLOWERS_CUDA_HOME/lib/libnvrtc.so.13" \
+    tools/dfdx/src "$cap" "$FLOWERS_CUDA_HOME/include" "$out"
   echo "sm_$cap: $kernels CUDA kernels compiled to PTX by nvcc $release in $((SECONDS - started)) s"
 done

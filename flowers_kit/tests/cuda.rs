@@ -21,16 +21,19 @@ use support::keras::FamilyCase;
 /// may carry, for the same kernels at other sizes.
 pub const CUDA_VARIANTS: [&str; 4] = ["0.35_128", "0.35_224", "0.75_96", "1.0_224"];
 
-/// Features of the golden photos on the GPU, with the extractor's default batch.
-fn cuda_features(model: Model, weights: Option<&str>) -> Vec<f32> {
-    let extractor = FeatureExtractor::with_weights(model, weights)
+/// An extractor on the GPU.
+fn on_cuda(model: Model, weights: Option<&str>) -> FeatureExtractor {
+    let extractor = FeatureExtractor::with_weights_on(model, weights, DeviceKind::Cuda)
         .unwrap()
         .without_cache()
-        .quiet()
-        .on(DeviceKind::Cuda)
-        .unwrap();
+        .quiet();
     assert_eq!(extractor.device(), DeviceKind::Cuda);
-    let out = extractor.extract_paths(&support::golden_pngs()).unwrap();
+    extractor
+}
+
+/// Features of `photos` by `extractor`, none skipped.
+fn features(extractor: &FeatureExtractor, photos: &[std::path::PathBuf]) -> Vec<f32> {
+    let out = extractor.extract_paths(photos).unwrap();
     assert!(out.skipped.is_empty(), "skipped: {:?}", out.skipped);
     out.values
 }
@@ -55,14 +58,34 @@ fn mobilenet_v2_on_cuda_matches_tensorflow() {
     for variant in CUDA_VARIANTS {
         let name = format!("mobilenet_v2_{variant}");
         let h5 = support::golden_h5(variant);
-        let ours = cuda_features(Model::parse(&name).unwrap(), h5.to_str());
         let (_, golden) = support::tensor_f32(
             &support::golden().join(format!("{name}.safetensors")),
             "features",
         );
-        let (max, mean) = support::max_mean_abs_diff(&ours, &golden);
-        println!("{name} on CUDA: max |Δ| {max:.2e}, mean {mean:.2e}");
-        assert!(max <= 1e-4, "{name} on CUDA: max |Δ| = {max}");
+        // The default batch, one photo at a time, and 64 at once (the benchmark's batch:
+        // the golden photos eight times over).
+        for batch in [None, Some(1), Some(64)] {
+            let extractor = on_cuda(Model::parse(&name).unwrap(), h5.to_str());
+            let extractor = match batch {
+                Some(batch) => extractor.batch_size(batch).unwrap(),
+                None => extractor,
+            };
+            let copies = if batch == Some(64) { 8 } else { 1 };
+            let golden_pngs = support::golden_pngs();
+            let photos: Vec<_> = golden_pngs
+                .iter()
+                .cycle()
+                .take(8 * copies)
+                .cloned()
+                .collect();
+            let ours = features(&extractor, &photos);
+            let (max, mean) = support::max_mean_abs_diff(&ours, &golden.repeat(copies));
+            println!("{name} on CUDA, batch {batch:?}: max |Δ| {max:.2e}, mean {mean:.2e}");
+            assert!(
+                max <= 1e-4,
+                "{name} on CUDA, batch {batch:?}: max |Δ| = {max}"
+            );
+        }
     }
 }
 
@@ -76,11 +99,19 @@ fn every_family_on_cuda_matches_tensorflow() {
         "nasnet_mobile",
     ] {
         let case = FamilyCase::new(family);
-        let ours = cuda_features(case.model, case.weights());
+        let extractor = on_cuda(case.model, case.weights());
+        let ours = features(&extractor, &support::golden_pngs());
         let (max, mean) = support::max_mean_abs_diff(&ours, &case.golden);
         let bound = case.bound;
         println!("{family} on CUDA: max |Δ| {max:.3e}, mean {mean:.3e} (bound {bound:.1e})");
         assert!(max <= bound, "{family} on CUDA: max |Δ| {max} > {bound}");
+        // Grad-CAM from an extractor on the GPU (its maps come from the CPU's kernels).
+        support::check_class_maps(
+            &extractor,
+            &support::golden_pngs()[..2],
+            &case.golden,
+            bound,
+        );
     }
 }
 
@@ -111,13 +142,8 @@ fn training_and_fine_tuning_on_cuda_take_the_cpus_steps() {
     let dir = tempfile::tempdir().unwrap();
     let split = support::golden_photos(&dir.path().join("photos"));
     let h5 = support::golden_h5("0.35_224");
-    let extractor =
-        FeatureExtractor::with_weights(Model::parse("mobilenet_v2_0.35_224").unwrap(), h5.to_str())
-            .unwrap()
-            .cache_dir(dir.path().join("cache"))
-            .quiet()
-            .on(DeviceKind::Cuda)
-            .unwrap();
+    let extractor = on_cuda(Model::parse("mobilenet_v2_0.35_224").unwrap(), h5.to_str())
+        .cache_dir(dir.path().join("cache"));
     for fine_tune in [false, true] {
         let on_gpu = TrainConfig {
             device: DeviceKind::Cuda,

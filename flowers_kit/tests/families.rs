@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use flowers_kit::backend::native::Kernels;
+use flowers_kit::device::DeviceKind;
 use flowers_kit::features::{BackendKind, FeatureExtractor};
 use flowers_kit::models::Model;
 
@@ -100,13 +101,14 @@ fn check(family: &str) {
             .map(|k| (BackendKind::Native, Some(k))),
     );
     for (backend, kernels) in runs {
-        let mut extractor = FeatureExtractor::with_weights(model, case.weights())
-            .unwrap()
-            .without_cache()
-            .with_backend(backend)
-            .unwrap()
-            .batch_size(4)
-            .unwrap();
+        let mut extractor =
+            FeatureExtractor::with_weights_on(model, case.weights(), DeviceKind::Cpu)
+                .unwrap()
+                .without_cache()
+                .with_backend(backend)
+                .unwrap()
+                .batch_size(4)
+                .unwrap();
         if let Some(kernels) = kernels {
             extractor = extractor.with_native_kernels(kernels).unwrap();
         }

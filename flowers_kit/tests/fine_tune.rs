@@ -10,6 +10,7 @@ use dfdx::prelude::*;
 use flowers_kit::backend::dfdx::{DfdxNetwork, StepParams, TrainableSuffix};
 use flowers_kit::backend::native::{Kernels, NativeNetwork, NativeSuffix};
 use flowers_kit::backend::{Cut, Network};
+use flowers_kit::device::DeviceKind;
 use flowers_kit::features::{BackendKind, FeatureExtractor};
 use flowers_kit::models::Model;
 use flowers_kit::train::{train, Classifier, FineTune, Optimizer, TrainConfig};
@@ -337,7 +338,9 @@ fn native_and_dfdx_fine_tuning_take_the_same_steps() {
                 .unwrap()
                 .cache_dir(dir.path().join("cache"))
                 .quiet();
+        // The CPU's two backends, also in a build with CUDA on a GPU machine.
         let config = TrainConfig {
+            device: DeviceKind::Cpu,
             steps: 4,
             batch_size: Some(4),
             optimizer: Optimizer::adam(),

@@ -284,8 +284,18 @@ impl FeatureExtractor {
     }
 
     /// The extractor for `model` with weights from `source` (a path or URL of a Keras
-    /// `no_top` HDF5 file), or the published ones for `None`.
+    /// `no_top` HDF5 file), or the published ones for `None`, on [`DeviceKind::preferred`].
     pub fn with_weights(model: impl Into<Model>, source: Option<&str>) -> Result<FeatureExtractor> {
+        FeatureExtractor::with_weights_on(model, source, DeviceKind::preferred())
+    }
+
+    /// [`FeatureExtractor::with_weights`] on `device`: the GPU is not opened for a CPU
+    /// extractor.
+    pub fn with_weights_on(
+        model: impl Into<Model>,
+        source: Option<&str>,
+        device: DeviceKind,
+    ) -> Result<FeatureExtractor> {
         let model = model.into();
         let relative = model.weights_file();
         let published_url = model.published_url();
@@ -307,7 +317,7 @@ impl FeatureExtractor {
             None => Network::from_published_keras(model, &weights)?,
             Some(_) => Network::from_keras(model, &weights)?,
         };
-        FeatureExtractor::from_network(network)
+        FeatureExtractor::from_network_on(network, device)
     }
 
     /// The extractor for `model` with seeded random weights instead of trained ones (He-style
@@ -328,7 +338,11 @@ impl FeatureExtractor {
     /// An extractor running a prepared network on [`DeviceKind::preferred`]: the GPU in a
     /// build with CUDA where one answers, else the CPU with the native backend.
     pub fn from_network(network: Network) -> Result<FeatureExtractor> {
-        let device = DeviceKind::preferred();
+        FeatureExtractor::from_network_on(network, DeviceKind::preferred())
+    }
+
+    /// An extractor running a prepared network on `device` (the CPU with the native backend).
+    pub fn from_network_on(network: Network, device: DeviceKind) -> Result<FeatureExtractor> {
         let engine = Engine::new(&network, device, BackendKind::Native)?;
         Ok(FeatureExtractor {
             network,
@@ -353,10 +367,13 @@ impl FeatureExtractor {
         Ok(self)
     }
 
-    /// Uses another implementation on the CPU: [`BackendKind::Dfdx`] is the reference.
+    /// Uses another implementation on the CPU: [`BackendKind::Dfdx`] is the reference. (On
+    /// the GPU it applies once the extractor moves to the CPU.)
     pub fn with_backend(mut self, backend: BackendKind) -> Result<FeatureExtractor> {
         if backend != self.backend {
-            self.engine = Engine::new(&self.network, self.device, backend)?;
+            if self.device == DeviceKind::Cpu {
+                self.engine = Engine::new(&self.network, self.device, backend)?;
+            }
             self.backend = backend;
         }
         Ok(self)

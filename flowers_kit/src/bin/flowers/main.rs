@@ -231,15 +231,30 @@ impl ExtractorArgs {
     }
 
     /// The extractor; without --weights, `random_by_default` picks seeded random weights
-    /// (for benchmarks) instead of the published ones.
+    /// (for benchmarks) instead of the published ones. `--kernels` means the CPU.
     fn build(&self, random_by_default: bool) -> flowers_kit::Result<FeatureExtractor> {
-        let extractor = match (&self.weights, random_by_default) {
-            (None, true) => FeatureExtractor::from_network(Network::random(self.model, 0)?)?,
-            (weights, _) => FeatureExtractor::with_weights(self.model, weights.as_deref())?,
+        let device = match (self.device, self.kernels) {
+            (None, Some(_)) => DeviceKind::Cpu,
+            _ => self.device(),
         };
-        let extractor = extractor
-            .with_backend(self.backend.into())?
-            .on(self.device())?;
+        self.build_on(random_by_default, device)
+    }
+
+    /// [`ExtractorArgs::build`] on `device`, opening no other.
+    fn build_on(
+        &self,
+        random_by_default: bool,
+        device: DeviceKind,
+    ) -> flowers_kit::Result<FeatureExtractor> {
+        let extractor = match (&self.weights, random_by_default) {
+            (None, true) => {
+                FeatureExtractor::from_network_on(Network::random(self.model, 0)?, device)?
+            }
+            (weights, _) => {
+                FeatureExtractor::with_weights_on(self.model, weights.as_deref(), device)?
+            }
+        };
+        let extractor = extractor.with_backend(self.backend.into())?;
         match self.kernels {
             Some(kernels) => extractor.with_native_kernels(kernels.into()),
             None => Ok(extractor),
@@ -679,7 +694,12 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
                 return bench::fine_tune_layers(extractor.model, blocks, batch, seconds);
             }
             if layers {
-                return bench::layers(&extractor.build(true)?, seconds);
+                // The per-layer table times the native kernels: the CPU's, unless --device
+                // says otherwise (which bench::layers refuses).
+                let device = extractor
+                    .device
+                    .map_or(DeviceKind::Cpu, |_| extractor.device());
+                return bench::layers(&extractor.build_on(true, device)?, seconds);
             }
             if fine_tune {
                 return bench::fine_tune_steps(&extractor, blocks, batch, seconds);
