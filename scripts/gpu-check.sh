@@ -49,13 +49,15 @@ build() {
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
   case "$repo/" in "$dir"/*) fail "DIR ($dir) holds the repository: name a folder of its own, such as .gpu-check" ;; esac
-  if [ -n "$(ls -A "$dir")" ] && [ ! -f "$dir/BUILD" ]; then
-    fail "$dir is not empty and holds no earlier package (BUILD): name an empty folder"
-  fi
+  local extra
+  extra="$(ls -A "$dir" | grep -vxE 'bin|include|shared|results|BUILD|SHA256SUMS(\.part)?' | tr '\n' ' ' || true)"
+  [ -z "$extra" ] || fail "$dir holds other things than a package ($extra): name an empty folder"
   cd "$repo"
   export FLOWERS_CUDA_PYPI=1 FLOWERS_CUDA_COMPUTE_CAP="$cap"
   # shellcheck source=scripts/cuda-env.sh
   source scripts/cuda-env.sh || fail "no CUDA compiler (scripts/cuda-env.sh)"
+  # dfdx's build script takes CUDA_PATH before CUDA_ROOT: only the pinned toolkit's headers.
+  unset CUDA_PATH CUDA_TOOLKIT_ROOT_DIR
   local nvcc_release
   nvcc_release="$(nvcc --version | grep -o 'release [0-9.]*, V[0-9.]*' || true)"
   [ -n "$nvcc_release" ] || fail "nvcc --version names no release"
@@ -121,14 +123,19 @@ for line in sys.stdin:
 print(tests, include, out, sep="\n")' <<<"$messages")"
   { read -r tests && read -r nvrtc_include && read -r dfdx_out; } <<<"$found" || true
   [ -x "$tests" ] || fail "no CUDA test binary among cargo's messages"
-  [ -f "$nvrtc_include/cuda_fp16.h" ] && [ -f "$dfdx_out/cuda_utils.cuh" ] \
-    || fail "dfdx's run-time kernel headers not found ('$nvrtc_include', '$dfdx_out')"
+  [ "$nvrtc_include" = "$FLOWERS_CUDA_HOME/include" ] && [ -f "$dfdx_out/cuda_utils.cuh" ] \
+    || fail "dfdx's run-time kernel headers are not the pinned toolkit's ('$nvrtc_include', '$dfdx_out')"
 
   rm -f "$dir/SHA256SUMS" # first: a package without it is never run
   rm -rf "$dir/bin" "$dir/shared" "$dir/include" "$dir/results" "$dir/BUILD"
   mkdir -p "$dir/bin" "$dir/include" "$dir/shared/golden/images" "$dir/shared/golden/families"
   strip -o "$dir/bin/cuda-tests" "$tests"
   strip -o "$dir/bin/flowers" "$target/release/flowers"
+  local binary
+  for binary in cuda-tests flowers; do
+    grep -qaF "$dfdx_out" "$dir/bin/$binary" && grep -qaF "$nvrtc_include" "$dir/bin/$binary" \
+      || fail "bin/$binary was built with other header folders than dfdx's build reported"
+  done
   # Every library the binaries need must be glibc's or CUDA 13's, which `run` finds there (the
   # linker drops the ones nothing calls: cuRAND, today).
   local cuda_sonames=()
@@ -184,7 +191,7 @@ EOF
   local size tree
   size="$(du -sb "$dir" | cut -f1)"
   tree="$(git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
-    [ -f "$f" ] && stat -c %s "$f"
+    [ ! -f "$f" ] || stat -c %s "$f"
   done | awk '{s += $1} END {print s + 0}')"
   echo "gpu-check: $dir holds $((size / 1024 / 1024)) MiB (bin $(du -sm "$dir/bin" | cut -f1), include $(du -sm "$dir/include" | cut -f1), shared $(du -sm "$dir/shared" | cut -f1)); with the repository's $((tree / 1024 / 1024)) MiB, $(((size + tree) / 1024 / 1024)) of the 64 MiB that may travel; built in ${seconds} s"
   ((size + tree <= limit)) || fail "over the 64 MiB that may travel to the GPU machine"
@@ -236,6 +243,8 @@ run() {
   sonames="$(build_value cuda_sonames '^lib[A-Za-z]+\.so\.[0-9]+( lib[A-Za-z]+\.so\.[0-9]+)*$')"
   nvrtc_include="$(build_value nvrtc_include '^/[^ ]+$')"
   dfdx_out="$(build_value dfdx_out_dir '^/[^ ]+$')"
+  local want_tests
+  want_tests="$(build_value tests '^[0-9]+$')"
   gpu_cap="$(cut -d, -f2 <<<"$gpu" | tr -d ' .')"
   driver="$(cut -d, -f3 <<<"$gpu" | tr -d ' ' | cut -d. -f1)"
   # PTX for sm_XY runs on that GPU and later ones (the driver compiles it), not on earlier;
@@ -271,14 +280,20 @@ for p in sys.path:
     fi
   done
   ((${#missing[@]} == 0)) || fail "CUDA 13's ${missing[*]} not found in ${library_dirs[*]}"
-  # The folders the build wrote into the binaries for dfdx's run-time kernels' headers.
-  if [ ! -f "$nvrtc_include/cuda_fp16.h" ]; then
-    mkdir -p "$nvrtc_include" && tar -C "$nvrtc_include" -xJf "$dir/include/cuda-include.tar.xz" \
-      || fail "cannot unpack CUDA's headers into $nvrtc_include"
-  fi
-  if [ ! -f "$dfdx_out/cuda_utils.cuh" ]; then
-    mkdir -p "$dfdx_out" && cp "$dir"/include/*.cuh "$dfdx_out/" || fail "cannot put dfdx's headers in $dfdx_out"
-  fi
+  # In the order searched, so that the loader takes the files found.
+  local ordered=""
+  for d in "${library_dirs[@]}"; do
+    case ":$path:" in *":$d:"*) case ":$ordered:" in *":$d:"*) ;; *) ordered="${ordered:+$ordered:}$d" ;; esac ;; esac
+  done
+  path="$ordered"
+  # The folders the build wrote into the binaries for dfdx's run-time kernels' headers, filled
+  # from the package every time (a folder left by another build may hold other headers).
+  mkdir -p "$nvrtc_include" "$dfdx_out" || fail "cannot make $nvrtc_include and $dfdx_out"
+  tar -C "$nvrtc_include" -xJf "$dir/include/cuda-include.tar.xz" 2>/dev/null \
+    || python3 -I -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$dir/include/cuda-include.tar.xz" "$nvrtc_include" \
+    || fail "cannot unpack CUDA's headers into $nvrtc_include"
+  cp "$dir"/include/*.cuh "$dfdx_out/" || fail "cannot put dfdx's headers in $dfdx_out"
 
   export LD_LIBRARY_PATH="$path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   local out="${OUT:-$dir/results}"
@@ -309,7 +324,7 @@ for p in sys.path:
   within 300 "$dir/bin/cuda-tests" --test-threads=1 --nocapture > "$out/tests.log" 2>&1 || status=1
   cat "$out/tests.log"
   result="$(grep -E '^test result:' "$out/tests.log" || echo 'no result line: stopped at the deadline or crashed')"
-  grep -q "^test result: ok\. $(build_value tests '^[0-9]+$') passed; 0 failed" "$out/tests.log" || status=1
+  grep -q "^test result: ok\. $want_tests passed; 0 failed" "$out/tests.log" || status=1
   echo "tests: $result ($((SECONDS - started)) s)" >> "$out/summary.txt"
 
   echo "== benchmarks"

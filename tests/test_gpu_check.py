@@ -7,6 +7,7 @@ scripts for the binaries, empty files for CUDA's libraries): `scripts/gpu-check.
 import hashlib
 import os
 import pathlib
+import shutil
 import subprocess
 import time
 
@@ -34,9 +35,10 @@ def fake_nvidia_smi(folder: pathlib.Path, answer: str, status: int = 0) -> pathl
 H100 = "NVIDIA H100 80GB HBM3, 9.0, 580.159.04"
 
 
-def package(root: pathlib.Path, cap: str = "90", tests: str = "ok", sums: bool = True) -> pathlib.Path:
+def package(root: pathlib.Path, cap: str = "90", tests: str = "ok", sums: bool = True,
+            count: str = "4") -> pathlib.Path:
     """A package laid out as `build` lays it out, its binaries shell scripts: `tests` is "ok",
-    "failed" or "hang"."""
+    "short" (3 tests ran, not BUILD's `count`), "failed" or "hang"."""
     for folder in ("bin", "include", "shared/golden"):
         (root / folder).mkdir(parents=True)
     (root / "shared" / "golden" / "data.bin").write_bytes(b"golden")
@@ -47,10 +49,11 @@ def package(root: pathlib.Path, cap: str = "90", tests: str = "ok", sums: bool =
                    check=True)
     (root / "include" / "cuda_utils.cuh").write_text("// dfdx's\n")
     body = {"ok": "echo 'test result: ok. 4 passed; 0 failed; 0 ignored'",
+            "short": "echo 'test result: ok. 3 passed; 0 failed; 0 ignored'",
             "failed": "echo 'test result: FAILED. 3 passed; 1 failed; 0 ignored'; exit 101",
             "hang": "sleep 600"}[tests]
     (root / "bin" / "cuda-tests").write_text(
-        f"#!/bin/sh\necho \"shared: $FLOWERS_TEST_SHARED, args: $*\"\n{body}\n")
+        f"#!/bin/sh\necho \"shared: $FLOWERS_TEST_SHARED, args: $*\"\necho \"ld: $LD_LIBRARY_PATH\"\n{body}\n")
     (root / "bin" / "flowers").write_text(
         "#!/bin/sh\necho \"model forward, batch 64: 1234.5 images/s ($*)\"\n")
     for binary in ("cuda-tests", "flowers"):
@@ -58,7 +61,7 @@ def package(root: pathlib.Path, cap: str = "90", tests: str = "ok", sums: bool =
     (root / "BUILD").write_text(
         f"commit=abc\ncompute_capability={cap}\ncuda_sonames={' '.join(SONAMES)}\n"
         f"nvrtc_include={root.parent / (root.name + '-nvrtc')}/include\n"
-        f"dfdx_out_dir={root.parent / (root.name + '-dfdx')}/out\ntests=4\n")
+        f"dfdx_out_dir={root.parent / (root.name + '-dfdx')}/out\ntests={count}\n")
     if sums:
         files = sorted(p for p in root.rglob("*") if p.is_file())
         (root / "SHA256SUMS").write_text("".join(
@@ -77,16 +80,25 @@ def cuda_libraries(folder: pathlib.Path) -> str:
 def test_run_without_a_gpu_says_so_in_one_line_and_fails(tmp_path):
     absent = tmp_path / "none"
     absent.mkdir()
+    hanging = fake_nvidia_smi(tmp_path / "hanging", "", status=0)
+    (hanging / "nvidia-smi").write_text("#!/bin/sh\nsleep 120\n")
     gpus = [
-        absent,
+        # No nvidia-smi at all (unless the system has one: then this machine has a GPU).
+        *([] if shutil.which("nvidia-smi", path="/usr/bin:/bin") else [absent]),
+        hanging,
         fake_nvidia_smi(tmp_path / "failed", "NVIDIA-SMI has failed because it couldn't communicate "
                         "with the NVIDIA driver.", status=9),
         fake_nvidia_smi(tmp_path / "nodevice", "No devices were found", status=6),
         fake_nvidia_smi(tmp_path / "garbled", "Failed to initialize NVML: Driver/library version mismatch"),
     ]
     for path in gpus:
-        for folder in (tmp_path / "missing", package(tmp_path / f"pkg-{path.name}")):
+        folders = [package(tmp_path / f"pkg-{path.name}")]
+        if path != hanging:
+            folders.append(tmp_path / "missing")
+        for folder in folders:
+            started = time.monotonic()
             done = gpu_check("run", str(folder), path=path)
+            assert time.monotonic() - started < 60
             assert done.returncode == 1, done
             assert done.stdout == "", done.stdout
             lines = done.stderr.splitlines()
@@ -124,6 +136,7 @@ def test_run_refuses_what_it_cannot_trust_or_run(tmp_path):
     # A BUILD record that is not one.
     for cap in ("", "x[$(touch pwned)]", "9.0"):
         refused(package(tmp_path / f"cap-{len(cap)}", cap=cap), "'compute_capability' is")
+    refused(package(tmp_path / "count", count="four"), "'tests' is 'four'")
     assert not (tmp_path / "pwned").exists() and not pathlib.Path("pwned").exists()
     # Built for a later GPU than this one; a driver older than CUDA 13.0's.
     refused(package(tmp_path / "later", cap="100"), "older than the build's sm_100")
@@ -140,17 +153,24 @@ def test_run_refuses_what_it_cannot_trust_or_run(tmp_path):
 def test_run_writes_the_tests_benchmarks_and_summary_to_out(tmp_path):
     gpu = fake_nvidia_smi(tmp_path / "gpu", H100)
     libraries = cuda_libraries(tmp_path / "lib")
-    for tests in ("ok", "failed"):
+    for tests in ("ok", "short", "failed"):
         pkg = package(tmp_path / f"pkg-{tests}", tests=tests)
+        # A header folder left by another build is refilled from the package.
+        stale = tmp_path / f"pkg-{tests}-nvrtc" / "include"
+        stale.mkdir(parents=True)
+        (stale / "cuda_fp16.h").write_text("// stale\n")
         out = tmp_path / f"out-{tests}"
         done = gpu_check("run", str(pkg), path=gpu, LD_LIBRARY_PATH=libraries, OUT=str(out))
-        assert done.returncode == (0 if tests == "ok" else 1), done
+        assert done.returncode == (0 if tests == "ok" else 1), done  # 3 of 4 tests is a failure
         summary = (out / "summary.txt").read_text()
         assert f"GPU: {H100}" in summary
         assert f"libraries: {libraries}/libcublas.so.13" in summary
         log = (out / "tests.log").read_text()
         assert f"shared: {pkg}/shared" in log and "--test-threads=1" in log
-        assert ("tests: test result: ok. 4 passed" if tests == "ok" else "tests: test result: FAILED") in summary
+        # The folders found, first, before what the caller had.
+        assert f"ld: {libraries}:{libraries}\n" in log, log
+        assert {"ok": "tests: test result: ok. 4 passed", "short": "tests: test result: ok. 3 passed",
+                "failed": "tests: test result: FAILED"}[tests] in summary
         # dfdx's run-time kernels find their headers where the build wrote them in.
         assert (tmp_path / f"pkg-{tests}-nvrtc" / "include" / "cuda_fp16.h").read_text() == "// CUDA's\n"
         assert (tmp_path / f"pkg-{tests}-dfdx" / "out" / "cuda_utils.cuh").read_text() == "// dfdx's\n"
@@ -192,5 +212,5 @@ def test_build_refuses_bad_arguments_before_anything_is_installed(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     done = gpu_check("build", str(tmp_path / "notes"), path=tmp_path)
-    assert done.returncode == 2 and "is not empty and holds no earlier package" in done.stderr, done
+    assert done.returncode == 2 and "holds other things than a package (keep.txt )" in done.stderr, done
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
