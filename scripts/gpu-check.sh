@@ -159,24 +159,20 @@ print(tests, include, out, sep="\n")' <<<"$messages")"
   cp "$dfdx_out"/*.cuh "$dir/include/"
   local unpacked
   unpacked="$(mktemp -d)"
-  mkdir "$unpacked/cuda" "$unpacked/dfdx"
-  tar -C "$unpacked/cuda" -xJf "$dir/include/cuda-include.tar.xz"
-  cp "$dir"/include/*.cuh "$unpacked/dfdx/"
+  put_headers "$unpacked/cuda" "$unpacked/dfdx"
   LD_LIBRARY_PATH="$libs" python3 -I scripts/nvrtc-check.py "$libs/libnvrtc.so.13" tools/dfdx/src "$cap" \
     "$unpacked/cuda" "$unpacked/dfdx" || fail "dfdx's run-time kernels do not compile from the package's headers"
   rm -rf "$unpacked"
   # The data flowers_kit/tests/cuda.rs reads (FLOWERS_TEST_SHARED): the golden photos,
   # TensorFlow's features, MobileNet V2's weights for its variants, the families' generator.
-  local golden="$repo/../shared/golden" variants variant family
+  local golden="$repo/../shared/golden" variants variant
   cp "$golden"/images/*.png "$dir/shared/golden/images/"
   variants="$(grep -o 'CUDA_VARIANTS: \[&str; [0-9]*\] = \[[^]]*\]' flowers_kit/tests/cuda.rs | grep -o '"[^"]*"' | tr -d '"' || true)"
   [ -n "$variants" ] || fail "no CUDA_VARIANTS in flowers_kit/tests/cuda.rs"
   for variant in $variants; do
     cp "$golden/mobilenet_v2_${variant}_no_top.h5" "$golden/mobilenet_v2_${variant}.safetensors" "$dir/shared/golden/"
   done
-  for family in mobilenet_v3_large efficientnet_b0 resnet50_v2 inception_v3 nasnet_mobile; do
-    cp "$golden/families/$family".{json,keras_layout.json,safetensors} "$dir/shared/golden/families/"
-  done
+  cp "$golden"/families/* "$dir/shared/golden/families/"
   cat > "$dir/BUILD" <<EOF
 commit=$(git rev-parse HEAD)$(git diff --quiet HEAD || echo +changes)
 compute_capability=$cap
@@ -198,6 +194,17 @@ EOF
   # Last: the package is complete.
   (cd "$dir" && find bin include shared BUILD -type f -print0 | sort -z | xargs -0 sha256sum > SHA256SUMS.part \
     && mv SHA256SUMS.part SHA256SUMS)
+}
+
+# The package's headers put where dfdx's run-time kernels look for them: CUDA's into
+# `$1`, dfdx's own into `$2` (replacing what a folder left by another build held).
+put_headers() {
+  mkdir -p "$1" "$2" || fail "cannot make $1 and $2"
+  tar -C "$1" -xJf "$dir/include/cuda-include.tar.xz" 2>/dev/null \
+    || python3 -I -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$dir/include/cuda-include.tar.xz" "$1" \
+    || fail "cannot unpack CUDA's headers into $1"
+  cp "$dir"/include/*.cuh "$2/" || fail "cannot put dfdx's headers in $2"
 }
 
 # The first folder holding `soname` among the places a GPU machine keeps CUDA's libraries.
@@ -288,12 +295,7 @@ for p in sys.path:
   path="$ordered"
   # The folders the build wrote into the binaries for dfdx's run-time kernels' headers, filled
   # from the package every time (a folder left by another build may hold other headers).
-  mkdir -p "$nvrtc_include" "$dfdx_out" || fail "cannot make $nvrtc_include and $dfdx_out"
-  tar -C "$nvrtc_include" -xJf "$dir/include/cuda-include.tar.xz" 2>/dev/null \
-    || python3 -I -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
-      "$dir/include/cuda-include.tar.xz" "$nvrtc_include" \
-    || fail "cannot unpack CUDA's headers into $nvrtc_include"
-  cp "$dir"/include/*.cuh "$dfdx_out/" || fail "cannot put dfdx's headers in $dfdx_out"
+  put_headers "$nvrtc_include" "$dfdx_out"
 
   export LD_LIBRARY_PATH="$path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   local out="${OUT:-$dir/results}"

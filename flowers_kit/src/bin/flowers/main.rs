@@ -32,6 +32,15 @@ enum DeviceArg {
     Cuda,
 }
 
+impl From<DeviceArg> for DeviceKind {
+    fn from(arg: DeviceArg) -> Self {
+        match arg {
+            DeviceArg::Cpu => DeviceKind::Cpu,
+            DeviceArg::Cuda => DeviceKind::Cuda,
+        }
+    }
+}
+
 /// Which implementation runs the network on the CPU.
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
@@ -223,19 +232,20 @@ struct ExtractorArgs {
 impl ExtractorArgs {
     /// `--device`, else [`DeviceKind::preferred`].
     fn device(&self) -> DeviceKind {
-        match self.device {
-            Some(DeviceArg::Cpu) => DeviceKind::Cpu,
-            Some(DeviceArg::Cuda) => DeviceKind::Cuda,
-            None => DeviceKind::preferred(),
-        }
+        self.device_or(DeviceKind::preferred)
+    }
+
+    /// `--device`, else `default()` (asked only then: it may ask CUDA's driver).
+    fn device_or(&self, default: impl FnOnce() -> DeviceKind) -> DeviceKind {
+        self.device.map_or_else(default, DeviceKind::from)
     }
 
     /// The extractor; without --weights, `random_by_default` picks seeded random weights
     /// (for benchmarks) instead of the published ones. `--kernels` means the CPU.
     fn build(&self, random_by_default: bool) -> flowers_kit::Result<FeatureExtractor> {
-        let device = match (self.device, self.kernels) {
-            (None, Some(_)) => DeviceKind::Cpu,
-            _ => self.device(),
+        let device = match self.kernels {
+            Some(_) => self.device_or(|| DeviceKind::Cpu),
+            None => self.device(),
         };
         self.build_on(random_by_default, device)
     }
@@ -696,9 +706,7 @@ fn run(cli: Cli) -> flowers_kit::Result<()> {
             if layers {
                 // The per-layer table times the native kernels: the CPU's, unless --device
                 // says otherwise (which bench::layers refuses).
-                let device = extractor
-                    .device
-                    .map_or(DeviceKind::Cpu, |_| extractor.device());
+                let device = extractor.device_or(|| DeviceKind::Cpu);
                 return bench::layers(&extractor.build_on(true, device)?, seconds);
             }
             if fine_tune {
