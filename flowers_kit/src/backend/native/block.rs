@@ -3,6 +3,7 @@
 use super::depthwise::Depthwise;
 use super::isa::Kernels;
 use super::packed::{self, Epilogue, PackedWeights};
+use super::scratch::{self, Kind};
 use super::threads::Threads;
 use crate::backend::{Conv, Kernel, Step};
 use crate::models::graph::Activation;
@@ -82,6 +83,19 @@ thread_local! {
     /// A block's band buffers (expanded rows, depthwise output), per thread.
     static BANDS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Grows this thread's band buffers to the marks (false while a band holds them).
+pub(super) fn grow_bands_to_mark() -> bool {
+    BANDS.with(|bands| {
+        let Ok(mut bands) = bands.try_borrow_mut() else {
+            return false;
+        };
+        let (expanded, dw_out) = &mut *bands;
+        scratch::fill_to_mark(expanded, Kind::Expanded);
+        scratch::fill_to_mark(dw_out, Kind::DepthwiseRows);
+        true
+    })
 }
 
 /// `block` of `steps` (whose weights `packed` holds) on input `x` into `out` (the
@@ -184,12 +198,8 @@ impl BlockBand<'_> {
                 .expect("invariant: one block band at a time per thread");
             let (expanded, dw_out) = &mut *bands;
             let need = ((per_band - 1) * stride + kh) * in_row;
-            if expanded.len() < need {
-                expanded.resize(need, 0.0);
-            }
-            if dw_out.len() < per_band * wo * ce {
-                dw_out.resize(per_band * wo * ce, 0.0);
-            }
+            scratch::grow_len(expanded, need, Kind::Expanded);
+            scratch::grow_len(dw_out, per_band * wo * ce, Kind::DepthwiseRows);
             // Expanded input rows held at the front of `expanded`.
             let mut held = 0..0;
             let mut start = rows.start;

@@ -7,6 +7,7 @@ use super::gemm::{product_here, View};
 use super::isa::Kernels;
 use super::packed::{self, Epilogue, PackedWeights};
 use super::pool::Pool;
+use super::scratch::{self, Kind};
 use super::threads::Threads;
 use crate::backend::Conv;
 use crate::models::graph::{Activation, Shape};
@@ -239,6 +240,17 @@ thread_local! {
     static PATCHES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Grows this thread's patch buffer to the mark (false while a band holds it).
+pub(super) fn grow_patches_to_mark() -> bool {
+    PATCHES.with(|patches| match patches.try_borrow_mut() {
+        Ok(mut patches) => {
+            scratch::fill_to_mark(&mut patches, Kind::Patches);
+            true
+        }
+        Err(_) => false,
+    })
+}
+
 /// A packed convolution over gathered patches, band by band of output rows: each band's
 /// patches are copied into a per-thread buffer of ~64 KB and multiplied while they are in
 /// cache, instead of a patch matrix for the whole image from the pool (0.45 MB for the 3×3
@@ -276,9 +288,7 @@ fn gathered_product(
             let mut patches = patches
                 .try_borrow_mut()
                 .expect("invariant: one gathered band at a time per thread");
-            if patches.len() < count * wo * k {
-                patches.resize(count * wo * k, 0.0);
-            }
+            scratch::grow_len(&mut patches, count * wo * k, Kind::Patches);
             let cols = &mut patches[..count * wo * k];
             im2col_rows(input, dims, conv, wo, first..first + count, cols, affine);
             packed::product(

@@ -1,17 +1,20 @@
 //! Running a prepared network: images in parallel, or one image with its layers split among
 //! the threads of a team; each step's buffer from the pool, released after its last reader.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::block::run_block;
-use super::conv::{run_conv, Affine};
+use super::block::{grow_bands_to_mark, run_block};
+use super::conv::{grow_patches_to_mark, run_conv, Affine};
 use super::eltwise::{activate, affine};
+use super::packed::grow_segments_to_mark;
 use super::plan::NativeNetwork;
 use super::pool::{Buffer, Pool};
 use super::pooling::{average_pool, pool2d};
-use super::team::with_team;
+use super::scratch;
+use super::team::{with_team, Team};
 use super::threads::Threads;
 use crate::backend::{Kernel, Step};
 use crate::error::{Error, Result};
@@ -56,7 +59,8 @@ impl NativeNetwork {
     }
 
     /// [`forward`](Self::forward) into `out` (`n × F` values), which an app keeps from call
-    /// to call: once warm, a call allocates nothing (tested with a counting allocator).
+    /// to call: once warm, a call allocates nothing with the packed kernel sets (tested with
+    /// a counting allocator; see [`Kernels::Portable`](super::Kernels::Portable)).
     pub fn forward_into(&self, pixels: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
         self.check_pixels(pixels, n)?;
         if Some(out.len()) != n.checked_mul(self.features) {
@@ -68,26 +72,44 @@ impl NativeNetwork {
         }
         let per_image = self.resolution * self.resolution * 3;
         let threads = rayon::current_num_threads();
-        if n >= threads && threads > 1 {
-            // Whole images per thread, one contiguous share each: no synchronisation inside
-            // the network, and one pool per share (rayon's `for_each_init` made a fresh pool
-            // per stolen job, and batch 16 on 2 threads ran only 1.5× one thread).
+        if n < threads || threads < 2 {
+            self.one_by_one(pixels, out, None, LayerSplit::Team, false);
+            return Ok(());
+        }
+        // Whole images per thread, one contiguous share each: no synchronisation inside the
+        // network, and one pool per share (rayon's `for_each_init` made a fresh pool per
+        // stolen job, and batch 16 on 2 threads ran only 1.5× one thread).
+        let run_share = |images: &[f32], features: &mut [f32]| {
+            self.with_pool(|pool| {
+                for (image, f) in images
+                    .chunks(per_image)
+                    .zip(features.chunks_mut(self.features))
+                {
+                    self.forward_image(image, f, pool, Threads::One, None);
+                }
+            })
+        };
+        // On the team when it is free: a job handed to rayon from outside its pool goes
+        // through rayon's injection queue, which allocates a block every 64 or so jobs.
+        let on_team = with_team(threads.min(cores()), false, |team| {
+            let team = team?;
+            let share = n.div_ceil(team.size());
+            team.chunks_mut(out, share * self.features, team.size(), &|i, features| {
+                let first = i * share * per_image;
+                let count = features.len() / self.features.max(1);
+                run_share(&pixels[first..first + count * per_image], features);
+            });
+            spread_scratch(Some(team), false);
+            Some(())
+        });
+        if on_team.is_none() {
+            // Another image holds the team.
             let share = n.div_ceil(threads);
             pixels
                 .par_chunks(per_image * share)
                 .zip(out.par_chunks_mut(self.features * share))
-                .for_each(|(images, features)| {
-                    self.with_pool(|pool| {
-                        for (image, f) in images
-                            .chunks(per_image)
-                            .zip(features.chunks_mut(self.features))
-                        {
-                            self.forward_image(image, f, pool, Threads::One, None);
-                        }
-                    })
-                });
-        } else {
-            self.one_by_one(pixels, out, None, LayerSplit::Team, false);
+                .for_each(|(images, features)| run_share(images, features));
+            spread_scratch(None, true);
         }
         Ok(())
     }
@@ -127,11 +149,16 @@ impl NativeNetwork {
         let size = rayon::current_num_threads().min(cores());
         // On a rayon worker thread, each split is a cheap local job for the other workers to
         // steal rather than a job injected from outside.
-        let on_rayon =
-            |run: &mut (dyn FnMut(Threads) + Send)| rayon::scope(|_| run(Threads::Rayon));
+        let on_rayon = |run: &mut (dyn FnMut(Threads) + Send)| {
+            rayon::scope(|_| run(Threads::Rayon));
+            spread_scratch(None, true);
+        };
         match split {
             LayerSplit::Team if size > 1 => with_team(size, wait, |team| match team {
-                Some(team) => run(Threads::Team(team)),
+                Some(team) => {
+                    run(Threads::Team(team));
+                    spread_scratch(Some(team), false);
+                }
                 // Another image holds the team: rayon splits the large layers of a large
                 // network.
                 None if self.split_layers => on_rayon(&mut run),
@@ -140,6 +167,7 @@ impl NativeNetwork {
             LayerSplit::Rayon if size > 1 => on_rayon(&mut run),
             _ => run(Threads::One),
         }
+        scratch::catch_up(grow_scratch_here);
     }
 
     /// Runs `work` with a warm buffer pool, kept for the next call.
@@ -396,4 +424,30 @@ fn read<'a>(steps: &[Step], values: &'a [Option<Buffer>], image: &'a [f32], j: u
 pub(super) fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// The generation of scratch marks rayon's pool last grew to.
+static RAYON_GROWN_TO: AtomicU64 = AtomicU64::new(0);
+
+/// Grows this thread's scratch buffers to the marks; false if one was in use.
+fn grow_scratch_here() -> bool {
+    // All three run: one in use leaves the others grown.
+    let bands = grow_bands_to_mark();
+    let patches = grow_patches_to_mark();
+    let segments = grow_segments_to_mark();
+    bands && patches && segments
+}
+
+/// After a call that raised a scratch mark, every thread that may run a part of a later call
+/// (the `team`'s, rayon's with `rayon`) grows its scratch to the marks before the call returns,
+/// so that no later call allocates whichever thread claims which part (see `scratch.rs`).
+/// Allocates only when a mark has risen since the last spread.
+fn spread_scratch(team: Option<&Team>, rayon: bool) {
+    let generation = scratch::generation();
+    if let Some(team) = team {
+        team.broadcast_once(generation, &|| scratch::catch_up(grow_scratch_here));
+    }
+    if rayon && RAYON_GROWN_TO.swap(generation, Relaxed) != generation {
+        rayon::broadcast(|_| scratch::catch_up(grow_scratch_here));
+    }
 }

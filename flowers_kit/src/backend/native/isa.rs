@@ -18,7 +18,8 @@ pub enum Kernels {
     /// clamp fused into the store, inverted-residual blocks fused, and the depthwise loop
     /// compiled for AVX2.
     Avx2,
-    /// Any CPU: portable loops (gemm still picks its own kernels at run time).
+    /// Any CPU: portable loops (gemm still picks its own kernels at run time). The only set
+    /// whose warm forward pass allocates: gemm takes its packing buffers per product.
     Portable,
 }
 

@@ -51,6 +51,7 @@ mod plan;
 mod pool;
 mod pooling;
 mod profile;
+mod scratch;
 mod team;
 mod threads;
 mod train;

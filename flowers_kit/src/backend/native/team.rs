@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 /// class shares its cores).
 const SPIN: Duration = Duration::from_micros(200);
 
+/// How long a broadcast waits for a helper to take its part.
+const BROADCAST_WAIT: Duration = Duration::from_secs(1);
+
 /// The most parts one job may have (the width of its field in the claim word).
 pub(super) const MAX_PARTS: usize = 0xFFFF;
 
@@ -146,6 +149,8 @@ pub(crate) struct Team {
     epoch: AtomicU64,
     /// Whether a job is running: a part that asks the team for another job runs it alone.
     leading: AtomicBool,
+    /// The generation of the last [`Team::broadcast_once`].
+    broadcast: AtomicU64,
 }
 
 impl Team {
@@ -166,6 +171,7 @@ impl Team {
             helpers: Vec::with_capacity(helpers),
             epoch: AtomicU64::new(0),
             leading: AtomicBool::new(false),
+            broadcast: AtomicU64::new(0),
         };
         for index in 0..helpers {
             let shared = shared.clone();
@@ -227,6 +233,27 @@ impl Team {
         }
     }
 
+    /// Runs `f` once on each of the team's threads, the caller's included, unless the last
+    /// broadcast was of the same `generation`. A helper that does not start within
+    /// [`BROADCAST_WAIT`] is left out (and the caller runs `f` again in its place).
+    pub(super) fn broadcast_once(&self, generation: u64, f: &(dyn Fn() + Sync)) {
+        // Inside a job (a part asking), parts could not reach the other threads.
+        if self.leading.load(SeqCst) || self.broadcast.swap(generation, SeqCst) == generation {
+            return;
+        }
+        let size = self.size();
+        let arrived = AtomicUsize::new(0);
+        self.run(size, &|_| {
+            f();
+            arrived.fetch_add(1, SeqCst);
+            // Held here until every part is claimed, so that each part runs on its own thread.
+            let start = Instant::now();
+            while arrived.load(SeqCst) < size && start.elapsed() < BROADCAST_WAIT {
+                thread::yield_now();
+            }
+        });
+    }
+
     /// `work(i, chunk)` for each `chunk`-long piece of `out` (the last may be shorter),
     /// split into about `split` parts of consecutive pieces, shared among the team.
     pub(super) fn chunks_mut(
@@ -285,7 +312,9 @@ impl Drop for Team {
 
 /// A helper's life: wait for a new epoch (spinning, then parked), run parts of its job.
 fn help(shared: &Shared, index: usize) {
-    let mut seen = fields(shared.claim.load(SeqCst)).0;
+    // The epoch the team was made with, not the one this thread finds when it starts: a
+    // leader may have published the first job before then.
+    let mut seen = 0;
     let Some(asleep) = shared.asleep.get(index) else {
         return;
     };
@@ -390,6 +419,27 @@ mod tests {
             total.fetch_add(i, SeqCst);
         });
         assert_eq!(total.load(SeqCst), expected + 6);
+    }
+
+    #[test]
+    fn a_broadcast_runs_on_every_thread_once_per_generation() {
+        let team = Team::new(3).expect("threads start");
+        let threads = Mutex::new(Vec::new());
+        let record = || threads.lock().unwrap().push(thread::current().id());
+        team.broadcast_once(1, &record);
+        let mut seen = threads.lock().unwrap().clone();
+        seen.sort_by_key(|id| format!("{id:?}"));
+        seen.dedup();
+        assert_eq!(seen.len(), 3, "every thread ran it");
+        assert!(seen.contains(&thread::current().id()));
+        team.broadcast_once(1, &record);
+        assert_eq!(
+            threads.lock().unwrap().len(),
+            3,
+            "not again for the same generation"
+        );
+        team.broadcast_once(2, &record);
+        assert_eq!(threads.lock().unwrap().len(), 6);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 use super::eltwise::activate;
 use super::isa::{has_avx2_fma, Kernels};
+use super::scratch::{self, Kind};
 use super::threads::Threads;
 use crate::models::graph::Activation;
 
@@ -349,10 +350,9 @@ unsafe fn chunk_product(
         let (segments, zeros) = &mut *scratch;
         // Kept between calls, so a warm product allocates nothing.
         segments.clear();
+        scratch::grow_capacity(segments, count.div_ceil(MR) * taps, Kind::Segments);
         if let Operand::Windows(win) = a {
-            if zeros.len() < win.channels {
-                zeros.resize(win.channels, 0.0);
-            }
+            scratch::grow_len(zeros, win.channels, Kind::Zeros);
         }
         let zeros = &zeros[..];
         for first in (0..count).step_by(MR) {
@@ -381,6 +381,20 @@ thread_local! {
     #[allow(clippy::type_complexity)]
     static SCRATCH: std::cell::RefCell<(Vec<[*const f32; MR]>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Grows this thread's operand segments and zeros to the marks (false while a chunk holds
+/// them).
+pub(super) fn grow_segments_to_mark() -> bool {
+    SCRATCH.with(|cell| {
+        let Ok(mut held) = cell.try_borrow_mut() else {
+            return false;
+        };
+        let (segments, zeros) = &mut *held;
+        scratch::room_to_mark(segments, Kind::Segments);
+        scratch::fill_to_mark(zeros, Kind::Zeros);
+        true
+    })
 }
 
 /// Every tile of a chunk: the panels `panels` of `w` against the tiles' operand `segments`.
