@@ -98,6 +98,12 @@ fn a_warm_forward_pass_allocates_nothing() {
         for _ in 0..3 {
             runs.into_iter().for_each(&mut run);
         }
+        // Each rayon worker runs the network once: a worker that took no part of the calls
+        // above has not yet grown its band buffers to this network's largest bands (the team's
+        // threads have: a team call that raised them ends with every team thread growing).
+        rayon::broadcast(|_| {
+            drop(native.forward_split(&pixels[..per_image], 1, LayerSplit::Single));
+        });
         for config in (0..5).flat_map(|_| runs) {
             let allocated = if config.1 == Some(LayerSplit::Rayon) {
                 // Measured on one of rayon's workers: a call from outside the pool hands

@@ -1,9 +1,11 @@
-//! Inverted-residual blocks (expand → depthwise → project) run as one step, band by band.
+//! Inverted-residual blocks (expand → depthwise → project) run as one step, band by band;
+//! where something else reads the depthwise output (a squeeze-and-excitation), the expansion
+//! and the depthwise layer alone.
 
 use super::depthwise::Depthwise;
 use super::isa::Kernels;
 use super::packed::{self, Epilogue, PackedWeights};
-use super::scratch::{self, Kind};
+use super::scratch::{self, Kind, BANDS};
 use super::threads::Threads;
 use crate::backend::{Conv, Kernel, Step};
 use crate::models::graph::Activation;
@@ -12,6 +14,12 @@ use crate::models::graph::Activation;
 /// band by band of output rows: the expanded activations, 6× the width of the block's input,
 /// live in an L2-sized band and never go to memory. MobileNet V2 is memory-bound on a
 /// laptop's 10 GB/s per core; its expansions wrote and re-read ~40 MB per image.
+///
+/// In EfficientNet and MobileNet V3 a squeeze-and-excitation reads the depthwise output
+/// whole (its mean over the image scales it before the projection), so there the block is
+/// the expansion and the depthwise layer, run band by band into the depthwise output: the
+/// expanded map, the largest of the block (4× the depthwise output after a stride of 2),
+/// still never goes to memory. Such a block runs at its depthwise step.
 #[derive(Debug, Clone)]
 pub(super) struct Block {
     /// The block's input (the expansion's).
@@ -22,7 +30,9 @@ pub(super) struct Block {
 
 /// The blocks among `steps`: a packed pointwise convolution whose only input is a depthwise
 /// convolution, read by nothing else, whose only input is a packed pointwise convolution,
-/// read by nothing else. Extends the block input's life to the projection.
+/// read by nothing else; then, among the rest, a depthwise convolution whose only input is a
+/// packed pointwise convolution read by nothing else. Extends the block input's life to the
+/// step the block runs at.
 pub(super) fn find_blocks(
     steps: &[Step],
     readers: &[usize],
@@ -73,40 +83,48 @@ pub(super) fn find_blocks(
             }
         }
     }
+    // Expansions whose depthwise output other steps read as well.
+    for depthwise in 0..n {
+        let Some(expand) = only_input(depthwise) else {
+            continue;
+        };
+        let Some(input) = only_input(expand) else {
+            continue;
+        };
+        if conv(depthwise).is_some_and(|c| c.depthwise)
+            && !inside[depthwise]
+            && !inside[expand]
+            && blocks[expand].is_none()
+            && packed_pointwise(expand)
+            && readers.get(expand) == Some(&1)
+        {
+            blocks[depthwise] = Some(Block {
+                input,
+                expand,
+                depthwise,
+            });
+            inside[expand] = true;
+            if let Some(l) = last_use.get_mut(input) {
+                *l = (*l).max(depthwise);
+            }
+        }
+    }
     (blocks, inside)
 }
 
 /// Bytes of expanded activations one band aims for (Zen 3 has 512 KB of L2 per core).
 const BAND_BYTES: usize = 192 * 1024;
 
-thread_local! {
-    /// A block's band buffers (expanded rows, depthwise output), per thread.
-    static BANDS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// Grows this thread's band buffers to the marks (false while a band holds them).
-pub(super) fn grow_bands_to_mark() -> bool {
-    BANDS.with(|bands| {
-        let Ok(mut bands) = bands.try_borrow_mut() else {
-            return false;
-        };
-        let (expanded, dw_out) = &mut *bands;
-        scratch::fill_to_mark(expanded, Kind::Expanded);
-        scratch::fill_to_mark(dw_out, Kind::DepthwiseRows);
-        true
-    })
-}
-
-/// `block` of `steps` (whose weights `packed` holds) on input `x` into `out` (the
-/// projection's output), with the residual addend; output rows split among `threads` for a
-/// large block.
+/// `block` of `steps` (whose weights `packed` holds), run at step `at`, on input `x` into
+/// `out` (the output of step `at`: the projection's, or the depthwise layer's where `at` is
+/// the block's depthwise step), with the residual addend; output rows split among `threads`
+/// for a large block.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_block(
     steps: &[Step],
     packed: &[Option<PackedWeights>],
     kernels: Kernels,
-    project: usize,
+    at: usize,
     block: &Block,
     x: &[f32],
     out: &mut [f32],
@@ -120,30 +138,40 @@ pub(super) fn run_block(
             _ => None,
         }
     };
-    let (
-        Some((e_step, expand, Some(e_packed))),
-        Some((_, depthwise, _)),
-        Some((p_step, project, Some(p_packed))),
-    ) = (part(block.expand), part(block.depthwise), part(project))
+    let (Some((e_step, expand, Some(e_packed))), Some((d_step, depthwise, _))) =
+        (part(block.expand), part(block.depthwise))
     else {
-        unreachable!(
-            "invariant: find_blocks only makes blocks of packed 1×1, depthwise, packed 1×1"
-        );
+        unreachable!("invariant: find_blocks only makes blocks of packed 1×1, then depthwise");
     };
-    let [h, w, _] = steps[block.input].shape;
-    let [ho, wo, cout] = p_step.shape;
+    let project = if at == block.depthwise {
+        None
+    } else {
+        let Some((p_step, project, Some(p_packed))) = part(at) else {
+            unreachable!("invariant: find_blocks only projects with a packed 1×1");
+        };
+        Some((p_step, (p_packed, project.activation)))
+    };
+    let [h, w, cin] = steps[block.input].shape;
+    let [ho, wo, cout] = project.map_or(d_step.shape, |(p_step, _)| p_step.shape);
+    let expanded = e_step.shape[2];
     let band = BlockBand {
         x,
         w,
         h,
-        expanded: e_step.shape[2],
+        expanded,
         expand: (e_packed, expand.activation),
         depthwise,
-        project: (p_packed, project.activation),
+        project: project.map(|(_, p)| p),
         wo,
         kernels,
     };
-    let split = threads.for_work(ho * wo * cout * e_step.shape[2]);
+    let macs = match project {
+        Some(_) => ho * wo * cout * expanded,
+        None => {
+            h * w * cin * expanded + ho * wo * expanded * depthwise.kernel.0 * depthwise.kernel.1
+        }
+    };
+    let split = threads.for_work(macs);
     if split > 1 && ho >= split {
         let rows = ho.div_ceil(split);
         threads.chunks_mut(out, rows * wo * cout, split, |t, out| {
@@ -166,7 +194,8 @@ struct BlockBand<'a> {
     expanded: usize,
     expand: (&'a PackedWeights, Activation),
     depthwise: &'a Conv,
-    project: (&'a PackedWeights, Activation),
+    /// None where the block ends at its depthwise layer.
+    project: Option<(&'a PackedWeights, Activation)>,
     wo: usize,
     kernels: Kernels,
 }
@@ -191,6 +220,7 @@ impl BlockBand<'_> {
         // Output rows per band: as many as keep the band's expanded rows near BAND_BYTES.
         let band_rows_in = (BAND_BYTES / (4 * in_row).max(1)).max(kh);
         let per_band = ((band_rows_in - kh) / stride + 1).max(1);
+        scratch::catch_up();
         BANDS.with(|bands| {
             // A band never runs another block inside it on the same thread.
             let mut bands = bands
@@ -199,7 +229,9 @@ impl BlockBand<'_> {
             let (expanded, dw_out) = &mut *bands;
             let need = ((per_band - 1) * stride + kh) * in_row;
             scratch::grow_len(expanded, need, Kind::Expanded);
-            scratch::grow_len(dw_out, per_band * wo * ce, Kind::DepthwiseRows);
+            if self.project.is_some() {
+                scratch::grow_len(dw_out, per_band * wo * ce, Kind::DepthwiseRows);
+            }
             // Expanded input rows held at the front of `expanded`.
             let mut held = 0..0;
             let mut start = rows.start;
@@ -229,26 +261,26 @@ impl BlockBand<'_> {
                 held = lo..hi;
                 let band = &expanded[..(hi - lo) * in_row];
                 let count = end - start;
-                let dw = &mut dw_out[..count * wo * ce];
                 // Rows above the band's first are padding only where they are above the image.
                 let pad = pad_top + lo - start * stride;
-                Depthwise::of(self.depthwise, band, (hi - lo, w), pad, self.kernels).run(
-                    dw,
-                    (count, wo),
-                    Threads::One,
-                );
-
+                let depthwise =
+                    Depthwise::of(self.depthwise, band, (hi - lo, w), pad, self.kernels);
                 let at = (start - rows.start) * wo * cout..(end - rows.start) * wo * cout;
-                let (weights, activation) = self.project;
-                let target = &mut out[at.clone()];
-                packed::product(
-                    target,
-                    packed::Operand::Rows(dw),
-                    count * wo,
-                    weights,
-                    Epilogue::new(activation, residual.map(|r| &r[at])),
-                    Threads::One,
-                );
+                match self.project {
+                    None => depthwise.run(&mut out[at], (count, wo), Threads::One),
+                    Some((weights, activation)) => {
+                        let dw = &mut dw_out[..count * wo * ce];
+                        depthwise.run(dw, (count, wo), Threads::One);
+                        packed::product(
+                            &mut out[at.clone()],
+                            packed::Operand::Rows(dw),
+                            count * wo,
+                            weights,
+                            Epilogue::new(activation, residual.map(|r| &r[at])),
+                            Threads::One,
+                        );
+                    }
+                }
                 start = end;
             }
         });

@@ -7,7 +7,7 @@ use super::gemm::{product_here, View};
 use super::isa::Kernels;
 use super::packed::{self, Epilogue, PackedWeights};
 use super::pool::Pool;
-use super::scratch::{self, Kind};
+use super::scratch::{self, Kind, PATCHES};
 use super::threads::Threads;
 use crate::backend::Conv;
 use crate::models::graph::{Activation, Shape};
@@ -235,22 +235,6 @@ fn im2col_rows(
 /// Values of patches one band gathers (~64 KB: the band and its product stay in L2).
 const BAND_VALUES: usize = 16 * 1024;
 
-thread_local! {
-    /// The gathered patches of one band, per thread.
-    static PATCHES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Grows this thread's patch buffer to the mark (false while a band holds it).
-pub(super) fn grow_patches_to_mark() -> bool {
-    PATCHES.with(|patches| match patches.try_borrow_mut() {
-        Ok(mut patches) => {
-            scratch::fill_to_mark(&mut patches, Kind::Patches);
-            true
-        }
-        Err(_) => false,
-    })
-}
-
 /// A packed convolution over gathered patches, band by band of output rows: each band's
 /// patches are copied into a per-thread buffer of ~64 KB and multiplied while they are in
 /// cache, instead of a patch matrix for the whole image from the pool (0.45 MB for the 3×3
@@ -283,6 +267,7 @@ fn gathered_product(
         let residual = epilogue
             .residual
             .map(|r| &r[first * row_out..][..out.len()]);
+        scratch::catch_up();
         PATCHES.with(|patches| {
             // A band never runs another band inside it on the same thread.
             let mut patches = patches

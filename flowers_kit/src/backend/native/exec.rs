@@ -1,15 +1,14 @@
 //! Running a prepared network: images in parallel, or one image with its layers split among
 //! the threads of a team; each step's buffer from the pool, released after its last reader.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::block::{grow_bands_to_mark, run_block};
-use super::conv::{grow_patches_to_mark, run_conv, Affine};
+use super::block::run_block;
+use super::conv::{run_conv, Affine};
 use super::eltwise::{activate, affine};
-use super::packed::grow_segments_to_mark;
 use super::plan::NativeNetwork;
 use super::pool::{Buffer, Pool};
 use super::pooling::{average_pool, pool2d};
@@ -79,27 +78,41 @@ impl NativeNetwork {
         // Whole images per thread, one contiguous share each: no synchronisation inside the
         // network, and one pool per share (rayon's `for_each_init` made a fresh pool per
         // stolen job, and batch 16 on 2 threads ran only 1.5× one thread).
-        let run_share = |images: &[f32], features: &mut [f32]| {
-            self.with_pool(|pool| {
-                for (image, f) in images
-                    .chunks(per_image)
-                    .zip(features.chunks_mut(self.features))
-                {
-                    self.forward_image(image, f, pool, Threads::One, None);
-                }
-            })
+        let run_share = |images: &[f32], features: &mut [f32], pool: &mut Pool| {
+            for (image, f) in images
+                .chunks(per_image)
+                .zip(features.chunks_mut(self.features))
+            {
+                self.forward_image(image, f, pool, Threads::One, None);
+            }
         };
         // On the team when it is free: a job handed to rayon from outside its pool goes
         // through rayon's injection queue, which allocates a block every 64 or so jobs.
         let on_team = with_team(threads.min(cores()), false, |team| {
             let team = team?;
-            let share = n.div_ceil(team.size());
-            team.chunks_mut(out, share * self.features, team.size(), &|i, features| {
+            let size = team.size();
+            let share = n.div_ceil(size);
+            // Only the team's holder is here, so the lock is free; a panic in a part that
+            // poisoned it left pools that are still whole.
+            let mut pools = self
+                .share_pools
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if pools.len() < size {
+                pools.resize_with(size, Default::default);
+            }
+            let pools = &*pools;
+            team.chunks_mut(out, share * self.features, size, &|i, features| {
                 let first = i * share * per_image;
                 let count = features.len() / self.features.max(1);
-                run_share(&pixels[first..first + count * per_image], features);
+                let mut pool = pools[i].lock().unwrap_or_else(PoisonError::into_inner);
+                run_share(
+                    &pixels[first..first + count * per_image],
+                    features,
+                    &mut pool,
+                );
             });
-            spread_scratch(Some(team), false);
+            spread_scratch(team);
             Some(())
         });
         if on_team.is_none() {
@@ -108,8 +121,9 @@ impl NativeNetwork {
             pixels
                 .par_chunks(per_image * share)
                 .zip(out.par_chunks_mut(self.features * share))
-                .for_each(|(images, features)| run_share(images, features));
-            spread_scratch(None, true);
+                .for_each(|(images, features)| {
+                    self.with_pool(|pool| run_share(images, features, pool))
+                });
         }
         Ok(())
     }
@@ -151,13 +165,12 @@ impl NativeNetwork {
         // steal rather than a job injected from outside.
         let on_rayon = |run: &mut (dyn FnMut(Threads) + Send)| {
             rayon::scope(|_| run(Threads::Rayon));
-            spread_scratch(None, true);
         };
         match split {
             LayerSplit::Team if size > 1 => with_team(size, wait, |team| match team {
                 Some(team) => {
                     run(Threads::Team(team));
-                    spread_scratch(Some(team), false);
+                    spread_scratch(team);
                 }
                 // Another image holds the team: rayon splits the large layers of a large
                 // network.
@@ -167,7 +180,6 @@ impl NativeNetwork {
             LayerSplit::Rayon if size > 1 => on_rayon(&mut run),
             _ => run(Threads::One),
         }
-        scratch::catch_up(grow_scratch_here);
     }
 
     /// Runs `work` with a warm buffer pool, kept for the next call.
@@ -426,28 +438,10 @@ pub(super) fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
-/// The generation of scratch marks rayon's pool last grew to.
-static RAYON_GROWN_TO: AtomicU64 = AtomicU64::new(0);
-
-/// Grows this thread's scratch buffers to the marks; false if one was in use.
-fn grow_scratch_here() -> bool {
-    // All three run: one in use leaves the others grown.
-    let bands = grow_bands_to_mark();
-    let patches = grow_patches_to_mark();
-    let segments = grow_segments_to_mark();
-    bands && patches && segments
-}
-
-/// After a call that raised a scratch mark, every thread that may run a part of a later call
-/// (the `team`'s, rayon's with `rayon`) grows its scratch to the marks before the call returns,
-/// so that no later call allocates whichever thread claims which part (see `scratch.rs`).
-/// Allocates only when a mark has risen since the last spread.
-fn spread_scratch(team: Option<&Team>, rayon: bool) {
-    let generation = scratch::generation();
-    if let Some(team) = team {
-        team.broadcast_once(generation, &|| scratch::catch_up(grow_scratch_here));
-    }
-    if rayon && RAYON_GROWN_TO.swap(generation, Relaxed) != generation {
-        rayon::broadcast(|_| scratch::catch_up(grow_scratch_here));
-    }
+/// After a call that raised a scratch mark, the team's threads grow their scratch to the
+/// marks before the call returns, so that a helper never meets a risen mark for the first
+/// time inside a later call (see `scratch.rs`). Nothing happens, and nothing is allocated,
+/// while no mark has risen since the team last caught up.
+fn spread_scratch(team: &Team) {
+    team.broadcast_once(scratch::generation(), &scratch::catch_up);
 }

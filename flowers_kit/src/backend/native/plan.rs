@@ -42,6 +42,10 @@ pub struct NativeNetwork {
     pub(super) split_layers: bool,
     /// Warm buffer pools between calls, one per thread that ran (a few MB each).
     pub(super) pools: std::sync::Mutex<Vec<Pool>>,
+    /// The pools of a batch shared among the team, one per share: share `i` always takes
+    /// pool `i`, so that each is warm whichever thread runs it (only the team's holder uses
+    /// them).
+    pub(super) share_pools: std::sync::Mutex<Vec<std::sync::Mutex<Pool>>>,
     /// Steps whose whole maps are the output (instead of the last one's average over pixels).
     pub(super) outputs: Option<Vec<usize>>,
 }
@@ -62,6 +66,7 @@ impl Clone for NativeNetwork {
             gathers_affine: self.gathers_affine.clone(),
             split_layers: self.split_layers,
             pools: Default::default(),
+            share_pools: Default::default(),
             outputs: self.outputs.clone(),
         }
     }
@@ -234,6 +239,7 @@ impl NativeNetwork {
             gathers_affine,
             split_layers: macs >= MIN_PARALLEL_IMAGE_MACS,
             pools: Default::default(),
+            share_pools: Default::default(),
             outputs: outputs.map(<[usize]>::to_vec),
         })
     }

@@ -183,10 +183,17 @@ impl NativeNetwork {
         };
         let (kind, multiply_adds, values) = match (&step.kernel, &self.blocks[i]) {
             (Kernel::Conv(_), Some(block)) => {
-                let parts = [block.expand, block.depthwise, i].map(conv_work);
+                // A block that ends at its depthwise layer runs at that step.
+                let projection = (i != block.depthwise).then_some(i);
+                let parts = [Some(block.expand), Some(block.depthwise), projection]
+                    .map(|j| j.map_or((0, 0), conv_work));
                 let residual = self.residual[i].map_or(0, size);
                 (
-                    "block".to_string(),
+                    match projection {
+                        Some(_) => "block",
+                        None => "expand + depthwise",
+                    }
+                    .to_string(),
                     parts.iter().map(|p| p.0).sum(),
                     size(block.input)
                         + output
@@ -245,25 +252,36 @@ mod tests {
     use crate::models::Model;
 
     /// Every step that runs is listed once, with the convolutions' multiply-adds adding up
-    /// to the model's, and blocks counted whole.
+    /// to the model's, and blocks counted whole: MobileNet V2's (expand, depthwise,
+    /// project), and EfficientNet's, which end at the depthwise layer that the
+    /// squeeze-and-excitation reads.
     #[test]
     fn layer_times_cover_the_network() {
-        let model = Model::parse("mobilenet_v2_0.35_96").expect("a model");
-        let network = Network::random(model, 7).expect("network");
-        let native = NativeNetwork::new(&network).expect("native");
-        let layers = native.layer_times(2).expect("layer times");
-        let macs: usize = layers.iter().map(|l| l.multiply_adds).sum();
-        assert_eq!(macs, model.multiply_adds().expect("macs"));
-        let fused = native.inside_later.iter().filter(|&&b| b).count();
-        // Less the input step (the rescaling that the first convolution gathers is among
-        // the fused steps).
-        assert_eq!(layers.len(), native.steps.len() - fused - 1);
-        assert!(layers.iter().all(|l| l.seconds > 0.0));
-        assert!(!layers.iter().any(|l| l.kind == "affine"));
-        if has_avx2_fma() {
-            assert!(layers.iter().any(|l| l.kind == "block"));
+        for (name, block) in [
+            ("mobilenet_v2_0.35_96", "block"),
+            ("efficientnet_b0", "expand + depthwise"),
+        ] {
+            let model = Model::parse(name).expect("a model");
+            let network = Network::random(model, 7).expect("network");
+            let native = NativeNetwork::new(&network).expect("native");
+            let layers = native.layer_times(2).expect("layer times");
+            let macs: usize = layers.iter().map(|l| l.multiply_adds).sum();
+            assert_eq!(macs, model.multiply_adds().expect("macs"), "{name}");
+            let fused = native.inside_later.iter().filter(|&&b| b).count();
+            // Less the input step (the rescaling that the first convolution gathers is
+            // among the fused steps).
+            assert_eq!(layers.len(), native.steps.len() - fused - 1, "{name}");
+            assert!(layers.iter().all(|l| l.seconds > 0.0));
+            // MobileNet V2's rescaling is gathered by its first convolution (EfficientNet's
+            // rescaling and normalisation run as steps).
+            if name.starts_with("mobilenet") {
+                assert!(!layers.iter().any(|l| l.kind == "affine"));
+            }
+            if has_avx2_fma() {
+                assert!(layers.iter().any(|l| l.kind == block), "{name}: no {block}");
+            }
+            assert!(native.layer_times(0).is_err());
         }
-        assert!(native.layer_times(0).is_err());
     }
 
     #[test]

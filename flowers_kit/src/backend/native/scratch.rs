@@ -1,5 +1,5 @@
-//! How the per-thread scratch of the band-by-band kernels grows, so that a warm forward pass
-//! allocates nothing whichever thread runs which part.
+//! The per-thread scratch of the band-by-band kernels, and how it grows so that a warm forward
+//! pass allocates nothing whichever thread runs which part.
 //!
 //! A fused block's bands, a gathered convolution's patches and a packed product's operand
 //! segments live in buffers kept per thread between calls. Which thread runs which part of a
@@ -8,12 +8,15 @@
 //! larger one, in any later call (the no-allocation test met this on a CI machine).
 //!
 //! Each kind of buffer therefore has a mark: the largest need any thread has met. A buffer
-//! grows to the mark, not to its own need, and a call that raised a mark ends by having every
-//! thread grow its buffers to the marks (see `exec.rs`), so after one call of each kind no
-//! thread allocates again.
+//! grows to the mark, not to its own need, and a thread that starts a part after a mark rose
+//! first grows all its buffers to the marks ([`catch_up`]). The team's threads also catch up
+//! together at the end of a call that raised a mark (`Team::broadcast_once`), so that a
+//! helper never meets a risen mark for the first time inside a later call. The marks are the
+//! largest needs of the networks this process has run: a few MB per thread at most (a band
+//! aims at 192 KB, a patch band at 64 KB).
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The kinds of per-thread scratch.
 #[derive(Clone, Copy)]
@@ -24,41 +27,54 @@ pub(super) enum Kind {
     DepthwiseRows,
     /// A gathered convolution's patches.
     Patches,
-    /// A packed product's operand segments.
+    /// A packed product's operand segments (row starts).
     Segments,
     /// The zeros a windows operand reads for padding taps.
     Zeros,
 }
 
-/// The largest need met of each kind, in elements.
-static MARKS: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
-
-/// How many times a mark has risen.
-static GENERATION: AtomicU64 = AtomicU64::new(0);
-
 thread_local! {
+    /// A block's band buffers (expanded rows, depthwise output).
+    pub(super) static BANDS: RefCell<(Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The gathered patches of one band.
+    pub(super) static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One chunk's operand segments (row starts, a tile's rows after one another) and the
+    /// zeros that stand for padding taps.
+    pub(super) static SEGMENTS: RefCell<(Vec<*const f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
     /// The generation this thread last grew all its buffers to.
     static GROWN_TO: Cell<u64> = const { Cell::new(0) };
 }
 
+/// The largest need met of each kind, in elements.
+static MARKS: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+
+/// How many times a mark has risen (published after the mark, read before the marks).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+fn mark(kind: Kind) -> usize {
+    MARKS[kind as usize].load(Ordering::Acquire)
+}
+
 /// The mark of `kind` after a need of `need`.
 fn raise(kind: Kind, need: usize) -> usize {
-    let mark = &MARKS[kind as usize];
-    let known = mark.load(Relaxed);
+    let known = mark(kind);
     if need <= known {
         return known;
     }
-    if mark.fetch_max(need, Relaxed) < need {
-        GENERATION.fetch_add(1, Relaxed);
+    let before = MARKS[kind as usize].fetch_max(need, Ordering::AcqRel);
+    if before < need {
+        GENERATION.fetch_add(1, Ordering::Release);
     }
-    need
+    before.max(need)
 }
 
 /// Makes `buffer` at least `need` values long, growing it to the mark of `kind`.
 pub(super) fn grow_len(buffer: &mut Vec<f32>, need: usize, kind: Kind) {
     let mark = raise(kind, need);
     if buffer.len() < need {
-        buffer.resize(mark.max(need), 0.0);
+        buffer.resize(mark, 0.0);
     }
 }
 
@@ -66,36 +82,61 @@ pub(super) fn grow_len(buffer: &mut Vec<f32>, need: usize, kind: Kind) {
 pub(super) fn grow_capacity<T>(buffer: &mut Vec<T>, need: usize, kind: Kind) {
     let mark = raise(kind, need);
     if buffer.capacity() < need {
-        buffer.reserve_exact(mark.max(need) - buffer.len());
-    }
-}
-
-/// Grows `buffer` to the mark of `kind` (for [`catch_up`]).
-pub(super) fn fill_to_mark(buffer: &mut Vec<f32>, kind: Kind) {
-    let mark = MARKS[kind as usize].load(Relaxed);
-    if buffer.len() < mark {
-        buffer.resize(mark, 0.0);
-    }
-}
-
-/// Grows `buffer`'s room to the mark of `kind` (for [`catch_up`]).
-pub(super) fn room_to_mark<T>(buffer: &mut Vec<T>, kind: Kind) {
-    let mark = MARKS[kind as usize].load(Relaxed);
-    if buffer.capacity() < mark {
+        // `len ≤ capacity < need ≤ mark`.
         buffer.reserve_exact(mark - buffer.len());
     }
 }
 
-/// How many times a mark has risen: a call that sees it change spreads the marks.
+/// How many times a mark has risen: a call that sees it change has the team catch up.
 pub(super) fn generation() -> u64 {
-    GENERATION.load(Relaxed)
+    GENERATION.load(Ordering::Acquire)
 }
 
-/// Runs `grow` (which grows this thread's buffers to the marks) unless this thread already
-/// did at the current generation; `grow` says whether it could (a buffer in use is skipped).
-pub(super) fn catch_up(grow: impl FnOnce() -> bool) {
+/// Grows this thread's buffers to the marks unless it already did at the current
+/// generation. Returns whether it is caught up: false where one of its buffers is in use (a
+/// part inside another part), and then a later call catches up.
+pub(super) fn catch_up() -> bool {
     let generation = generation();
-    if GROWN_TO.get() != generation && grow() {
+    if GROWN_TO.get() == generation {
+        return true;
+    }
+    let bands = BANDS.with(|cell| {
+        let Ok(mut held) = cell.try_borrow_mut() else {
+            return false;
+        };
+        let (expanded, depthwise_rows) = &mut *held;
+        fill(expanded, mark(Kind::Expanded));
+        fill(depthwise_rows, mark(Kind::DepthwiseRows));
+        true
+    });
+    let patches = PATCHES.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut held) => {
+            fill(&mut held, mark(Kind::Patches));
+            true
+        }
+        Err(_) => false,
+    });
+    let segments = SEGMENTS.with(|cell| {
+        let Ok(mut held) = cell.try_borrow_mut() else {
+            return false;
+        };
+        let (segments, zeros) = &mut *held;
+        let room = mark(Kind::Segments);
+        if segments.capacity() < room {
+            segments.reserve_exact(room - segments.len());
+        }
+        fill(zeros, mark(Kind::Zeros));
+        true
+    });
+    let caught_up = bands && patches && segments;
+    if caught_up {
         GROWN_TO.set(generation);
+    }
+    caught_up
+}
+
+fn fill(buffer: &mut Vec<f32>, mark: usize) {
+    if buffer.len() < mark {
+        buffer.resize(mark, 0.0);
     }
 }

@@ -1,4 +1,5 @@
-//! A persistent team of threads that share the layers of one image.
+//! A persistent team of threads that share the layers of one image (or a batch's images, one
+//! contiguous share each).
 //!
 //! At batch 1 every layer is split among the threads and joined before the next one starts:
 //! 50–100 joins per image, each of a few microseconds of work at MobileNet V2 0.35/128. A
@@ -233,25 +234,37 @@ impl Team {
         }
     }
 
-    /// Runs `f` once on each of the team's threads, the caller's included, unless the last
-    /// broadcast was of the same `generation`. A helper that does not start within
-    /// [`BROADCAST_WAIT`] is left out (and the caller runs `f` again in its place).
-    pub(super) fn broadcast_once(&self, generation: u64, f: &(dyn Fn() + Sync)) {
+    /// Runs `f` once on each of the team's threads, the caller's included, unless it already
+    /// did for `generation`. `f` says whether it did its work; the generation is recorded
+    /// only when every thread took its part within [`BROADCAST_WAIT`] and every `f` returned
+    /// true, so that a helper left out is asked again by the next call.
+    pub(super) fn broadcast_once(&self, generation: u64, f: &(dyn Fn() -> bool + Sync)) {
         // Inside a job (a part asking), parts could not reach the other threads.
-        if self.leading.load(SeqCst) || self.broadcast.swap(generation, SeqCst) == generation {
+        if self.broadcast.load(SeqCst) == generation || self.leading.load(SeqCst) {
             return;
         }
         let size = self.size();
         let arrived = AtomicUsize::new(0);
+        let done = AtomicBool::new(true);
         self.run(size, &|_| {
-            f();
+            if !f() {
+                done.store(false, SeqCst);
+            }
             arrived.fetch_add(1, SeqCst);
             // Held here until every part is claimed, so that each part runs on its own thread.
             let start = Instant::now();
-            while arrived.load(SeqCst) < size && start.elapsed() < BROADCAST_WAIT {
+            while arrived.load(SeqCst) < size {
+                if start.elapsed() > BROADCAST_WAIT {
+                    // A part left for the caller: some thread did not take its own.
+                    done.store(false, SeqCst);
+                    return;
+                }
                 thread::yield_now();
             }
         });
+        if done.load(SeqCst) {
+            self.broadcast.store(generation, SeqCst);
+        }
     }
 
     /// `work(i, chunk)` for each `chunk`-long piece of `out` (the last may be shorter),
@@ -425,12 +438,23 @@ mod tests {
     fn a_broadcast_runs_on_every_thread_once_per_generation() {
         let team = Team::new(3).expect("threads start");
         let threads = Mutex::new(Vec::new());
-        let record = || threads.lock().unwrap().push(thread::current().id());
-        team.broadcast_once(1, &record);
+        let record = || {
+            threads.lock().unwrap().push(thread::current().id());
+            true
+        };
+        // A helper the system starves past BROADCAST_WAIT leaves the generation unrecorded,
+        // and the next broadcast asks again: repeat until one went round.
+        let mut rounds = 0;
+        while team.broadcast.load(SeqCst) != 1 {
+            threads.lock().unwrap().clear();
+            team.broadcast_once(1, &record);
+            rounds += 1;
+            assert!(rounds < 20, "no broadcast reached every thread");
+        }
         let mut seen = threads.lock().unwrap().clone();
         seen.sort_by_key(|id| format!("{id:?}"));
         seen.dedup();
-        assert_eq!(seen.len(), 3, "every thread ran it");
+        assert_eq!(seen.len(), 3, "each of the three threads ran it once");
         assert!(seen.contains(&thread::current().id()));
         team.broadcast_once(1, &record);
         assert_eq!(
@@ -438,8 +462,9 @@ mod tests {
             3,
             "not again for the same generation"
         );
-        team.broadcast_once(2, &record);
-        assert_eq!(threads.lock().unwrap().len(), 6);
+        // A thread that could not do its work leaves the generation unrecorded.
+        team.broadcast_once(2, &|| false);
+        assert_eq!(team.broadcast.load(SeqCst), 1);
     }
 
     #[test]

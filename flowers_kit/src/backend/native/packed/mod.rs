@@ -17,7 +17,7 @@
 
 use super::eltwise::activate;
 use super::isa::{has_avx2_fma, Kernels};
-use super::scratch::{self, Kind};
+use super::scratch::{self, Kind, SEGMENTS};
 use super::threads::Threads;
 use crate::models::graph::Activation;
 
@@ -342,15 +342,16 @@ unsafe fn chunk_product(
         Operand::Windows(win) => (win.kernel.0 * win.kernel.1, win.channels),
     };
     let count = rows.len();
-    SCRATCH.with(|scratch| {
+    scratch::catch_up();
+    SEGMENTS.with(|cell| {
         // A chunk never runs another chunk inside it on the same thread.
-        let mut scratch = scratch
+        let mut held = cell
             .try_borrow_mut()
             .expect("invariant: one chunk at a time per thread");
-        let (segments, zeros) = &mut *scratch;
+        let (segments, zeros) = &mut *held;
         // Kept between calls, so a warm product allocates nothing.
         segments.clear();
-        scratch::grow_capacity(segments, count.div_ceil(MR) * taps, Kind::Segments);
+        scratch::grow_capacity(segments, count.div_ceil(MR) * taps * MR, Kind::Segments);
         if let Operand::Windows(win) = a {
             scratch::grow_len(zeros, win.channels, Kind::Zeros);
         }
@@ -360,41 +361,25 @@ unsafe fn chunk_product(
             let row = |r: usize| rows.start + (first + r).min(count - 1);
             match a {
                 Operand::Rows(a) => {
-                    segments.push(std::array::from_fn(|r| a[row(r) * k..][..k].as_ptr()));
+                    let tile: [*const f32; MR] =
+                        std::array::from_fn(|r| a[row(r) * k..][..k].as_ptr());
+                    segments.extend_from_slice(&tile);
                 }
                 Operand::Windows(win) => {
                     for tap in 0..taps {
                         let at = (tap / win.kernel.1, tap % win.kernel.1);
-                        segments.push(std::array::from_fn(|r| win.tap(row(r), at, zeros).as_ptr()));
+                        let tile: [*const f32; MR] =
+                            std::array::from_fn(|r| win.tap(row(r), at, zeros).as_ptr());
+                        segments.extend_from_slice(&tile);
                     }
                 }
             }
         }
+        let (tiled, _) = segments.as_chunks::<MR>();
         // SAFETY: as this function's.
-        unsafe { tiles(out, segments, taps, run, count, w, panels, residual, lo, hi) };
+        unsafe { tiles(out, tiled, taps, run, count, w, panels, residual, lo, hi) };
         segments.clear();
     });
-}
-
-thread_local! {
-    /// One chunk's operand segments and the zeros that stand for padding taps, per thread.
-    #[allow(clippy::type_complexity)]
-    static SCRATCH: std::cell::RefCell<(Vec<[*const f32; MR]>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// Grows this thread's operand segments and zeros to the marks (false while a chunk holds
-/// them).
-pub(super) fn grow_segments_to_mark() -> bool {
-    SCRATCH.with(|cell| {
-        let Ok(mut held) = cell.try_borrow_mut() else {
-            return false;
-        };
-        let (segments, zeros) = &mut *held;
-        scratch::room_to_mark(segments, Kind::Segments);
-        scratch::fill_to_mark(zeros, Kind::Zeros);
-        true
-    })
 }
 
 /// Every tile of a chunk: the panels `panels` of `w` against the tiles' operand `segments`.
