@@ -53,7 +53,7 @@ pub(super) fn find_blocks(
     let packed_pointwise = |i: usize| {
         conv(i).is_some_and(Conv::is_pointwise) && packed.get(i).is_some_and(Option::is_some)
     };
-    for (project, slot) in blocks.iter_mut().enumerate() {
+    for project in 0..n {
         if !packed_pointwise(project) {
             continue;
         }
@@ -66,12 +66,16 @@ pub(super) fn find_blocks(
         let Some(input) = only_input(expand) else {
             continue;
         };
+        // Not through another block: an expansion that is an earlier block's projection
+        // (a chain of 1×1 and depthwise layers) would leave that block unrun.
         if conv(depthwise).is_some_and(|c| c.depthwise)
             && packed_pointwise(expand)
             && readers.get(depthwise) == Some(&1)
             && readers.get(expand) == Some(&1)
+            && blocks[expand].is_none()
+            && !inside[input]
         {
-            *slot = Some(Block {
+            blocks[project] = Some(Block {
                 input,
                 expand,
                 depthwise,
@@ -94,6 +98,7 @@ pub(super) fn find_blocks(
         if conv(depthwise).is_some_and(|c| c.depthwise)
             && !inside[depthwise]
             && !inside[expand]
+            && !inside[input]
             && blocks[expand].is_none()
             && packed_pointwise(expand)
             && readers.get(expand) == Some(&1)
@@ -262,7 +267,9 @@ impl BlockBand<'_> {
                 let band = &expanded[..(hi - lo) * in_row];
                 let count = end - start;
                 // Rows above the band's first are padding only where they are above the image.
-                let pad = pad_top + lo - start * stride;
+                // None below the band's first row when the window starts under the image
+                // (padding below larger than the kernel: the band is empty).
+                let pad = (pad_top + lo).saturating_sub(start * stride);
                 let depthwise =
                     Depthwise::of(self.depthwise, band, (hi - lo, w), pad, self.kernels);
                 let at = (start - rows.start) * wo * cout..(end - rows.start) * wo * cout;
@@ -284,5 +291,105 @@ impl BlockBand<'_> {
                 start = end;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{conv, step};
+    use super::super::{Kernels, NativeNetwork};
+    use crate::backend::{Kernel, Network, Step};
+    use crate::models::graph::Activation;
+    use crate::models::Model;
+
+    /// A chain of 1×1 and depthwise layers (MobileNet V1's shape, written by hand) fuses
+    /// only blocks that do not overlap, an expansion read by two steps is never fused, and a
+    /// depthwise layer padded below by more than its kernel gives what the unfused kernels
+    /// give: no panic, no step left unrun. (Before, the chain's second block took the first
+    /// one's projection as its expansion and left it unrun.)
+    #[test]
+    fn chained_and_oddly_padded_blocks_match_the_unfused_kernels() {
+        let pw =
+            |cin, cout, seed| conv((1, 1), 1, [0; 4], cin, cout, false, Activation::Relu6, seed);
+        let dw = |pad, stride, seed| conv((3, 3), stride, pad, 8, 8, true, Activation::Relu6, seed);
+        let pool = Kernel::AvgPool {
+            size: (8, 8),
+            stride: 8,
+            pad: [0; 4],
+        };
+        let steps = vec![
+            step("input", Kernel::Input, vec![], [96, 96, 3]),
+            step("shrink", pool, vec![0], [12, 12, 3]),
+            step("expand_1", pw(3, 8, 1), vec![1], [12, 12, 8]),
+            step("depthwise_1", dw([1, 1, 1, 1], 1, 2), vec![2], [12, 12, 8]),
+            step("project_1", pw(8, 8, 3), vec![3], [12, 12, 8]),
+            step("depthwise_2", dw([1, 1, 1, 1], 1, 4), vec![4], [12, 12, 8]),
+            step("project_2", pw(8, 8, 5), vec![5], [12, 12, 8]),
+            // Padded 5 rows below a 3-row window, stride 2: the last output rows' windows
+            // start under the image.
+            step("depthwise_3", dw([1, 5, 1, 1], 2, 6), vec![6], [8, 6, 8]),
+            step("squeeze", Kernel::GlobalAvgPool, vec![7], [1, 1, 8]),
+            step("excite", Kernel::Multiply, vec![7, 8], [8, 6, 8]),
+            // An expansion whose output two steps read.
+            step("expand_2", pw(8, 8, 7), vec![9], [8, 6, 8]),
+            step("depthwise_4", dw([1, 1, 1, 1], 1, 8), vec![10], [8, 6, 8]),
+            step(
+                "sum",
+                Kernel::Add(Activation::Linear),
+                vec![10, 11],
+                [8, 6, 8],
+            ),
+        ];
+        let pixels: Vec<f32> = (0..96 * 96 * 3).map(|i| (i % 251) as f32 / 251.0).collect();
+        assert_fused_as_unfused(steps, &pixels, &[2, 6]);
+        // At full size a band is one output row (the expanded rows are 72 KB each), so the
+        // last bands start under the image.
+        let steps = vec![
+            step("input", Kernel::Input, vec![], [96, 96, 3]),
+            step("expand", pw(3, 192, 1), vec![0], [96, 96, 192]),
+            step(
+                "depthwise",
+                conv(
+                    (3, 3),
+                    2,
+                    [1, 5, 1, 1],
+                    192,
+                    192,
+                    true,
+                    Activation::Swish,
+                    2,
+                ),
+                vec![1],
+                [50, 48, 192],
+            ),
+            step("squeeze", Kernel::GlobalAvgPool, vec![2], [1, 1, 192]),
+            step("excite", Kernel::Multiply, vec![2, 3], [50, 48, 192]),
+        ];
+        assert_fused_as_unfused(steps, &pixels, &[1]);
+    }
+
+    /// The network of `steps` gives the same features on every kernel set as on the
+    /// portable one (which fuses nothing), with blocks at the expansions `fused`.
+    fn assert_fused_as_unfused(steps: Vec<Step>, pixels: &[f32], fused: &[usize]) {
+        let model = Model::parse("mobilenet_v2_0.35_96").expect("a model");
+        let network = Network::new(model, steps, "synthetic".into(), None).expect("valid steps");
+        let reference = NativeNetwork::with_kernels(&network, Kernels::Portable)
+            .expect("portable")
+            .forward(pixels, 1)
+            .expect("portable forward");
+        for kernels in Kernels::available() {
+            let native = NativeNetwork::with_kernels(&network, kernels).expect("native");
+            if kernels != Kernels::Portable {
+                let expansions: Vec<_> = native.blocks.iter().flatten().map(|b| b.expand).collect();
+                assert_eq!(expansions, fused, "{kernels:?}");
+            }
+            let features = native.forward(pixels, 1).expect("forward");
+            for (i, (a, b)) in features.iter().zip(&reference).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{kernels:?} [{i}]: {a} vs {b}"
+                );
+            }
+        }
     }
 }

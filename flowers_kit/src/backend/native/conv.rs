@@ -101,9 +101,9 @@ pub(super) fn run_conv(
             }
             matmul(out, a, &conv.weights, (m, k, cout), accumulate, threads);
             if accumulate {
-                activate(out, conv.activation);
+                activate(out, conv.activation, kernels);
             } else {
-                bias_activate(out, &conv.bias, conv.activation);
+                bias_activate(out, &conv.bias, conv.activation, kernels);
             }
         }
     }

@@ -1,26 +1,29 @@
-//! Element-wise maths: activations (compiled for AVX2 + FMA where the CPU has them) and a
+//! Element-wise maths: activations (compiled for the network's instruction set) and a
 //! vectorisable `exp`.
 
+use super::isa::Kernels;
 use crate::models::graph::Activation;
 
-/// Applies `activation` in place, compiled for AVX2 + FMA where the CPU has them (swish in
-/// EfficientNet spent half its forward pass here with SSE2 code).
-pub(super) fn activate(values: &mut [f32], activation: Activation) {
-    #[cfg(target_arch = "x86_64")]
-    if activation != Activation::Linear
-        && is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-    {
-        // SAFETY: the CPU supports AVX-512 F, AVX2 and FMA, checked just above.
-        return unsafe { activate_avx512(values, activation) };
+/// Applies `activation` in place, compiled for `kernels`' instruction set (swish in
+/// EfficientNet spent half its forward pass here with SSE2 code, and its polynomial and
+/// division still dominate its expansions: AVX-512 halves their instructions).
+pub(super) fn activate(values: &mut [f32], activation: Activation, kernels: Kernels) {
+    if activation == Activation::Linear {
+        return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        return unsafe { activate_avx2(values, activation) };
+    match kernels {
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx512 if kernels.is_supported() => {
+            // SAFETY: the CPU supports AVX-512 F and VL, AVX2 and FMA (is_supported).
+            unsafe { activate_avx512(values, activation) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2 | Kernels::Avx512 if Kernels::Avx2.is_supported() => {
+            // SAFETY: the CPU supports AVX2 and FMA (is_supported).
+            unsafe { activate_avx2(values, activation) }
+        }
+        _ => activate_inline(values, activation),
     }
-    activate_inline(values, activation)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -29,10 +32,8 @@ fn activate_avx2(values: &mut [f32], activation: Activation) {
     activate_inline(values, activation)
 }
 
-/// The same loops on 512-bit registers: half the instructions of the AVX2 build for swish
-/// and sigmoid, whose polynomial and division dominate (EfficientNet's expansions).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 fn activate_avx512(values: &mut [f32], activation: Activation) {
     activate_inline(values, activation)
 }
@@ -70,7 +71,12 @@ pub(super) fn affine(out: &mut [f32], x: &[f32], scale: &[f32], shift: &[f32]) {
 /// Adds the per-channel bias to every row and applies `activation`, in one pass.
 // max/min rather than clamp: clamp's NaN-preserving compare-and-select vectorises worse.
 #[allow(clippy::manual_clamp)]
-pub(super) fn bias_activate(out: &mut [f32], bias: &[f32], activation: Activation) {
+pub(super) fn bias_activate(
+    out: &mut [f32],
+    bias: &[f32],
+    activation: Activation,
+    kernels: Kernels,
+) {
     match activation {
         Activation::Relu6 => {
             for row in out.chunks_exact_mut(bias.len()) {
@@ -91,7 +97,7 @@ pub(super) fn bias_activate(out: &mut [f32], bias: &[f32], activation: Activatio
                 for (v, b) in row.iter_mut().zip(bias) {
                     *v += b;
                 }
-                activate(row, other);
+                activate(row, other, kernels);
             }
         }
     }

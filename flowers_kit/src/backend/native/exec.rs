@@ -59,7 +59,10 @@ impl NativeNetwork {
 
     /// [`forward`](Self::forward) into `out` (`n × F` values), which an app keeps from call
     /// to call: once warm, a call allocates nothing with the packed kernel sets (tested with
-    /// a counting allocator; see [`Kernels::Portable`](super::Kernels::Portable)).
+    /// a counting allocator; see [`Kernels::Portable`](super::Kernels::Portable)). Warm
+    /// means every thread that runs a part has run one since the largest band grew: the
+    /// team's always have after a call on the team; a rayon worker (used while another
+    /// image holds the team) grows its band buffers at its first part.
     pub fn forward_into(&self, pixels: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
         self.check_pixels(pixels, n)?;
         if Some(out.len()) != n.checked_mul(self.features) {
@@ -217,7 +220,7 @@ impl NativeNetwork {
                     .take()
                     .expect("invariant: a fused add follows its convolution (plan)");
                 if let Kernel::Add(activation) = &step.kernel {
-                    activate(&mut sum, *activation);
+                    activate(&mut sum, *activation, self.kernels);
                 }
                 sum
             } else {
@@ -290,11 +293,11 @@ impl NativeNetwork {
                         } else {
                             affine(&mut out, input(0), scale, shift);
                         }
-                        activate(&mut out, *activation);
+                        activate(&mut out, *activation, self.kernels);
                     }
                     Kernel::Activation(activation) => {
                         out.copy_from_slice(input(0));
-                        activate(&mut out, *activation);
+                        activate(&mut out, *activation, self.kernels);
                     }
                     Kernel::Add(activation) => {
                         out.copy_from_slice(input(0));
@@ -303,7 +306,7 @@ impl NativeNetwork {
                                 *o += v;
                             }
                         }
-                        activate(&mut out, *activation);
+                        activate(&mut out, *activation, self.kernels);
                     }
                     Kernel::Multiply => {
                         let (a, b) = (input(0), input(1));

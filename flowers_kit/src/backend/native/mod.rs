@@ -9,15 +9,19 @@
 //!   bias, a residual addend and the ReLU/ReLU6 clamp as it stores; otherwise each is one `gemm` call into an
 //!   output pre-filled with the bias (and the addend).
 //! - With AVX2 kernels, an inverted-residual block (expand → depthwise → project) is one
-//!   step, run band by band of output rows so that its expanded activations stay in L2.
+//!   step, run band by band of output rows so that its expanded activations stay in L2;
+//!   where a squeeze-and-excitation reads the depthwise output (EfficientNet, MobileNet V3),
+//!   the expansion and the depthwise layer are one step.
 //! - Depthwise convolutions vectorise over channels: explicit AVX-512 and AVX2 kernels (taps
 //!   in registers) inside the image, a bounds-checked loop at its borders and for any other
 //!   CPU.
 //! - Pooling, concatenation, squeeze-and-excitation products and activations are plain loops
-//!   over channels (activations compiled for AVX2 where the CPU has it).
-//! - Buffers come from pools kept between calls and return to them after their last reader;
-//!   nothing is allocated per layer once warm. A batch runs its images in parallel on rayon;
-//!   a single image splits its layers among a team of spinning threads instead (`team`).
+//!   over channels (activations compiled for the network's instruction set).
+//! - Buffers come from pools kept between calls and return to them after their last reader,
+//!   and the band-by-band kernels' per-thread scratch grows to the largest band any thread
+//!   has met (`scratch`); nothing is allocated per layer once warm. A batch shares its images
+//!   among a team of spinning threads (`team`), one contiguous share each, and a single image
+//!   splits its layers among the same team; rayon takes over while another image holds it.
 //!
 //! Memory safety: the gemm call, the micro-kernel and the explicit SIMD loads are `unsafe`.
 //! They rely on the shapes that [`Network::new`] validated (weights `[kh, kw, cin, cout]` or
@@ -27,7 +31,7 @@
 //!
 //! Files, one concern each: `plan` prepares a network (which buffers live how long, which
 //! steps fuse, packed weights), `exec` runs it image by image, `block` runs an
-//! inverted-residual block band by band, `conv` holds the matrix-product convolutions
+//! inverted-residual block (or an expansion and its depthwise layer) band by band, `conv` holds the matrix-product convolutions
 //! (`gemm` the one call into the gemm crate, shared with the gradient kernels),
 //! `depthwise/` the depthwise kernel per instruction set (`portable`, `avx2`, `avx512`),
 //! `packed/` the packed product and its micro-kernel per instruction set (`avx2`,
@@ -35,7 +39,7 @@
 //! work is split among threads and `team` the spinning threads that share one image's
 //! layers, `profile` each step's time against the CPU's roofs, `eltwise` the activations,
 //! `pooling` the pooling loops,
-//! `pool` the reusable buffers; `train` runs the steps above a cut forward and backward for
+//! `pool` the reusable buffers, `scratch` the per-thread band buffers; `train` runs the steps above a cut forward and backward for
 //! fine-tuning, with the gradient kernels of `grad`.
 
 mod block;
@@ -53,6 +57,8 @@ mod pooling;
 mod profile;
 mod scratch;
 mod team;
+#[cfg(test)]
+mod testing;
 mod threads;
 mod train;
 

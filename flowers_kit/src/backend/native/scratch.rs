@@ -10,8 +10,9 @@
 //! Each kind of buffer therefore has a mark: the largest need any thread has met. A buffer
 //! grows to the mark, not to its own need, and a thread that starts a part after a mark rose
 //! first grows all its buffers to the marks ([`catch_up`]). The team's threads also catch up
-//! together at the end of a call that raised a mark (`Team::broadcast_once`), so that a
-//! helper never meets a risen mark for the first time inside a later call. The marks are the
+//! together at the end of a team call after a mark rose (`Team::broadcast_once`), so that a
+//! helper does not meet it for the first time inside a later call; rayon's workers, which
+//! run layers only while another image holds the team, catch up at their first part. The marks are the
 //! largest needs of the networks this process has run: a few MB per thread at most (a band
 //! aims at 192 KB, a patch band at 64 KB).
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 const SPIN: Duration = Duration::from_micros(200);
 
 /// How long a broadcast waits for a helper to take its part.
-const BROADCAST_WAIT: Duration = Duration::from_secs(1);
+const BROADCAST_WAIT: Duration = Duration::from_millis(200);
 
 /// The most parts one job may have (the width of its field in the claim word).
 pub(super) const MAX_PARTS: usize = 0xFFFF;
@@ -150,8 +150,10 @@ pub(crate) struct Team {
     epoch: AtomicU64,
     /// Whether a job is running: a part that asks the team for another job runs it alone.
     leading: AtomicBool,
-    /// The generation of the last [`Team::broadcast_once`].
+    /// The generation of the last [`Team::broadcast_once`] that went round.
     broadcast: AtomicU64,
+    /// The generation of the last one tried.
+    tried: AtomicU64,
 }
 
 impl Team {
@@ -173,6 +175,7 @@ impl Team {
             epoch: AtomicU64::new(0),
             leading: AtomicBool::new(false),
             broadcast: AtomicU64::new(0),
+            tried: AtomicU64::new(0),
         };
         for index in 0..helpers {
             let shared = shared.clone();
@@ -236,8 +239,9 @@ impl Team {
 
     /// Runs `f` once on each of the team's threads, the caller's included, unless it already
     /// did for `generation`. `f` says whether it did its work; the generation is recorded
-    /// only when every thread took its part within [`BROADCAST_WAIT`] and every `f` returned
-    /// true, so that a helper left out is asked again by the next call.
+    /// when every thread took its part within [`BROADCAST_WAIT`] and every `f` returned
+    /// true, or at the second try, so that a helper left out is asked once more by the next
+    /// call but a starved one never costs every call the wait.
     pub(super) fn broadcast_once(&self, generation: u64, f: &(dyn Fn() -> bool + Sync)) {
         // Inside a job (a part asking), parts could not reach the other threads.
         if self.broadcast.load(SeqCst) == generation || self.leading.load(SeqCst) {
@@ -262,7 +266,8 @@ impl Team {
                 thread::yield_now();
             }
         });
-        if done.load(SeqCst) {
+        let retried = self.tried.swap(generation, SeqCst) == generation;
+        if done.load(SeqCst) || retried {
             self.broadcast.store(generation, SeqCst);
         }
     }
@@ -442,29 +447,46 @@ mod tests {
             threads.lock().unwrap().push(thread::current().id());
             true
         };
-        // A helper the system starves past BROADCAST_WAIT leaves the generation unrecorded,
-        // and the next broadcast asks again: repeat until one went round.
-        let mut rounds = 0;
-        while team.broadcast.load(SeqCst) != 1 {
+        let distinct = || {
+            let mut seen = threads.lock().unwrap().clone();
+            seen.sort_by_key(|id| format!("{id:?}"));
+            seen.dedup();
+            seen
+        };
+        // A helper the system starves past BROADCAST_WAIT is left out (the caller takes its
+        // part): try new generations until one went round.
+        let mut generation = 0;
+        loop {
+            generation += 1;
+            assert!(generation < 20, "no broadcast reached every thread");
             threads.lock().unwrap().clear();
-            team.broadcast_once(1, &record);
-            rounds += 1;
-            assert!(rounds < 20, "no broadcast reached every thread");
+            team.broadcast_once(generation, &record);
+            if distinct().len() == 3 {
+                break;
+            }
         }
-        let mut seen = threads.lock().unwrap().clone();
-        seen.sort_by_key(|id| format!("{id:?}"));
-        seen.dedup();
-        assert_eq!(seen.len(), 3, "each of the three threads ran it once");
-        assert!(seen.contains(&thread::current().id()));
-        team.broadcast_once(1, &record);
+        assert_eq!(
+            threads.lock().unwrap().len(),
+            3,
+            "each of the three threads ran it once"
+        );
+        assert!(distinct().contains(&thread::current().id()));
+        assert_eq!(team.broadcast.load(SeqCst), generation);
+        team.broadcast_once(generation, &record);
         assert_eq!(
             threads.lock().unwrap().len(),
             3,
             "not again for the same generation"
         );
-        // A thread that could not do its work leaves the generation unrecorded.
-        team.broadcast_once(2, &|| false);
-        assert_eq!(team.broadcast.load(SeqCst), 1);
+        // A thread that could not do its work leaves the generation unrecorded, once.
+        team.broadcast_once(generation + 1, &|| false);
+        assert_eq!(team.broadcast.load(SeqCst), generation);
+        team.broadcast_once(generation + 1, &|| false);
+        assert_eq!(
+            team.broadcast.load(SeqCst),
+            generation + 1,
+            "recorded at the second try"
+        );
     }
 
     #[test]

@@ -349,12 +349,12 @@ impl NativeSuffix {
                 let mut output = self.buffers.any(value.len());
                 par_elements(&mut output, |at, chunk| {
                     chunk.copy_from_slice(&value[at..at + chunk.len()]);
-                    activate(chunk, after)
+                    activate(chunk, after, self.kernels)
                 });
                 tape.before_activation[first + k] = Some(value);
                 value = output;
             } else if after != Activation::Linear {
-                par_elements(&mut value, |_, chunk| activate(chunk, after));
+                par_elements(&mut value, |_, chunk| activate(chunk, after, self.kernels));
             }
             tape.values[first + k] = value;
             if let (Some(t), Some(started)) =
@@ -973,52 +973,11 @@ mod tests {
     use dfdx::tensor::{Cpu, Tensor, TensorFrom};
     use dfdx::tensor_ops::{Backward, SumTo, TryMul};
 
+    use super::super::testing::{conv, step, values};
     use super::*;
     use crate::backend::dfdx::{StepParams, TrainableSuffix};
-    use crate::backend::{Conv, Network};
-    use crate::models::graph::Shape;
+    use crate::backend::Network;
     use crate::models::Model;
-
-    /// Deterministic values in [-0.5, 0.5).
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 1000.0 - 0.5)
-            .collect()
-    }
-
-    fn step(name: &str, kernel: Kernel, inputs: Vec<usize>, shape: Shape) -> Step {
-        Step {
-            name: name.into(),
-            kernel,
-            inputs,
-            shape,
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
-        (kh, kw): (usize, usize),
-        stride: usize,
-        pad: [usize; 4],
-        cin: usize,
-        cout: usize,
-        depthwise: bool,
-        activation: Activation,
-        seed: usize,
-    ) -> Kernel {
-        let weights = kh * kw * cin * if depthwise { 1 } else { cout };
-        Kernel::Conv(Conv {
-            kernel: (kh, kw),
-            stride,
-            pad,
-            cin,
-            cout,
-            depthwise,
-            weights: values(weights, seed),
-            bias: values(cout, seed + 1),
-            activation,
-        })
-    }
 
     /// A tape is used with the suffix and weights that made it, and a batch is bounded
     /// before anything is allocated: errors, not panics or silently wrong gradients.

@@ -149,7 +149,7 @@ impl<'a> Depthwise<'a> {
         let split = threads.for_work(output.len() * kh * kw);
         threads.chunks_mut(output, row_len, split, |oy, row| {
             self.row(oy, row);
-            activate(row, self.then);
+            activate(row, self.then, self.kernels);
         });
     }
 

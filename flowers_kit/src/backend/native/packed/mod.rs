@@ -127,6 +127,15 @@ impl PackedWeights {
         })
     }
 
+    /// The instruction set its micro-kernel runs on.
+    pub(crate) fn kernels(&self) -> Kernels {
+        if self.avx512 {
+            Kernels::Avx512
+        } else {
+            Kernels::Avx2
+        }
+    }
+
     /// The inner dimension.
     pub(crate) fn k(&self) -> usize {
         self.k
@@ -244,7 +253,7 @@ pub(crate) fn product(
                 epilogue.hi,
             )
         };
-        activate(out, epilogue.then);
+        activate(out, epilogue.then, w.kernels());
     };
     threads.chunks_mut(out, chunk * n, split, run);
 }
@@ -294,7 +303,7 @@ fn panels_shared(
             };
         }
     });
-    activate(out, epilogue.then);
+    activate(out, epilogue.then, w.kernels());
 }
 
 /// Bytes of the operand's rows that [`panels_shared`] keeps in L2 while a thread's panels
@@ -532,7 +541,7 @@ mod tests {
                                 want += a[i * k + p] * w[p * n + j];
                             }
                             let mut want = [want.max(lo).min(hi)];
-                            activate(&mut want, then);
+                            activate(&mut want, then, kernels);
                             let [want] = want;
                             let got = out[i * n + j];
                             assert!(
