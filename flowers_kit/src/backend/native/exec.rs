@@ -11,7 +11,7 @@ use super::conv::{run_conv, Affine};
 use super::eltwise::{activate, affine};
 use super::plan::NativeNetwork;
 use super::pool::{Buffer, Pool};
-use super::pooling::{average_pool, pool2d};
+use super::pooling::{average_pool, pool_rows};
 use super::scratch;
 use super::team::{with_team, Team};
 use super::threads::Threads;
@@ -281,79 +281,88 @@ impl NativeNetwork {
                         shift,
                         activation,
                     } => {
+                        let x = input(0);
                         let uniform = |v: &[f32]| v.iter().all(|x| Some(x) == v.first());
-                        if let (true, true, Some(s), Some(t)) =
-                            (uniform(scale), uniform(shift), scale.first(), shift.first())
-                        {
-                            // One flat loop (an input rescaling): rows of 3 channels do not
-                            // vectorise.
-                            for (o, v) in out.iter_mut().zip(input(0)) {
-                                *o = v * s + t;
+                        let flat = match (uniform(scale), uniform(shift)) {
+                            (true, true) => scale.first().zip(shift.first()),
+                            _ => None,
+                        };
+                        split_rows(threads, &mut out, w * c, 1, |at, out| {
+                            let x = &x[at..at + out.len()];
+                            if let Some((s, t)) = flat {
+                                // One flat loop (an input rescaling): rows of 3 channels do
+                                // not vectorise.
+                                for (o, v) in out.iter_mut().zip(x) {
+                                    *o = v * s + t;
+                                }
+                            } else {
+                                affine(out, x, scale, shift);
                             }
-                        } else {
-                            affine(&mut out, input(0), scale, shift);
-                        }
-                        activate(&mut out, *activation, self.kernels);
+                            activate(out, *activation, self.kernels);
+                        });
                     }
                     Kernel::Activation(activation) => {
-                        out.copy_from_slice(input(0));
-                        activate(&mut out, *activation, self.kernels);
+                        let x = input(0);
+                        split_rows(threads, &mut out, w * c, 1, |at, out| {
+                            out.copy_from_slice(&x[at..at + out.len()]);
+                            activate(out, *activation, self.kernels);
+                        });
                     }
                     Kernel::Add(activation) => {
-                        out.copy_from_slice(input(0));
-                        for k in 1..step.inputs.len() {
-                            for (o, v) in out.iter_mut().zip(input(k)) {
-                                *o += v;
+                        split_rows(threads, &mut out, w * c, 1, |at, out| {
+                            let len = out.len();
+                            out.copy_from_slice(&input(0)[at..at + len]);
+                            for k in 1..step.inputs.len() {
+                                for (o, v) in out.iter_mut().zip(&input(k)[at..at + len]) {
+                                    *o += v;
+                                }
                             }
-                        }
-                        activate(&mut out, *activation, self.kernels);
+                            activate(out, *activation, self.kernels);
+                        });
                     }
                     Kernel::Multiply => {
                         let (a, b) = (input(0), input(1));
                         let (big, small) = if a.len() >= b.len() { (a, b) } else { (b, a) };
-                        if small.len() == big.len() {
-                            for ((o, x), y) in out.iter_mut().zip(big).zip(small) {
-                                *o = x * y;
-                            }
-                        } else {
-                            for (row, x) in out.chunks_exact_mut(c).zip(big.chunks_exact(c)) {
-                                for ((o, v), s) in row.iter_mut().zip(x).zip(small) {
-                                    *o = v * s;
+                        split_rows(threads, &mut out, w * c, 1, |at, out| {
+                            let big = &big[at..at + out.len()];
+                            if small.len() == a.len().max(b.len()) {
+                                let small = &small[at..at + out.len()];
+                                for ((o, x), y) in out.iter_mut().zip(big).zip(small) {
+                                    *o = x * y;
+                                }
+                            } else {
+                                for (row, x) in out.chunks_exact_mut(c).zip(big.chunks_exact(c)) {
+                                    for ((o, v), s) in row.iter_mut().zip(x).zip(small) {
+                                        *o = v * s;
+                                    }
                                 }
                             }
-                        }
+                        });
                     }
                     Kernel::Concat => {
-                        let mut offset = 0;
-                        for k in 0..step.inputs.len() {
-                            let part = in_shape(k)[2];
-                            for (row, x) in out.chunks_exact_mut(c).zip(input(k).chunks_exact(part))
-                            {
-                                row[offset..offset + part].copy_from_slice(x);
+                        split_rows(threads, &mut out, w * c, 1, |at, out| {
+                            let pixel = at / c.max(1);
+                            let mut offset = 0;
+                            for k in 0..step.inputs.len() {
+                                let part = in_shape(k)[2];
+                                let x = &input(k)[pixel * part..];
+                                for (row, x) in out.chunks_exact_mut(c).zip(x.chunks_exact(part)) {
+                                    row[offset..offset + part].copy_from_slice(x);
+                                }
+                                offset += part;
                             }
-                            offset += part;
-                        }
+                        });
                     }
-                    Kernel::MaxPool { size, stride, pad } => pool2d(
-                        input(0),
-                        in_shape(0),
-                        &mut out,
-                        step.shape,
-                        *size,
-                        *stride,
-                        *pad,
-                        true,
-                    ),
-                    Kernel::AvgPool { size, stride, pad } => pool2d(
-                        input(0),
-                        in_shape(0),
-                        &mut out,
-                        step.shape,
-                        *size,
-                        *stride,
-                        *pad,
-                        false,
-                    ),
+                    Kernel::MaxPool { size, stride, pad }
+                    | Kernel::AvgPool { size, stride, pad } => {
+                        let max = matches!(step.kernel, Kernel::MaxPool { .. });
+                        let (x, shape) = (input(0), in_shape(0));
+                        let taps = size.0 * size.1;
+                        split_rows(threads, &mut out, w * c, taps, |at, out| {
+                            let first = at / (w * c).max(1);
+                            pool_rows(x, shape, out, first, step.shape, *size, *stride, *pad, max);
+                        });
+                    }
                     Kernel::Pad([top, _, left, _]) => {
                         out.fill(0.0);
                         let [ih, iw, _] = in_shape(0);
@@ -447,4 +456,27 @@ pub(super) fn cores() -> usize {
 /// while no mark has risen since the team last caught up.
 fn spread_scratch(team: &Team) {
     team.broadcast_once(scratch::generation(), &scratch::catch_up);
+}
+
+/// `work(at, rows)` over whole rows (of `row` values) of `out`, `at` being the first value's
+/// offset: split among `threads` when the step is large enough (a pass over `out` costing
+/// about `taps` operations per value). Element-wise steps and pooling ran on one thread,
+/// 15–30 % of NASNet's batch-1 time.
+fn split_rows(
+    threads: Threads,
+    out: &mut [f32],
+    row: usize,
+    taps: usize,
+    work: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    let row = row.max(1);
+    let rows = out.len() / row;
+    let split = threads.for_work(out.len() * taps);
+    if split < 2 || rows < split {
+        return work(0, out);
+    }
+    let per_part = rows.div_ceil(split);
+    threads.chunks_mut(out, per_part * row, split, |i, chunk| {
+        work(i * per_part * row, chunk)
+    });
 }

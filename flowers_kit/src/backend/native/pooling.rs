@@ -14,9 +14,36 @@ pub(super) fn pool2d(
     pad: [usize; 4],
     max: bool,
 ) {
-    for oy in 0..ho {
+    pool_rows(
+        input,
+        [h, w, c],
+        out,
+        0,
+        [ho, wo, c],
+        (kh, kw),
+        stride,
+        pad,
+        max,
+    );
+}
+
+/// [`pool2d`]'s output rows from `first` on, as many as `out` holds.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pool_rows(
+    input: &[f32],
+    [h, w, c]: Shape,
+    out: &mut [f32],
+    first: usize,
+    [ho, wo, _]: Shape,
+    (kh, kw): (usize, usize),
+    stride: usize,
+    pad: [usize; 4],
+    max: bool,
+) {
+    let rows = out.len() / (wo * c).max(1);
+    for (r, oy) in (first..(first + rows).min(ho)).enumerate() {
         for ox in 0..wo {
-            let o = &mut out[(oy * wo + ox) * c..][..c];
+            let o = &mut out[(r * wo + ox) * c..][..c];
             o.fill(if max { f32::NEG_INFINITY } else { 0.0 });
             let mut count = 0usize;
             for ky in 0..kh {
