@@ -357,7 +357,7 @@ impl NativeNetwork {
                     | Kernel::AvgPool { size, stride, pad } => {
                         let max = matches!(step.kernel, Kernel::MaxPool { .. });
                         let (x, shape) = (input(0), in_shape(0));
-                        let taps = size.0 * size.1;
+                        let taps = size.0.saturating_mul(size.1);
                         split_rows(threads, &mut out, w * c, taps, |at, out| {
                             let first = at / (w * c).max(1);
                             pool_rows(x, shape, out, first, step.shape, *size, *stride, *pad, max);
@@ -471,7 +471,7 @@ fn split_rows(
 ) {
     let row = row.max(1);
     let rows = out.len() / row;
-    let split = threads.for_work(out.len() * taps);
+    let split = threads.for_work(out.len().saturating_mul(taps));
     if split < 2 || rows < split {
         return work(0, out);
     }
