@@ -323,9 +323,10 @@ impl NativeNetwork {
                     Kernel::Multiply => {
                         let (a, b) = (input(0), input(1));
                         let (big, small) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+                        let same_shape = small.len() == big.len();
                         split_rows(threads, &mut out, w * c, 1, |at, out| {
                             let big = &big[at..at + out.len()];
-                            if small.len() == a.len().max(b.len()) {
+                            if same_shape {
                                 let small = &small[at..at + out.len()];
                                 for ((o, x), y) in out.iter_mut().zip(big).zip(small) {
                                     *o = x * y;

@@ -75,7 +75,7 @@ fn raise(kind: Kind, need: usize) -> usize {
 pub(super) fn grow_len(buffer: &mut Vec<f32>, need: usize, kind: Kind) {
     let mark = raise(kind, need);
     if buffer.len() < need {
-        buffer.resize(mark, 0.0);
+        fill(buffer, mark);
     }
 }
 
@@ -83,8 +83,7 @@ pub(super) fn grow_len(buffer: &mut Vec<f32>, need: usize, kind: Kind) {
 pub(super) fn grow_capacity<T>(buffer: &mut Vec<T>, need: usize, kind: Kind) {
     let mark = raise(kind, need);
     if buffer.capacity() < need {
-        // `len ≤ capacity < need ≤ mark`.
-        buffer.reserve_exact(mark - buffer.len());
+        room(buffer, mark);
     }
 }
 
@@ -122,10 +121,7 @@ pub(super) fn catch_up() -> bool {
             return false;
         };
         let (segments, zeros) = &mut *held;
-        let room = mark(Kind::Segments);
-        if segments.capacity() < room {
-            segments.reserve_exact(room - segments.len());
-        }
+        room(segments, mark(Kind::Segments));
         fill(zeros, mark(Kind::Zeros));
         true
     });
@@ -136,8 +132,17 @@ pub(super) fn catch_up() -> bool {
     caught_up
 }
 
-fn fill(buffer: &mut Vec<f32>, mark: usize) {
-    if buffer.len() < mark {
-        buffer.resize(mark, 0.0);
+/// Makes `buffer` at least `len` values long.
+fn fill(buffer: &mut Vec<f32>, len: usize) {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+}
+
+/// Gives `buffer` room for at least `capacity` elements.
+fn room<T>(buffer: &mut Vec<T>, capacity: usize) {
+    if buffer.capacity() < capacity {
+        // `len ≤ capacity`, so the subtraction cannot underflow.
+        buffer.reserve_exact(capacity - buffer.len());
     }
 }
