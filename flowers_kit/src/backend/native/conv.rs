@@ -1,5 +1,6 @@
-//! Convolutions as matrix products: 1×1 directly, k×k through windows read in place (the
-//! packed product) or an im2col copy, with gemm where the weights are not packed.
+//! Convolutions as matrix products: 1×1 directly, k×k through windows read in place by the
+//! packed product (from the image, or from a zero-padded copy of a band of its rows for the
+//! 3-channel stems), or through an im2col copy with gemm where the weights are not packed.
 
 use super::depthwise::Depthwise;
 use super::eltwise::{activate, affine as affine_channels, bias_activate};
@@ -33,7 +34,8 @@ pub(super) fn run_conv(
     }
     // The product's left operand: the input itself for a 1×1 convolution, else its patches:
     // read in place by the packed product where each tap is a run of at least
-    // WINDOW_CHANNELS values, else copied by im2col (the 3-channel stems).
+    // WINDOW_CHANNELS values, else gathered: from padded bands of rows where the weights are
+    // packed (the 3-channel stems), by im2col where they are not.
     let m = ho * wo;
     let k = conv.kernel.0 * conv.kernel.1 * cin;
     let gathered = gathers_patches(conv, packed.is_some());
@@ -112,9 +114,10 @@ pub(super) fn run_conv(
     }
 }
 
-/// Whether `conv` copies its patches (im2col) before its product: a k×k convolution whose
-/// windows the packed product cannot read in place (too few channels per tap, too many
-/// taps, or weights not packed).
+/// Whether `conv` gathers its patches (into padded bands of rows, or by im2col where its
+/// weights are not packed) before its product: a k×k convolution whose windows the packed
+/// product cannot read from the image in place (too few channels per tap, too many taps, or
+/// weights not packed).
 pub(super) fn gathers_patches(conv: &Conv, packed: bool) -> bool {
     let read_in_place =
         packed && conv.cin >= WINDOW_CHANNELS && conv.kernel.0 * conv.kernel.1 <= packed::MAX_TAPS;
@@ -232,15 +235,16 @@ fn im2col_rows(
     }
 }
 
-/// Values of patches one band gathers (~64 KB: the band and its product stay in L2).
+/// Input values one band copies (~64 KB: the band and its product stay in L2).
 const BAND_VALUES: usize = 16 * 1024;
 
-/// A packed convolution over gathered patches, band by band of output rows: each band's
-/// patches are copied into a per-thread buffer of ~64 KB and multiplied while they are in
-/// cache, instead of a patch matrix for the whole image from the pool (0.45 MB for the 3×3
-/// stem at 128×128, 7 MB for ResNet's 7×7 stem at 224). Measured on the 0.35/128 stem, this
-/// is as fast as the whole-matrix copy and product, not faster: the copy itself, not its
-/// size, costs about twice the product.
+/// A packed convolution whose windows cannot be read from the image in place (3-channel
+/// stems: taps of 3 values; or padding to the left), band by band of output rows: each
+/// band's input rows are copied, zero-padded and through the affine step if any, into a
+/// per-thread buffer of ~64 KB, whose windows the packed product then reads in place, a
+/// window row at a time. An im2col copy of the band's patches wrote 27 values per output
+/// pixel of a 3×3 stride-2 stem where this writes about 12, and cost about twice the
+/// product itself (MobileNet V2 0.35/128's stem: 73 µs of 450 per image).
 #[allow(clippy::too_many_arguments)]
 fn gathered_product(
     input: &[f32],
@@ -253,32 +257,47 @@ fn gathered_product(
     affine: Option<Affine>,
     threads: Threads,
 ) {
-    let k = conv.kernel.0 * conv.kernel.1 * dims.2;
+    let (kh, kw) = conv.kernel;
+    let stride = conv.stride;
+    let channels = dims.2;
+    // The band's columns: those the windows of a row read, from the left padding on.
+    let width = wo.saturating_sub(1) * stride + kw;
     let cout = weights.n();
     let row_out = wo * cout;
-    let mut per_band = (BAND_VALUES / (wo * k).max(1)).max(1);
-    let split = threads.for_work(ho * wo * k * cout);
-    if split > 1 {
-        per_band = per_band.min(ho.div_ceil(split));
-    }
+    let split = threads.for_work(ho * wo * weights.k() * cout);
+    // Even bands, as many as keep each one's input near BAND_VALUES, a multiple of the
+    // threads sharing them.
+    let per_band = (BAND_VALUES / (stride * width * channels).max(1)).max(1);
+    let bands = ho.div_ceil(per_band).div_ceil(split) * split;
+    let per_band = ho.div_ceil(bands.max(1)).max(1);
     threads.chunks_mut(out, per_band * row_out, split, |band, out| {
         let first = band * per_band;
         let count = out.len() / row_out.max(1);
         let residual = epilogue
             .residual
             .map(|r| &r[first * row_out..][..out.len()]);
+        let rows = count.saturating_sub(1) * stride + kh;
         scratch::catch_up();
         PATCHES.with(|patches| {
             // A band never runs another band inside it on the same thread.
             let mut patches = patches
                 .try_borrow_mut()
                 .expect("invariant: one gathered band at a time per thread");
-            scratch::grow_len(&mut patches, count * wo * k, Kind::Patches);
-            let cols = &mut patches[..count * wo * k];
-            im2col_rows(input, dims, conv, wo, first..first + count, cols, affine);
+            scratch::grow_len(&mut patches, rows * width * channels, Kind::Patches);
+            let padded = &mut patches[..rows * width * channels];
+            padded_rows(input, dims, conv, first * stride, width, padded, affine);
+            let windows = packed::Windows {
+                input: padded,
+                size: (rows, width),
+                channels,
+                kernel: conv.kernel,
+                stride,
+                pad: (0, 0),
+                out_width: wo,
+            };
             packed::product(
                 out,
-                packed::Operand::Rows(cols),
+                packed::Operand::Windows(windows),
                 count * wo,
                 weights,
                 Epilogue {
@@ -289,6 +308,94 @@ fn gathered_product(
             );
         });
     });
+}
+
+/// Rows `top..` of the input padded as `conv` pads it (`top` counted from the top padding),
+/// `width` columns from the left padding on, into `band` (`[rows][width][c]`), zeros outside
+/// the image and through the affine step (if any) inside it.
+fn padded_rows(
+    input: &[f32],
+    (h, w, c): (usize, usize, usize),
+    conv: &Conv,
+    top: usize,
+    width: usize,
+    band: &mut [f32],
+    affine: Option<Affine>,
+) {
+    let (pad_y, pad_x) = (conv.pad[0], conv.pad[2]);
+    let left = pad_x.min(width);
+    let inside = w.min(width - left);
+    let tiled = affine.map(|a| TiledAffine::new(a, c));
+    for (r, row) in band.chunks_exact_mut(width * c).enumerate() {
+        let Some(y) = (top + r).checked_sub(pad_y).filter(|&y| y < h) else {
+            row.fill(0.0);
+            continue;
+        };
+        let (zeros, rest) = row.split_at_mut(left * c);
+        zeros.fill(0.0);
+        let (values, zeros) = rest.split_at_mut(inside * c);
+        let source = &input[y * w * c..][..inside * c];
+        match &tiled {
+            None => values.copy_from_slice(source),
+            Some(tiled) => tiled.apply(values, source),
+        }
+        zeros.fill(0.0);
+    }
+}
+
+/// A per-channel affine step tiled over a whole number of pixels, so that a row of
+/// `c`-channel pixels is transformed in long runs rather than pixel by pixel (3 values at a
+/// time for an RGB image).
+struct TiledAffine<'a> {
+    affine: Affine<'a>,
+    /// `scale` and `shift` repeated over `len` values (a whole number of pixels), or `len`
+    /// 0 for pixels too wide to tile (applied pixel by pixel, already long runs).
+    scale: [f32; TILED_VALUES],
+    shift: [f32; TILED_VALUES],
+    len: usize,
+}
+
+/// Values of a [`TiledAffine`]'s tile.
+const TILED_VALUES: usize = 64;
+
+impl<'a> TiledAffine<'a> {
+    fn new(affine: Affine<'a>, c: usize) -> TiledAffine<'a> {
+        assert!(
+            affine.scale.len() == c && affine.shift.len() == c,
+            "padded rows: the affine step has {} scales and {} shifts for {c} channels",
+            affine.scale.len(),
+            affine.shift.len()
+        );
+        let len = TILED_VALUES.checked_div(c).map_or(0, |pixels| pixels * c);
+        let mut tiled = TiledAffine {
+            affine,
+            scale: [1.0; TILED_VALUES],
+            shift: [0.0; TILED_VALUES],
+            len,
+        };
+        for j in 0..len {
+            tiled.scale[j] = affine.scale[j % c];
+            tiled.shift[j] = affine.shift[j % c];
+        }
+        tiled
+    }
+
+    /// `to = from · scale + shift`, channel by channel, for a run of whole pixels.
+    fn apply(&self, to: &mut [f32], from: &[f32]) {
+        if self.len == 0 {
+            let c = self.affine.scale.len().max(1);
+            for (to, from) in to.chunks_exact_mut(c).zip(from.chunks_exact(c)) {
+                affine_channels(to, from, self.affine.scale, self.affine.shift);
+            }
+            return;
+        }
+        let (scale, shift) = (&self.scale[..self.len], &self.shift[..self.len]);
+        for (to, from) in to.chunks_mut(self.len).zip(from.chunks(self.len)) {
+            for (((t, f), s), b) in to.iter_mut().zip(from).zip(scale).zip(shift) {
+                *t = f * s + b;
+            }
+        }
+    }
 }
 
 /// The longest window row [`affine_row`] copies.
@@ -375,4 +482,95 @@ pub(super) fn matmul(
         return;
     }
     product_here(out, View::rows(a, m, k), View::rows(b, k, n), accumulate);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::team::Team;
+    use super::super::testing::{conv, values};
+    use super::*;
+    use crate::backend::Kernel;
+
+    /// Convolutions that copy their input rows (3-channel stems, padded or not, with and
+    /// without a gathered affine step) give what im2col and gemm give, on every packed
+    /// kernel set and threading mode.
+    #[test]
+    fn padded_bands_match_im2col() {
+        let team = Team::new(2).expect("threads start");
+        // (input h, w, c), kernel, stride, padding (top, bottom, left, right), cout.
+        for ((h, w, c), kernel, stride, pad, cout) in [
+            ((64, 64, 3), (3, 3), 2, [0, 1, 0, 1], 16),
+            ((35, 33, 3), (3, 3), 2, [0, 0, 0, 0], 32),
+            ((40, 37, 3), (7, 7), 2, [3, 3, 3, 3], 20),
+            ((9, 11, 1), (3, 3), 1, [1, 1, 1, 1], 8),
+            ((12, 10, 5), (5, 3), 1, [2, 2, 1, 1], 40),
+            // More taps than are read in place tap by tap, on 16 channels.
+            ((14, 13, 16), (7, 7), 1, [3, 3, 3, 3], 20),
+        ] {
+            let Kernel::Conv(step) =
+                conv(kernel, stride, pad, c, cout, false, Activation::Relu6, 3)
+            else {
+                unreachable!("conv() makes a convolution")
+            };
+            let ho = (h + pad[0] + pad[1] - kernel.0) / stride + 1;
+            let wo = (w + pad[2] + pad[3] - kernel.1) / stride + 1;
+            let input = values(h * w * c, 7);
+            let (scale, shift) = (values(c, 11), values(c, 13));
+            let k = kernel.0 * kernel.1 * c;
+            for affine in [
+                None,
+                Some(Affine {
+                    scale: &scale,
+                    shift: &shift,
+                }),
+            ] {
+                let mut want = vec![0f32; ho * wo * cout];
+                let mut pool = Pool::default();
+                let dims = ([h, w, c], [ho, wo, cout]);
+                run_conv(
+                    &step,
+                    None,
+                    Kernels::Portable,
+                    &input,
+                    dims.0,
+                    &mut want,
+                    dims.1,
+                    None,
+                    affine,
+                    &mut pool,
+                    Threads::One,
+                );
+                for kernels in Kernels::available()
+                    .into_iter()
+                    .filter(|&k| k != Kernels::Portable)
+                {
+                    let packed = PackedWeights::new(&step.weights, &step.bias, k, cout, kernels)
+                        .expect("weights match the shape");
+                    for threads in [Threads::One, Threads::Team(&team)] {
+                        let mut got = vec![f32::NAN; ho * wo * cout];
+                        run_conv(
+                            &step,
+                            Some(&packed),
+                            kernels,
+                            &input,
+                            dims.0,
+                            &mut got,
+                            dims.1,
+                            None,
+                            affine,
+                            &mut pool,
+                            threads,
+                        );
+                        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - e).abs() < 1e-4,
+                                "{kernels:?} {kernel:?}/{stride} {pad:?} affine {} [{i}]: {g} vs {e}",
+                                affine.is_some()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -2,33 +2,33 @@
 
 use std::arch::x86_64::*;
 
-use super::{MR, NR};
+use super::{Segments, Tile, MR, NR};
 
 /// One `rows × cols` (≤ 6 × 16) tile of the product, with its epilogue.
 ///
 /// # Safety
 /// AVX2 and FMA are available; every pointer of `segments` points at `run` values (the
 /// tile's six operand rows, segment after segment along `k`); `panel` at
-/// `segments.len() · run × NR` values and `bias` at `NR`; `out` (and `residual`) at
+/// `segments.count() · run × NR` values and `bias` at `NR`; `out` (and `residual`) at
 /// `rows` rows of `cols` writable (readable) values, `ldo` apart.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile(
-    segments: &[[*const f32; MR]],
-    run: usize,
-    rows: usize,
-    panel: *const f32,
-    bias: *const f32,
-    residual: Option<*const f32>,
-    out: *mut f32,
-    ldo: usize,
-    cols: usize,
-    lo: f32,
-    hi: f32,
-) {
+pub(super) unsafe fn tile<S: Segments>(segments: S, tile: Tile) {
+    let Tile {
+        run,
+        rows,
+        panel,
+        bias,
+        residual,
+        out,
+        ldo,
+        cols,
+        lo,
+        hi,
+    } = tile;
     let mut c = [_mm256_setzero_ps(); 2 * MR];
     let mut b = panel;
-    for &[a0, a1, a2, a3, a4, a5] in segments {
+    for s in 0..segments.count() {
+        let [a0, a1, a2, a3, a4, a5] = segments.rows(s);
         for p in 0..run {
             let b0 = _mm256_loadu_ps(b);
             let b1 = _mm256_loadu_ps(b.add(8));

@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::MR;
+use super::{Segments, Tile, MR};
 
 /// One tile of up to `2 · MR` rows with its epilogue, on one register width.
 macro_rules! tile {
@@ -18,9 +18,9 @@ macro_rules! tile {
      $min:ident, $max:ident) => {{
         let mut c = [$zero(); 2 * MR];
         let mut b = $panel;
-        for (&[a0, a1, a2, a3, a4, a5], &[a6, a7, a8, a9, a10, a11]) in
-            $segments.iter().zip($second)
-        {
+        for s in 0..$segments.count() {
+            let [a0, a1, a2, a3, a4, a5] = $segments.rows(s);
+            let [a6, a7, a8, a9, a10, a11] = $second.rows(s);
             for p in 0..$run {
                 let w = $load($mask, b);
                 b = b.add(super::NR);
@@ -57,24 +57,22 @@ macro_rules! tile {
 /// # Safety
 /// AVX-512 F and VL are available; every pointer of `segments` and `second` points at `run`
 /// values (segment after segment along `k`, as many segments in both); `panel` at
-/// `segments.len() · run × NR` values and `bias` at `NR`; `out` (and `residual`) at
+/// `segments.count() · run × NR` values and `bias` at `NR`; `out` (and `residual`) at
 /// `rows` rows of `cols` writable (readable) values, `ldo` apart.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-pub(super) unsafe fn tile(
-    segments: &[[*const f32; MR]],
-    second: &[[*const f32; MR]],
-    run: usize,
-    rows: usize,
-    panel: *const f32,
-    bias: *const f32,
-    residual: Option<*const f32>,
-    out: *mut f32,
-    ldo: usize,
-    cols: usize,
-    lo: f32,
-    hi: f32,
-) {
+pub(super) unsafe fn tile<S: Segments>(segments: S, second: S, tile: Tile) {
+    let Tile {
+        run,
+        rows,
+        panel,
+        bias,
+        residual,
+        out,
+        ldo,
+        cols,
+        lo,
+        hi,
+    } = tile;
     if cols > 8 {
         let mask = ((1u32 << cols) - 1) as __mmask16;
         tile!(

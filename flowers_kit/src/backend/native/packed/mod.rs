@@ -3,9 +3,10 @@
 //!
 //! Every non-depthwise convolution is `out[m, n] = a[m, k] · w[k, n]`, where `a` is the input
 //! itself (1×1, stride 1) or its patches. Patches are read from the image in place
-//! ([`Windows`]): the micro-kernel walks each window tap by tap, so ResNet's and Inception's
-//! k×k convolutions never write an im2col copy (25 MB per image for Inception's second
-//! convolution) only to read it back. A general gemm re-packs `w` on every call and
+//! ([`Windows`]): the micro-kernel walks each window tap by tap (window row by window row
+//! where the rows lie inside the image), so ResNet's and Inception's k×k convolutions never
+//! write an im2col copy (25 MB per image for Inception's second convolution) only to read it
+//! back. A general gemm re-packs `w` on every call and
 //! needs separate passes for the bias, the activation and a residual addend. Here `w` is
 //! packed when the network is built, into panels of [`NR`] columns (`[k][NR]`, zero-padded),
 //! and a 6×16 micro-kernel keeps its tile in 12 registers over the whole `k` (the AVX-512 one
@@ -27,7 +28,8 @@ pub(crate) const NR: usize = 16;
 const MR: usize = 6;
 /// Bytes of `a` one row chunk aims to keep in cache.
 const CHUNK_BYTES: usize = 256 * 1024;
-/// The most taps a [`Windows`] operand may have (5×5, and Inception's 1×7 and 7×1).
+/// The most taps for which a convolution's windows are read in place tap by tap rather than
+/// from a copy (5×5, and Inception's 1×7 and 7×1).
 pub(crate) const MAX_TAPS: usize = 25;
 
 /// The left operand of a product.
@@ -56,14 +58,83 @@ pub(crate) struct Windows<'a> {
 }
 
 impl Windows<'_> {
-    /// The `channels` values tap (`ky`, `kx`) of operand row `row` reads: a run of the
-    /// image, or `zeros` where the tap falls outside it.
-    fn tap<'z>(&self, row: usize, (ky, kx): (usize, usize), zeros: &'z [f32]) -> &'z [f32]
+    /// Whether every window row lies inside the image's columns (no left padding, and the
+    /// last window ends inside the image): a window row is then one run of `kw · channels`
+    /// values, and the micro-kernel walks a window row by row instead of tap by tap (a
+    /// 3-channel stem's 27-value window in 3 runs of 9 rather than 9 of 3).
+    fn rows_inside(&self) -> bool {
+        let last = self.out_width.saturating_sub(1) * self.stride;
+        self.pad.1 == 0 && last + self.kernel.1 <= self.size.1
+    }
+
+    /// How the micro-kernel walks one window: (segments, values per segment).
+    fn segments(&self) -> (usize, usize) {
+        let (kh, kw) = self.kernel;
+        if self.rows_inside() {
+            (kh, kw * self.channels)
+        } else {
+            (kh * kw, self.channels)
+        }
+    }
+
+    /// Whether every window of operand rows up to `last` lies inside the image (no padding
+    /// read).
+    fn inside(&self, last: usize) -> bool {
+        let (kh, kw) = self.kernel;
+        let (h, w) = self.size;
+        let last_row = last / self.out_width.max(1);
+        let last_column = self.out_width.saturating_sub(1);
+        self.pad == (0, 0)
+            && last_row * self.stride + kh <= h
+            && last_column * self.stride + kw <= w
+    }
+
+    /// Where segment `segment` of a window starts: (`ky`, `kx`).
+    fn segment_tap(&self, segment: usize) -> (usize, usize) {
+        if self.rows_inside() {
+            (segment, 0)
+        } else {
+            (segment / self.kernel.1, segment % self.kernel.1)
+        }
+    }
+
+    /// The output pixels (`oy`, `ox`) of the `MR` operand rows from `first`, the last
+    /// `MR − count` repeating the last of the `count` present (a part-empty tile): the
+    /// first row's pixel is `at`, which moves on to the next tile's.
+    fn pixels(&self, at: &mut (usize, usize), count: usize) -> [(usize, usize); MR] {
+        let width = self.out_width.max(1);
+        let mut pixel = *at;
+        let tile = std::array::from_fn(|r| {
+            if r > 0 && r < count {
+                pixel.1 += 1;
+                if pixel.1 == width {
+                    pixel = (pixel.0 + 1, 0);
+                }
+            }
+            pixel
+        });
+        // The next tile's first row: MR rows on.
+        at.1 += MR;
+        while at.1 >= width {
+            at.1 -= width;
+            at.0 += 1;
+        }
+        tile
+    }
+
+    /// The `run` values that tap (`ky`, `kx`) starts for output pixel (`oy`, `ox`): a run of
+    /// the image, or `zeros` where the tap falls outside it.
+    fn segment<'z>(
+        &self,
+        (oy, ox): (usize, usize),
+        (ky, kx): (usize, usize),
+        run: usize,
+        zeros: &'z [f32],
+    ) -> &'z [f32]
     where
         Self: 'z,
     {
         let (h, w) = self.size;
-        let (oy, ox) = (row / self.out_width, row % self.out_width);
         let y = (oy * self.stride + ky)
             .checked_sub(self.pad.0)
             .filter(|&y| y < h);
@@ -71,10 +142,10 @@ impl Windows<'_> {
             .checked_sub(self.pad.1)
             .filter(|&x| x < w);
         match (y, x) {
-            (Some(y), Some(x)) => self
-                .input
-                .get((y * w + x) * self.channels..(y * w + x + 1) * self.channels)
-                .unwrap_or(zeros),
+            (Some(y), Some(x)) => {
+                let start = (y * w + x) * self.channels;
+                self.input.get(start..start + run).unwrap_or(zeros)
+            }
             _ => zeros,
         }
     }
@@ -190,7 +261,7 @@ impl<'a> Epilogue<'a> {
 ///
 /// # Panics
 /// When the slices do not hold `m × k` (rows; windows: `h × w × channels` with
-/// `k = kh · kw · channels`, at most [`MAX_TAPS`] taps), `m × n` (and `m × n` for the
+/// `k = kh · kw · channels`), `m × n` (and `m × n` for the
 /// residual) values, or the CPU lacks AVX2/FMA: the micro-kernel's unchecked loads rely on
 /// both.
 pub(crate) fn product(
@@ -208,7 +279,6 @@ pub(crate) fn product(
             let (kh, kw) = win.kernel;
             win.channels > 0
                 && win.out_width > 0
-                && kh * kw <= MAX_TAPS
                 && Some(k) == (kh * kw).checked_mul(win.channels)
                 && Some(win.input.len()) == win.size.0.checked_mul(win.size.1 * win.channels)
         }
@@ -348,7 +418,7 @@ unsafe fn chunk_product(
     // chunk, as safe slices, then met by every panel.
     let (taps, run) = match a {
         Operand::Rows(_) => (1, k),
-        Operand::Windows(win) => (win.kernel.0 * win.kernel.1, win.channels),
+        Operand::Windows(win) => win.segments(),
     };
     let count = rows.len();
     scratch::catch_up();
@@ -361,46 +431,134 @@ unsafe fn chunk_product(
         // Kept between calls, so a warm product allocates nothing.
         segments.clear();
         scratch::grow_capacity(segments, count.div_ceil(MR) * taps * MR, Kind::Segments);
-        if let Operand::Windows(win) = a {
-            scratch::grow_len(zeros, win.channels, Kind::Zeros);
+        if matches!(a, Operand::Windows(_)) {
+            scratch::grow_len(zeros, run, Kind::Zeros);
         }
         let zeros = &zeros[..];
+        let inside = match a {
+            Operand::Windows(win) => win.inside(rows.end.saturating_sub(1)),
+            Operand::Rows(_) => false,
+        };
+        // The output pixel of the tile's first row, for windows.
+        let mut pixel = match a {
+            Operand::Windows(win) => {
+                let width = win.out_width.max(1);
+                (rows.start / width, rows.start % width)
+            }
+            Operand::Rows(_) => (0, 0),
+        };
         for first in (0..count).step_by(MR) {
             // Missing rows repeat the tile's last row: computed, never stored.
             let row = |r: usize| rows.start + (first + r).min(count - 1);
+            let present = (count - first).min(MR);
             match a {
                 Operand::Rows(a) => {
                     let tile: [*const f32; MR] =
                         std::array::from_fn(|r| a[row(r) * k..][..k].as_ptr());
                     segments.extend_from_slice(&tile);
                 }
+                Operand::Windows(win) if inside => {
+                    // Every window inside the image (a row mode, see `Windows::segments`):
+                    // each row's segments are one image row apart, so the tile keeps only
+                    // where each window starts and the kernel steps from there.
+                    let (w, c, stride) = (win.size.1, win.channels, win.stride);
+                    let span = (taps - 1) * w * c + run;
+                    let tile: [*const f32; MR] = win.pixels(&mut pixel, present).map(|(oy, ox)| {
+                        let start = (oy * w + ox) * stride * c;
+                        win.input
+                            .get(start..start + span)
+                            .expect("invariant: windows checked inside the image")
+                            .as_ptr()
+                    });
+                    segments.extend_from_slice(&tile);
+                }
                 Operand::Windows(win) => {
-                    for tap in 0..taps {
-                        let at = (tap / win.kernel.1, tap % win.kernel.1);
-                        let tile: [*const f32; MR] =
-                            std::array::from_fn(|r| win.tap(row(r), at, zeros).as_ptr());
+                    let pixels = win.pixels(&mut pixel, present);
+                    for segment in 0..taps {
+                        let tap = win.segment_tap(segment);
+                        let tile: [*const f32; MR] = std::array::from_fn(|r| {
+                            win.segment(pixels[r], tap, run, zeros).as_ptr()
+                        });
                         segments.extend_from_slice(&tile);
                     }
                 }
             }
         }
         let (tiled, _) = segments.as_chunks::<MR>();
+        let layout = match a {
+            Operand::Windows(win) if inside => Layout::Strided {
+                stride: win.size.1 * win.channels,
+            },
+            _ => Layout::Listed,
+        };
+        let operand = (tiled, layout, taps, run);
         // SAFETY: as this function's.
-        unsafe { tiles(out, tiled, taps, run, count, w, panels, residual, lo, hi) };
+        unsafe { tiles(out, operand, count, w, panels, residual, lo, hi) };
         segments.clear();
     });
 }
 
-/// Every tile of a chunk: the panels `panels` of `w` against the tiles' operand `segments`.
+/// How a chunk's tiles list their operand's segments.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Every segment's six row pointers, segment after segment, per 6-row tile.
+    Listed,
+    /// Each row's first segment only, per 6-row tile: its segments follow `stride` values
+    /// apart ([`Strided`]).
+    Strided { stride: usize },
+}
+
+/// The operand of one 6-row tile, segment by segment along `k`: each segment is `run`
+/// consecutive values of each of the six rows.
+pub(super) trait Segments: Copy {
+    /// How many segments.
+    fn count(self) -> usize;
+    /// The six rows' pointers for segment `s` (< `count`).
+    fn rows(self, s: usize) -> [*const f32; MR];
+}
+
+impl Segments for &[[*const f32; MR]] {
+    #[inline(always)]
+    fn count(self) -> usize {
+        self.len()
+    }
+
+    #[inline(always)]
+    fn rows(self, s: usize) -> [*const f32; MR] {
+        self[s]
+    }
+}
+
+/// Segments `stride` values apart in every row: the rows of windows that lie inside the
+/// image, so that a tile's pointers cost no more than a row product's.
+#[derive(Clone, Copy)]
+pub(super) struct Strided {
+    starts: [*const f32; MR],
+    stride: usize,
+    count: usize,
+}
+
+impl Segments for Strided {
+    #[inline(always)]
+    fn count(self) -> usize {
+        self.count
+    }
+
+    #[inline(always)]
+    fn rows(self, s: usize) -> [*const f32; MR] {
+        self.starts.map(|p| p.wrapping_add(s * self.stride))
+    }
+}
+
+/// Every tile of a chunk: the panels `panels` of `w` against the tiles' operand
+/// (`segments` laid out as `layout`, `taps` segments of `run` values per row).
 ///
 /// # Safety
 /// As [`chunk_product`]'s, for `count` rows.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tiles(
     out: *mut f32,
-    segments: &[[*const f32; MR]],
-    taps: usize,
-    run: usize,
+    (segments, layout, taps, run): (&[[*const f32; MR]], Layout, usize, usize),
     count: usize,
     w: &PackedWeights,
     panels: std::ops::Range<usize>,
@@ -411,6 +569,10 @@ unsafe fn tiles(
     let (k, n) = (w.k, w.n);
     // The AVX-512 kernel takes two of the segments' 6-row tiles at a time.
     let per_tile = w.tile_rows();
+    let per_group = match layout {
+        Layout::Listed => taps,
+        Layout::Strided { .. } => 1,
+    };
     for (p, (panel, bias)) in w
         .panels
         .chunks_exact(k * NR)
@@ -421,53 +583,77 @@ unsafe fn tiles(
     {
         let first_col = p * NR;
         let cols = (n - first_col).min(NR);
-        for (t, tile_segments) in segments.chunks(taps * per_tile / MR).enumerate() {
+        for (t, groups) in segments.chunks(per_group * per_tile / MR).enumerate() {
             let first_row = t * per_tile;
-            let tile_rows = (count - first_row).min(per_tile);
-            let residual = residual.map(|r| r[first_row * n + first_col..].as_ptr());
-            let out = out.add(first_row * n + first_col);
+            let tile = Tile {
+                run,
+                rows: (count - first_row).min(per_tile),
+                panel: panel.as_ptr(),
+                bias: bias.as_ptr(),
+                residual: residual.map(|r| r[first_row * n + first_col..].as_ptr()),
+                out: out.add(first_row * n + first_col),
+                ldo: n,
+                cols,
+                lo,
+                hi,
+            };
             // SAFETY: `product` asserted AVX2/FMA (and `PackedWeights::new` AVX-512 where
             // `w.avx512`) and the lengths: every segment pointer starts a slice of at least
-            // `run` values (a row of `a`, a run of the image, or `zeros`), taps · run = k,
-            // the panel holds k × NR values and the bias NR; `out` (the caller's promise) and
+            // `run` values (a row of `a`, a run of the image, or `zeros`; strided segments
+            // were checked inside the image by `chunk_product`), taps · run = k, the panel
+            // holds k × NR values and the bias NR; `out` (the caller's promise) and
             // `residual` hold `count` rows of n, of which the tile writes (reads) rows
-            // first_row..first_row + tile_rows, `cols` ≤ n − first_col values from
+            // first_row..first_row + tile.rows, `cols` ≤ n − first_col values from
             // first_col, in a panel of `panels`.
-            #[cfg(target_arch = "x86_64")]
             unsafe {
-                // A lone last tile of at most 6 rows runs on the AVX2 kernel (an AVX-512 CPU
-                // has AVX2 and FMA), which computes 6 rows rather than 12.
-                if w.avx512 && tile_segments.len() > taps {
-                    let (first, second) = tile_segments.split_at(taps);
-                    avx512::tile(
-                        first,
-                        second,
-                        run,
-                        tile_rows,
-                        panel.as_ptr(),
-                        bias.as_ptr(),
-                        residual,
-                        out,
-                        n,
-                        cols,
-                        lo,
-                        hi,
-                    );
-                } else {
-                    avx2::tile(
-                        tile_segments,
-                        run,
-                        tile_rows,
-                        panel.as_ptr(),
-                        bias.as_ptr(),
-                        residual,
-                        out,
-                        n,
-                        cols,
-                        lo,
-                        hi,
-                    );
+                match layout {
+                    Layout::Listed => {
+                        let (first, second) = groups.split_at(taps.min(groups.len()));
+                        tile.run_on(w.avx512, first, (!second.is_empty()).then_some(second));
+                    }
+                    Layout::Strided { stride } => {
+                        let strided = |&starts: &[*const f32; MR]| Strided {
+                            starts,
+                            stride,
+                            count: taps,
+                        };
+                        tile.run_on(w.avx512, strided(&groups[0]), groups.get(1).map(strided));
+                    }
                 }
+            }
+        }
+    }
+}
+
+/// One micro-kernel tile's destination and epilogue (see the kernels' `tile`).
+#[derive(Clone, Copy)]
+struct Tile {
+    run: usize,
+    rows: usize,
+    panel: *const f32,
+    bias: *const f32,
+    residual: Option<*const f32>,
+    out: *mut f32,
+    ldo: usize,
+    cols: usize,
+    lo: f32,
+    hi: f32,
+}
+
+impl Tile {
+    /// Runs the tile on `first` (and `second`, the next 6 rows, on the 12-row AVX-512
+    /// kernel where `avx512`; a lone last 6-row tile runs on the AVX2 kernel, which an
+    /// AVX-512 CPU has).
+    ///
+    /// # Safety
+    /// As the kernels' `tile`.
+    #[inline(always)]
+    unsafe fn run_on<S: Segments>(self, avx512: bool, first: S, second: Option<S>) {
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            match second {
+                Some(second) if avx512 => avx512::tile(first, second, self),
+                _ => avx2::tile(first, self),
             }
         }
     }
@@ -568,6 +754,10 @@ mod tests {
             ((9, 7, 16, 20), ((3, 3), 1, (1, 1))),
             ((9, 7, 16, 20), ((3, 3), 2, (0, 0))),
             ((9, 7, 16, 20), ((1, 7), 1, (0, 3))),
+            // Window rows inside the image's columns, padded above and below.
+            ((9, 7, 16, 20), ((3, 3), 1, (1, 0))),
+            // Every window inside: each row's segments one image row apart.
+            ((8, 9, 3, 24), ((3, 3), 2, (0, 0))),
             ((5, 5, 16, 40), ((3, 3), 1, (1, 1))),
         ] {
             let input: Vec<f32> = (0..h * w * c).map(value).collect();
