@@ -5,6 +5,7 @@
 use super::depthwise::Depthwise;
 use super::isa::Kernels;
 use super::packed::{self, Epilogue, PackedWeights};
+use super::pool::Pool;
 use super::scratch::{self, Kind, BANDS};
 use super::threads::Threads;
 use crate::backend::{Conv, Kernel, Step};
@@ -120,10 +121,35 @@ pub(super) fn find_blocks(
 /// Bytes of expanded activations one band aims for (Zen 3 has 512 KB of L2 per core).
 const BAND_BYTES: usize = 192 * 1024;
 
+/// Multiply-adds from which a block split among threads on a small map runs layer by layer
+/// (see [`recomputes_rows`]): MobileNet V2 1.0/224's 7×7 blocks (8–23 M) do, α = 0.35's 4×4
+/// ones (under 1 M), whose layers are too small to split three times, do not.
+const LAYERED_MACS: usize = 4 << 20;
+
+/// Whether the bands of `split` threads over a block's `ho` output rows expand over a fifth
+/// more rows of its `h`-row input than the input has: a band expands the rows its depthwise
+/// windows reach, so a small map cut in two recomputes the rows on both sides of the cut
+/// (a 7×7 map: 9 rows for 7).
+fn recomputes_rows(depthwise: &Conv, h: usize, ho: usize, split: usize) -> bool {
+    let rows = ho.div_ceil(split.max(1)).max(1);
+    let (kh, stride, pad_top) = (depthwise.kernel.0, depthwise.stride, depthwise.pad[0]);
+    let expanded: usize = (0..ho)
+        .step_by(rows)
+        .map(|start| {
+            let end = (start + rows).min(ho);
+            let lo = (start * stride).saturating_sub(pad_top).min(h);
+            let hi = ((end - 1) * stride + kh).saturating_sub(pad_top).min(h);
+            hi - lo
+        })
+        .sum();
+    expanded * 5 > h * 6
+}
+
 /// `block` of `steps` (whose weights `packed` holds), run at step `at`, on input `x` into
 /// `out` (the output of step `at`: the projection's, or the depthwise layer's where `at` is
 /// the block's depthwise step), with the residual addend; output rows split among `threads`
-/// for a large block.
+/// for a large block, or for a large block on a small map each layer split among them in
+/// turn (buffers from `pool`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_block(
     steps: &[Step],
@@ -134,6 +160,7 @@ pub(super) fn run_block(
     x: &[f32],
     out: &mut [f32],
     residual: Option<&[f32]>,
+    pool: &mut Pool,
     threads: Threads,
 ) {
     let part = |i: usize| {
@@ -177,7 +204,12 @@ pub(super) fn run_block(
         }
     };
     let split = threads.for_work(macs);
-    if split > 1 && ho >= split {
+    let all_macs = h * w * cin * expanded
+        + ho * wo * expanded * depthwise.kernel.0 * depthwise.kernel.1
+        + project.map_or(0, |_| ho * wo * cout * expanded);
+    if split > 1 && all_macs >= LAYERED_MACS && recomputes_rows(depthwise, h, ho, split) {
+        band.layered(out, residual, ho, pool, threads);
+    } else if split > 1 && ho >= split {
         let rows = ho.div_ceil(split);
         threads.chunks_mut(out, rows * wo * cout, split, |t, out| {
             let first = t * rows;
@@ -206,6 +238,49 @@ struct BlockBand<'a> {
 }
 
 impl BlockBand<'_> {
+    /// The whole block into `out` (`ho` rows) layer by layer, each layer split among
+    /// `threads` as an unfused one would be (a product's panels, where its weights outweigh
+    /// its rows): the expanded map of a small image fits in L2 whole.
+    fn layered(
+        &self,
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+        ho: usize,
+        pool: &mut Pool,
+        threads: Threads,
+    ) {
+        let (h, w, ce, wo) = (self.h, self.w, self.expanded, self.wo);
+        let (weights, activation) = self.expand;
+        let mut expanded = pool.take(h * w * ce);
+        packed::product(
+            &mut expanded,
+            packed::Operand::Rows(self.x),
+            h * w,
+            weights,
+            Epilogue::new(activation, None),
+            threads,
+        );
+        let pad_top = self.depthwise.pad[0];
+        let depthwise = Depthwise::of(self.depthwise, &expanded, (h, w), pad_top, self.kernels);
+        match self.project {
+            None => depthwise.run(out, (ho, wo), threads),
+            Some((weights, activation)) => {
+                let mut dw_out = pool.take(ho * wo * ce);
+                depthwise.run(&mut dw_out, (ho, wo), threads);
+                packed::product(
+                    out,
+                    packed::Operand::Rows(&dw_out),
+                    ho * wo,
+                    weights,
+                    Epilogue::new(activation, residual),
+                    threads,
+                );
+                pool.give(dw_out);
+            }
+        }
+        pool.give(expanded);
+    }
+
     /// Output rows `rows` into `out` (those rows only), band by band.
     fn rows(&self, rows: std::ops::Range<usize>, out: &mut [f32], residual: Option<&[f32]>) {
         let BlockBand {
@@ -366,6 +441,61 @@ mod tests {
             step("excite", Kernel::Multiply, vec![2, 3], [50, 48, 192]),
         ];
         assert_fused_as_unfused(steps, &pixels, &[1]);
+    }
+
+    /// Large blocks on a 7×7 map, which a team runs layer by layer (a block with its
+    /// residual sum, and an expansion with a 5×5 swish depthwise layer that a
+    /// squeeze-and-excitation reads), give what the unfused kernels give.
+    #[test]
+    fn layered_blocks_match_the_unfused_kernels() {
+        let pw = |cin, cout, activation, seed| {
+            conv((1, 1), 1, [0; 4], cin, cout, false, activation, seed)
+        };
+        let dw = |k: usize, activation, seed| {
+            let p = k / 2;
+            conv((k, k), 1, [p, p, p, p], 960, 960, true, activation, seed)
+        };
+        let pool = Kernel::AvgPool {
+            size: (13, 13),
+            stride: 13,
+            pad: [0; 4],
+        };
+        let relu6 = Activation::Relu6;
+        let steps = vec![
+            step("input", Kernel::Input, vec![], [96, 96, 3]),
+            step("shrink", pool, vec![0], [7, 7, 3]),
+            step("widen", pw(3, 160, relu6, 1), vec![1], [7, 7, 160]),
+            step("expand", pw(160, 960, relu6, 2), vec![2], [7, 7, 960]),
+            step("depthwise", dw(3, relu6, 3), vec![3], [7, 7, 960]),
+            step(
+                "project",
+                pw(960, 160, Activation::Linear, 4),
+                vec![4],
+                [7, 7, 160],
+            ),
+            step(
+                "sum",
+                Kernel::Add(Activation::Linear),
+                vec![2, 5],
+                [7, 7, 160],
+            ),
+            step(
+                "expand_2",
+                pw(160, 960, Activation::Swish, 5),
+                vec![6],
+                [7, 7, 960],
+            ),
+            step(
+                "depthwise_2",
+                dw(5, Activation::Swish, 6),
+                vec![7],
+                [7, 7, 960],
+            ),
+            step("squeeze", Kernel::GlobalAvgPool, vec![8], [1, 1, 960]),
+            step("excite", Kernel::Multiply, vec![8, 9], [7, 7, 960]),
+        ];
+        let pixels: Vec<f32> = (0..96 * 96 * 3).map(|i| (i % 251) as f32 / 251.0).collect();
+        assert_fused_as_unfused(steps, &pixels, &[3, 7]);
     }
 
     /// The network of `steps` gives the same features on every kernel set as on the

@@ -242,6 +242,7 @@ impl NativeNetwork {
                                 x,
                                 &mut out,
                                 residual,
+                                pool,
                                 threads,
                             );
                         }
