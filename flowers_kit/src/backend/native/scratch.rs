@@ -32,6 +32,8 @@ pub(super) enum Kind {
     Segments,
     /// The zeros a windows operand reads for padding taps.
     Zeros,
+    /// A chunk's operand rows copied apart, where their own stride aliases in L1.
+    Rows,
 }
 
 thread_local! {
@@ -40,16 +42,16 @@ thread_local! {
         const { RefCell::new((Vec::new(), Vec::new())) };
     /// The gathered patches of one band.
     pub(super) static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// One chunk's operand segments (row starts, a tile's rows after one another) and the
-    /// zeros that stand for padding taps.
-    pub(super) static SEGMENTS: RefCell<(Vec<*const f32>, Vec<f32>)> =
-        const { RefCell::new((Vec::new(), Vec::new())) };
+    /// One chunk's operand segments (row starts, a tile's rows after one another), the
+    /// zeros that stand for padding taps, and the chunk's rows where they are copied apart.
+    pub(super) static SEGMENTS: RefCell<(Vec<*const f32>, Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
     /// The generation this thread last grew all its buffers to.
     static GROWN_TO: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The largest need met of each kind, in elements.
-static MARKS: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+static MARKS: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
 
 /// How many times a mark has risen (published after the mark, read before the marks).
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -120,9 +122,10 @@ pub(super) fn catch_up() -> bool {
         let Ok(mut held) = cell.try_borrow_mut() else {
             return false;
         };
-        let (segments, zeros) = &mut *held;
+        let (segments, zeros, rows) = &mut *held;
         room(segments, mark(Kind::Segments));
         fill(zeros, mark(Kind::Zeros));
+        fill(rows, mark(Kind::Rows));
         true
     });
     let caught_up = bands && patches && segments;
