@@ -14,7 +14,9 @@ use crate::models::graph::Activation;
 /// An inverted-residual block (1×1 expansion → depthwise → 1×1 projection) run as one step,
 /// band by band of output rows: the expanded activations, 6× the width of the block's input,
 /// live in an L2-sized band and never go to memory. MobileNet V2 is memory-bound on a
-/// laptop's 10 GB/s per core; its expansions wrote and re-read ~40 MB per image.
+/// laptop's 10 GB/s per core; its expansions wrote and re-read ~40 MB per image. (A large
+/// block on a small map that a team splits runs layer by layer instead, its whole expanded
+/// map in L2: see [`recomputes_rows`].)
 ///
 /// In EfficientNet and MobileNet V3 a squeeze-and-excitation reads the depthwise output
 /// whole (its mean over the image scales it before the projection), so there the block is
@@ -371,8 +373,12 @@ impl BlockBand<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{conv, step};
+    use super::super::pool::Pool;
+    use super::super::team::Team;
+    use super::super::testing::{conv, step, values};
+    use super::super::threads::Threads;
     use super::super::{Kernels, NativeNetwork};
+    use super::{recomputes_rows, run_block};
     use crate::backend::{Kernel, Network, Step};
     use crate::models::graph::Activation;
     use crate::models::Model;
@@ -496,6 +502,94 @@ mod tests {
         ];
         let pixels: Vec<f32> = (0..96 * 96 * 3).map(|i| (i % 251) as f32 / 251.0).collect();
         assert_fused_as_unfused(steps, &pixels, &[3, 7]);
+    }
+
+    /// Layer by layer on a team of 4 (a stride-2 block that two threads would run in bands
+    /// but four would not, and a stride-1 one), a block gives what it gives band by band on
+    /// one thread.
+    #[test]
+    fn layered_blocks_match_their_bands() {
+        let pw =
+            |cin, cout, seed| conv((1, 1), 1, [0; 4], cin, cout, false, Activation::Relu6, seed);
+        let linear = |cin, cout, seed| {
+            conv(
+                (1, 1),
+                1,
+                [0; 4],
+                cin,
+                cout,
+                false,
+                Activation::Linear,
+                seed,
+            )
+        };
+        let dw =
+            |stride, pad, seed| conv((3, 3), stride, pad, 960, 960, true, Activation::Relu6, seed);
+        let pool = Kernel::AvgPool {
+            size: (5, 5),
+            stride: 7,
+            pad: [0; 4],
+        };
+        let steps = vec![
+            step("input", Kernel::Input, vec![], [96, 96, 3]),
+            step("shrink", pool, vec![0], [14, 14, 3]),
+            step("widen", pw(3, 160, 1), vec![1], [14, 14, 160]),
+            step("expand", pw(160, 960, 2), vec![2], [14, 14, 960]),
+            step("depthwise", dw(2, [0, 1, 0, 1], 3), vec![3], [7, 7, 960]),
+            step("project", linear(960, 160, 4), vec![4], [7, 7, 160]),
+            step("expand_2", pw(160, 960, 5), vec![5], [7, 7, 960]),
+            step("depthwise_2", dw(1, [1, 1, 1, 1], 6), vec![6], [7, 7, 960]),
+            step("project_2", linear(960, 160, 7), vec![7], [7, 7, 160]),
+        ];
+        let model = Model::parse("mobilenet_v2_0.35_96").expect("a model");
+        let network = Network::new(model, steps, "synthetic".into(), None).expect("valid steps");
+        let team = Team::new(4).expect("threads start");
+        for kernels in Kernels::available() {
+            if kernels == Kernels::Portable {
+                continue;
+            }
+            let native = NativeNetwork::with_kernels(&network, kernels).expect("native");
+            for at in [5, 8] {
+                let block = native.blocks[at]
+                    .as_ref()
+                    .expect("a block at each projection");
+                let Kernel::Conv(depthwise) = &native.steps[block.depthwise].kernel else {
+                    unreachable!("a block's depthwise step is a convolution")
+                };
+                let [h, w, c] = native.steps[block.input].shape;
+                let ho = native.steps[at].shape[0];
+                assert!(
+                    recomputes_rows(depthwise, h, ho, 4),
+                    "{at}: layered on 4 threads"
+                );
+                let x = values(h * w * c, at);
+                let len = native.steps[at].shape.iter().product::<usize>();
+                let (mut bands, mut layered) = (vec![0f32; len], vec![f32::NAN; len]);
+                let mut pool = Pool::default();
+                for (out, threads) in [
+                    (&mut bands, Threads::One),
+                    (&mut layered, Threads::Team(&team)),
+                ] {
+                    let (steps, packed) = (&native.steps, &native.packed);
+                    run_block(
+                        steps, packed, kernels, at, block, &x, out, None, &mut pool, threads,
+                    );
+                }
+                for (i, (a, b)) in layered.iter().zip(&bands).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{kernels:?} block at {at} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+        // Two threads run the stride-2 block in bands (15 expanded rows for 14).
+        let Kernel::Conv(depthwise) =
+            conv((3, 3), 2, [0, 1, 0, 1], 8, 8, true, Activation::Relu6, 1)
+        else {
+            unreachable!("conv() makes a convolution")
+        };
+        assert!(!recomputes_rows(&depthwise, 14, 7, 2));
     }
 
     /// The network of `steps` gives the same features on every kernel set as on the

@@ -34,8 +34,8 @@ pub(super) fn run_conv(
     }
     // The product's left operand: the input itself for a 1×1 convolution, else its patches:
     // read in place by the packed product where each tap is a run of at least
-    // WINDOW_CHANNELS values, else gathered: from padded bands of rows where the weights are
-    // packed (the 3-channel stems), by im2col where they are not.
+    // WINDOW_CHANNELS values in at most MAX_TAPS taps, else gathered: from padded bands of
+    // rows where the weights are packed (the 3-channel stems), by im2col where they are not.
     let m = ho * wo;
     let k = conv.kernel.0 * conv.kernel.1 * cin;
     let gathered = gathers_patches(conv, packed.is_some());
@@ -239,7 +239,7 @@ fn im2col_rows(
 const BAND_VALUES: usize = 16 * 1024;
 
 /// A packed convolution whose windows cannot be read from the image in place (3-channel
-/// stems: taps of 3 values; or padding to the left), band by band of output rows: each
+/// stems: taps of 3 values; or more than `MAX_TAPS` taps), band by band of output rows: each
 /// band's input rows are copied, zero-padded and through the affine step if any, into a
 /// per-thread buffer of ~64 KB, whose windows the packed product then reads in place, a
 /// window row at a time. An im2col copy of the band's patches wrote 27 values per output
@@ -506,6 +506,15 @@ mod tests {
             ((12, 10, 5), (5, 3), 1, [2, 2, 1, 1], 40),
             // More taps than are read in place tap by tap, on 16 channels.
             ((14, 13, 16), (7, 7), 1, [3, 3, 3, 3], 20),
+            // The last column unread (valid padding), padding wider than the kernel, a
+            // stride longer than the kernel, two output columns.
+            ((17, 34, 3), (3, 3), 2, [0, 0, 0, 0], 16),
+            ((9, 5, 3), (3, 3), 1, [4, 4, 4, 4], 8),
+            ((11, 11, 3), (2, 2), 3, [0, 0, 0, 0], 8),
+            ((9, 5, 3), (3, 3), 2, [0, 0, 0, 0], 8),
+            // An affine step tiled over 40 channels, and one too wide to tile (70).
+            ((9, 8, 40), (7, 7), 1, [3, 3, 3, 3], 16),
+            ((8, 8, 70), (7, 7), 1, [3, 3, 3, 3], 16),
         ] {
             let Kernel::Conv(step) =
                 conv(kernel, stride, pad, c, cout, false, Activation::Relu6, 3)

@@ -14,7 +14,7 @@
 //! helper does not meet it for the first time inside a later call; rayon's workers, which
 //! run layers only while another image holds the team, catch up at their first part. The marks are the
 //! largest needs of the networks this process has run: a few MB per thread at most (a band
-//! aims at 192 KB, a patch band at 64 KB).
+//! aims at 192 KB, a gathered band at 64 KB, rows copied apart at 1 MB).
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,7 +26,7 @@ pub(super) enum Kind {
     Expanded,
     /// A fused block's depthwise output rows.
     DepthwiseRows,
-    /// A gathered convolution's patches.
+    /// A gathered convolution's band of padded input rows.
     Patches,
     /// A packed product's operand segments (row starts).
     Segments,
@@ -40,7 +40,7 @@ thread_local! {
     /// A block's band buffers (expanded rows, depthwise output).
     pub(super) static BANDS: RefCell<(Vec<f32>, Vec<f32>)> =
         const { RefCell::new((Vec::new(), Vec::new())) };
-    /// The gathered patches of one band.
+    /// The padded input rows of one gathered band.
     pub(super) static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// One chunk's operand segments (row starts, a tile's rows after one another), the
     /// zeros that stand for padding taps, and the chunk's rows where they are copied apart.

@@ -98,7 +98,7 @@ impl Windows<'_> {
         }
     }
 
-    /// The output pixels (`oy`, `ox`) of the `MR` operand rows from `first`, the last
+    /// The output pixels (`oy`, `ox`) of a tile's `MR` operand rows, the last
     /// `MR − count` repeating the last of the `count` present (a part-empty tile): the
     /// first row's pixel is `at`, which moves on to the next tile's.
     fn pixels(&self, at: &mut (usize, usize), count: usize) -> [(usize, usize); MR] {
@@ -421,7 +421,8 @@ unsafe fn chunk_product(
 ) {
     let k = w.k;
     // Each tile's operand as segments: MR row starts of `run` values each, consecutive
-    // along `k` (one segment of k for rows; one per tap for windows). Worked out once per
+    // along `k` (one segment of k for rows; for windows one per tap, or per window row, or
+    // only each row's start where the segments are strided). Worked out once per
     // chunk, as safe slices, then met by every panel.
     let (taps, run) = match a {
         Operand::Rows(_) => (1, k),
@@ -731,8 +732,10 @@ mod tests {
             // (the last 12 or 4 columns wide).
             (30, 600, 300),
             (30, 600, 292),
-            // Rows 4 KB apart, copied apart (and a residual read through them).
+            // Rows 4 KB apart, copied apart (and a residual read through them): in one
+            // chunk, and in chunks that start inside the rows, the last tile part empty.
             (30, 1024, 40),
+            (301, 512, 24),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..k * n).map(|_| next()).collect();
