@@ -25,7 +25,9 @@ pub(super) unsafe fn tile<S: Segments>(segments: S, tile: Tile) {
         lo,
         hi,
     } = tile;
-    let mut c = [_mm256_setzero_ps(); 2 * MR];
+    // The accumulators start from the bias (see the AVX-512 kernel).
+    let (bias0, bias1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)));
+    let mut c: [__m256; 2 * MR] = std::array::from_fn(|i| [bias0, bias1][i % 2]);
     let mut b = panel;
     for s in 0..segments.count() {
         let [a0, a1, a2, a3, a4, a5] = segments.rows(s);
@@ -53,11 +55,10 @@ pub(super) unsafe fn tile<S: Segments>(segments: S, tile: Tile) {
             c[11] = _mm256_fmadd_ps(x, b1, c[11]);
         }
     }
-    let (bias0, bias1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)));
     let (low, high) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
     for r in 0..rows {
-        let mut v0 = _mm256_add_ps(c[2 * r], bias0);
-        let mut v1 = _mm256_add_ps(c[2 * r + 1], bias1);
+        let mut v0 = c[2 * r];
+        let mut v1 = c[2 * r + 1];
         let dst = out.add(r * ldo);
         if cols == NR {
             if let Some(res) = residual {
