@@ -199,16 +199,15 @@ pub(super) fn run_block(
         wo,
         kernels,
     };
-    let macs = match project {
-        Some(_) => ho * wo * cout * expanded,
-        None => {
-            h * w * cin * expanded + ho * wo * expanded * depthwise.kernel.0 * depthwise.kernel.1
-        }
-    };
-    let split = threads.for_work(macs);
-    let all_macs = h * w * cin * expanded
-        + ho * wo * expanded * depthwise.kernel.0 * depthwise.kernel.1
-        + project.map_or(0, |_| ho * wo * cout * expanded);
+    let expand_macs = h * w * cin * expanded;
+    let depthwise_macs = ho * wo * expanded * depthwise.kernel.0 * depthwise.kernel.1;
+    let project_macs = project.map_or(0, |_| ho * wo * cout * expanded);
+    // The split follows the projection where there is one, as it always has.
+    let split = threads.for_work(match project {
+        Some(_) => project_macs,
+        None => expand_macs + depthwise_macs,
+    });
+    let all_macs = expand_macs + depthwise_macs + project_macs;
     if split > 1 && all_macs >= LAYERED_MACS && recomputes_rows(depthwise, h, ho, split) {
         band.layered(out, residual, ho, pool, threads);
     } else if split > 1 && ho >= split {
