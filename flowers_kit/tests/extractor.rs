@@ -164,6 +164,28 @@ fn cache_serves_reruns_and_recomputes_what_changed() {
         .all(|p| p.extension().unwrap() == "f32"));
 }
 
+#[test]
+fn photos_run_where_they_are_decoded_give_the_rows_of_one_photo_at_a_time() {
+    // Several photos run each on the loader thread that decoded it, one photo alone on the
+    // team: the two ways agree, and with TensorFlow.
+    let cache = tempfile::tempdir().unwrap();
+    let ex = extractor("0.35_128", cache.path());
+    let paths = support::golden_pngs();
+    let together = ex.extract_paths(&paths).unwrap();
+    assert_eq!(together.kept.len(), paths.len());
+    for (i, path) in paths.iter().enumerate() {
+        let alone = ex.extract_one(path).unwrap();
+        let row = &together.values[i * alone.len()..][..alone.len()];
+        let (max, _) = support::max_mean_abs_diff(row, &alone);
+        assert!(max <= 1e-5, "{}: max |Δ| {max}", path.display());
+    }
+    let (_, golden) = support::tensor_f32(
+        &support::golden().join("mobilenet_v2_0.35_128.safetensors"),
+        "features",
+    );
+    assert!(support::max_mean_abs_diff(&together.values, &golden).0 <= 1e-4);
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).unwrap() {

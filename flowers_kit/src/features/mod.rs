@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::backend::native::{Kernels, NativeNetwork};
+use crate::backend::native::{Kernels, LayerSplit, NativeNetwork};
 use crate::backend::{Cut, Network};
 use crate::data::image::{
     load_resized_bytes, read_photo, with_decoded, Image, PhotoLimits, Resize,
@@ -410,7 +410,9 @@ impl FeatureExtractor {
     }
 
     /// Images per forward pass (default 16): at least 1, and at most what fits in
-    /// [`MAX_BATCH_BYTES`] of pixels at this model's resolution.
+    /// [`MAX_BATCH_BYTES`] of pixels at this model's resolution. The native backend's
+    /// extraction of several photos runs each photo on the thread that decoded it, so there
+    /// it sets only how many photos [`forward`](Self::forward) takes at once.
     pub fn batch_size(mut self, batch_size: usize) -> Result<FeatureExtractor> {
         let most = MAX_BATCH_BYTES / (self.pixels_per_image() * 4);
         if batch_size == 0 || batch_size > most {
@@ -694,6 +696,15 @@ impl FeatureExtractor {
         // Chunks of a few batches (at least 64 photos) keep every core busy decoding while
         // bounding memory.
         let chunk = self.batch_size * (64 / self.batch_size).max(1);
+        // On the native backend each loader thread runs its own photos through the network
+        // as soon as it has decoded them, one photo per core: no thread waits for another,
+        // and decoding and the network never compete for the same cores (a batch split
+        // between the team while the loaders decode the next chunk ran 8–27 % slower end to
+        // end, 0.35/128 and 1.0/224, alternating runs). One photo keeps the team instead.
+        let on_loaders = match &self.engine {
+            Engine::Native(network) if items.len() > 1 => Some(network),
+            _ => None,
+        };
         // The loader captures only these, not `self`: a CUDA engine is neither Send nor Sync.
         let (size, resize, limits, loader_cache) = (
             self.network.model().resolution(),
@@ -722,10 +733,17 @@ impl FeatureExtractor {
                     augment.view(rgb, size, resize, &photo_key, v)
                 })?,
             };
-            Ok(Loaded::Decoded(key, image))
+            match on_loaders {
+                Some(network) => Ok(Loaded::Computed(
+                    key,
+                    network.forward_split(&image.data, 1, LayerSplit::Single)?,
+                )),
+                None => Ok(Loaded::Decoded(key, image)),
+            }
         };
         // Pipeline: a loader thread reads, hashes and decodes the next chunk (in parallel)
-        // while this thread runs the current one through the network.
+        // while this thread runs the current one through the network (or, on the loaders,
+        // stores the rows of the current one).
         let run = std::thread::scope(|scope| -> Result<()> {
             let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Result<Loaded>>>(1);
             scope.spawn(move || {
@@ -740,6 +758,7 @@ impl FeatureExtractor {
                 let base = c * chunk;
                 let mut pixels = Vec::new();
                 let mut pending = Vec::new();
+                let mut computed = Vec::new();
                 let count = loaded.len();
                 for (i, result) in loaded.into_iter().enumerate() {
                     match result {
@@ -751,6 +770,7 @@ impl FeatureExtractor {
                             pixels.extend_from_slice(&image.data);
                             pending.push((base + i, key));
                         }
+                        Ok(Loaded::Computed(key, row)) => computed.push((base + i, key, row)),
                         Err(e) => {
                             eprintln!("warning: skipping {e}");
                             if let Some((path, _)) = items.get(base + i) {
@@ -762,17 +782,20 @@ impl FeatureExtractor {
                 if !pending.is_empty() {
                     let values = self.forward(&pixels, pending.len())?;
                     for ((index, key), row) in pending.into_iter().zip(values.chunks_exact(dim)) {
-                        if let Some(dir) = &cache {
-                            if let Err(e) = cache::write_cached(dir, &key, row) {
-                                eprintln!(
-                                    "warning: the feature cache is not writable ({e}); \
-                                     carrying on without caching"
-                                );
-                                cache = None;
-                            }
-                        }
-                        rows[index] = Some(row.to_vec());
+                        computed.push((index, key, row.to_vec()));
                     }
+                }
+                for (index, key, row) in computed {
+                    if let Some(dir) = &cache {
+                        if let Err(e) = cache::write_cached(dir, &key, &row) {
+                            eprintln!(
+                                "warning: the feature cache is not writable ({e}); \
+                                 carrying on without caching"
+                            );
+                            cache = None;
+                        }
+                    }
+                    rows[index] = Some(row);
                 }
                 progress.inc(count as u64);
             }
@@ -1033,7 +1056,10 @@ struct Side {
 /// An augmentation and the index of one of its views.
 type View = (Augment, usize);
 
+/// One photo from the loaders: its features from a cache, or its cache key with its
+/// pixels (for the network) or with the features the loader computed.
 enum Loaded {
     Cached(Vec<f32>),
     Decoded(String, Image),
+    Computed(String, Vec<f32>),
 }

@@ -134,8 +134,9 @@ impl NativeNetwork {
     /// Features `[n, F]` of `n` images taken one at a time, each image's layers shared
     /// among the threads as `split` says ([`forward`](Self::forward) does this with
     /// [`LayerSplit::Team`] when there are fewer images than threads, but does not wait for
-    /// a team that another image holds). For tests and benchmarks that compare the ways of
-    /// splitting.
+    /// a team that another image holds). Extraction runs each photo with
+    /// [`LayerSplit::Single`] on the thread that decoded it; tests and benchmarks compare the
+    /// ways of splitting with it.
     pub fn forward_split(&self, pixels: &[f32], n: usize, split: LayerSplit) -> Result<Vec<f32>> {
         self.check_pixels(pixels, n)?;
         let mut out = vec![0f32; n * self.features];
