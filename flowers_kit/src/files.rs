@@ -119,6 +119,22 @@ fn create_unique<T>(
     ))
 }
 
+/// Opens `path` for reading without waiting on a FIFO (links followed); the caller checks
+/// that it opened a regular file. What [`read_regular`] and the feature cache's packs open
+/// with.
+pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        // Non-blocking: opening a FIFO with no writer would otherwise wait forever; the flag
+        // does not change how a regular file reads.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path).at(path)
+}
+
 /// Reads a file that must be a regular file (links followed) of at most `max_bytes`: the
 /// bounded read behind every weight, classifier and photo file. `what` names the kind of file
 /// in errors ("classifier file"); `refuse` turns a refusal's reason into the caller's error.
@@ -129,16 +145,7 @@ pub fn read_regular(
     refuse: impl Fn(String) -> Error,
 ) -> Result<Vec<u8>> {
     use std::io::Read;
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        // Non-blocking: opening a FIFO with no writer would otherwise wait forever; the flag
-        // does not change how a regular file reads.
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = options.open(path).at(path)?;
+    let file = open_regular(path)?;
     let metadata = file.metadata().at(path)?;
     if !metadata.is_file() {
         return Err(refuse(format!(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use flowers_kit::backend::Network;
 use flowers_kit::data::Dataset;
-use flowers_kit::features::FeatureExtractor;
+use flowers_kit::features::{cache, FeatureExtractor};
 use flowers_kit::models::MobileNetV2;
 use flowers_kit::weights::KerasWeights;
 use flowers_kit::Error;
@@ -120,38 +120,42 @@ fn cache_serves_reruns_and_recomputes_what_changed() {
     let ex = extractor("0.75_96", cache.path());
     let first = ex.extract_paths(&paths).unwrap();
     assert_eq!((first.cache_hits, first.kept.len()), (0, 4));
+    // The four rows are one pack, keyed by the SHA-256 of each photo's content.
+    let packs = walk(cache.path());
+    assert_eq!(packs.len(), 1);
+    let good = fs::read(&packs[0]).unwrap();
+    let keys = cache::parse_keys(&good, 1280, good.len() as u64).expect("a valid pack");
+    let photo_keys: Vec<[u8; 32]> = paths
+        .iter()
+        .map(|p| sha2::Sha256::digest(fs::read(p).unwrap()).into())
+        .collect();
+    assert_eq!(keys, photo_keys);
 
     let second = ex.extract_paths(&paths).unwrap();
     assert_eq!(second.cache_hits, 4);
     assert_eq!(second.values, first.values);
 
+    // One flipped bit in the first photo's row: that row is recomputed into a new pack.
+    // (Rows start after the header, 4 keys and the header's check: 12 + 4 × 32 + 8 bytes.)
+    let mut flipped = good.clone();
+    flipped[148 + 100] ^= 1;
+    fs::write(&packs[0], &flipped).unwrap();
+    let third = ex.extract_paths(&paths).unwrap();
+    assert_eq!((third.cache_hits, &third.values), (3, &first.values));
+    assert_eq!(walk(cache.path()).len(), 2);
+
+    // A cut-off pack is passed over whole: its other three rows are recomputed, the first
+    // photo's comes from the new pack.
+    fs::write(&packs[0], &good[..good.len() / 2]).unwrap();
+    let fourth = ex.extract_paths(&paths).unwrap();
+    assert_eq!((fourth.cache_hits, &fourth.values), (1, &first.values));
+    assert_eq!(walk(cache.path()).len(), 3);
+
     // A changed photo is recomputed; the others still come from the cache.
     fs::copy(support::golden_pngs()[7].clone(), &paths[1]).unwrap();
-    let third = ex.extract_paths(&paths).unwrap();
-    assert_eq!(third.cache_hits, 3);
-    assert_ne!(third.values[1280..2560], first.values[1280..2560]);
-
-    // A damaged or partial cache file is detected and rewritten.
-    let files: Vec<PathBuf> = walk(cache.path());
-    assert_eq!(files.len(), 5);
-    // Cache files are named by the SHA-256 of the photo's content.
-    let key: String = sha2::Sha256::digest(fs::read(&paths[0]).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let victim = files
-        .iter()
-        .find(|f| f.file_stem().unwrap().to_str().unwrap() == key)
-        .expect("the cache file of the first photo");
-    let good = fs::read(victim).unwrap();
-    fs::write(victim, &good[..good.len() / 2]).unwrap();
-    let fourth = ex.extract_paths(&paths).unwrap();
-    assert_eq!(fourth.cache_hits, 3);
-    assert_eq!(fs::read(victim).unwrap(), good);
-    let mut flipped = good.clone();
-    flipped[100] ^= 1;
-    fs::write(victim, &flipped).unwrap();
-    assert_eq!(ex.extract_paths(&paths).unwrap().cache_hits, 3);
+    let fifth = ex.extract_paths(&paths).unwrap();
+    assert_eq!(fifth.cache_hits, 3);
+    assert_ne!(fifth.values[1280..2560], first.values[1280..2560]);
 
     // Other weights (same variant) get their own cache entries.
     let random = FeatureExtractor::from_network(Network::random(ex.model(), 3).unwrap())
@@ -161,7 +165,7 @@ fn cache_serves_reruns_and_recomputes_what_changed() {
     // No temp files are left behind by the atomic writes.
     assert!(walk(cache.path())
         .iter()
-        .all(|p| p.extension().unwrap() == "f32"));
+        .all(|p| p.extension().unwrap() == "pack"));
 }
 
 #[test]
@@ -498,23 +502,30 @@ fn augmented_views_are_extracted_once_and_trained_on() {
         .fold(0f32, f32::max);
     assert!(worst < 1e-4, "view 2 of photo 0 differs by {worst}");
 
-    // Every view is cached under its own key: one file per photo plus one per view.
-    let files = walk(cache.path());
-    assert_eq!(files.len(), split.train.len() + split.test.len() + 2 * n);
-    // A re-run reads them back: a planted row under view 1's key comes out as view 1.
-    let view_file = files
+    // Every view is cached under its own key: a row per photo plus one per view.
+    let packs = walk(cache.path());
+    let cached: Vec<[u8; 32]> = packs
         .iter()
-        .find(|f| f.file_stem().unwrap().to_str() == Some(&Augment::default().view_key(&key, 0)))
-        .expect("the cache file of photo 0, view 1");
-    let plain_file = files
-        .iter()
-        .find(|f| f.file_stem().unwrap().to_str() == Some(&key))
-        .expect("the cache file of photo 0");
-    fs::copy(plain_file, view_file).unwrap();
+        .flat_map(|p| {
+            let bytes = fs::read(p).unwrap();
+            cache::parse_keys(&bytes, 1280, bytes.len() as u64).expect("a valid pack")
+        })
+        .collect();
+    assert_eq!(cached.len(), split.train.len() + split.test.len() + 2 * n);
+    let view_key = Augment::default().view_key(&key, 0);
+    let hex = |k: &[u8; 32]| k.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert!(cached.iter().any(|k| hex(k) == key));
+    assert!(cached.iter().any(|k| hex(k) == view_key));
+    // A re-run reads them back: a row planted under view 1's key comes out as view 1. The
+    // index reads packs in name order, so "0.pack" comes before the packs named by hash.
+    let folder = packs[0].parent().unwrap();
+    let planted =
+        cache::encode_pack(1280, &[(view_key, plain.train.row(0).unwrap().to_vec())]).unwrap();
+    fs::write(folder.join("0.pack"), planted).unwrap();
     let again = ex.extract_for(&split, &config).unwrap();
     assert_eq!(again.train_views[0].row(0), plain.train.row(0));
     assert_eq!(again.train_views[1], features.train_views[1]);
-    assert_eq!(walk(cache.path()).len(), files.len());
+    assert_eq!(walk(cache.path()).len(), packs.len() + 1);
 
     // Training draws from the views; features without them are refused with the fix.
     let (_, history) = train(&features, &config).unwrap();

@@ -248,18 +248,36 @@ fn classifier_loader_survives_damaged_files() {
 
 #[test]
 fn feature_cache_parser_survives_damaged_files() {
+    let key = |i: u8| format!("{i:02x}").repeat(32);
     let seeds = vec![
-        cache::encode(&[1.0, -2.5, 3.25, 0.0]),
-        cache::encode(&(0..1280).map(|i| i as f32).collect::<Vec<_>>()),
+        cache::encode_pack(4, &[(key(1), vec![1.0, -2.5, 3.25, 0.0])]).unwrap(),
+        cache::encode_pack(
+            1280,
+            &[
+                (key(2), (0..1280).map(|i| i as f32).collect()),
+                (key(3), vec![0.5; 1280]),
+            ],
+        )
+        .unwrap(),
     ];
-    assert_eq!(cache::parse(&seeds[0], 4), Some(vec![1.0, -2.5, 3.25, 0.0]));
+    let keys = cache::parse_keys(&seeds[0], 4, seeds[0].len() as u64).unwrap();
+    assert_eq!(
+        cache::parse_row(&seeds[0], 0, &keys[0], 4),
+        Some(vec![1.0, -2.5, 3.25, 0.0])
+    );
     fuzz("feature cache", &seeds, |bytes| {
         let mut parsed = false;
         for dim in [0, 4, 1280, usize::MAX / 2] {
-            if let Some(row) = cache::parse(bytes, dim) {
-                assert_eq!(row.len(), dim);
-                parsed = true;
+            let Some(keys) = cache::parse_keys(bytes, dim, bytes.len() as u64) else {
+                continue;
+            };
+            for (i, key) in keys.iter().enumerate() {
+                if let Some(row) = cache::parse_row(bytes, i, key, dim) {
+                    assert_eq!(row.len(), dim);
+                    parsed = true;
+                }
             }
+            assert_eq!(cache::parse_row(bytes, keys.len(), &[0; 32], dim), None);
         }
         parsed
     });

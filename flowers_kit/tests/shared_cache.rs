@@ -168,17 +168,19 @@ fn shared_features_are_read_and_a_damaged_one_is_recomputed_into_the_own_cache()
     };
     let filled = extractor(teacher.path()).extract_paths(&paths).unwrap();
     assert_eq!(filled.cache_hits, 0);
+    // The four rows are one pack.
     let shared_files = files_under(teacher.path());
-    assert_eq!(shared_files.len(), 4);
+    assert_eq!(shared_files.len(), 1);
 
     let learners = extractor(learner.path()).shared_cache_dir(teacher.path());
     let read = learners.extract_paths(&paths).unwrap();
     assert_eq!((read.cache_hits, &read.values), (4, &filled.values));
     assert!(files_under(learner.path()).is_empty(), "nothing is written");
 
-    // One shared file damaged: that row is recomputed, into the learner's cache only.
+    // One shared row damaged (rows start after the header, 4 keys and the header's check:
+    // 12 + 4 × 32 + 8 bytes): that row is recomputed, into the learner's cache only.
     let mut bytes = fs::read(&shared_files[0]).unwrap();
-    bytes[20] ^= 0xFF;
+    bytes[148 + 20] ^= 0xFF;
     fs::write(&shared_files[0], &bytes).unwrap();
     let again = learners.extract_paths(&paths).unwrap();
     assert_eq!((again.cache_hits, &again.values), (3, &filled.values));

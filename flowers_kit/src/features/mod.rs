@@ -1,8 +1,8 @@
 //! The frozen feature extractor: an image model, its weights, a device, and the on-disk cache
 //! that makes re-running a notebook after a hyperparameter edit instant.
 //!
-//! `engine` (private) picks the implementation that runs the network; [`cache`] is the per-photo
-//! cache file format. Features leave this module as plain `Vec<f32>` rows ([`FeatureSet`]):
+//! `engine` (private) picks the implementation that runs the network; [`cache`] is the feature
+//! cache's format (checksummed packs of rows). Features leave this module as plain `Vec<f32>` rows ([`FeatureSet`]):
 //! training uploads them to whatever device it runs on.
 
 pub mod cache;
@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::progress::{Progress, Unit};
 use crate::weights::{fetch_weights, KerasWeights, WeightsRequest};
+use cache::PackIndex;
 pub use compute::{Compute, Gpu};
 pub use engine::BackendKind;
 use engine::Engine;
@@ -706,11 +707,11 @@ impl FeatureExtractor {
             _ => None,
         };
         // The loader captures only these, not `self`: a CUDA engine is neither Send nor Sync.
-        let (size, resize, limits, loader_cache) = (
+        let (size, resize, limits, indexes) = (
             self.network.model().resolution(),
             self.resize,
             self.limits,
-            [cache.clone(), shared],
+            [cache.as_deref(), shared.as_deref()].map(|dir| dir.map(|d| PackIndex::open(d, dim))),
         );
         let load = move |&(path, view): &(&PathBuf, Option<View>)| -> Result<Loaded> {
             let bytes = read_photo(path, &limits)?;
@@ -720,11 +721,7 @@ impl FeatureExtractor {
                 Some((augment, v)) => augment.view_key(&photo_key, v),
             };
             // The own cache first, then the class's shared one.
-            if let Some(hit) = loader_cache
-                .iter()
-                .flatten()
-                .find_map(|dir| cache::read_cached(dir, &key, dim))
-            {
+            if let Some(hit) = indexes.iter().flatten().find_map(|index| index.read(&key)) {
                 return Ok(Loaded::Cached(hit));
             }
             let image = match view {
@@ -785,16 +782,21 @@ impl FeatureExtractor {
                         computed.push((index, key, row.to_vec()));
                     }
                 }
-                for (index, key, row) in computed {
-                    if let Some(dir) = &cache {
-                        if let Err(e) = cache::write_cached(dir, &key, &row) {
-                            eprintln!(
-                                "warning: the feature cache is not writable ({e}); \
-                                 carrying on without caching"
-                            );
-                            cache = None;
-                        }
+                // The chunk's new rows go into the cache as one pack.
+                let (places, new_rows): (Vec<usize>, Vec<(String, Vec<f32>)>) = computed
+                    .into_iter()
+                    .map(|(index, key, row)| (index, (key, row)))
+                    .unzip();
+                if let Some(dir) = &cache {
+                    if let Err(e) = cache::write_rows(dir, dim, &new_rows) {
+                        eprintln!(
+                            "warning: the feature cache is not writable ({e}); carrying on \
+                             without caching"
+                        );
+                        cache = None;
                     }
+                }
+                for (index, (_, row)) in places.into_iter().zip(new_rows) {
                     rows[index] = Some(row);
                 }
                 progress.inc(count as u64);
