@@ -222,21 +222,25 @@ fn resize_rows<T: Copy>(
     let rows = sample_points(in_h, height, method);
     let cols = sample_points(in_w, width, method);
     let mut data = Vec::with_capacity(out_len);
+    // One pixel's three channels as f32.
+    let pixel = |row: &[T], x: usize| -> [f32; 3] {
+        let p = &row[x * 3..][..3];
+        [value(p[0]), value(p[1]), value(p[2])]
+    };
     for &(top, bottom, y_lerp) in &rows {
         let top_row = &source[top * stride..][..stride];
         let bottom_row = &source[bottom * stride..][..stride];
         for &(left, right, x_lerp) in &cols {
+            let (tl, tr) = (pixel(top_row, left), pixel(top_row, right));
+            let (bl, br) = (pixel(bottom_row, left), pixel(bottom_row, right));
+            let mut out = [0f32; 3];
             for c in 0..3 {
-                let (tl, tr) = (value(top_row[left * 3 + c]), value(top_row[right * 3 + c]));
-                let (bl, br) = (
-                    value(bottom_row[left * 3 + c]),
-                    value(bottom_row[right * 3 + c]),
-                );
                 // Same order of operations as TF's compute_lerp.
-                let top = tl + (tr - tl) * x_lerp;
-                let bottom = bl + (br - bl) * x_lerp;
-                data.push(top + (bottom - top) * y_lerp);
+                let top = tl[c] + (tr[c] - tl[c]) * x_lerp;
+                let bottom = bl[c] + (br[c] - bl[c]) * x_lerp;
+                out[c] = top + (bottom - top) * y_lerp;
             }
+            data.extend_from_slice(&out);
         }
     }
     Ok(Image {
@@ -472,12 +476,17 @@ fn to_rgb(samples: &[u8], channels: usize, rgb_len: usize) -> Vec<u8> {
 /// `decode_jpeg` fails. Inside entropy-coded data every 0xFF is followed by 0x00 or a restart
 /// marker, so `FF D9` after the last `FF DA` is the real end of the image (an EXIF thumbnail's
 /// markers all come before the main image's scan).
+///
+/// Searched from both ends, so that only the headers and the file's tail are read (the same
+/// answer as scanning from the last start-of-scan): the last `FF D9` is found first, from the
+/// end; the image is complete when no `FF DA` follows it and one comes before it.
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    match last_scan.and_then(|start| bytes.get(start..)) {
-        Some(scan) => scan.windows(2).any(|w| w == [0xFF, 0xD9]),
-        None => false,
-    }
+    let marker = |second: u8| move |w: &[u8]| w == [0xFF, second];
+    let Some(end) = bytes.windows(2).rposition(marker(0xD9)) else {
+        return false;
+    };
+    let (before, after) = bytes.split_at(end);
+    !after.windows(2).any(marker(0xDA)) && before.windows(2).any(marker(0xDA))
 }
 
 /// Decodes a photo to f32 RGB in [0, 1].
@@ -504,4 +513,63 @@ pub fn load_resized_bytes(
     with_decoded(bytes, path, limits, |rgb| {
         resize_rgb8(rgb, size, size, method)
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::jpeg_is_complete;
+
+    #[test]
+    fn a_jpeg_is_complete_when_an_end_marker_follows_its_last_scan() {
+        let (soi, sos, eoi) = ([0xFF, 0xD8], [0xFF, 0xDA], [0xFF, 0xD9]);
+        let file = |parts: &[&[u8]]| parts.concat();
+        // A thumbnail's scan and end come before the main scan; trailing bytes are allowed.
+        let thumbnail: &[u8] = &file(&[&sos, b"thumb", &eoi]);
+        assert!(jpeg_is_complete(&file(&[&soi, &sos, b"data", &eoi])));
+        assert!(jpeg_is_complete(&file(&[
+            &soi, thumbnail, &sos, b"data", &eoi, b"tail"
+        ])));
+        // Cut off inside the main scan: the thumbnail's end does not count.
+        assert!(!jpeg_is_complete(&file(&[&soi, thumbnail, &sos, b"da"])));
+        assert!(!jpeg_is_complete(&file(&[&soi, &sos, b"data"])));
+        // No scan at all, or nothing.
+        assert!(!jpeg_is_complete(&file(&[&soi, &eoi])));
+        assert!(!jpeg_is_complete(&[]));
+        assert!(!jpeg_is_complete(&[0xFF]));
+        // Markers that share a byte: FF DA D9 is a scan marker followed by D9, not an end.
+        assert!(!jpeg_is_complete(&[0xFF, 0xDA, 0xD9]));
+        assert!(jpeg_is_complete(&[0xFF, 0xDA, 0xFF, 0xD9]));
+    }
+
+    #[test]
+    fn searching_from_both_ends_answers_as_scanning_from_the_last_scan_does() {
+        // The earlier formulation: an end marker anywhere after the last start-of-scan.
+        let scanning = |bytes: &[u8]| {
+            let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+            last_scan
+                .and_then(|start| bytes.get(start..))
+                .is_some_and(|scan| scan.windows(2).any(|w| w == [0xFF, 0xD9]))
+        };
+        let alphabet = [0xFF, 0xDA, 0xD9, 0xD8, 0x00];
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let (mut complete, mut cut) = (0, 0);
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 12) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| alphabet[((state >> (4 + 3 * i)) % 5) as usize])
+                .collect();
+            let answer = jpeg_is_complete(&bytes);
+            assert_eq!(answer, scanning(&bytes), "{bytes:02X?}");
+            if answer {
+                complete += 1;
+            } else {
+                cut += 1;
+            }
+        }
+        assert!(complete > 100 && cut > 100, "{complete} complete, {cut} cut");
+    }
 }

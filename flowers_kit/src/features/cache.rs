@@ -41,9 +41,19 @@ const CHECK: usize = 8;
 const EXTENSION: &str = "pack";
 /// The most rows one pack holds (an extraction writes one pack per chunk of at most 64).
 pub const MAX_PACK_ROWS: usize = 4096;
-/// The most rows one folder's index takes in, over all its packs (32 bytes of key and a few
-/// words each): a cache folder filled with foreign packs cannot exhaust memory.
-pub const MAX_INDEXED_ROWS: usize = 1 << 20;
+/// The most rows one folder's index takes in, over all its packs (about 100 bytes each): a
+/// cache folder filled with foreign packs cannot exhaust memory. Notebook 05 on the whole
+/// dataset keeps about 15,000 rows in a folder per augmentation (the photos and four views of
+/// each). A folder past it is full: its rows are read up to the limit, and no more are written
+/// (a warning says to delete the folder), so that it never grows on rows nobody reads.
+pub const MAX_INDEXED_ROWS: usize = 1 << 18;
+/// The most pack files one folder's index opens (at 64 rows each, 4 times the rows it takes
+/// in), and the most folder entries it looks at is 4 times that: a folder of a million
+/// planted files cannot hold each extraction up for minutes.
+pub const MAX_INDEXED_PACKS: usize = 1 << 14;
+/// The most places one key is looked for: a key planted in every pack with a damaged row
+/// cannot make one lookup read them all.
+const MAX_PLACES_PER_KEY: usize = 4;
 
 /// A cache key's 32 bytes, from its lowercase or uppercase hex; `None` for anything else.
 fn key_bytes(key: &str) -> Option<[u8; KEY]> {
@@ -153,18 +163,7 @@ pub fn encode_pack(dim: usize, rows: &[(String, Vec<f32>)]) -> Result<Vec<u8>> {
 /// a pack's, of `dim` features, of a row count that fits [`MAX_PACK_ROWS`] and `file_len`
 /// exactly, and its check passes.
 pub fn parse_keys(bytes: &[u8], dim: usize, file_len: u64) -> Option<Vec<[u8; KEY]>> {
-    let header = bytes.get(..HEADER)?;
-    let word = |at: usize| -> Option<usize> {
-        let word = header.get(at..at.checked_add(4)?)?;
-        usize::try_from(u32::from_le_bytes(word.try_into().ok()?)).ok()
-    };
-    let (stored_dim, rows) = (word(4)?, word(8)?);
-    if header.get(..4)? != MAGIC || stored_dim != dim || rows > MAX_PACK_ROWS {
-        return None;
-    }
-    if u64::try_from(pack_len(dim, rows)?).ok()? != file_len {
-        return None;
-    }
+    let rows = header_rows(bytes, dim, file_len)?;
     let keys_end = HEADER.checked_add(rows.checked_mul(KEY)?)?;
     let checked = bytes.get(..keys_end)?;
     let check = bytes.get(keys_end..keys_end.checked_add(CHECK)?)?;
@@ -178,6 +177,19 @@ pub fn parse_keys(bytes: &[u8], dim: usize, file_len: u64) -> Option<Vec<[u8; KE
             .filter_map(|key| key.try_into().ok())
             .collect(),
     )
+}
+
+/// The row count in a pack's first bytes, if they are a pack's header for `dim` features,
+/// with a row count that fits [`MAX_PACK_ROWS`] and a file of exactly `file_len` bytes.
+fn header_rows(bytes: &[u8], dim: usize, file_len: u64) -> Option<usize> {
+    let word = |at: usize| -> Option<usize> {
+        let word = bytes.get(at..at.checked_add(4)?)?;
+        usize::try_from(u32::from_le_bytes(word.try_into().ok()?)).ok()
+    };
+    let (stored_dim, rows) = (word(4)?, word(8)?);
+    let whole = u64::try_from(pack_len(dim, rows)?).ok()? == file_len;
+    (bytes.get(..4)? == MAGIC && stored_dim == dim && rows <= MAX_PACK_ROWS && whole)
+        .then_some(rows)
 }
 
 /// Where row `index` of a pack of `rows` rows of `dim` features starts.
@@ -221,26 +233,47 @@ pub(crate) struct PackIndex {
     /// Each key's places (pack, row); a key two packs hold is read from the first whose row
     /// passes its check.
     rows: HashMap<[u8; KEY], Vec<(usize, usize)>>,
+    /// Whether the folder held more than the index takes in.
+    full: bool,
 }
 
 impl PackIndex {
     /// The index of the packs of `dim` features in `dir`; a folder that cannot be listed has
     /// none, and a file that is not a valid pack is passed over.
     pub(crate) fn open(dir: &Path, dim: usize) -> PackIndex {
+        Self::open_bounded(dir, dim, MAX_INDEXED_PACKS, MAX_INDEXED_ROWS)
+    }
+
+    /// [`open`](Self::open) with the bounds as arguments (the tests' small ones).
+    fn open_bounded(dir: &Path, dim: usize, most_packs: usize, most_rows: usize) -> PackIndex {
         let mut index = PackIndex {
             dim,
             packs: Vec::new(),
             rows: HashMap::new(),
+            full: false,
         };
         let Ok(listing) = std::fs::read_dir(dir) else {
             return index;
         };
-        let mut paths: Vec<PathBuf> = listing
-            .flatten()
-            .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|e| e == EXTENSION))
-            .collect();
-        // The same order on every run and machine.
+        let mut entries = 0usize;
+        let mut paths = Vec::new();
+        for entry in listing {
+            entries = entries.saturating_add(1);
+            if entries > most_packs.saturating_mul(4) {
+                index.full = true;
+                break;
+            }
+            let Ok(entry) = entry else { continue };
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == EXTENSION) {
+                if paths.len() == most_packs {
+                    index.full = true;
+                    break;
+                }
+                paths.push(path);
+            }
+        }
+        // The same order on every run and machine (of a folder within the bounds).
         paths.sort();
         let mut indexed = 0usize;
         for path in paths {
@@ -248,12 +281,8 @@ impl PackIndex {
                 continue;
             };
             indexed = indexed.saturating_add(keys.len());
-            if indexed > MAX_INDEXED_ROWS {
-                eprintln!(
-                    "warning: {} holds more than {MAX_INDEXED_ROWS} cached feature rows; the \
-                     rest are not read",
-                    dir.display()
-                );
+            if indexed > most_rows {
+                index.full = true;
                 break;
             }
             let pack = index.packs.len();
@@ -263,10 +292,26 @@ impl PackIndex {
                 len,
             });
             for (row, key) in keys.into_iter().enumerate() {
-                index.rows.entry(key).or_default().push((pack, row));
+                let places = index.rows.entry(key).or_default();
+                if places.len() < MAX_PLACES_PER_KEY {
+                    places.push((pack, row));
+                }
             }
         }
+        if index.full {
+            eprintln!(
+                "warning: the feature cache folder {} holds more than the kit reads ({most_rows} \
+                 rows in {most_packs} packs); only part of it is read and nothing more is \
+                 written. Delete the folder to start it afresh.",
+                dir.display()
+            );
+        }
         index
+    }
+
+    /// Whether the folder held more than the index takes in: a cache that should not grow.
+    pub(crate) fn is_full(&self) -> bool {
+        self.full
     }
 
     /// The features stored for `key`, if a pack holds a row for it that passes its check.
@@ -281,14 +326,11 @@ impl PackIndex {
 
 /// Opens a pack (a regular file, never a FIFO swapped in) and reads its keys.
 fn read_keys(path: &Path, dim: usize) -> Option<(Vec<[u8; KEY]>, u64)> {
-    let (file, len) = open_pack(path)?;
+    let (mut file, len) = open_pack(path)?;
     let mut header = [0u8; HEADER];
-    let mut file = file;
     file.read_exact(&mut header).ok()?;
-    let rows = usize::try_from(u32::from_le_bytes(header.get(8..12)?.try_into().ok()?)).ok()?;
-    if rows > MAX_PACK_ROWS {
-        return None;
-    }
+    // Nothing more is read from a file that is not a whole pack of `dim` features.
+    let rows = header_rows(&header, dim, len)?;
     // Header, keys and check: bounded by MAX_PACK_ROWS.
     let head_len = HEADER
         .checked_add(rows.checked_mul(KEY)?)?
@@ -427,6 +469,82 @@ mod tests {
         assert!(PackIndex::open(&dir.path().join("absent"), 3)
             .packs
             .is_empty());
+    }
+
+    /// Writes `rows` as the pack `name` in `dir`, with row `damaged` flipped if given.
+    fn plant(
+        dir: &Path,
+        name: &str,
+        dim: usize,
+        rows: &[(String, Vec<f32>)],
+        damaged: Option<usize>,
+    ) {
+        let mut bytes = encode_pack(dim, rows).unwrap();
+        if let Some(row) = damaged {
+            bytes[row_offset(dim, rows.len(), row).unwrap()] ^= 1;
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+
+    #[test]
+    fn a_key_in_two_packs_is_read_from_the_first_whose_row_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = rows(2, 3);
+        let other = vec![(written[0].0.clone(), vec![9.0; 3])];
+        // "a.pack" comes first and its row is damaged; "b.pack" holds a good one.
+        plant(dir.path(), "a.pack", 3, &written, Some(0));
+        plant(dir.path(), "b.pack", 3, &other, None);
+        let index = PackIndex::open(dir.path(), 3);
+        assert_eq!(index.read(&written[0].0), Some(vec![9.0; 3]));
+        assert_eq!(index.read(&written[1].0), Some(written[1].1.clone()));
+        // A key is looked for in its first MAX_PLACES_PER_KEY packs only.
+        for i in 0..MAX_PLACES_PER_KEY {
+            plant(dir.path(), &format!("0{i}.pack"), 3, &written, Some(0));
+        }
+        assert_eq!(PackIndex::open(dir.path(), 3).read(&written[0].0), None);
+        assert!(!PackIndex::open(dir.path(), 3).is_full());
+    }
+
+    #[test]
+    fn a_folder_past_the_bounds_is_read_in_part_and_marked_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = rows(6, 2);
+        for (i, pair) in written.chunks(2).enumerate() {
+            plant(dir.path(), &format!("{i}.pack"), 2, pair, None);
+        }
+        let within = PackIndex::open_bounded(dir.path(), 2, 3, 6);
+        assert!(!within.is_full());
+        assert!(written
+            .iter()
+            .all(|(key, row)| within.read(key).as_ref() == Some(row)));
+        // Too many rows: the packs in name order up to the bound.
+        let rows_bound = PackIndex::open_bounded(dir.path(), 2, 3, 5);
+        assert!(rows_bound.is_full());
+        assert_eq!(rows_bound.packs.len(), 2);
+        assert_eq!(rows_bound.read(&written[3].0), Some(written[3].1.clone()));
+        assert_eq!(rows_bound.read(&written[4].0), None);
+        // Too many packs, or too many other entries in the folder.
+        assert!(PackIndex::open_bounded(dir.path(), 2, 2, 6).is_full());
+        for i in 0..10 {
+            std::fs::write(dir.path().join(format!("{i}.txt")), b"").unwrap();
+        }
+        assert!(PackIndex::open_bounded(dir.path(), 2, 3, 6).is_full());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifos_links_and_folders_named_like_packs_are_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = rows(1, 2);
+        plant(dir.path(), "good.pack", 2, &written, None);
+        let fifo = std::ffi::CString::new(dir.path().join("fifo.pack").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.pack")).unwrap();
+        std::fs::create_dir(dir.path().join("folder.pack")).unwrap();
+        let index = PackIndex::open(dir.path(), 2);
+        assert_eq!(index.packs.len(), 1);
+        assert_eq!(index.read(&written[0].0), Some(written[0].1.clone()));
     }
 
     #[test]

@@ -694,8 +694,8 @@ impl FeatureExtractor {
         } else {
             Progress::silent(&label, total, Unit::Items)
         };
-        // Chunks of a few batches (at least 64 photos) keep every core busy decoding while
-        // bounding memory.
+        // Chunks of a few batches (about 64 photos) keep every core busy decoding while
+        // bounding memory; each chunk's new rows make one pack in the cache.
         let chunk = self.batch_size * (64 / self.batch_size).max(1);
         // On the native backend each loader thread runs its own photos through the network
         // as soon as it has decoded them, one photo per core: no thread waits for another,
@@ -713,6 +713,10 @@ impl FeatureExtractor {
             self.limits,
             [cache.as_deref(), shared.as_deref()].map(|dir| dir.map(|d| PackIndex::open(d, dim))),
         );
+        // A folder past what the index takes in gets no more rows (PackIndex warned).
+        if indexes[0].as_ref().is_some_and(PackIndex::is_full) {
+            cache = None;
+        }
         let load = move |&(path, view): &(&PathBuf, Option<View>)| -> Result<Loaded> {
             let bytes = read_photo(path, &limits)?;
             let photo_key = sha256_hex(&bytes);
