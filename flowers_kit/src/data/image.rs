@@ -570,6 +570,9 @@ mod tests {
                 cut += 1;
             }
         }
-        assert!(complete > 100 && cut > 100, "{complete} complete, {cut} cut");
+        assert!(
+            complete > 100 && cut > 100,
+            "{complete} complete, {cut} cut"
+        );
     }
 }

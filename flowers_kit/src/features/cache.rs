@@ -8,7 +8,9 @@
 //! inode deleted in the last minutes), and milliseconds on the network home folders of a
 //! class's JupyterHub; at MobileNet V2 0.35/128 the network itself takes 0.6 ms per photo.
 //!
-//! Pack layout (little-endian), `<hex>.pack`, named by the SHA-256 of its bytes:
+//! Pack layout (little-endian), `<hex>.pack`, named by the first 32 hex digits of the SHA-256
+//! of its bytes (so that two processes writing the same rows write one name; the name is
+//! never trusted when read):
 //! - `FKP1`, the feature count `dim` as u32, the row count `n` as u32;
 //! - the `n` keys (each a 32-byte SHA-256: a photo's content, or an augmented view's key);
 //! - the first 8 bytes of the SHA-256 of everything before (the header's check);
@@ -18,7 +20,12 @@
 //! A pack is written whole to a temporary file and renamed into place, so a reader sees a
 //! complete pack or none, and two processes that extract the same photos write two packs,
 //! never one damaged one. Nothing read is trusted before its check passes: a pack whose size
-//! or header fails is skipped, a row whose check fails is recomputed into a new pack.
+//! or header fails is skipped (all its rows are recomputed), a row whose check fails is
+//! recomputed into a new pack. The checks are plain SHA-256: they catch damage, not a row
+//! planted on purpose by someone who can write the folder.
+//!
+//! Caches from before packs (a file per photo, in folders named by two hex digits) are not
+//! read: those features are computed once more, and the old folders can be deleted.
 
 // This module reads untrusted input: every index and every arithmetic step is checked or
 // justified where it is allowed.
@@ -39,7 +46,7 @@ const KEY: usize = 32;
 const CHECK: usize = 8;
 /// The file name's extension.
 const EXTENSION: &str = "pack";
-/// The most rows one pack holds (an extraction writes one pack per chunk of at most 64).
+/// The most rows one pack holds (an extraction writes one pack per chunk of photos, about 64).
 pub const MAX_PACK_ROWS: usize = 4096;
 /// The most rows one folder's index takes in, over all its packs (about 100 bytes each): a
 /// cache folder filled with foreign packs cannot exhaust memory. Notebook 05 on the whole
