@@ -1,14 +1,15 @@
-"""Notebook 05 cold on 3,000 photos, timed as a learner runs it: every cell in a fresh Rust
-kernel, with the dataset already downloaded and nothing else in the cache (no features, no
-activations, no weights).
+"""Notebook 05 cold on the whole dataset's size, timed as a learner runs it: every cell in a
+fresh Rust kernel, with the dataset already downloaded and nothing else in the cache (no
+features, no activations, no weights).
 
-This machine has only ../shared's 750-photo sample, so the archive holds it four times over:
+This machine has only ../shared's 750-photo sample, so the archive holds it COPIES times over
+(5 by default: 3,750 photos, 3,000 of them for training, near the real archive's 3,670):
 each copy carries its own bytes after the JPEG's end-of-image marker, the same pixels but
 another photo to the kit's content-keyed caches, so every copy is decoded, augmented and run
 through the network like a photo of its own. (Accuracies printed on duplicated photos mean
 nothing; only the time does.)
 
-Usage: .venv/bin/python bench/notebook05.py [en|zh-CN]   (after ./lab has built the kernel)
+Usage: .venv/bin/python bench/notebook05.py [en|zh-CN] [COPIES]   (after ./lab built the kernel)
 Prints: the kernel's start, the slowest cells and the notebook's total time in seconds.
 """
 
@@ -31,11 +32,8 @@ from nbclient import NotebookClient
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 from conftest import REAL_MOBILENET_V2_035, ROOT, SHARED, QuietHandler  # noqa: E402
 
-COPIES = 4
-
-
-def archive(work):
-    """flower_photos.tgz of the sample, COPIES times over."""
+def archive(work, copies):
+    """flower_photos.tgz of the sample, `copies` times over."""
     photos = work / "flower_photos"
     for folder in sorted((SHARED / "data" / "flower_photos_sample").iterdir()):
         if not folder.is_dir():
@@ -43,7 +41,7 @@ def archive(work):
         (photos / folder.name).mkdir(parents=True)
         for photo in sorted(folder.iterdir()):
             data = photo.read_bytes()
-            for copy in range(COPIES):
+            for copy in range(copies):
                 (photos / folder.name / f"{photo.stem}_{copy}{photo.suffix}").write_bytes(
                     data + bytes([copy]) * 4 if copy else data)
     count = sum(1 for _ in photos.rglob("*.jpg"))
@@ -55,11 +53,12 @@ def archive(work):
 
 def main():
     edition = sys.argv[1] if len(sys.argv) > 1 else "en"
+    copies = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     folder = ROOT / "notebooks" if edition == "en" else ROOT / "notebooks" / edition
     path = folder / "05_beyond_the_tutorial.ipynb"
     work = pathlib.Path(tempfile.mkdtemp(prefix="notebook05-"))
     try:
-        count = archive(work)
+        count = archive(work, copies)
         # The real ImageNet weights of MobileNet V2 0.35 under every resolution's Keras name,
         # as the notebook tests serve them (tests/conftest.py).
         (work / "mobilenet_v2").mkdir()

@@ -7,7 +7,9 @@
 # 2 threads each. PEERS_TORCH=1 adds PyTorch (a wheel of several GB).
 #   - forward only, 0.35/128 and 1.0/224, batch 1, 16 and 64;
 #   - peak resident memory of each engine's process at 1.0/224, batch 16;
-#   - end to end over the 750 sample photos (decode + resize + forward, batch 16).
+#   - end to end over the 750 sample photos (decode + resize + forward; the peers in batches of
+#     16, the kit one photo per core where it was decoded), also the
+#     best of ROUNDS alternating runs.
 # Usage: bench/peers.sh [SECONDS_PER_MEASUREMENT] [PHOTO_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,11 +82,14 @@ echo "end to end over $(find "$photos" -type f | wc -l) photos (decode + resize 
 printf '%-22s %10s %10s %10s %10s %10s\n' model flowers ORT OpenVINO LiteRT "vs best"
 for config in 0.35_128 1.0_224; do
   alpha="${config%_*}"; res="${config#*_}"
-  ours=$(./target/release/flowers bench --extract --model "mobilenet_v2_$config" --data "$photos" \
-    | sed -n 's/^cold: .*(\([0-9.]*\) images\/s.*/\1/p')
-  ort=$($py bench/end_to_end.py ort "$alpha" "$res" "$threads" "$photos")
-  ov=$($py bench/end_to_end.py openvino "$alpha" "$res" "$threads" "$photos")
-  tfl=$(lite --end-to-end "$alpha" "$res" "$threads" "$photos")
+  ours=-; ort=-; ov=-; tfl=-
+  for _ in $(seq "$rounds"); do
+    ours=$(best "$ours" "$(./target/release/flowers bench --extract --seconds 0.3 --model "mobilenet_v2_$config" \
+      --data "$photos" | sed -n 's/^cold: .*(\([0-9.]*\) images\/s.*/\1/p')")
+    ort=$(best "$ort" "$($py bench/end_to_end.py ort "$alpha" "$res" "$threads" "$photos")")
+    ov=$(best "$ov" "$($py bench/end_to_end.py openvino "$alpha" "$res" "$threads" "$photos")")
+    tfl=$(best "$tfl" "$(lite --end-to-end "$alpha" "$res" "$threads" "$photos")")
+  done
   printf '%-22s %10s %10s %10s %10s %10s\n' "mobilenet_v2_$config" "$ours" "$ort" "$ov" "$tfl" \
     "$(ratio "$ours" "$ort" "$ov" "$tfl")"
 done
