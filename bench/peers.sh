@@ -7,9 +7,8 @@
 # 2 threads each. PEERS_TORCH=1 adds PyTorch (a wheel of several GB).
 #   - forward only, 0.35/128 and 1.0/224, batch 1, 16 and 64;
 #   - peak resident memory of each engine's process at 1.0/224, batch 16;
-#   - end to end over the 750 sample photos (decode + resize + forward; the peers in batches of
-#     16, the kit one photo per core where it was decoded), also the
-#     best of ROUNDS alternating runs.
+#   - end to end over the 750 sample photos: decode + resize + forward, the peers in batches of
+#     16, the kit one photo per core on the thread that decoded it.
 # Usage: bench/peers.sh [SECONDS_PER_MEASUREMENT] [PHOTO_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +17,8 @@ photos="${2:-../shared/data/flower_photos_sample}"
 threads=2
 torch="${PEERS_TORCH:-0}"
 litert="${PEERS_LITERT:-1}"
-# This VM's neighbours move single runs by 10–40 %: every forward figure is the best of
-# ROUNDS runs, the engines alternating.
+# This VM's neighbours move single runs by 10–40 %: every figure (forward and end to end) is
+# the best of ROUNDS runs, the engines alternating.
 rounds="${ROUNDS:-3}"
 
 if [ ! -x .venv-bench/bin/python ]; then

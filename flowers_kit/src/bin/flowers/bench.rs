@@ -342,9 +342,9 @@ pub fn decode(extractor: &FeatureExtractor, photos: &Dataset, seconds: f64) -> R
 }
 
 /// Extraction over every photo twice with a fresh cache: cold, then warm. The scratch cache
-/// lies in the kit's own cache folder, removed afterwards: the cold run writes a file per
-/// photo, and its cost is the filesystem's where a learner's features go (this VM's long-used
-/// `/tmp` took 0.55 ms to create each file, its cache folder 0.05 ms).
+/// lies in the kit's own cache folder, removed afterwards: the cold run writes the features'
+/// packs there, so it pays what creating files costs where a learner's features go (on this
+/// VM, creating files in `/tmp` after benchmarks had filled and emptied it took 0.55 ms each).
 pub fn cold_and_warm(extractor: FeatureExtractor, photos: &Dataset) -> Result<()> {
     let home = flowers_kit::data::cache_home();
     std::fs::create_dir_all(&home).map_err(|e| Error::io(&home, e))?;
