@@ -85,3 +85,91 @@ unsafe fn group<
         block += 8;
     }
 }
+
+/// One border output column's channels `block..block + B · 8`, from the taps inside the
+/// image: `B` registers accumulate side by side, so that the chain of multiply-adds of one
+/// register does not wait on its own latency; `lanes` (1–8) of the last register are read
+/// and written.
+///
+/// # Safety
+/// As [`edges`], for these channels.
+#[inline(always)]
+unsafe fn edge<const B: usize>(
+    layer: &Depthwise,
+    (ky, kx, pixel): (std::ops::Range<usize>, std::ops::Range<usize>, usize),
+    out: *mut f32,
+    block: usize,
+    lanes: usize,
+) {
+    let Depthwise {
+        input,
+        w,
+        c,
+        weights,
+        bias,
+        relu6,
+        kernel: (_, kw),
+        ..
+    } = *layer;
+    let mask = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(lanes as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    // Full registers before the last, and the last too where it is full.
+    let load = |r: usize, p: *const f32| {
+        if r + 1 < B || lanes == 8 {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, mask)
+        }
+    };
+    let first = input.as_ptr().add(pixel * c + block);
+    let taps = weights.as_ptr().add((ky.start * kw + kx.start) * c + block);
+    let mut acc: [__m256; B] = std::array::from_fn(|r| load(r, bias.as_ptr().add(block + r * 8)));
+    for dy in 0..ky.len() {
+        for dx in 0..kx.len() {
+            let x = first.add((dy * w + dx) * c);
+            let t = taps.add((dy * kw + dx) * c);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(load(r, x.add(r * 8)), load(r, t.add(r * 8)), *acc);
+            }
+        }
+    }
+    let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+    for (r, mut v) in acc.into_iter().enumerate() {
+        if relu6 {
+            v = _mm256_min_ps(_mm256_max_ps(v, zero), six);
+        }
+        let p = out.add(block + r * 8);
+        if r + 1 < B || lanes == 8 {
+            _mm256_storeu_ps(p, v);
+        } else {
+            _mm256_maskstore_ps(p, mask, v);
+        }
+    }
+}
+
+/// Output columns `columns` of row `oy` (at `out`) whose window leaves the image, every
+/// channel, from the taps inside it: any window shape and stride. Four registers of 8
+/// channels at a time, then one, the last masked.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `layer`'s input holds its `h × w × c` values, its weights
+/// `kh · kw · c` and its bias `c`, and `out` the row's `columns.end · c` values.
+#[inline(always)]
+unsafe fn edges(layer: &Depthwise, oy: usize, out: *mut f32, columns: std::ops::Range<usize>) {
+    let c = layer.c;
+    for ox in columns {
+        let inside = layer.taps_inside(oy, ox);
+        let out = out.add(ox * c);
+        let mut block = 0;
+        while block + 32 <= c {
+            edge::<4>(layer, inside.clone(), out, block, 8);
+            block += 32;
+        }
+        while block < c {
+            edge::<1>(layer, inside.clone(), out, block, (c - block).min(8));
+            block += 8;
+        }
+    }
+}

@@ -131,3 +131,141 @@ unsafe fn group<
         );
     }
 }
+
+/// One border output column's channels `block..block + B · 16` (the last register masked
+/// by `mask`), from the taps inside the image: `B` registers accumulate side by side, so
+/// that the chain of multiply-adds of one register does not wait on its own latency.
+macro_rules! edge {
+    ($layer:expr, $taps_inside:expr, $out:expr, $block:expr, $mask:expr, $b:literal,
+     $width:literal, $zero:ident, $set1:ident, $load:ident, $store:ident, $fmadd:ident,
+     $min:ident, $max:ident) => {{
+        let Depthwise {
+            input,
+            w,
+            c,
+            weights,
+            bias,
+            relu6,
+            kernel: (_, kw),
+            ..
+        } = *$layer;
+        let (ky, kx, pixel) = $taps_inside;
+        let (block, mask) = ($block, $mask);
+        let first = input.as_ptr().add(pixel * c + block);
+        let taps = weights.as_ptr().add((ky.start * kw + kx.start) * c + block);
+        // Full registers before the last, which takes the mask.
+        let lane_mask = |r: usize| if r + 1 == $b { mask } else { !0 };
+        let mut acc: [_; $b] =
+            std::array::from_fn(|r| $load(lane_mask(r), bias.as_ptr().add(block + r * $width)));
+        for dy in 0..ky.len() {
+            for dx in 0..kx.len() {
+                let x = first.add((dy * w + dx) * c);
+                let t = taps.add((dy * kw + dx) * c);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let m = lane_mask(r);
+                    *acc = $fmadd($load(m, x.add(r * $width)), $load(m, t.add(r * $width)), *acc);
+                }
+            }
+        }
+        let (zero, six) = ($zero(), $set1(6.0));
+        for (r, mut v) in acc.into_iter().enumerate() {
+            if relu6 {
+                v = $min($max(v, zero), six);
+            }
+            $store($out.add(block + r * $width), lane_mask(r), v);
+        }
+    }};
+}
+
+/// Output columns `columns` of row `oy` (at `out`) whose window leaves the image, every
+/// channel, from the taps inside it: any window shape and stride. Four registers of 16
+/// channels at a time, then one, then a tail of up to 15 on the narrowest register that
+/// holds it.
+///
+/// # Safety
+/// The CPU has AVX-512 F and VL; `layer`'s input holds its `h × w × c` values, its weights
+/// `kh · kw · c` and its bias `c`, and `out` the row's `columns.end · c` values.
+#[inline(always)]
+unsafe fn edges(layer: &Depthwise, oy: usize, out: *mut f32, columns: std::ops::Range<usize>) {
+    let c = layer.c;
+    let full = c / 16 * 16;
+    for ox in columns {
+        let inside = layer.taps_inside(oy, ox);
+        let out = out.add(ox * c);
+        let mut block = 0;
+        while block + 64 <= full {
+            edge!(
+                layer,
+                inside.clone(),
+                out,
+                block,
+                0xFFFF,
+                4,
+                16,
+                _mm512_setzero_ps,
+                _mm512_set1_ps,
+                _mm512_maskz_loadu_ps,
+                _mm512_mask_storeu_ps,
+                _mm512_fmadd_ps,
+                _mm512_min_ps,
+                _mm512_max_ps
+            );
+            block += 64;
+        }
+        while block < full {
+            edge!(
+                layer,
+                inside.clone(),
+                out,
+                block,
+                0xFFFF,
+                1,
+                16,
+                _mm512_setzero_ps,
+                _mm512_set1_ps,
+                _mm512_maskz_loadu_ps,
+                _mm512_mask_storeu_ps,
+                _mm512_fmadd_ps,
+                _mm512_min_ps,
+                _mm512_max_ps
+            );
+            block += 16;
+        }
+        let lanes = c - full;
+        if lanes > 8 {
+            edge!(
+                layer,
+                inside,
+                out,
+                full,
+                ((1u32 << lanes) - 1) as __mmask16,
+                1,
+                16,
+                _mm512_setzero_ps,
+                _mm512_set1_ps,
+                _mm512_maskz_loadu_ps,
+                _mm512_mask_storeu_ps,
+                _mm512_fmadd_ps,
+                _mm512_min_ps,
+                _mm512_max_ps
+            );
+        } else if lanes > 0 {
+            edge!(
+                layer,
+                inside,
+                out,
+                full,
+                ((1u32 << lanes) - 1) as __mmask8,
+                1,
+                8,
+                _mm256_setzero_ps,
+                _mm256_set1_ps,
+                _mm256_maskz_loadu_ps,
+                _mm256_mask_storeu_ps,
+                _mm256_fmadd_ps,
+                _mm256_min_ps,
+                _mm256_max_ps
+            );
+        }
+    }
+}

@@ -1,7 +1,13 @@
 //! Depthwise convolutions, vectorised over channels: the layer's description and the
 //! dispatch to the widest kernel the CPU has — explicit AVX-512 ([`avx512`]) and AVX2
-//! ([`avx2`]) kernels inside the image, the bounds-checked loop ([`portable`]) at its borders
-//! and on any other CPU.
+//! ([`avx2`]) kernels, the bounds-checked loop ([`portable`]) on any other CPU.
+//!
+//! The explicit kernels run the image's border columns and rows too (their `edges`: the
+//! taps inside the image only, accumulated in registers). They went through the
+//! bounds-checked loop until 2026-12-08, which adds into the output in memory tap by tap:
+//! on the small maps of α = 0.35 at 128 px (4×4 to 16×16) a fifth to three quarters of
+//! each depthwise layer's pixels are border pixels, 22 % of MobileNet V2 0.35/128's
+//! depthwise work.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -20,11 +26,11 @@ use crate::models::graph::Activation;
 #[cfg(target_arch = "x86_64")]
 const GROUP: usize = 4;
 
-/// Defines an explicit kernel module's `row`, compiled with `$features`: the bounds-checked
-/// loop on the columns whose window leaves the image ([`Depthwise::explicit_interior`]), and
-/// on the others the module's own `group::<KH, KW, S, RELU6, N>` (`N` output columns from
-/// `ox`, every channel), [`GROUP`] columns at a time, for each window shape it is written
-/// for as constants: 3×3 and 5×5, stride 1 or 2, with or without ReLU6.
+/// Defines an explicit kernel module's `row`, compiled with `$features`: the module's own
+/// `edges` on the columns whose window leaves the image (only the taps inside it, for any
+/// window shape), and on the others its `group::<KH, KW, S, RELU6, N>` (`N` output columns
+/// from `ox`, every channel), [`GROUP`] columns at a time, for each window shape it is
+/// written for as constants: 3×3 and 5×5, stride 1 or 2, with or without ReLU6.
 #[cfg(target_arch = "x86_64")]
 macro_rules! explicit_row {
     ($features:literal) => {
@@ -32,14 +38,18 @@ macro_rules! explicit_row {
         /// The CPU has the instruction sets this function is compiled for.
         #[target_feature(enable = $features)]
         pub(super) unsafe fn row(layer: &Depthwise, oy: usize, row: &mut [f32]) {
-            let Some((top, interior)) = layer.explicit_interior(oy, row) else {
-                return;
-            };
+            let (top, interior) = layer.explicit_interior(oy, row);
             let out = row.as_mut_ptr();
-            // SAFETY: the caller checked the instruction sets; every address `group` forms
-            // is at most the ones `explicit_interior` asserted (columns, rows and channels
-            // only grow towards them), and masked lanes are neither read nor written.
+            // SAFETY: the caller checked the instruction sets; `explicit_interior` asserted
+            // the lengths `edges` relies on (it reads only taps inside the image) and the
+            // furthest addresses `group` forms on the interior (columns, rows and channels
+            // only grow towards them); masked lanes are neither read nor written.
             unsafe {
+                edges(layer, oy, out, 0..interior.start);
+                edges(layer, oy, out, interior.end..row.len() / layer.c);
+                let Some(top) = top else {
+                    return;
+                };
                 match (layer.kernel, layer.stride, layer.relu6) {
                     ((3, 3), 1, true) => columns::<3, 3, 1, true>(layer, top, out, interior),
                     ((3, 3), 1, false) => columns::<3, 3, 1, false>(layer, top, out, interior),
@@ -49,7 +59,7 @@ macro_rules! explicit_row {
                     ((5, 5), 1, false) => columns::<5, 5, 1, false>(layer, top, out, interior),
                     ((5, 5), 2, true) => columns::<5, 5, 2, true>(layer, top, out, interior),
                     ((5, 5), 2, false) => columns::<5, 5, 2, false>(layer, top, out, interior),
-                    _ => layer.checked(oy, row, interior),
+                    _ => unreachable!("invariant: explicit_interior is empty for other windows"),
                 }
             }
         }
@@ -175,63 +185,78 @@ impl<'a> Depthwise<'a> {
 
 #[cfg(target_arch = "x86_64")]
 impl Depthwise<'_> {
-    /// Splits output row `oy` for an explicit kernel: runs the bounds-checked loop on the
-    /// columns whose window leaves the image (on the whole row when the window leaves it
-    /// vertically, or when `explicit` is false), and returns the window's top input row and
-    /// the interior columns left to the caller, if any.
+    /// Splits output row `oy` for an explicit kernel: the window's top input row, where
+    /// the window lies inside the image vertically and the kernel has an explicit loop for
+    /// its shape, and the interior columns (those whose window lies inside horizontally
+    /// too; empty otherwise), with the check the unchecked loads rely on: the furthest
+    /// input and output values the interior touches (the window of its last column, in
+    /// its bottom row, last channel) lie inside their buffers, and so do the image, the
+    /// taps and the bias that the border columns read.
     #[inline(always)]
-    fn interior(
-        &self,
-        oy: usize,
-        row: &mut [f32],
-        explicit: bool,
-    ) -> Option<(usize, std::ops::Range<usize>)> {
+    fn explicit_interior(&self, oy: usize, row: &[f32]) -> (Option<usize>, std::ops::Range<usize>) {
         let (kh, kw) = self.kernel;
         let (stride, pad_x) = (self.stride, self.pad.1);
         let wo = row.len() / self.c;
-        let top = (oy * stride).checked_sub(self.pad.0);
-        let rows_inside = top.is_some_and(|t| t + kh <= self.h);
-        let interior = if rows_inside && explicit {
-            // From the first ox with ox·stride ≥ pad_x to the last with
-            // ox·stride − pad_x + kw − 1 ≤ w − 1.
-            let first = pad_x.div_ceil(stride);
-            let last = (self.w + pad_x)
-                .checked_sub(kw)
-                .map_or(0, |v| v / stride + 1)
-                .min(wo);
-            first.min(last)..last
-        } else {
-            0..0
-        };
-        self.checked(oy, row, 0..interior.start);
-        self.checked(oy, row, interior.end..wo);
-        top.filter(|_| !interior.is_empty()).map(|t| (t, interior))
-    }
-
-    /// [`Depthwise::interior`] for the explicit kernels, which run the window shapes of
-    /// `explicit_row` (the bounds-checked loop takes the whole row for any other), with
-    /// the check their unchecked loads rely on: the furthest input and output values the
-    /// interior touches (the window of its last column, in its bottom row, last channel)
-    /// lie inside their buffers.
-    #[inline(always)]
-    fn explicit_interior(
-        &self,
-        oy: usize,
-        row: &mut [f32],
-    ) -> Option<(usize, std::ops::Range<usize>)> {
-        let (kh, kw) = self.kernel;
-        let known = matches!((kh, kw), (3, 3) | (5, 5)) && matches!(self.stride, 1 | 2);
-        let (top, interior) = self.interior(oy, row, known)?;
-        let last_input =
-            ((top + kh - 1) * self.w + (interior.end - 1) * self.stride + kw - self.pad.1) * self.c;
         assert!(
-            last_input <= self.input.len()
-                && interior.end * self.c <= row.len()
-                && kh * kw * self.c <= self.weights.len()
-                && self.c <= self.bias.len(),
+            self.input.len() >= self.h * self.w * self.c
+                && self.weights.len() >= kh * kw * self.c
+                && self.bias.len() >= self.c
+                && wo * self.c == row.len(),
+            "depthwise layer outside its buffers"
+        );
+        let known = matches!((kh, kw), (3, 3) | (5, 5)) && matches!(self.stride, 1 | 2);
+        let top = (oy * stride)
+            .checked_sub(self.pad.0)
+            .filter(|&t| known && t + kh <= self.h);
+        let Some(top) = top else {
+            return (None, 0..0);
+        };
+        // From the first ox with ox·stride ≥ pad_x to the last with
+        // ox·stride − pad_x + kw − 1 ≤ w − 1.
+        let first = pad_x.div_ceil(stride);
+        let last = (self.w + pad_x)
+            .checked_sub(kw)
+            .map_or(0, |v| v / stride + 1)
+            .min(wo);
+        let interior = first.min(last)..last;
+        if interior.is_empty() {
+            return (None, 0..0);
+        }
+        let last_input =
+            ((top + kh - 1) * self.w + (interior.end - 1) * stride + kw - pad_x) * self.c;
+        assert!(
+            last_input <= self.input.len(),
             "depthwise interior outside its buffers"
         );
-        Some((top, interior))
+        (Some(top), interior)
+    }
+
+    /// The taps of output pixel (`oy`, `ox`) whose input lies inside the image — window
+    /// rows `ky`, window columns `kx` — and the input pixel (row-major index) under the
+    /// first of them: an explicit kernel's border columns read only these. Both ranges may
+    /// be empty (a window wholly in the padding), and then the pixel is meaningless.
+    #[inline(always)]
+    fn taps_inside(
+        &self,
+        oy: usize,
+        ox: usize,
+    ) -> (std::ops::Range<usize>, std::ops::Range<usize>, usize) {
+        let (kh, kw) = self.kernel;
+        let (pad_y, pad_x) = self.pad;
+        let inside = |o: usize, pad: usize, size: usize, k: usize| {
+            let at = o * self.stride;
+            let first = pad.saturating_sub(at).min(k);
+            let end = (size + pad).saturating_sub(at).min(k).max(first);
+            first..end
+        };
+        let ky = inside(oy, pad_y, self.h, kh);
+        let kx = inside(ox, pad_x, self.w, kw);
+        let pixel = if ky.is_empty() || kx.is_empty() {
+            0
+        } else {
+            (oy * self.stride + ky.start - pad_y) * self.w + ox * self.stride + kx.start - pad_x
+        };
+        (ky, kx, pixel)
     }
 }
 
@@ -240,22 +265,31 @@ mod tests {
     use super::*;
 
     /// Every kernel set this CPU has gives the bounds-checked loop's output, for channel
-    /// counts that fill whole registers and that leave tails of each width (1–7, 8, 9–15),
-    /// both window sizes and strides, with and without ReLU6, odd image sizes (partial
-    /// groups of columns) and padding on either side.
+    /// counts that fill whole registers, groups of four registers, and that leave tails of
+    /// each width (1–7, 8, 9–15), both window sizes and strides the explicit kernels are
+    /// written for and others (1×1, 7×7, stride 3: border columns only), with and without
+    /// ReLU6, odd image sizes (partial groups of columns), and padding on either side, on
+    /// one side only (TensorFlow's `same` at stride 2) or none, and windows wholly in the
+    /// padding.
     #[test]
     fn every_kernel_set_matches_the_checked_loop() {
         let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 211) as f32 / 50.0 - 2.0;
-        for c in [1, 5, 8, 9, 15, 16, 17, 24, 40, 56] {
-            for (kernel, stride, relu6) in [
-                ((3, 3), 1, true),
-                ((3, 3), 2, false),
-                ((5, 5), 1, false),
-                ((5, 5), 2, true),
-                ((1, 1), 1, true),
-            ] {
+        let windows = [
+            ((3, 3), 1, true),
+            ((3, 3), 2, false),
+            ((5, 5), 1, false),
+            ((5, 5), 2, true),
+            ((1, 1), 1, true),
+            ((7, 7), 1, false),
+            ((3, 3), 3, true),
+        ];
+        let pads = |(kh, kw): (usize, usize)| [(kh / 2, kw / 2), (0, 0), (kh - 1, 0), (kh, kw)];
+        for c in [1, 5, 8, 9, 15, 16, 17, 24, 40, 56, 64, 72, 100] {
+            for ((kernel, stride, relu6), pad) in windows
+                .into_iter()
+                .flat_map(|window| pads(window.0).map(|pad| (window, pad)))
+            {
                 let (h, w) = (11, 13);
-                let pad = (kernel.0 / 2, kernel.1 / 2);
                 let (ho, wo) = (
                     (h + 2 * pad.0 - kernel.0) / stride + 1,
                     (w + 2 * pad.1 - kernel.1) / stride + 1,
@@ -288,7 +322,7 @@ mod tests {
                     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             (g - e).abs() <= 1e-5 * e.abs().max(1.0),
-                            "{kernels:?}, {c} channels, {kernel:?}/{stride}, value {i}: {g} vs {e}"
+                            "{kernels:?}, {c} channels, {kernel:?}/{stride}, pad {pad:?}, value {i}: {g} vs {e}"
                         );
                     }
                 }
