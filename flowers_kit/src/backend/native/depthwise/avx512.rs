@@ -163,7 +163,11 @@ macro_rules! edge {
                 let t = taps.add((dy * kw + dx) * c);
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let m = lane_mask(r);
-                    *acc = $fmadd($load(m, x.add(r * $width)), $load(m, t.add(r * $width)), *acc);
+                    *acc = $fmadd(
+                        $load(m, x.add(r * $width)),
+                        $load(m, t.add(r * $width)),
+                        *acc,
+                    );
                 }
             }
         }

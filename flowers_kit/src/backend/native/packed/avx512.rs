@@ -5,6 +5,11 @@
 //! 256-bit registers instead, which halves their work on a CPU that splits 512-bit
 //! operations in two (Zen 4). The epilogue's masked stores replace the AVX2 kernel's stack
 //! tile for a narrow last panel.
+//!
+//! Two panels side by side run as one 12×32 tile ([`wide_tile`]): 24 accumulators, each
+//! operand value broadcast once for two multiply-adds. A CPU with two full-width 512-bit FMA
+//! units (Zen 5) finishes the 12×16 tile's twelve multiply-adds in 6 cycles but must load
+//! thirteen values for them, and the loads, not the arithmetic, set its pace.
 
 use std::arch::x86_64::*;
 
@@ -123,5 +128,78 @@ pub(super) unsafe fn tile<S: Segments>(segments: S, second: S, tile: Tile) {
             _mm256_min_ps,
             _mm256_max_ps
         )
+    }
+}
+
+/// Twelve rows of one operand register broadcast into two panels' accumulators.
+macro_rules! wide_rows {
+    ($c0:ident, $c1:ident, $w0:ident, $w1:ident, $p:ident, $($r:literal: $a:ident),*) => {
+        $(
+            let x = _mm512_set1_ps(*$a.add($p));
+            $c0[$r] = _mm512_fmadd_ps(x, $w0, $c0[$r]);
+            $c1[$r] = _mm512_fmadd_ps(x, $w1, $c1[$r]);
+        )*
+    };
+}
+
+/// One `rows × (16 + cols)` (at most 12 × 32) tile of the product: `tile`'s full panel and
+/// the next one (`next`: its panel, its bias, and its `cols` ≤ 16 columns), the second's
+/// columns stored after the first's, with the epilogue on both. Rows as [`tile`]'s.
+///
+/// # Safety
+/// As [`tile`]'s, where `tile.cols` is 16, and `next`'s panel and bias point at
+/// `segments.count() · run × NR` and `NR` values; `out` (and `residual`) hold `16 + cols`
+/// columns from theirs.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub(super) unsafe fn wide_tile<S: Segments>(
+    segments: S,
+    second: S,
+    tile: Tile,
+    (next_panel, next_bias, cols): (*const f32, *const f32, usize),
+) {
+    let Tile {
+        run,
+        rows,
+        panel,
+        bias,
+        residual,
+        out,
+        ldo,
+        lo,
+        hi,
+        ..
+    } = tile;
+    let mask = ((1u32 << cols) - 1) as __mmask16;
+    // The accumulators start from the bias, as the narrow tile's.
+    let mut c0 = [_mm512_loadu_ps(bias); 2 * MR];
+    let mut c1 = [_mm512_maskz_loadu_ps(mask, next_bias); 2 * MR];
+    let (mut b0, mut b1) = (panel, next_panel);
+    for s in 0..segments.count() {
+        let [a0, a1, a2, a3, a4, a5] = segments.rows(s);
+        let [a6, a7, a8, a9, a10, a11] = second.rows(s);
+        for p in 0..run {
+            let w0 = _mm512_loadu_ps(b0);
+            let w1 = _mm512_maskz_loadu_ps(mask, b1);
+            b0 = b0.add(super::NR);
+            b1 = b1.add(super::NR);
+            wide_rows!(c0, c1, w0, w1, p, 0: a0, 1: a1, 2: a2, 3: a3, 4: a4, 5: a5,
+                6: a6, 7: a7, 8: a8, 9: a9, 10: a10, 11: a11);
+        }
+    }
+    let (low, high) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    for (r, (&v0, &v1)) in c0.iter().zip(&c1).enumerate().take(rows) {
+        let (mut v0, mut v1) = (v0, v1);
+        if let Some(res) = residual {
+            let res = res.add(r * ldo);
+            v0 = _mm512_add_ps(v0, _mm512_loadu_ps(res));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask, res.add(super::NR)));
+        }
+        let row = out.add(r * ldo);
+        _mm512_storeu_ps(row, _mm512_min_ps(_mm512_max_ps(v0, low), high));
+        _mm512_mask_storeu_ps(
+            row.add(super::NR),
+            mask,
+            _mm512_min_ps(_mm512_max_ps(v1, low), high),
+        );
     }
 }

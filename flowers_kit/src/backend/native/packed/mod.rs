@@ -1,5 +1,6 @@
 //! Convolutions as matrix products on weights packed once, with AVX2 and FMA (`avx2`, a
-//! 6×16 micro-kernel) or AVX-512 (`avx512`, 12×16).
+//! 6×16 micro-kernel) or AVX-512 (`avx512`, 12×32 over two panels, 12×16 on a layer's
+//! last odd panel).
 //!
 //! Every non-depthwise convolution is `out[m, n] = a[m, k] · w[k, n]`, where `a` is the input
 //! itself (1×1, stride 1) or its patches. Patches are read from the image in place
@@ -613,23 +614,23 @@ unsafe fn tiles(
         Layout::Listed => taps,
         Layout::Strided { .. } => 1,
     };
-    for (p, (panel, bias)) in w
-        .panels
-        .chunks_exact(k * NR)
-        .zip(w.bias.chunks_exact(NR))
-        .enumerate()
-        .take(panels.end)
-        .skip(panels.start)
-    {
+    // Panel `p`'s weights and bias.
+    let panel = |p: usize| (w.panels[p * k * NR..].as_ptr(), w.bias[p * NR..].as_ptr());
+    let mut p = panels.start;
+    while p < panels.end {
+        // Two panels at a time on the AVX-512 kernel's 12×32 tile, the first of them full
+        // (only a layer's last panel is narrower).
+        let wide = w.avx512 && p + 1 < panels.end;
         let first_col = p * NR;
         let cols = (n - first_col).min(NR);
+        let (weights, bias) = panel(p);
         for (t, groups) in segments.chunks(per_group * per_tile / MR).enumerate() {
             let first_row = t * per_tile;
             let tile = Tile {
                 run,
                 rows: (count - first_row).min(per_tile),
-                panel: panel.as_ptr(),
-                bias: bias.as_ptr(),
+                panel: weights,
+                bias,
                 residual: residual.map(|r| r[first_row * n + first_col..].as_ptr()),
                 out: out.add(first_row * n + first_col),
                 ldo: n,
@@ -637,19 +638,26 @@ unsafe fn tiles(
                 lo,
                 hi,
             };
+            // The next panel's tile: its columns, weights and bias, the same rows.
+            let beside = || {
+                let (weights, bias) = panel(p + 1);
+                let cols = (n - first_col - NR).min(NR);
+                (weights, bias, cols)
+            };
             // SAFETY: `product` asserted AVX2/FMA (and `PackedWeights::new` AVX-512 where
             // `w.avx512`) and the lengths: every segment pointer starts a slice of at least
             // `run` values (a row of `a`, a run of the image, or `zeros`; strided segments
-            // were checked inside the image by `chunk_product`), taps · run = k, the panel
-            // holds k × NR values and the bias NR; `out` (the caller's promise) and
+            // were checked inside the image by `chunk_product`), taps · run = k, each panel
+            // holds k × NR values and each bias NR; `out` (the caller's promise) and
             // `residual` hold `count` rows of n, of which the tile writes (reads) rows
-            // first_row..first_row + tile.rows, `cols` ≤ n − first_col values from
-            // first_col, in a panel of `panels`.
+            // first_row..first_row + tile.rows, the columns of panels `panels` (a wide
+            // tile's first panel is full: 16 columns, then the next panel's `cols`).
             unsafe {
                 match layout {
                     Layout::Listed => {
                         let (first, second) = groups.split_at(taps.min(groups.len()));
-                        tile.run_on(w.avx512, first, (!second.is_empty()).then_some(second));
+                        let second = (!second.is_empty()).then_some(second);
+                        tile.run_on(w.avx512, first, second, wide.then(beside));
                     }
                     Layout::Strided { stride } => {
                         let strided = |&starts: &[*const f32; MR]| Strided {
@@ -657,11 +665,13 @@ unsafe fn tiles(
                             stride,
                             count: taps,
                         };
-                        tile.run_on(w.avx512, strided(&groups[0]), groups.get(1).map(strided));
+                        let second = groups.get(1).map(strided);
+                        tile.run_on(w.avx512, strided(&groups[0]), second, wide.then(beside));
                     }
                 }
             }
         }
+        p += if wide { 2 } else { 1 };
     }
 }
 
@@ -683,17 +693,41 @@ struct Tile {
 impl Tile {
     /// Runs the tile on `first` (and `second`, the next 6 rows, on the 12-row AVX-512
     /// kernel where `avx512`; a lone last 6-row tile runs on the AVX2 kernel, which an
-    /// AVX-512 CPU has).
+    /// AVX-512 CPU has), and on the next panel too where `beside` gives it (its weights,
+    /// bias and columns): as one 12×32 tile with `second`, else one panel after the other.
     ///
     /// # Safety
-    /// As the kernels' `tile`.
+    /// As the kernels' `tile`, and [`avx512::wide_tile`]'s with `beside`.
     #[inline(always)]
-    unsafe fn run_on<S: Segments>(self, avx512: bool, first: S, second: Option<S>) {
+    unsafe fn run_on<S: Segments>(
+        self,
+        avx512: bool,
+        first: S,
+        second: Option<S>,
+        beside: Option<(*const f32, *const f32, usize)>,
+    ) {
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            match second {
-                Some(second) if avx512 => avx512::tile(first, second, self),
-                _ => avx2::tile(first, self),
+            match (avx512, second, beside) {
+                (true, Some(second), Some(beside)) => {
+                    avx512::wide_tile(first, second, self, beside)
+                }
+                (true, Some(second), None) => avx512::tile(first, second, self),
+                // At most 6 rows: the AVX2 kernel, panel by panel.
+                (_, _, beside) => {
+                    avx2::tile(first, self);
+                    if let Some((panel, bias, cols)) = beside {
+                        let next = Tile {
+                            panel,
+                            bias,
+                            cols,
+                            residual: self.residual.map(|r| r.add(NR)),
+                            out: self.out.add(NR),
+                            ..self
+                        };
+                        avx2::tile(first, next);
+                    }
+                }
             }
         }
     }
