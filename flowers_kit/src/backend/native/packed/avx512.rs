@@ -142,16 +142,18 @@ macro_rules! wide_rows {
     };
 }
 
-/// One `rows × (16 + cols)` (at most 12 × 32) tile of the product: `tile`'s full panel and
-/// the next one (`next`: its panel, its bias, and its `cols` ≤ 16 columns), the second's
-/// columns stored after the first's, with the epilogue on both. Rows as [`tile`]'s.
+/// One `rows × (16 + cols)` (at most 12 × 32, or 6 × 32 where not `TWELVE`) tile of the
+/// product: `tile`'s full panel and the next one (`next`: its panel, its bias, and its
+/// `cols` ≤ 16 columns), the second's columns stored after the first's, with the epilogue
+/// on both. Rows as [`tile`]'s; with `TWELVE` false only `segments`' six are read (a lone
+/// last tile of at most 6 rows, which 256-bit registers would run at half the rate).
 ///
 /// # Safety
-/// As [`tile`]'s, where `tile.cols` is 16, and `next`'s panel and bias point at
-/// `segments.count() · run × NR` and `NR` values; `out` (and `residual`) hold `16 + cols`
-/// columns from theirs.
+/// As [`tile`]'s, where `tile.cols` is 16 (and `tile.rows` ≤ 6 where not `TWELVE`), and
+/// `next`'s panel and bias point at `segments.count() · run × NR` and `NR` values; `out`
+/// (and `residual`) hold `16 + cols` columns from theirs.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-pub(super) unsafe fn wide_tile<S: Segments>(
+pub(super) unsafe fn wide_tile<S: Segments, const TWELVE: bool>(
     segments: S,
     second: S,
     tile: Tile,
@@ -176,17 +178,28 @@ pub(super) unsafe fn wide_tile<S: Segments>(
     let (mut b0, mut b1) = (panel, next_panel);
     for s in 0..segments.count() {
         let [a0, a1, a2, a3, a4, a5] = segments.rows(s);
-        let [a6, a7, a8, a9, a10, a11] = second.rows(s);
-        for p in 0..run {
-            let w0 = _mm512_loadu_ps(b0);
-            let w1 = _mm512_maskz_loadu_ps(mask, b1);
-            b0 = b0.add(super::NR);
-            b1 = b1.add(super::NR);
-            wide_rows!(c0, c1, w0, w1, p, 0: a0, 1: a1, 2: a2, 3: a3, 4: a4, 5: a5,
-                6: a6, 7: a7, 8: a8, 9: a9, 10: a10, 11: a11);
+        if TWELVE {
+            let [a6, a7, a8, a9, a10, a11] = second.rows(s);
+            for p in 0..run {
+                let w0 = _mm512_loadu_ps(b0);
+                let w1 = _mm512_maskz_loadu_ps(mask, b1);
+                b0 = b0.add(super::NR);
+                b1 = b1.add(super::NR);
+                wide_rows!(c0, c1, w0, w1, p, 0: a0, 1: a1, 2: a2, 3: a3, 4: a4, 5: a5,
+                    6: a6, 7: a7, 8: a8, 9: a9, 10: a10, 11: a11);
+            }
+        } else {
+            for p in 0..run {
+                let w0 = _mm512_loadu_ps(b0);
+                let w1 = _mm512_maskz_loadu_ps(mask, b1);
+                b0 = b0.add(super::NR);
+                b1 = b1.add(super::NR);
+                wide_rows!(c0, c1, w0, w1, p, 0: a0, 1: a1, 2: a2, 3: a3, 4: a4, 5: a5);
+            }
         }
     }
     let (low, high) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let rows = rows.min(if TWELVE { 2 * MR } else { MR });
     for (r, (&v0, &v1)) in c0.iter().zip(&c1).enumerate().take(rows) {
         let (mut v0, mut v1) = (v0, v1);
         if let Some(res) = residual {

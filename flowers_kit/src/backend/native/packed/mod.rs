@@ -692,9 +692,10 @@ struct Tile {
 
 impl Tile {
     /// Runs the tile on `first` (and `second`, the next 6 rows, on the 12-row AVX-512
-    /// kernel where `avx512`; a lone last 6-row tile runs on the AVX2 kernel, which an
-    /// AVX-512 CPU has), and on the next panel too where `beside` gives it (its weights,
-    /// bias and columns): as one 12×32 tile with `second`, else one panel after the other.
+    /// kernel where `avx512`; a lone last 6-row tile of one panel runs on the AVX2 kernel,
+    /// which an AVX-512 CPU has), and on the next panel too where `beside` gives it (its
+    /// weights, bias and columns): on AVX-512 as one 12×32 (6×32 without `second`) tile,
+    /// else one panel after the other.
     ///
     /// # Safety
     /// As the kernels' `tile`, and [`avx512::wide_tile`]'s with `beside`.
@@ -710,10 +711,14 @@ impl Tile {
         unsafe {
             match (avx512, second, beside) {
                 (true, Some(second), Some(beside)) => {
-                    avx512::wide_tile(first, second, self, beside)
+                    avx512::wide_tile::<S, true>(first, second, self, beside)
                 }
                 (true, Some(second), None) => avx512::tile(first, second, self),
-                // At most 6 rows: the AVX2 kernel, panel by panel.
+                (true, None, Some(beside)) => {
+                    avx512::wide_tile::<S, false>(first, first, self, beside)
+                }
+                // At most 6 rows, one panel (or two without AVX-512): the AVX2 kernel,
+                // panel by panel.
                 (_, _, beside) => {
                     avx2::tile(first, self);
                     if let Some((panel, bias, cols)) = beside {
