@@ -123,8 +123,12 @@ unsafe fn edge<const B: usize>(
             _mm256_maskload_ps(p, mask)
         }
     };
-    let first = input.as_ptr().add(pixel * c + block);
-    let taps = weights.as_ptr().add((ky.start * kw + kx.start) * c + block);
+    // Wrapping: a window wholly in the padding (no taps, nothing read) may point past the
+    // buffers.
+    let first = input.as_ptr().wrapping_add(pixel * c + block);
+    let taps = weights
+        .as_ptr()
+        .wrapping_add((ky.start * kw + kx.start) * c + block);
     let mut acc: [__m256; B] = std::array::from_fn(|r| load(r, bias.as_ptr().add(block + r * 8)));
     for dy in 0..ky.len() {
         for dx in 0..kx.len() {

@@ -151,8 +151,12 @@ macro_rules! edge {
         } = *$layer;
         let (ky, kx, pixel) = $taps_inside;
         let (block, mask) = ($block, $mask);
-        let first = input.as_ptr().add(pixel * c + block);
-        let taps = weights.as_ptr().add((ky.start * kw + kx.start) * c + block);
+        // Wrapping: a window wholly in the padding (no taps, nothing read) may point past
+        // the buffers.
+        let first = input.as_ptr().wrapping_add(pixel * c + block);
+        let taps = weights
+            .as_ptr()
+            .wrapping_add((ky.start * kw + kx.start) * c + block);
         // Full registers before the last, which takes the mask.
         let lane_mask = |r: usize| if r + 1 == $b { mask } else { !0 };
         let mut acc: [_; $b] =

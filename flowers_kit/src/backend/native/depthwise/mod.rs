@@ -268,9 +268,9 @@ mod tests {
     /// counts that fill whole registers, groups of four registers, and that leave tails of
     /// each width (1–7, 8, 9–15), both window sizes and strides the explicit kernels are
     /// written for and others (1×1, 7×7, stride 3: border columns only), with and without
-    /// ReLU6, odd image sizes (partial groups of columns), and padding on either side, on
-    /// one side only (TensorFlow's `same` at stride 2) or none, and windows wholly in the
-    /// padding.
+    /// ReLU6, odd image sizes (partial groups of columns), and padding: half the window on
+    /// every side, none, the window's height less one above and below only, and the whole
+    /// window (windows wholly in the padding).
     #[test]
     fn every_kernel_set_matches_the_checked_loop() {
         let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 211) as f32 / 50.0 - 2.0;

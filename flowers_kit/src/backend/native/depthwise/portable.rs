@@ -1,4 +1,5 @@
-//! The bounds-checked depthwise loop: any CPU, and the image borders for the others.
+//! The bounds-checked depthwise loop: the portable kernel set on any CPU, and the reference
+//! the explicit kernels are tested against.
 
 use super::Depthwise;
 

@@ -420,6 +420,12 @@ unsafe fn chunk_product(
     lo: f32,
     hi: f32,
 ) {
+    // `tiles` pairs panels up to `panels.end`: past the last one a pair would read and
+    // write beyond the weights and the output's columns.
+    assert!(
+        panels.end <= w.n.div_ceil(NR),
+        "invariant: panels within the layer's"
+    );
     let k = w.k;
     // Each tile's operand as segments: MR row starts of `run` values each, consecutive
     // along `k` (one segment of k for rows; for windows one per tap, or per window row, or
