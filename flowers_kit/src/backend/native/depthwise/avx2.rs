@@ -96,21 +96,20 @@ unsafe fn group<
 #[inline(always)]
 unsafe fn edge<const B: usize>(
     layer: &Depthwise,
-    (ky, kx, pixel): (std::ops::Range<usize>, std::ops::Range<usize>, usize),
+    inside: &(std::ops::Range<usize>, std::ops::Range<usize>, usize),
     out: *mut f32,
     block: usize,
     lanes: usize,
 ) {
     let Depthwise {
-        input,
         w,
         c,
-        weights,
         bias,
         relu6,
         kernel: (_, kw),
         ..
     } = *layer;
+    let (ky, kx, _) = inside;
     let mask = _mm256_cmpgt_epi32(
         _mm256_set1_epi32(lanes as i32),
         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
@@ -123,12 +122,7 @@ unsafe fn edge<const B: usize>(
             _mm256_maskload_ps(p, mask)
         }
     };
-    // Wrapping: a window wholly in the padding (no taps, nothing read) may point past the
-    // buffers.
-    let first = input.as_ptr().wrapping_add(pixel * c + block);
-    let taps = weights
-        .as_ptr()
-        .wrapping_add((ky.start * kw + kx.start) * c + block);
+    let (first, taps) = layer.edge_starts(inside, block);
     let mut acc: [__m256; B] = std::array::from_fn(|r| load(r, bias.as_ptr().add(block + r * 8)));
     for dy in 0..ky.len() {
         for dx in 0..kx.len() {
@@ -168,11 +162,11 @@ unsafe fn edges(layer: &Depthwise, oy: usize, out: *mut f32, columns: std::ops::
         let out = out.add(ox * c);
         let mut block = 0;
         while block + 32 <= c {
-            edge::<4>(layer, inside.clone(), out, block, 8);
+            edge::<4>(layer, &inside, out, block, 8);
             block += 32;
         }
         while block < c {
-            edge::<1>(layer, inside.clone(), out, block, (c - block).min(8));
+            edge::<1>(layer, &inside, out, block, (c - block).min(8));
             block += 8;
         }
     }

@@ -140,23 +140,17 @@ macro_rules! edge {
      $width:literal, $zero:ident, $set1:ident, $load:ident, $store:ident, $fmadd:ident,
      $min:ident, $max:ident) => {{
         let Depthwise {
-            input,
             w,
             c,
-            weights,
             bias,
             relu6,
             kernel: (_, kw),
             ..
         } = *$layer;
-        let (ky, kx, pixel) = $taps_inside;
+        let inside = $taps_inside;
         let (block, mask) = ($block, $mask);
-        // Wrapping: a window wholly in the padding (no taps, nothing read) may point past
-        // the buffers.
-        let first = input.as_ptr().wrapping_add(pixel * c + block);
-        let taps = weights
-            .as_ptr()
-            .wrapping_add((ky.start * kw + kx.start) * c + block);
+        let (first, taps) = $layer.edge_starts(inside, block);
+        let (ky, kx, _) = inside;
         // Full registers before the last, which takes the mask.
         let lane_mask = |r: usize| if r + 1 == $b { mask } else { !0 };
         let mut acc: [_; $b] =
@@ -200,67 +194,43 @@ unsafe fn edges(layer: &Depthwise, oy: usize, out: *mut f32, columns: std::ops::
     for ox in columns {
         let inside = layer.taps_inside(oy, ox);
         let out = out.add(ox * c);
+        // The 512-bit registers' operations, for `B` registers from `block`.
+        macro_rules! zmm {
+            ($block:expr, $mask:expr, $b:literal) => {
+                edge!(
+                    layer,
+                    &inside,
+                    out,
+                    $block,
+                    $mask,
+                    $b,
+                    16,
+                    _mm512_setzero_ps,
+                    _mm512_set1_ps,
+                    _mm512_maskz_loadu_ps,
+                    _mm512_mask_storeu_ps,
+                    _mm512_fmadd_ps,
+                    _mm512_min_ps,
+                    _mm512_max_ps
+                )
+            };
+        }
         let mut block = 0;
         while block + 64 <= full {
-            edge!(
-                layer,
-                inside.clone(),
-                out,
-                block,
-                0xFFFF,
-                4,
-                16,
-                _mm512_setzero_ps,
-                _mm512_set1_ps,
-                _mm512_maskz_loadu_ps,
-                _mm512_mask_storeu_ps,
-                _mm512_fmadd_ps,
-                _mm512_min_ps,
-                _mm512_max_ps
-            );
+            zmm!(block, 0xFFFF, 4);
             block += 64;
         }
         while block < full {
-            edge!(
-                layer,
-                inside.clone(),
-                out,
-                block,
-                0xFFFF,
-                1,
-                16,
-                _mm512_setzero_ps,
-                _mm512_set1_ps,
-                _mm512_maskz_loadu_ps,
-                _mm512_mask_storeu_ps,
-                _mm512_fmadd_ps,
-                _mm512_min_ps,
-                _mm512_max_ps
-            );
+            zmm!(block, 0xFFFF, 1);
             block += 16;
         }
         let lanes = c - full;
         if lanes > 8 {
-            edge!(
-                layer,
-                inside,
-                out,
-                full,
-                ((1u32 << lanes) - 1) as __mmask16,
-                1,
-                16,
-                _mm512_setzero_ps,
-                _mm512_set1_ps,
-                _mm512_maskz_loadu_ps,
-                _mm512_mask_storeu_ps,
-                _mm512_fmadd_ps,
-                _mm512_min_ps,
-                _mm512_max_ps
-            );
+            zmm!(full, ((1u32 << lanes) - 1) as __mmask16, 1);
         } else if lanes > 0 {
             edge!(
                 layer,
-                inside,
+                &inside,
                 out,
                 full,
                 ((1u32 << lanes) - 1) as __mmask8,

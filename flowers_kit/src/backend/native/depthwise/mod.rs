@@ -258,6 +258,25 @@ impl Depthwise<'_> {
         };
         (ky, kx, pixel)
     }
+
+    /// Where a border column's channel `block` starts, given its
+    /// [`taps_inside`](Self::taps_inside): the input under the first tap inside the image,
+    /// and that tap's weights. Wrapping: a window wholly in the padding (no taps, nothing
+    /// read) may point past the buffers.
+    #[inline(always)]
+    fn edge_starts(
+        &self,
+        (ky, kx, pixel): &(std::ops::Range<usize>, std::ops::Range<usize>, usize),
+        block: usize,
+    ) -> (*const f32, *const f32) {
+        let (c, kw) = (self.c, self.kernel.1);
+        (
+            self.input.as_ptr().wrapping_add(pixel * c + block),
+            self.weights
+                .as_ptr()
+                .wrapping_add((ky.start * kw + kx.start) * c + block),
+        )
+    }
 }
 
 #[cfg(test)]
