@@ -7,10 +7,10 @@
 //! order), with the block's taps in registers and each input vector loaded once and
 //! used for every output column whose window covers it.
 
-use super::{Depthwise, GROUP};
+use super::{Depthwise, TapRows, GROUP};
 use std::arch::x86_64::*;
 
-super::explicit_row!("avx2,fma");
+super::explicit_row!("avx2,fma", stride_one: GROUP);
 
 /// `N` output columns from `ox`, every channel block.
 ///
@@ -23,9 +23,14 @@ unsafe fn group<
     const S: usize,
     const RELU6: bool,
     const N: usize,
+    const FULL: bool,
 >(
     layer: &Depthwise,
-    top: usize,
+    TapRows {
+        input: top,
+        first,
+        end,
+    }: TapRows,
     row: *mut f32,
     ox: usize,
 ) {
@@ -38,6 +43,8 @@ unsafe fn group<
         bias,
         ..
     } = *layer;
+    // The whole window's rows as constants: a loop the compiler writes out.
+    let (first, end) = if FULL { (0, KH) } else { (first, end) };
     let origin = input.as_ptr().add((top * w + ox * S - pad_x) * c);
     let out = row.add(ox * c);
     let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
@@ -58,8 +65,8 @@ unsafe fn group<
         };
         let b = load(bias.as_ptr().add(block));
         let mut acc = [b; N];
-        for ky in 0..KH {
-            let line = origin.add(ky * w * c + block);
+        for ky in first..end {
+            let line = origin.add((ky - first) * w * c + block);
             let taps = weights.as_ptr().add(ky * KW * c + block);
             // Input column j of the group's window serves output o with tap j − o·S.
             for j in 0..(N - 1) * S + KW {
