@@ -447,8 +447,14 @@ unsafe fn chunk_product(
             Operand::Windows(win) => win.inside(rows.end.saturating_sub(1)),
             Operand::Rows(_) => false,
         };
-        // Segment lists per 6-row tile: every segment's, or only the first where strided.
-        let listed = if inside { 1 } else { taps };
+        // Segment lists per 6-row tile: every segment's, only the first where strided, and
+        // none for rows (a tile's rows lie `k`, or the copies' stride, apart: the kernel
+        // finds them from the first).
+        let listed = match a {
+            Operand::Rows(_) => 0,
+            Operand::Windows(_) if inside => 1,
+            Operand::Windows(_) => taps,
+        };
         // Kept between calls, so a warm product allocates nothing.
         segments.clear();
         scratch::grow_capacity(segments, count.div_ceil(MR) * listed * MR, Kind::Segments);
@@ -479,55 +485,54 @@ unsafe fn chunk_product(
             }
             Operand::Rows(_) => (0, 0),
         };
-        for first in (0..count).step_by(MR) {
+        let windows = match a {
+            Operand::Windows(win) => Some(win),
+            Operand::Rows(_) => None,
+        };
+        for (first, win) in (0..count)
+            .step_by(MR)
+            .flat_map(|first| windows.map(|win| (first, win)))
+        {
             // Missing rows repeat the tile's last row: computed, never stored.
-            let row = |r: usize| rows.start + (first + r).min(count - 1);
             let present = (count - first).min(MR);
-            match a {
-                Operand::Rows(_) if apart => {
-                    let tile: [*const f32; MR] = std::array::from_fn(|r| {
-                        copied[(row(r) - rows.start) * apart_stride(k)..][..k].as_ptr()
-                    });
-                    segments.extend_from_slice(&tile);
-                }
-                Operand::Rows(a) => {
+            if inside {
+                // Every window inside the image (a row mode, see `Windows::segments`):
+                // each row's segments are one image row apart, so the tile keeps only
+                // where each window starts and the kernel steps from there.
+                let (w, c, stride) = (win.size.1, win.channels, win.stride);
+                let span = (taps - 1) * w * c + run;
+                let tile: [*const f32; MR] = win.pixels(&mut pixel, present).map(|(oy, ox)| {
+                    let start = (oy * w + ox) * stride * c;
+                    win.input
+                        .get(start..start + span)
+                        .expect("invariant: windows checked inside the image")
+                        .as_ptr()
+                });
+                segments.extend_from_slice(&tile);
+            } else {
+                let pixels = win.pixels(&mut pixel, present);
+                for segment in 0..taps {
+                    let tap = win.segment_tap(segment);
                     let tile: [*const f32; MR] =
-                        std::array::from_fn(|r| a[row(r) * k..][..k].as_ptr());
+                        std::array::from_fn(|r| win.segment(pixels[r], tap, run, zeros).as_ptr());
                     segments.extend_from_slice(&tile);
-                }
-                Operand::Windows(win) if inside => {
-                    // Every window inside the image (a row mode, see `Windows::segments`):
-                    // each row's segments are one image row apart, so the tile keeps only
-                    // where each window starts and the kernel steps from there.
-                    let (w, c, stride) = (win.size.1, win.channels, win.stride);
-                    let span = (taps - 1) * w * c + run;
-                    let tile: [*const f32; MR] = win.pixels(&mut pixel, present).map(|(oy, ox)| {
-                        let start = (oy * w + ox) * stride * c;
-                        win.input
-                            .get(start..start + span)
-                            .expect("invariant: windows checked inside the image")
-                            .as_ptr()
-                    });
-                    segments.extend_from_slice(&tile);
-                }
-                Operand::Windows(win) => {
-                    let pixels = win.pixels(&mut pixel, present);
-                    for segment in 0..taps {
-                        let tap = win.segment_tap(segment);
-                        let tile: [*const f32; MR] = std::array::from_fn(|r| {
-                            win.segment(pixels[r], tap, run, zeros).as_ptr()
-                        });
-                        segments.extend_from_slice(&tile);
-                    }
                 }
             }
         }
         let (tiled, _) = segments.as_chunks::<MR>();
         let layout = match a {
+            Operand::Rows(_) if apart => Layout::Consecutive {
+                first: copied[..count * apart_stride(k)].as_ptr(),
+                stride: apart_stride(k),
+            },
+            Operand::Rows(a) => Layout::Consecutive {
+                first: a[rows.start * k..rows.end * k].as_ptr(),
+                stride: k,
+            },
             Operand::Windows(win) if inside => Layout::Strided {
                 stride: win.size.1 * win.channels,
             },
-            _ => Layout::Listed,
+            Operand::Windows(_) => Layout::Listed,
         };
         let operand = (tiled, layout, taps, run);
         // SAFETY: as this function's.
@@ -553,6 +558,9 @@ enum Layout {
     /// Each row's first segment only, per 6-row tile: its segments follow `stride` values
     /// apart ([`Strided`]).
     Strided { stride: usize },
+    /// No list: the chunk's rows, one segment each, `stride` values apart from `first`
+    /// ([`Consecutive`]).
+    Consecutive { first: *const f32, stride: usize },
 }
 
 /// The operand of one 6-row tile, segment by segment along `k`: each segment is `run`
@@ -597,6 +605,27 @@ impl Segments for Strided {
     }
 }
 
+/// Up to six rows of one segment each, `stride` values apart: a tile of a product's rows.
+#[derive(Clone, Copy)]
+pub(super) struct Consecutive {
+    first: *const f32,
+    stride: usize,
+    /// Rows present (1–6); the missing ones repeat the last: computed, never stored.
+    rows: usize,
+}
+
+impl Segments for Consecutive {
+    #[inline(always)]
+    fn count(self) -> usize {
+        1
+    }
+
+    #[inline(always)]
+    fn rows(self, _: usize) -> [*const f32; MR] {
+        std::array::from_fn(|r| self.first.wrapping_add(r.min(self.rows - 1) * self.stride))
+    }
+}
+
 /// Every tile of a chunk: the panels `panels` of `w` against the tiles' operand
 /// (`segments` laid out as `layout`, `taps` segments of `run` values per row).
 ///
@@ -618,8 +647,9 @@ unsafe fn tiles(
     let per_tile = w.tile_rows();
     let per_group = match layout {
         Layout::Listed => taps,
-        Layout::Strided { .. } => 1,
+        Layout::Strided { .. } | Layout::Consecutive { .. } => 1,
     };
+    let listed = per_group * per_tile / MR;
     // Panel `p`'s weights and bias.
     let panel = |p: usize| (w.panels[p * k * NR..].as_ptr(), w.bias[p * NR..].as_ptr());
     let mut p = panels.start;
@@ -630,8 +660,11 @@ unsafe fn tiles(
         let first_col = p * NR;
         let cols = (n - first_col).min(NR);
         let (weights, bias) = panel(p);
-        for (t, groups) in segments.chunks(per_group * per_tile / MR).enumerate() {
+        for t in 0..count.div_ceil(per_tile) {
             let first_row = t * per_tile;
+            let groups = segments
+                .get(t * listed..)
+                .map_or(&[][..], |g| &g[..listed.min(g.len())]);
             let tile = Tile {
                 run,
                 rows: (count - first_row).min(per_tile),
@@ -653,7 +686,9 @@ unsafe fn tiles(
             // SAFETY: `product` asserted AVX2/FMA (and `PackedWeights::new` AVX-512 where
             // `w.avx512`) and the lengths: every segment pointer starts a slice of at least
             // `run` values (a row of `a`, a run of the image, or `zeros`; strided segments
-            // were checked inside the image by `chunk_product`), taps · run = k, each panel
+            // were checked inside the image by `chunk_product`; consecutive rows lie within
+            // the chunk's `count` rows, which `chunk_product` sliced, since a tile's first
+            // row is below `count` and the rows it reads stop at `count`), taps · run = k, each panel
             // holds k × NR values and each bias NR; `out` (the caller's promise) and
             // `residual` hold `count` rows of n, of which the tile writes (reads) rows
             // first_row..first_row + tile.rows, the columns of panels `panels` (a wide
@@ -673,6 +708,17 @@ unsafe fn tiles(
                         };
                         let second = groups.get(1).map(strided);
                         tile.run_on(w.avx512, strided(&groups[0]), second, wide.then(beside));
+                    }
+                    Layout::Consecutive { first, stride } => {
+                        // The tile's rows from `from` on, at most six.
+                        let rows = |from: usize| Consecutive {
+                            first: first.wrapping_add(from * stride),
+                            stride,
+                            rows: (count - from).min(MR),
+                        };
+                        let second =
+                            (per_tile > MR && count - first_row > MR).then(|| rows(first_row + MR));
+                        tile.run_on(w.avx512, rows(first_row), second, wide.then(beside));
                     }
                 }
             }
