@@ -355,8 +355,11 @@ struct TiledAffine<'a> {
     len: usize,
 }
 
-/// Values of a [`TiledAffine`]'s tile.
-const TILED_VALUES: usize = 64;
+/// Values of a [`TiledAffine`]'s tile: 16 pixels of 1, 2, 3 or 4 channels, so that an RGB
+/// row runs in whole tiles of a fixed length, which the compiler writes out as vector
+/// operations (a 63-value tile ran its last 15 values one at a time: the stem's copy took
+/// 3 % of MobileNet V2 0.35/128's time on one core).
+const TILED_VALUES: usize = 48;
 
 impl<'a> TiledAffine<'a> {
     fn new(affine: Affine<'a>, c: usize) -> TiledAffine<'a> {
@@ -390,11 +393,27 @@ impl<'a> TiledAffine<'a> {
             return;
         }
         let (scale, shift) = (&self.scale[..self.len], &self.shift[..self.len]);
-        for (to, from) in to.chunks_mut(self.len).zip(from.chunks(self.len)) {
-            for (((t, f), s), b) in to.iter_mut().zip(from).zip(scale).zip(shift) {
-                *t = f * s + b;
+        if self.len != TILED_VALUES {
+            for (to, from) in to.chunks_mut(self.len).zip(from.chunks(self.len)) {
+                affine_values(to, from, scale, shift);
+            }
+            return;
+        }
+        let (tiles, to_rest) = to.as_chunks_mut::<TILED_VALUES>();
+        let (from_tiles, from_rest) = from.as_chunks::<TILED_VALUES>();
+        for (to, from) in tiles.iter_mut().zip(from_tiles) {
+            for j in 0..TILED_VALUES {
+                to[j] = from[j] * self.scale[j] + self.shift[j];
             }
         }
+        affine_values(to_rest, from_rest, scale, shift);
+    }
+}
+
+/// `to = from · scale + shift`, value by value (as many as the shortest holds).
+fn affine_values(to: &mut [f32], from: &[f32], scale: &[f32], shift: &[f32]) {
+    for (((t, f), s), b) in to.iter_mut().zip(from).zip(scale).zip(shift) {
+        *t = f * s + b;
     }
 }
 
