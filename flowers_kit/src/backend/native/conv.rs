@@ -355,10 +355,11 @@ struct TiledAffine<'a> {
     len: usize,
 }
 
-/// Values of a [`TiledAffine`]'s tile: 16 pixels of 1, 2, 3 or 4 channels, so that an RGB
-/// row runs in whole tiles of a fixed length, which the compiler writes out as vector
-/// operations (a 63-value tile ran its last 15 values one at a time: the stem's copy took
-/// 3 % of MobileNet V2 0.35/128's time on one core).
+/// Values of a [`TiledAffine`]'s tile: 16 RGB pixels (a whole number of pixels for any
+/// channel count that divides 48), so that such a row runs in whole tiles of a fixed
+/// length, which the compiler writes out as vector operations (a 63-value tile ran its
+/// last 15 values one at a time: the stem's copy took 3 % of MobileNet V2 0.35/128's time
+/// on one core).
 const TILED_VALUES: usize = 48;
 
 impl<'a> TiledAffine<'a> {
@@ -392,6 +393,7 @@ impl<'a> TiledAffine<'a> {
             }
             return;
         }
+        debug_assert_eq!(to.len(), from.len(), "invariant: rows of the same length");
         let (scale, shift) = (&self.scale[..self.len], &self.shift[..self.len]);
         if self.len != TILED_VALUES {
             for (to, from) in to.chunks_mut(self.len).zip(from.chunks(self.len)) {

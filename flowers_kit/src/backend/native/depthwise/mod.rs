@@ -31,8 +31,9 @@ use crate::models::graph::Activation;
 const GROUP: usize = 4;
 
 /// The window rows of an output row that lie inside the image: taps `first..end`, the
-/// first of them over input row `input`. All of them (`0..kh`) except in the first and
-/// last rows of a padded layer.
+/// first of them over input row `input`. All of them (`0..kh`) except in the rows whose
+/// window leaves the image above or below (the first and last of a 3×3 layer padded by
+/// one).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct TapRows {
@@ -45,8 +46,9 @@ struct TapRows {
 /// `edges` on the columns whose window leaves the image (only the taps inside it, for any
 /// window shape), and on the others its `group::<KH, KW, S, RELU6, N>` (`N` output columns
 /// from `ox`, every channel), for each window shape it is written for as constants: 3×3
-/// and 5×5, stride 1 or 2, with or without ReLU6. At stride 1, `$stride_one` columns at a
-/// time first, then [`GROUP`], two and one.
+/// and 5×5, stride 1 or 2, with or without ReLU6, and for the window's rows: all of them
+/// (`FULL`, a loop the compiler writes out) or those inside the image ([`TapRows`]). At
+/// stride 1, `$stride_one` columns at a time first, then [`GROUP`], two and one.
 #[cfg(target_arch = "x86_64")]
 macro_rules! explicit_row {
     ($features:literal, stride_one: $stride_one:expr) => {
@@ -82,8 +84,8 @@ macro_rules! explicit_row {
 
         /// Output columns `columns` (all inside the image) of the row at `out`, every
         /// channel, over the window rows `rows`: on a loop over the whole window's rows
-        /// written out where they are all inside (every row but the first and last of a
-        /// padded layer), else on one over the rows inside.
+        /// written out where they are all inside, else (a row whose window leaves the
+        /// image above or below) on one over the rows inside.
         ///
         /// # Safety
         /// As `row`'s, for a `KH × KW` window with stride `S`, with every value read and
@@ -351,10 +353,11 @@ mod tests {
     /// counts that fill whole registers, groups of four registers, and that leave tails of
     /// each width (1–7, 8, 9–15), both window sizes and strides the explicit kernels are
     /// written for and others (1×1, 7×7, stride 3: border columns only), with and without
-    /// ReLU6, odd and even image sizes (partial groups of columns), and padding: half the
-    /// window on every side, none, the window's height less one above and below only, the
-    /// whole window (windows wholly in the padding), and TensorFlow's `same` (at stride 2 on
-    /// an even size: none above and left, one row and column below and right).
+    /// ReLU6, odd and even image sizes (partial groups of columns), images of one and two
+    /// rows (windows that leave the image above and below at once), and each padding
+    /// vertically against each horizontally: half the window, none, the window less one,
+    /// the whole window (windows wholly in the padding), and TensorFlow's `same` (at stride
+    /// 2 on an even size: none above, one row below).
     #[test]
     fn every_kernel_set_matches_the_checked_loop() {
         let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 211) as f32 / 50.0 - 2.0;
@@ -367,28 +370,34 @@ mod tests {
             ((7, 7), 1, false),
             ((3, 3), 3, true),
         ];
-        // (Padding above and left, output size) on an `n`-sized side for a `k` window.
-        let symmetric =
-            |n: usize, k: usize, pad: usize, stride: usize| (pad, (n + 2 * pad - k) / stride + 1);
+        // (Padding above or left, output size) on an `n`-sized side for a `k` window: none
+        // where the window does not fit the padded side.
+        let symmetric = |n: usize, k: usize, pad: usize, stride: usize| {
+            (n + 2 * pad)
+                .checked_sub(k)
+                .map(|room| (pad, room / stride + 1))
+        };
         let same = |n: usize, k: usize, stride: usize| {
             let out = n.div_ceil(stride);
             (((out - 1) * stride + k).saturating_sub(n) / 2, out)
         };
         let sides = |n: usize, k: usize, stride: usize| {
             [k / 2, 0, k - 1, k]
-                .map(|pad| symmetric(n, k, pad, stride))
                 .into_iter()
+                .filter_map(move |pad| symmetric(n, k, pad, stride))
                 .chain([same(n, k, stride)])
         };
         for c in [1, 5, 8, 9, 15, 16, 17, 24, 40, 56, 64, 72, 100] {
             let cases = windows
                 .into_iter()
                 .flat_map(|window @ (kernel, stride, _)| {
-                    [(11, 13), (12, 14)].into_iter().flat_map(move |(h, w)| {
-                        sides(h, kernel.0, stride)
-                            .zip(sides(w, kernel.1, stride))
-                            .map(move |(y, x)| (window, (h, w), y, x))
-                    })
+                    [(11, 13), (12, 14), (1, 13), (2, 14)]
+                        .into_iter()
+                        .flat_map(move |(h, w)| {
+                            sides(h, kernel.0, stride).flat_map(move |y| {
+                                sides(w, kernel.1, stride).map(move |x| (window, (h, w), y, x))
+                            })
+                        })
                 });
             for ((kernel, stride, relu6), (h, w), (pad_y, ho), (pad_x, wo)) in cases {
                 let pad = (pad_y, pad_x);

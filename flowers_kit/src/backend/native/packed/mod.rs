@@ -485,37 +485,33 @@ unsafe fn chunk_product(
             }
             Operand::Rows(_) => (0, 0),
         };
-        let windows = match a {
-            Operand::Windows(win) => Some(win),
-            Operand::Rows(_) => None,
-        };
-        for (first, win) in (0..count)
-            .step_by(MR)
-            .flat_map(|first| windows.map(|win| (first, win)))
-        {
-            // Missing rows repeat the tile's last row: computed, never stored.
-            let present = (count - first).min(MR);
-            if inside {
-                // Every window inside the image (a row mode, see `Windows::segments`):
-                // each row's segments are one image row apart, so the tile keeps only
-                // where each window starts and the kernel steps from there.
-                let (w, c, stride) = (win.size.1, win.channels, win.stride);
-                let span = (taps - 1) * w * c + run;
-                let tile: [*const f32; MR] = win.pixels(&mut pixel, present).map(|(oy, ox)| {
-                    let start = (oy * w + ox) * stride * c;
-                    win.input
-                        .get(start..start + span)
-                        .expect("invariant: windows checked inside the image")
-                        .as_ptr()
-                });
-                segments.extend_from_slice(&tile);
-            } else {
-                let pixels = win.pixels(&mut pixel, present);
-                for segment in 0..taps {
-                    let tap = win.segment_tap(segment);
-                    let tile: [*const f32; MR] =
-                        std::array::from_fn(|r| win.segment(pixels[r], tap, run, zeros).as_ptr());
+        if let Operand::Windows(win) = a {
+            for first in (0..count).step_by(MR) {
+                // Missing rows repeat the tile's last row: computed, never stored.
+                let present = (count - first).min(MR);
+                if inside {
+                    // Every window inside the image (a row mode, see `Windows::segments`):
+                    // each row's segments are one image row apart, so the tile keeps only
+                    // where each window starts and the kernel steps from there.
+                    let (w, c, stride) = (win.size.1, win.channels, win.stride);
+                    let span = (taps - 1) * w * c + run;
+                    let tile: [*const f32; MR] = win.pixels(&mut pixel, present).map(|(oy, ox)| {
+                        let start = (oy * w + ox) * stride * c;
+                        win.input
+                            .get(start..start + span)
+                            .expect("invariant: windows checked inside the image")
+                            .as_ptr()
+                    });
                     segments.extend_from_slice(&tile);
+                } else {
+                    let pixels = win.pixels(&mut pixel, present);
+                    for segment in 0..taps {
+                        let tap = win.segment_tap(segment);
+                        let tile: [*const f32; MR] = std::array::from_fn(|r| {
+                            win.segment(pixels[r], tap, run, zeros).as_ptr()
+                        });
+                        segments.extend_from_slice(&tile);
+                    }
                 }
             }
         }
@@ -622,6 +618,7 @@ impl Segments for Consecutive {
 
     #[inline(always)]
     fn rows(self, _: usize) -> [*const f32; MR] {
+        debug_assert!(self.rows >= 1, "invariant: a tile has a row");
         std::array::from_fn(|r| self.first.wrapping_add(r.min(self.rows - 1) * self.stride))
     }
 }
@@ -686,10 +683,11 @@ unsafe fn tiles(
             // SAFETY: `product` asserted AVX2/FMA (and `PackedWeights::new` AVX-512 where
             // `w.avx512`) and the lengths: every segment pointer starts a slice of at least
             // `run` values (a row of `a`, a run of the image, or `zeros`; strided segments
-            // were checked inside the image by `chunk_product`; consecutive rows lie within
-            // the chunk's `count` rows, which `chunk_product` sliced, since a tile's first
-            // row is below `count` and the rows it reads stop at `count`), taps · run = k, each panel
-            // holds k × NR values and each bias NR; `out` (the caller's promise) and
+            // were checked inside the image by `chunk_product`; consecutive rows lie
+            // within the chunk's `count` rows, which `chunk_product` sliced: a tile's
+            // first row is below `count` and the rows it reads stop at `count`),
+            // taps · run = k, each panel holds k × NR values and each bias NR; `out` (the
+            // caller's promise) and
             // `residual` hold `count` rows of n, of which the tile writes (reads) rows
             // first_row..first_row + tile.rows, the columns of panels `panels` (a wide
             // tile's first panel is full: 16 columns, then the next panel's `cols`).
@@ -829,6 +827,10 @@ mod tests {
             // chunk, and in chunks that start inside the rows, the last tile part empty.
             (30, 1024, 40),
             (301, 512, 24),
+            // Second 6-row tiles of 3 to 5 rows (plain and copied apart).
+            (9, 19, 70),
+            (11, 40, 40),
+            (33, 512, 24),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..k * n).map(|_| next()).collect();
