@@ -97,40 +97,32 @@ unsafe fn group<
 ) {
     let c = layer.c;
     let full = c / 16 * 16;
+    // The 512-bit registers' operations, for the block of 16 channels from `block`.
+    macro_rules! zmm {
+        ($block:expr, $mask:expr) => {
+            block!(
+                layer,
+                rows,
+                out,
+                ox,
+                $block,
+                $mask,
+                _mm512_setzero_ps,
+                _mm512_set1_ps,
+                _mm512_maskz_loadu_ps,
+                _mm512_mask_storeu_ps,
+                _mm512_fmadd_ps,
+                _mm512_min_ps,
+                _mm512_max_ps
+            )
+        };
+    }
     for block in (0..full).step_by(16) {
-        block!(
-            layer,
-            rows,
-            out,
-            ox,
-            block,
-            0xFFFF,
-            _mm512_setzero_ps,
-            _mm512_set1_ps,
-            _mm512_maskz_loadu_ps,
-            _mm512_mask_storeu_ps,
-            _mm512_fmadd_ps,
-            _mm512_min_ps,
-            _mm512_max_ps
-        );
+        zmm!(block, 0xFFFF);
     }
     let lanes = c - full;
     if lanes > 8 {
-        block!(
-            layer,
-            rows,
-            out,
-            ox,
-            full,
-            ((1u32 << lanes) - 1) as __mmask16,
-            _mm512_setzero_ps,
-            _mm512_set1_ps,
-            _mm512_maskz_loadu_ps,
-            _mm512_mask_storeu_ps,
-            _mm512_fmadd_ps,
-            _mm512_min_ps,
-            _mm512_max_ps
-        );
+        zmm!(full, ((1u32 << lanes) - 1) as __mmask16);
     } else if lanes > 0 {
         block!(
             layer,

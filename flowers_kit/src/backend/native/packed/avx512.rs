@@ -178,23 +178,20 @@ pub(super) unsafe fn wide_tile<S: Segments, const TWELVE: bool>(
     let (mut b0, mut b1) = (panel, next_panel);
     for s in 0..segments.count() {
         let [a0, a1, a2, a3, a4, a5] = segments.rows(s);
-        if TWELVE {
-            let [a6, a7, a8, a9, a10, a11] = second.rows(s);
-            for p in 0..run {
-                let w0 = _mm512_loadu_ps(b0);
-                let w1 = _mm512_maskz_loadu_ps(mask, b1);
-                b0 = b0.add(super::NR);
-                b1 = b1.add(super::NR);
-                wide_rows!(c0, c1, w0, w1, p, 0: a0, 1: a1, 2: a2, 3: a3, 4: a4, 5: a5,
-                    6: a6, 7: a7, 8: a8, 9: a9, 10: a10, 11: a11);
-            }
+        // Read only with `TWELVE`.
+        let [a6, a7, a8, a9, a10, a11] = if TWELVE {
+            second.rows(s)
         } else {
-            for p in 0..run {
-                let w0 = _mm512_loadu_ps(b0);
-                let w1 = _mm512_maskz_loadu_ps(mask, b1);
-                b0 = b0.add(super::NR);
-                b1 = b1.add(super::NR);
-                wide_rows!(c0, c1, w0, w1, p, 0: a0, 1: a1, 2: a2, 3: a3, 4: a4, 5: a5);
+            [a0, a1, a2, a3, a4, a5]
+        };
+        for p in 0..run {
+            let w0 = _mm512_loadu_ps(b0);
+            let w1 = _mm512_maskz_loadu_ps(mask, b1);
+            b0 = b0.add(super::NR);
+            b1 = b1.add(super::NR);
+            wide_rows!(c0, c1, w0, w1, p, 0: a0, 1: a1, 2: a2, 3: a3, 4: a4, 5: a5);
+            if TWELVE {
+                wide_rows!(c0, c1, w0, w1, p, 6: a6, 7: a7, 8: a8, 9: a9, 10: a10, 11: a11);
             }
         }
     }
